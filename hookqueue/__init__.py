@@ -1,0 +1,88 @@
+"""hookqueue: a persistent task queue — a small core plus pluggy plugins, on embedded SQLite.
+
+The public names::
+
+    from hookqueue import Queue, QueueDatabase, WorkerEngine, Task, TaskStatus
+    from hookqueue import TaskHandlerRegistry, hookimpl
+"""
+
+from __future__ import annotations
+
+from .core.clock import FakeClock, SystemClock
+from .core.errors import (
+    DatabaseBusy,
+    DatabaseFull,
+    HandlerAlreadyRegistered,
+    HandlerNotFound,
+    HookqueueError,
+    InvalidTransition,
+    NotAHookqueueDatabase,
+    PluginError,
+    RetryLater,
+    SchemaTooNew,
+    StoreError,
+    TaskCancelled,
+    TaskNotFound,
+    ValidationError,
+    WorkerError,
+)
+from .core.execution import Execution, current_execution
+from .core.handlers import TaskHandlerRegistry
+from .core.hookspecs import hookimpl
+from .core.models import (
+    EventKind,
+    Failure,
+    HandlerSpec,
+    LeasePlan,
+    LeaseRequest,
+    NewTask,
+    RetryDecision,
+    SortKey,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
+from .core.queue import Queue
+from .core.store import QueueDatabase
+from .core.worker import WorkerEngine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DatabaseBusy",
+    "DatabaseFull",
+    "EventKind",
+    "Execution",
+    "FakeClock",
+    "Failure",
+    "HandlerAlreadyRegistered",
+    "HandlerNotFound",
+    "HandlerSpec",
+    "HookqueueError",
+    "InvalidTransition",
+    "LeasePlan",
+    "LeaseRequest",
+    "NewTask",
+    "NotAHookqueueDatabase",
+    "PluginError",
+    "Queue",
+    "QueueDatabase",
+    "RetryDecision",
+    "RetryLater",
+    "SchemaTooNew",
+    "SortKey",
+    "StoreError",
+    "SystemClock",
+    "Task",
+    "TaskCancelled",
+    "TaskEvent",
+    "TaskHandlerRegistry",
+    "TaskNotFound",
+    "TaskStatus",
+    "ValidationError",
+    "WorkerEngine",
+    "WorkerError",
+    "__version__",
+    "current_execution",
+    "hookimpl",
+]

@@ -1,0 +1,119 @@
+"""Time, and the one encoding timestamps have in the database.
+
+All instants are stored as integer microseconds since the Unix epoch, UTC, and compared only
+with each other (the system in the migration guide compared ISO text with SQLite's own
+``datetime('now')`` format, so tasks queued today never ran). The API takes and returns
+timezone-aware ``datetime`` objects and refuses naive ones.
+
+The clock is injectable: the queue and the worker ask a :class:`Clock` for the time, so tests
+move time forward with :class:`FakeClock` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from .errors import ValidationError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Clock(Protocol):
+    """What the queue and the worker need to know about time."""
+
+    def now_us(self) -> int:
+        """Wall-clock time as integer microseconds since the epoch (UTC)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin that never goes backwards (for durations)."""
+        ...
+
+
+class SystemClock:
+    """The real clock: ``time.time_ns`` for instants, ``time.monotonic`` for durations."""
+
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class FakeClock:
+    """A clock that moves only when told to. Thread-safe.
+
+    :param start: the initial instant (aware datetime); defaults to 2030-01-01 UTC.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        start = start or datetime(2030, 1, 1, tzinfo=UTC)
+        self._now = to_us(start, "start")
+        self._mono = 1000.0
+        self._lock = threading.Lock()
+
+    def now_us(self) -> int:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def now(self) -> datetime:
+        """The current fake instant as an aware datetime."""
+        return from_us(self.now_us())
+
+    def advance(self, seconds: float = 0.0, **kwargs: float) -> datetime:
+        """Move time forward by ``seconds`` (plus ``timedelta`` keyword arguments)."""
+        delta = timedelta(seconds=seconds, **kwargs)
+        if delta < timedelta(0):
+            raise ValidationError(
+                "seconds", seconds, "a FakeClock only moves forward", "use set() to jump"
+            )
+        with self._lock:
+            self._now += delta // timedelta(microseconds=1)
+            self._mono += delta.total_seconds()
+        return self.now()
+
+    def set(self, instant: datetime) -> None:
+        """Jump the wall clock to ``instant`` (backwards too); the monotonic clock is unchanged."""
+        with self._lock:
+            self._now = to_us(instant, "instant")
+
+
+def utcnow() -> datetime:
+    """The current instant as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def to_us(value: datetime, field: str) -> int:
+    """Encode an aware datetime as integer microseconds since the epoch.
+
+    :raises ValidationError: for naive datetimes or anything that is not a datetime.
+    """
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            field, value, "must be a datetime", "pass an aware datetime, e.g. datetime.now(UTC)"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            field,
+            value,
+            "is a naive datetime (no timezone), so the instant it means is ambiguous",
+            "pass an aware datetime, e.g. datetime.now(timezone.utc) or dt.replace(tzinfo=...)",
+        )
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(value: int) -> datetime:
+    """Decode integer microseconds since the epoch into an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def seconds_to_us(seconds: float) -> int:
+    """Convert a duration in seconds to whole microseconds."""
+    return int(round(seconds * 1_000_000))

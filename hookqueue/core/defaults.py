@@ -1,0 +1,111 @@
+"""The core's own answers to the hooks, registered ``trylast`` like any plugin.
+
+With every other plugin blocked these make hookqueue a correct FIFO queue that runs each task
+once: enqueue validates, lease takes tasks in due order, execute calls the handler, retry gives
+up. Any plugin's answer comes before these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ValidationError
+from .execution import _current
+from .handlers import check_task_type, is_async_handler
+from .hookspecs import hookimpl
+from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
+
+MAX_NAME_LENGTH = 200
+MAX_KEY_LENGTH = 500
+#: SQLite integers are signed 64-bit.
+_INT64 = 2**63 - 1
+
+FIFO_PLAN = LeasePlan(order=(SortKey.FIFO,), name="fifo")
+
+
+def _check_int(field: str, value: Any, *, minimum: int | None = None, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, value, "must be an integer", fix)
+    if not -_INT64 <= value <= _INT64:
+        raise ValidationError(field, value, "is outside the 64-bit integer range", fix)
+    if minimum is not None and value < minimum:
+        raise ValidationError(field, value, f"must be >= {minimum}", fix)
+
+
+def validate_new_task(new_task: NewTask) -> NewTask:
+    """Check every field of a task about to be written; raise ValidationError naming the field."""
+    check_task_type(new_task.task_type)
+    _check_int("priority", new_task.priority, fix="use an int; lower runs first, default 100")
+    if new_task.max_attempts is not None:
+        _check_int(
+            "max_attempts",
+            new_task.max_attempts,
+            minimum=1,
+            fix="use 1 for a single attempt, or more to allow retries",
+        )
+    queue = new_task.queue
+    if not isinstance(queue, str) or not queue or len(queue) > MAX_NAME_LENGTH:
+        raise ValidationError(
+            "queue", queue, f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
+            "use a short name such as 'default' or 'emails'",
+        )
+    key = new_task.idempotency_key
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH):
+        raise ValidationError(
+            "idempotency_key",
+            key,
+            f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters",
+            "use a stable string such as f'cleanup-{date}', or None",
+        )
+    timeout = new_task.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValidationError("timeout", timeout, "must be a positive number of seconds", "e.g. 30")
+    if not isinstance(new_task.headers, Mapping) or not all(
+        isinstance(k, str) for k in new_task.headers
+    ):
+        raise ValidationError(
+            "headers", new_task.headers, "must be a mapping with string keys", "e.g. {'tenant': 'a'}"
+        )
+    return new_task
+
+
+async def run_handler(task: Task, handler: HandlerSpec) -> Any:
+    """Await an async handler, or run a sync one in the worker's executor with this context
+    (so ``current_execution()`` works inside it)."""
+    if is_async_handler(handler.handler):
+        return await handler.handler(task)
+    execution = _current.get()
+    executor = execution.executor if execution is not None else None
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, ctx.run, handler.handler, task)
+
+
+class CoreDefaults:
+    """The built-in hook implementations (all ``trylast``). Registered as ``core``; cannot be
+    blocked, since the core's calls rely on an answer."""
+
+    @hookimpl(trylast=True)
+    def hookqueue_enqueue(self, new_task: NewTask) -> NewTask:
+        return validate_new_task(new_task)
+
+    @hookimpl(trylast=True)
+    def hookqueue_lease(self) -> LeasePlan:
+        return FIFO_PLAN
+
+    @hookimpl(trylast=True)
+    def hookqueue_execute(self, task: Task, handler: HandlerSpec) -> Any:
+        return run_handler(task, handler)
+
+    @hookimpl(trylast=True)
+    def hookqueue_retry(self, failure: Failure) -> RetryDecision:
+        return RetryDecision.give_up(f"no retry policy is active ({failure.kind})")

@@ -1,0 +1,132 @@
+"""The exceptions hookqueue raises.
+
+Every error that reaches a user names the thing at fault, the value it had and the fix.
+All of them derive from :class:`HookqueueError`, so ``except HookqueueError`` catches
+everything the library raises on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HookqueueError(Exception):
+    """Base class of every error hookqueue raises on purpose."""
+
+
+class ValidationError(HookqueueError, ValueError):
+    """A value given to hookqueue is not acceptable. Nothing was written.
+
+    :param field: the name of the argument or field at fault
+    :param value: the value that was refused (shown shortened in the message)
+    :param problem: what is wrong with it
+    :param fix: what to do instead
+    """
+
+    def __init__(self, field: str, value: Any, problem: str, fix: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        self.fix = fix
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}={shown}: {problem}. Fix: {fix}")
+
+
+class TaskNotFound(HookqueueError, LookupError):
+    """No task has the given id (or idempotency key)."""
+
+    def __init__(self, task_id: object) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"task {task_id!r} does not exist (it was never enqueued, or it was pruned)"
+        )
+
+
+class InvalidTransition(HookqueueError):
+    """A task cannot go from its current status to the one asked for."""
+
+    def __init__(self, task_id: int, status: str, action: str, allowed: str) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.action = action
+        super().__init__(f"cannot {action} task {task_id}: it is {status}; {action} needs {allowed}")
+
+
+class HandlerNotFound(HookqueueError, LookupError):
+    """No handler is registered for a task type."""
+
+    def __init__(self, task_type: str, registered: list[str]) -> None:
+        self.task_type = task_type
+        self.registered = registered
+        listed = ", ".join(sorted(registered)) if registered else "none"
+        super().__init__(
+            f"no handler is registered for task type {task_type!r} (registered: {listed}). "
+            f"Fix: register one with register_handler({task_type!r}, handler) in the worker's "
+            "process, or enqueue one of the registered types"
+        )
+
+
+class HandlerAlreadyRegistered(HookqueueError):
+    """A handler for this task type exists and ``allow_override`` was not given."""
+
+    def __init__(self, task_type: str) -> None:
+        self.task_type = task_type
+        super().__init__(
+            f"a handler for task type {task_type!r} is already registered. "
+            "Fix: pass allow_override=True to replace it, or unregister_handler() it first"
+        )
+
+
+class StoreError(HookqueueError):
+    """The database could not be used. The message names the path and the cause."""
+
+
+class NotAHookqueueDatabase(StoreError):
+    """The file exists but is not a hookqueue database (or not SQLite at all). It was not changed."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer hookqueue. It was not changed."""
+
+
+class DatabaseBusy(StoreError):
+    """Another connection held the database lock for longer than the busy timeout."""
+
+
+class DatabaseFull(StoreError):
+    """The disk, or the database's size limit, is full. The transaction was rolled back."""
+
+
+class PluginError(HookqueueError):
+    """A plugin could not be loaded, registered or called as its hook requires."""
+
+
+class WorkerError(HookqueueError):
+    """A worker cannot start or go on (for example: no handler registry, a bad option)."""
+
+
+class TaskCancelled(HookqueueError):
+    """Raised inside a sync handler's cancellation token check when the task was cancelled."""
+
+
+class RetryLater(HookqueueError):
+    """Raise from a handler to ask for another attempt at a given time.
+
+    The retry policy still applies ``max_attempts``; it only takes the time from here.
+
+    :param delay: seconds from now, or
+    :param run_after: an aware datetime
+    """
+
+    def __init__(
+        self,
+        message: str = "handler asked to retry later",
+        *,
+        delay: float | None = None,
+        run_after: Any = None,
+    ) -> None:
+        self.delay = delay
+        self.run_after = run_after
+        super().__init__(message)

@@ -1,0 +1,437 @@
+"""The attrs records hookqueue passes around.
+
+Values that cross a hook boundary are frozen (``attrs.frozen(kw_only=True)``) and changed with
+``attrs.evolve``. Rows become models through ``from_row``; turning models into rows and JSON
+is the store's business, not the models'.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .clock import from_us
+
+
+class TaskStatus(str, enum.Enum):
+    """The five statuses a task can have. The strings equal the adapter's ``RunStatus`` values.
+
+    A delayed task, and one waiting for its next retry, is ``queued`` with a future
+    ``run_after``.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``completed``, ``failed`` and ``cancelled``."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _aware(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+        raise ValueError(f"{attribute.name} must be an aware datetime, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+#: The column order the store selects and ``Task.from_row`` reads.
+TASK_COLUMNS = (
+    "id",
+    "queue",
+    "task_type",
+    "payload",
+    "priority",
+    "status",
+    "attempts",
+    "max_attempts",
+    "run_after",
+    "idempotency_key",
+    "error_message",
+    "result",
+    "locked_by",
+    "lease_expires_at",
+    "cancel_requested",
+    "timeout_seconds",
+    "headers",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _ts(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A task as stored: what to run, with what, and where it is in its lifecycle."""
+
+    #: Database id, unique in one database, increasing in enqueue order.
+    id: int
+    #: Name of the queue the task is in; workers lease from the queues they were given.
+    queue: str
+    #: The handler name that runs it (``type`` is an alias, as in the migration guide).
+    task_type: str
+    #: The JSON value given at enqueue (usually a dict).
+    payload: Any
+    #: Lower numbers run first when the priority scheduler is active.
+    priority: int
+    #: Where the task is in its lifecycle.
+    status: TaskStatus
+    #: How many times it has been leased (counted at lease time, so a crash counts).
+    attempts: int = attrs.field(validator=_non_negative)
+    #: The most attempts it may have; a lease expiry at this count ends it ``failed``.
+    max_attempts: int
+    #: It is not leased before this instant.
+    run_after: datetime = attrs.field(validator=_aware)
+    #: When it was enqueued.
+    created_at: datetime = attrs.field(validator=_aware)
+    #: Optional caller-chosen key; a second enqueue with the same key returns this task.
+    idempotency_key: str | None = None
+    #: The last failure's message (kept after a successful retry for history).
+    error_message: str | None = None
+    #: The handler's JSON return value, once completed.
+    result: Any = None
+    #: Worker id holding the lease while ``running``.
+    locked_by: str | None = None
+    #: When the current lease runs out unless renewed by a heartbeat.
+    lease_expires_at: datetime | None = attrs.field(default=None, validator=_aware)
+    #: Somebody asked to cancel it while it was running; the worker acts on it.
+    cancel_requested: bool = False
+    #: Seconds one attempt may take before it fails with a timeout (None: no limit).
+    timeout: float | None = None
+    #: Metadata for plugins (trace context, tenant, ...); JSON object.
+    headers: Mapping[str, Any] = attrs.field(factory=dict)
+    #: When the current or last attempt started.
+    started_at: datetime | None = attrs.field(default=None, validator=_aware)
+    #: When it reached a terminal status.
+    finished_at: datetime | None = attrs.field(default=None, validator=_aware)
+
+    @property
+    def type(self) -> str:
+        """Alias of ``task_type`` (the migration guide's name)."""
+        return self.task_type
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the task is completed, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    def get_payload_dict(self) -> dict[str, Any]:
+        """The payload as a new dict; a payload that is not an object comes as ``{"value": p}``."""
+        if isinstance(self.payload, dict):
+            return dict(self.payload)
+        if self.payload is None:
+            return {}
+        return {"value": self.payload}
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Task:
+        """Build a task from a row selected in ``TASK_COLUMNS`` order."""
+        (
+            id_,
+            queue,
+            task_type,
+            payload,
+            priority,
+            status,
+            attempts,
+            max_attempts,
+            run_after,
+            key,
+            error,
+            result,
+            locked_by,
+            lease_expires_at,
+            cancel_requested,
+            timeout,
+            headers,
+            created_at,
+            started_at,
+            finished_at,
+        ) = row
+        return cls(
+            id=id_,
+            queue=queue,
+            task_type=task_type,
+            payload=json.loads(payload),
+            priority=priority,
+            status=TaskStatus(status),
+            attempts=attempts,
+            max_attempts=max_attempts,
+            run_after=from_us(run_after),
+            created_at=from_us(created_at),
+            idempotency_key=key,
+            error_message=error,
+            result=None if result is None else json.loads(result),
+            locked_by=locked_by,
+            lease_expires_at=_ts(lease_expires_at),
+            cancel_requested=bool(cancel_requested),
+            timeout=timeout,
+            headers=json.loads(headers) if headers else {},
+            started_at=_ts(started_at),
+            finished_at=_ts(finished_at),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (datetimes as ISO 8601 strings) for the CLI and status APIs."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(Task):
+            value = getattr(self, field.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, TaskStatus):
+                value = value.value
+            elif field.name == "headers":
+                value = dict(value)
+            out[field.name] = value
+        out["type"] = self.task_type
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class NewTask:
+    """A task on its way into the store, as the ``hookqueue_enqueue`` hook sees it.
+
+    The queue builds it from the caller's arguments after checking their types; plugins may
+    return an evolved copy (``attrs.evolve``) or raise to refuse it.
+    """
+
+    #: Handler name.
+    task_type: str
+    #: JSON-serialisable value.
+    payload: Any = None
+    #: Lower runs first.
+    priority: int = 100
+    #: Not before this instant (None: now).
+    run_after: datetime | None = None
+    #: None: the retry plugin or the core default (1) decides.
+    max_attempts: int | None = None
+    #: A repeated key returns the existing task.
+    idempotency_key: str | None = None
+    #: Queue name.
+    queue: str = "default"
+    #: Seconds one attempt may take (None: the handler's setting, else no limit).
+    timeout: float | None = None
+    #: Plugin metadata (JSON object), e.g. trace context.
+    headers: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class EventKind(str, enum.Enum):
+    """What happened to a task in a :class:`TaskEvent`."""
+
+    ENQUEUED = "enqueued"
+    #: leased by a worker; an attempt starts
+    STARTED = "started"
+    COMPLETED = "completed"
+    #: failed for good (no retry left, or the policy gave up)
+    FAILED = "failed"
+    #: failed, and will run again at ``task.run_after``
+    RETRY_SCHEDULED = "retry_scheduled"
+    CANCELLED = "cancelled"
+    #: cancellation asked for a running task; the worker will act on it
+    CANCEL_REQUESTED = "cancel_requested"
+    #: the worker holding it stopped renewing its lease; another worker may take it
+    LEASE_EXPIRED = "lease_expired"
+    #: given back unfinished at shutdown, without counting the attempt
+    RELEASED = "released"
+    #: put back to ``queued`` by ``Queue.retry`` after it had failed or been cancelled
+    REQUEUED = "requeued"
+
+
+@attrs.frozen(kw_only=True)
+class TaskEvent:
+    """One state transition, sent to every ``hookqueue_event`` implementation."""
+
+    #: What happened.
+    kind: EventKind
+    #: The task as stored after the transition.
+    task: Task
+    #: When it happened.
+    at: datetime
+    #: The worker that caused it, if a worker did.
+    worker_id: str | None = None
+    #: For ``completed``/``failed``/``retry_scheduled``: how long the attempt ran, in seconds.
+    duration: float | None = None
+    #: For failures: the error message.
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """Why an attempt did not complete, as the ``hookqueue_retry`` hook sees it."""
+
+    #: ``"error"`` (the handler raised), ``"timeout"``, ``"crash"`` (lease expired),
+    #: ``"no_handler"`` or ``"bad_result"``.
+    kind: str
+    #: A one-line message stored on the task.
+    message: str
+    #: The exception the handler raised, when there is one.
+    exception: BaseException | None = None
+    #: The formatted traceback, when there is one.
+    traceback: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RetryDecision:
+    """What the ``hookqueue_retry`` hook decided after a failure."""
+
+    #: True: run again at ``run_after``. False: the task ends ``failed``.
+    retry: bool
+    #: When the next attempt may start (required when ``retry``).
+    run_after: datetime | None = None
+    #: Why; stored in the event and shown by the CLI.
+    reason: str = ""
+
+    @classmethod
+    def give_up(cls, reason: str = "no retry policy") -> RetryDecision:
+        """The task ends ``failed``."""
+        return cls(retry=False, reason=reason)
+
+    @classmethod
+    def at(cls, when: datetime, reason: str = "") -> RetryDecision:
+        """Run again at ``when`` (aware datetime)."""
+        _aware(None, attrs.fields(RetryDecision).run_after, when)
+        return cls(retry=True, run_after=when, reason=reason)
+
+
+@attrs.frozen(kw_only=True)
+class LeaseRequest:
+    """A worker asks for up to ``limit`` tasks."""
+
+    #: The asking worker's id.
+    worker_id: str
+    #: The queues it works.
+    queues: tuple[str, ...]
+    #: How many tasks it can take now (its free slots).
+    limit: int
+    #: The instant of the request.
+    now: datetime
+    #: How long the lease lasts unless renewed.
+    lease_seconds: float
+
+
+class SortKey(str, enum.Enum):
+    """The ordering vocabulary a lease plan may use; the store turns each into SQL.
+
+    Keeping the vocabulary closed keeps leasing one indexed SQL statement and keeps
+    plugin-supplied text out of SQL.
+    """
+
+    #: lower ``priority`` first
+    PRIORITY = "priority"
+    #: ``priority`` improved by one step per ``LeasePlan.aging_seconds`` waited
+    AGED_PRIORITY = "aged_priority"
+    #: earliest ``run_after`` first (due order)
+    DUE = "due"
+    #: enqueue order (id ascending)
+    FIFO = "fifo"
+    #: newest first (id descending)
+    LIFO = "lifo"
+
+
+@attrs.frozen(kw_only=True)
+class Candidate:
+    """A queued, due task offered to a scheduler's ``rerank`` function."""
+
+    id: int
+    task_type: str
+    priority: int
+    queue: str
+    created_at_us: int
+    run_after_us: int
+    #: The value at ``LeasePlan.partition_key`` in the payload, if the plan asked for one.
+    partition: Any = None
+
+
+#: ``rerank(candidates, limit) -> ids to lease, best first`` (at most ``limit``).
+Rerank = Callable[[Sequence[Candidate], int], Sequence[int]]
+
+
+@attrs.frozen(kw_only=True)
+class LeasePlan:
+    """The answer to ``hookqueue_lease``: how the store picks the next tasks.
+
+    Without ``rerank`` the store leases the first ``limit`` due tasks in ``order`` in one
+    ``UPDATE … RETURNING``. With ``rerank`` it selects a window of ``window`` candidates in
+    ``order`` and leases the ids ``rerank`` returns, in the same transaction.
+    """
+
+    #: Sort keys, most significant first; the store appends ``FIFO`` as the tie-breaker.
+    order: tuple[SortKey, ...] = (SortKey.FIFO,)
+    #: For ``AGED_PRIORITY``: seconds of waiting that improve priority by one.
+    aging_seconds: float = 60.0
+    #: Candidate window size for ``rerank`` (ignored without it).
+    window: int = 256
+    #: Optional Python re-ranking of the window.
+    rerank: Rerank | None = None
+    #: Top-level payload key whose value is passed as ``Candidate.partition`` (e.g. a tenant).
+    partition_key: str | None = None
+    #: Name shown by ``hookqueue plugins`` and in benchmarks.
+    name: str = "fifo"
+
+
+@attrs.frozen(kw_only=True)
+class HandlerSpec:
+    """A task handler, as registered or contributed by a plugin's ``hookqueue_handlers``."""
+
+    #: The task type it runs.
+    task_type: str
+    #: ``async def handler(task)`` or ``def handler(task)``; returns a JSON value.
+    handler: Callable[..., Any]
+    #: Shown by the CLI.
+    description: str = ""
+    #: Seconds one attempt may take (overrides the task's own ``timeout`` when the task has none).
+    timeout: float | None = None
+    #: Per-type options read by plugins (e.g. ``{"retry": ExponentialBackoff(...)}``).
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class CliCommand:
+    """A subcommand contributed to the ``hookqueue`` command by ``hookqueue_cli_commands``."""
+
+    #: The subcommand's name (``hookqueue NAME``).
+    name: str
+    #: One line of help.
+    help: str
+    #: ``configure(parser)`` adds the subcommand's arguments to an argparse parser.
+    configure: Callable[[Any], None]
+    #: ``run(args) -> exit code``; ``args.db`` holds the database path when given.
+    run: Callable[[Any], int]
+
+
+@attrs.frozen(kw_only=True)
+class WorkerInfo:
+    """A worker as recorded in the database (for ``active_workers`` and ``hookqueue workers``)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None = None
+    #: Tasks it has finished (completed, failed or retried) since it started.
+    processed: int = 0

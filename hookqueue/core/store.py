@@ -1,0 +1,1137 @@
+"""``QueueDatabase``: the SQLite store. The only module that imports apsw; it holds all SQL.
+
+Contract (what every store engine must give the rest of hookqueue):
+
+- Each public method is atomic: it commits entirely or not at all. Methods that read and then
+  write run in ``BEGIN IMMEDIATE`` transactions, so two processes never both act on what
+  they read.
+- Instants are integer microseconds since the epoch (UTC), passed in by the caller from its
+  clock; the store never reads the time itself.
+- Payloads, results and headers are JSON text. Nothing is ever unpickled.
+- Every statement is a constant string with bound parameters. The only SQL assembled at run
+  time is the ``IN (?, ?, …)`` placeholder list and ``ORDER BY`` terms chosen from the closed
+  :class:`~hookqueue.core.models.SortKey` vocabulary.
+- One connection per thread (and per process: a forked child opens its own).
+
+The narrow interface (insert, lease, settle, heartbeat, cancel, retry, release, prune, read)
+is what a second engine (PostgreSQL with ``FOR UPDATE SKIP LOCKED``) would implement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import apsw
+import apsw.bestpractice
+import attrs
+
+from .errors import (
+    DatabaseBusy,
+    DatabaseFull,
+    InvalidTransition,
+    NotAHookqueueDatabase,
+    SchemaTooNew,
+    StoreError,
+    TaskNotFound,
+    ValidationError,
+)
+from .models import (
+    TASK_COLUMNS,
+    Candidate,
+    LeasePlan,
+    SortKey,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+)
+
+log = logging.getLogger("hookqueue.store")
+
+#: ``PRAGMA application_id`` of hookqueue databases ("HkQu"), so a foreign SQLite file is
+#: recognised and refused instead of being written to.
+APPLICATION_ID = 0x486B5175
+#: The schema version this code writes; older databases are migrated forward.
+SCHEMA_VERSION = 1
+
+Durability = Literal["full", "normal"]
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+_COLS = ", ".join(TASK_COLUMNS)
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+#: Migration steps: ``MIGRATIONS[n]`` takes a database from version n to n + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tasks (
+        id               INTEGER PRIMARY KEY,
+        queue            TEXT    NOT NULL,
+        task_type        TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        priority         INTEGER NOT NULL,
+        status           TEXT    NOT NULL
+            CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+        attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        run_after        INTEGER NOT NULL,
+        idempotency_key  TEXT,
+        error_message    TEXT,
+        result           TEXT,
+        locked_by        TEXT,
+        lease_expires_at INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        timeout_seconds  REAL,
+        headers          TEXT,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER
+    ) STRICT;
+    -- Leasing in priority order, and in due (FIFO) order; both only over queued rows, so
+    -- finished tasks kept for history never slow a lease down.
+    CREATE INDEX tasks_ready ON tasks (queue, priority, run_after, id) WHERE status = 'queued';
+    CREATE INDEX tasks_due ON tasks (queue, run_after, id) WHERE status = 'queued';
+    -- The expired-lease sweep.
+    CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE status = 'running';
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    -- Counts by status and type, listing, pruning.
+    CREATE INDEX tasks_status ON tasks (status, task_type);
+    CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+
+    CREATE TABLE workers (
+        worker_id    TEXT PRIMARY KEY,
+        hostname     TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        queues       TEXT NOT NULL,
+        concurrency  INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        stopped_at   INTEGER,
+        processed    INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    """,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Named statements
+# ---------------------------------------------------------------------------------------------
+
+SQL_INSERT_KEYED = """
+INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_attempts,
+                   run_after, idempotency_key, timeout_seconds, headers, created_at)
+VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+SQL_INSERT_ID = """
+INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_attempts,
+                   run_after, idempotency_key, timeout_seconds, headers, created_at)
+VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)
+"""
+SQL_GET = f"SELECT {_COLS} FROM tasks WHERE id = ?"
+SQL_GET_BY_KEY = f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?"
+SQL_FORGET_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = ?"
+
+SQL_EXPIRED = f"""
+SELECT {_COLS} FROM tasks
+WHERE status = 'running' AND lease_expires_at <= ?
+ORDER BY lease_expires_at
+LIMIT 256
+"""
+SQL_EXPIRE_REQUEUE = f"""
+UPDATE tasks SET status = 'queued', run_after = ?, error_message = ?, locked_by = NULL,
+                 lease_expires_at = NULL, cancel_requested = 0
+WHERE id = ? AND status = 'running' AND lease_expires_at <= ?
+RETURNING {_COLS}
+"""
+SQL_EXPIRE_FAIL = f"""
+UPDATE tasks SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
+                 error_message = ?, finished_at = ?, locked_by = NULL, lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND lease_expires_at <= ?
+RETURNING {_COLS}
+"""
+SQL_ANY_DUE_ONE_QUEUE = """
+SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ? LIMIT 1
+"""
+SQL_ANY_EXPIRED = "SELECT 1 FROM tasks WHERE status = 'running' AND lease_expires_at <= ? LIMIT 1"
+SQL_NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE status = 'running'"
+
+SQL_COMPLETE = f"""
+UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {_COLS}
+"""
+SQL_FAIL = f"""
+UPDATE tasks SET status = 'failed', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {_COLS}
+"""
+SQL_RETRY_LATER = f"""
+UPDATE tasks SET status = 'queued', error_message = ?, run_after = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ? AND cancel_requested = 0
+RETURNING {_COLS}
+"""
+SQL_CANCELLED_BY_WORKER = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {_COLS}
+"""
+SQL_RELEASE = f"""
+UPDATE tasks SET status = 'queued', attempts = max(attempts - 1, 0), locked_by = NULL,
+                 lease_expires_at = NULL, started_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {_COLS}
+"""
+SQL_RENEW = """
+UPDATE tasks SET lease_expires_at = ?
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING id, cancel_requested
+"""
+SQL_CANCEL_QUEUED = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?
+WHERE id = ? AND status = 'queued'
+RETURNING {_COLS}
+"""
+SQL_CANCEL_RUNNING = f"""
+UPDATE tasks SET cancel_requested = 1
+WHERE id = ? AND status = 'running'
+RETURNING {_COLS}
+"""
+SQL_REQUEUE = f"""
+UPDATE tasks SET status = 'queued', attempts = 0, run_after = ?, finished_at = NULL,
+                 started_at = NULL, cancel_requested = 0, result = NULL
+WHERE id = ? AND status IN ('failed', 'cancelled')
+RETURNING {_COLS}
+"""
+SQL_PRUNE_BATCH = """
+DELETE FROM tasks WHERE id IN (
+    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? AND status = ?
+    LIMIT 5000
+)
+"""
+SQL_COUNTS = "SELECT status, count(*) FROM tasks GROUP BY status"
+SQL_COUNTS_BY_TYPE = "SELECT task_type, status, count(*) FROM tasks GROUP BY task_type, status"
+SQL_OLDEST_QUEUED = "SELECT min(run_after) FROM tasks WHERE status = 'queued' AND run_after <= ?"
+
+SQL_WORKER_UPSERT = """
+INSERT INTO workers (worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (worker_id) DO UPDATE SET
+    hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
+    concurrency = excluded.concurrency, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, processed = 0
+"""
+SQL_WORKER_BEAT = "UPDATE workers SET heartbeat_at = ?, processed = processed + ? WHERE worker_id = ?"
+SQL_WORKER_STOP = "UPDATE workers SET stopped_at = ?, heartbeat_at = ? WHERE worker_id = ?"
+SQL_WORKERS = """
+SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at,
+       processed
+FROM workers ORDER BY started_at
+"""
+SQL_PRUNE_WORKERS = "DELETE FROM workers WHERE heartbeat_at < ?"
+
+#: ``ORDER BY`` terms for each sort key. ``:aging`` is bound when AGED_PRIORITY is used.
+_ORDER_TERMS: dict[SortKey, str] = {
+    SortKey.PRIORITY: "priority ASC",
+    SortKey.AGED_PRIORITY: "(priority - (? - created_at) / ?) ASC",
+    SortKey.DUE: "run_after ASC",
+    SortKey.FIFO: "run_after ASC, id ASC",
+    SortKey.LIFO: "run_after DESC, id DESC",
+}
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@attrs.frozen(kw_only=True)
+class InsertRow:
+    """One task to insert, already validated and encoded by the queue."""
+
+    queue: str
+    task_type: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    run_after_us: int
+    idempotency_key: str | None
+    timeout: float | None
+    headers_json: str | None
+
+    def params(self, now_us: int) -> tuple[Any, ...]:
+        return (
+            self.queue,
+            self.task_type,
+            self.payload_json,
+            self.priority,
+            self.max_attempts,
+            self.run_after_us,
+            self.idempotency_key,
+            self.timeout,
+            self.headers_json,
+            now_us,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Settlement:
+    """What a worker reports about one finished attempt.
+
+    ``kind`` is ``complete`` (with ``result_json``), ``fail`` (with ``error``), ``retry``
+    (with ``error`` and ``run_after_us``), ``cancelled`` or ``release``.
+    """
+
+    task_id: int
+    kind: Literal["complete", "fail", "retry", "cancelled", "release"]
+    result_json: str | None = None
+    error: str | None = None
+    run_after_us: int | None = None
+    #: How long the attempt ran, in seconds (for events; not stored).
+    duration: float | None = None
+
+
+#: Decides what happens to tasks whose lease expired: ``task -> (requeue_at_us or None, msg)``.
+ExpiryDecider = Callable[[Task], tuple[int | None, str]]
+
+
+class _Translate:
+    """Turns apsw exceptions into hookqueue errors that name the database and the fix."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: QueueDatabase) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is None or not isinstance(exc, apsw.Error):
+            return
+        path = self.db.path
+        if isinstance(exc, apsw.BusyError):
+            raise DatabaseBusy(
+                f"{path}: the database stayed locked by another connection for longer than "
+                f"busy_timeout={self.db.busy_timeout}s. Nothing was written. Fix: retry, "
+                "find the process holding a long write transaction, or raise busy_timeout"
+            ) from exc
+        if isinstance(exc, apsw.FullError):
+            raise DatabaseFull(
+                f"{path}: the disk or the database size limit is full; the transaction was "
+                "rolled back and earlier data is intact. Fix: free space, or prune finished "
+                "tasks (hookqueue prune)"
+            ) from exc
+        if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
+            raise NotAHookqueueDatabase(
+                f"{path}: {exc} — the file is not a readable SQLite database (corrupt, "
+                "truncated or another kind of file). It was not modified. Fix: point "
+                "HOOKQUEUE_DB / --db at a hookqueue database or restore it from a backup"
+            ) from exc
+        if isinstance(exc, apsw.ReadOnlyError | apsw.PermissionsError | apsw.CantOpenError):
+            raise StoreError(
+                f"{path}: cannot write the database ({exc}). Fix: check the file's and its "
+                "directory's permissions and owner"
+            ) from exc
+        if isinstance(exc, apsw.IOError):
+            raise StoreError(f"{path}: disk I/O error ({exc}); the transaction was rolled back") from exc
+        raise StoreError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def default_database_path() -> Path:
+    """``$HOOKQUEUE_DB``, else ``hookqueue/queue.db`` in the user's data directory.
+
+    The data directory is ``$XDG_DATA_HOME`` (else ``~/.local/share``) on Linux and other
+    Unixes, ``~/Library/Application Support`` on macOS and ``%LOCALAPPDATA%`` on Windows —
+    never a temporary directory, which the system may empty.
+    """
+    env = os.environ.get("HOOKQUEUE_DB")
+    if env:
+        return Path(env).expanduser()
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif os.uname().sysname == "Darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "hookqueue" / "queue.db"
+
+
+class QueueDatabase:
+    """The SQLite store: schema, migrations and every statement hookqueue runs.
+
+    :param path: the database file; default :func:`default_database_path`. Parent directories
+        are created; a new file is created readable and writable by its owner only (0600).
+    :param db_path: the same as ``path`` (the migration guide's keyword).
+    :param durability: ``"full"`` (default) makes every acknowledged write survive power
+        loss (``synchronous=FULL``); ``"normal"`` may lose the last transactions on power
+        loss but never on an application crash, and is several times faster per commit.
+    :param busy_timeout: seconds to wait for another connection's write lock before raising
+        :class:`~hookqueue.core.errors.DatabaseBusy`.
+
+    The schema is created or migrated on first use; :meth:`initialize_schema` does it
+    explicitly and is idempotent. A file that is not a hookqueue database, or was written by
+    a newer hookqueue, is refused and left untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        db_path: str | os.PathLike[str] | None = None,
+        durability: Durability = "full",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        if path is not None and db_path is not None and Path(path) != Path(db_path):
+            raise ValidationError(
+                "db_path", db_path, f"conflicts with path={str(path)!r}", "pass only one of them"
+            )
+        chosen = path if path is not None else db_path
+        if chosen is not None and not isinstance(chosen, str | os.PathLike):
+            raise ValidationError(
+                "path", chosen, "must be a file path (str or os.PathLike)", "pass a file path"
+            )
+        if durability not in _SYNCHRONOUS:
+            raise ValidationError(
+                "durability", durability, "is not a durability level", "use 'full' or 'normal'"
+            )
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ValidationError(
+                "busy_timeout", busy_timeout, "must be a number of seconds >= 0", "e.g. 10.0"
+            )
+        self.path = Path(chosen).expanduser() if chosen is not None else default_database_path()
+        if str(self.path) == ":memory:":
+            raise ValidationError(
+                "path",
+                ":memory:",
+                "an in-memory database is private to one connection, and hookqueue uses one "
+                "connection per thread",
+                "use a file (a temporary one in tests: the pytest plugin's hq_queue fixture)",
+            )
+        self.durability: Durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self._local = threading.local()
+        self._connections: list[apsw.Connection] = []
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._closed = False
+        self._errors = _Translate(self)
+        self._order_sql: dict[tuple[SortKey, ...], str] = {}
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"QueueDatabase({str(self.path)!r}, durability={self.durability!r})"
+
+    def __enter__(self) -> QueueDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_file(self) -> None:
+        """Create the file 0600 (and its directory 0700) before SQLite opens it.
+
+        SQLite creates the -wal and -shm files with the database file's permissions, so they
+        are owner-only too.
+        """
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)
+
+    def _conn(self) -> apsw.Connection:
+        local = self._local
+        conn: apsw.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        return self._open_connection()
+
+    def _open_connection(self) -> apsw.Connection:
+        if self._closed:
+            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
+        self._create_file()
+        with self._errors:
+            conn = apsw.Connection(
+                str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+            )
+            try:
+                conn.set_busy_timeout(int(self.busy_timeout * 1000))
+                self._verify_identity(conn)
+                # apsw's best practice, per connection: never bestpractice.apply(), which
+                # would change every connection in the host application.
+                apsw.bestpractice.connection_dqs(conn)
+                apsw.bestpractice.connection_recursive_triggers(conn)
+                apsw.bestpractice.connection_enable_foreign_keys(conn)
+                apsw.bestpractice.connection_wal(conn)
+                conn.pragma("synchronous", _SYNCHRONOUS[self.durability])
+                conn.transaction_mode = "IMMEDIATE"
+            except BaseException:
+                conn.close()
+                raise
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._connections.append(conn)
+        if not self._schema_ready:
+            self._migrate(conn)
+        return conn
+
+    def _verify_identity(self, conn: apsw.Connection) -> None:
+        """Refuse files that are not hookqueue databases, and newer schemas."""
+        app_id = conn.pragma("application_id")
+        version = conn.pragma("user_version")
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path}: schema version {version} was written by a newer hookqueue "
+                    f"(this one understands up to {SCHEMA_VERSION}). The file was not "
+                    "modified. Fix: upgrade hookqueue (pip install -U hookqueue)"
+                )
+            return
+        if app_id == 0 and version == 0:
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema").get
+            if tables == 0:
+                return  # a new, empty database: ours to initialise
+        raise NotAHookqueueDatabase(
+            f"{self.path}: this SQLite file is not a hookqueue database "
+            f"(application_id={app_id:#x}, user_version={version}). It was not modified. "
+            "Fix: point HOOKQUEUE_DB / --db at a hookqueue database or a new file"
+        )
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        with self._errors:
+            if conn.pragma("user_version") >= SCHEMA_VERSION:
+                self._schema_ready = True
+                return
+            # BEGIN IMMEDIATE takes the write lock, so of several processes initialising at
+            # once, one migrates and the others see the new version when they get the lock.
+            with conn:
+                self._verify_identity(conn)
+                current = conn.pragma("user_version")
+                for step in range(current, SCHEMA_VERSION):
+                    log.info("migrating %s from schema %d to %d", self.path, step, step + 1)
+                    conn.execute(MIGRATIONS[step])
+                conn.pragma("user_version", SCHEMA_VERSION)
+                conn.pragma("application_id", APPLICATION_ID)
+        self._schema_ready = True
+
+    def initialize_schema(self) -> None:
+        """Create or migrate the schema. Idempotent; safe when several processes call it at once."""
+        self._migrate(self._conn())
+
+    def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        with self._errors:
+            return int(self._conn().pragma("user_version"))
+
+    def check(self) -> list[str]:
+        """Run SQLite's integrity check and hookqueue's own consistency checks.
+
+        :returns: a list of problems; empty when the database is healthy.
+        """
+        conn = self._conn()
+        with self._errors:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+            problems += [
+                f"task {tid} is running without a lease owner"
+                for (tid,) in conn.execute(
+                    "SELECT id FROM tasks WHERE status = 'running' "
+                    "AND (locked_by IS NULL OR lease_expires_at IS NULL)"
+                )
+            ]
+            problems += [
+                f"task {tid} has attempts={a} above max_attempts={m}"
+                for tid, a, m in conn.execute(
+                    "SELECT id, attempts, max_attempts FROM tasks WHERE attempts > max_attempts"
+                )
+            ]
+        return problems
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread). Idempotent."""
+        with self._lock:
+            conns, self._connections = self._connections, []
+            self._closed = True
+        for conn in conns:
+            try:
+                conn.close()
+            except apsw.Error:  # pragma: no cover - closing a connection in use elsewhere
+                log.exception("closing a connection of %s", self.path)
+        self._local = threading.local()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    @contextmanager
+    def _write(self) -> Iterator[apsw.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, with apsw errors translated."""
+        conn = self._conn()
+        with self._errors, conn:
+            yield conn
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    def insert(
+        self,
+        rows: Sequence[InsertRow],
+        now_us: int,
+        *,
+        key_window_us: int | None = None,
+    ) -> list[tuple[int, Task | None]]:
+        """Insert tasks in one transaction (all or none).
+
+        :param rows: the tasks, validated and JSON-encoded.
+        :param now_us: the enqueue instant (``created_at``; also ``run_after`` when it is 0).
+        :param key_window_us: how long after it finished a task's idempotency key keeps
+            deduplicating (None: until the task is pruned).
+        :returns: per row, ``(id, None)`` for a new task, or ``(id, existing task)`` when a
+            task with the same idempotency key exists and is still remembered.
+        """
+        out: list[tuple[int, Task | None]] = []
+        with self._write() as conn:
+            for row in rows:
+                params = row.params(now_us)
+                if row.idempotency_key is None:
+                    conn.execute(SQL_INSERT_ID, params)
+                    out.append((conn.last_insert_rowid(), None))
+                    continue
+                got = conn.execute(SQL_INSERT_KEYED, params).get
+                if got is not None:
+                    out.append((got, None))
+                    continue
+                existing = Task.from_row(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
+                if (
+                    key_window_us is not None
+                    and existing.finished_at is not None
+                    and _us(existing.finished_at) + key_window_us <= now_us
+                ):
+                    # The key's window has passed: the old task keeps its history but lets
+                    # go of the key, and the new task takes it.
+                    conn.execute(SQL_FORGET_KEY, (existing.id,))
+                    conn.execute(SQL_INSERT_ID, params)
+                    out.append((conn.last_insert_rowid(), None))
+                else:
+                    out.append((existing.id, existing))
+        return out
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, task_id: int) -> Task:
+        """The task with this id. :raises TaskNotFound: if there is none."""
+        with self._errors:
+            row = self._conn().execute(SQL_GET, (task_id,)).get
+        if row is None:
+            raise TaskNotFound(task_id)
+        return Task.from_row(row)
+
+    def find_by_key(self, key: str) -> Task | None:
+        """The task holding this idempotency key, or None."""
+        with self._errors:
+            row = self._conn().execute(SQL_GET_BY_KEY, (key,)).get
+        return None if row is None else Task.from_row(row)
+
+    def list(
+        self,
+        *,
+        statuses: Iterable[TaskStatus] = (),
+        task_type: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Task]:
+        """Tasks matching every given filter, ordered by id, at most ``limit``.
+
+        Paging is by id: pass the last id of a page as ``after_id`` to get the next one (with
+        ``newest_first`` the next page holds smaller ids).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        status_values = [TaskStatus(s).value for s in statuses]
+        if status_values:
+            where.append(f"status IN ({_placeholders(len(status_values))})")
+            params += status_values
+        if task_type is not None:
+            where.append("task_type = ?")
+            params.append(task_type)
+        if queue is not None:
+            where.append("queue = ?")
+            params.append(queue)
+        if after_id is not None:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(after_id)
+        sql = (
+            f"SELECT {_COLS} FROM tasks"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + (" ORDER BY id DESC" if newest_first else " ORDER BY id ASC")
+            + " LIMIT ?"
+        )
+        params.append(limit)
+        with self._errors:
+            return [Task.from_row(r) for r in self._conn().execute(sql, params)]
+
+    def counts(self, *, by_type: bool = False) -> dict[str, Any]:
+        """Tasks per status (every status present, zero when none); with ``by_type`` a
+        ``{task_type: {status: n}}`` mapping instead."""
+        conn = self._conn()
+        with self._errors:
+            if not by_type:
+                out = {s.value: 0 for s in TaskStatus}
+                for status, n in conn.execute(SQL_COUNTS):
+                    out[status] = n
+                return out
+            nested: dict[str, dict[str, int]] = {}
+            for task_type, status, n in conn.execute(SQL_COUNTS_BY_TYPE):
+                nested.setdefault(task_type, {s.value: 0 for s in TaskStatus})[status] = n
+            return nested
+
+    def oldest_due_queued_us(self, now_us: int) -> int | None:
+        """``run_after`` of the longest-waiting due queued task, or None."""
+        with self._errors:
+            value: int | None = self._conn().execute(SQL_OLDEST_QUEUED, (now_us,)).get
+        return value
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement (for plugins' reports, e.g. metrics). Writes are refused."""
+        conn = self._conn()
+        with self._errors:
+            cursor = conn.cursor()
+            # A read-only guard: SQLite refuses any write made through this authorizer.
+            conn.authorizer = _read_only_authorizer
+            try:
+                rows = [tuple(r) for r in cursor.execute(sql, params)]
+            finally:
+                conn.authorizer = None
+            return rows
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits (cheap: no table read).
+
+        Workers poll it on a connection of their own to notice other processes' enqueues.
+        """
+        with self._errors:
+            return int(self._conn().pragma("data_version"))
+
+    def next_wakeup_us(self, queues: Sequence[str], now_us: int) -> int | None:
+        """The earliest future ``run_after`` of a queued task or expiry of a lease, or None."""
+        conn = self._conn()
+        ph = _placeholders(len(queues))
+        sql = (
+            f"SELECT min(run_after) FROM tasks WHERE status = 'queued' "  # noqa: S608 - placeholders only
+            f"AND queue IN ({ph}) AND run_after > ?"
+        )
+        with self._errors:
+            due = conn.execute(sql, (*queues, now_us)).get
+            expiry = conn.execute(SQL_NEXT_EXPIRY).get
+        candidates = [v for v in (due, expiry) if v is not None]
+        return min(candidates) if candidates else None
+
+    def has_work(self, queues: Sequence[str], now_us: int) -> bool:
+        """True if a task is due in one of ``queues`` or a lease has expired (a read; no lock)."""
+        conn = self._conn()
+        with self._errors:
+            for q in queues:
+                if conn.execute(SQL_ANY_DUE_ONE_QUEUE, (q, now_us)).get is not None:
+                    return True
+            return conn.execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
+
+    # -- lease ---------------------------------------------------------------------------------
+
+    def _order_by(self, plan: LeasePlan) -> str:
+        keys = tuple(plan.order)
+        sql = self._order_sql.get(keys)
+        if sql is None:
+            terms = [_ORDER_TERMS[SortKey(k)] for k in keys]
+            if SortKey.FIFO not in keys and SortKey.LIFO not in keys:
+                terms.append(_ORDER_TERMS[SortKey.FIFO])
+            sql = ", ".join(terms)
+            self._order_sql[keys] = sql
+        return sql
+
+    def _order_params(self, plan: LeasePlan, now_us: int) -> tuple[Any, ...]:
+        if SortKey.AGED_PRIORITY in plan.order:
+            return (now_us, max(1, int(plan.aging_seconds * 1_000_000)))
+        return ()
+
+    def lease(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        lease_us: int,
+        plan: LeasePlan,
+        decide_expired: ExpiryDecider,
+        settlements: Sequence[Settlement] = (),
+    ) -> tuple[list[Task], list[tuple[str, Task]]]:
+        """Settle finished attempts, sweep expired leases, and lease new tasks — one transaction.
+
+        :param worker_id: the leasing worker; its id is written to ``locked_by``.
+        :param queues: lease only from these queues.
+        :param limit: lease at most this many (0: only settle and sweep).
+        :param now_us: the current instant.
+        :param lease_us: lease length; ``lease_expires_at = now + lease_us``.
+        :param plan: the scheduler's plan (from ``hookqueue_lease``).
+        :param decide_expired: called for each task whose lease expired; returns
+            ``(requeue_at_us, message)`` to requeue it or ``(None, message)`` to end it.
+        :param settlements: finished attempts to write first (see :meth:`settle`).
+        :returns: ``(leased tasks in plan order, transitions)`` where each transition is
+            ``(event kind, task after the change)``.
+        """
+        transitions: list[tuple[str, Task]] = []
+        leased: list[Task] = []
+        with self._write() as conn:
+            if settlements:
+                transitions += self._settle(conn, worker_id, settlements, now_us)
+            for row in conn.execute(SQL_EXPIRED, (now_us,)).fetchall():
+                task = Task.from_row(row)
+                requeue_at, message = decide_expired(task)
+                if requeue_at is not None and task.attempts < task.max_attempts:
+                    got = conn.execute(
+                        SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)
+                    ).get
+                    if got is not None:
+                        transitions.append(("lease_expired", Task.from_row(got)))
+                else:
+                    got = conn.execute(SQL_EXPIRE_FAIL, (message, now_us, task.id, now_us)).get
+                    if got is not None:
+                        done = Task.from_row(got)
+                        transitions.append((done.status.value, done))
+            if limit > 0:
+                leased = self._lease_rows(conn, worker_id, queues, limit, now_us, lease_us, plan)
+        return leased, transitions
+
+    def _lease_rows(
+        self,
+        conn: apsw.Connection,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        lease_us: int,
+        plan: LeasePlan,
+    ) -> list[Task]:
+        ph = _placeholders(len(queues))
+        order = self._order_by(plan)
+        order_params = self._order_params(plan, now_us)
+        set_clause = (
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = ?, "
+            "lease_expires_at = ?, started_at = ?, cancel_requested = 0 "
+        )
+        set_params = (worker_id, now_us + lease_us, now_us)
+        if plan.rerank is None:
+            sql = (
+                f"{set_clause} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "  # noqa: S608
+                f"AND queue IN ({ph}) AND run_after <= ? ORDER BY {order} LIMIT ?) "
+                f"RETURNING {_COLS}"
+            )
+            rows = conn.execute(
+                sql, (*set_params, *queues, now_us, *order_params, limit)
+            ).fetchall()
+            tasks = [Task.from_row(r) for r in rows]
+            tasks.sort(key=_python_order(plan, now_us))
+            return tasks
+        # A bounded window, re-ranked in Python, leased in the same transaction.
+        partition = "json_extract(payload, ?)" if plan.partition_key else "NULL"
+        window_sql = (
+            f"SELECT id, task_type, priority, queue, created_at, run_after, {partition} "  # noqa: S608
+            f"FROM tasks WHERE status = 'queued' AND queue IN ({ph}) AND run_after <= ? "
+            f"ORDER BY {order} LIMIT ?"
+        )
+        part_params: tuple[Any, ...] = (
+            ("$." + json.dumps(plan.partition_key),) if plan.partition_key else ()
+        )
+        window = [
+            Candidate(
+                id=r[0],
+                task_type=r[1],
+                priority=r[2],
+                queue=r[3],
+                created_at_us=r[4],
+                run_after_us=r[5],
+                partition=r[6],
+            )
+            for r in conn.execute(
+                window_sql, (*part_params, *queues, now_us, *order_params, max(plan.window, limit))
+            )
+        ]
+        if not window:
+            return []
+        offered = {c.id for c in window}
+        chosen = [i for i in plan.rerank(window, limit) if i in offered][:limit]
+        if not chosen:
+            return []
+        sql = (
+            f"{set_clause} WHERE status = 'queued' AND id IN ({_placeholders(len(chosen))}) "  # noqa: S608
+            f"RETURNING {_COLS}"
+        )
+        by_id = {
+            t.id: t for t in (Task.from_row(r) for r in conn.execute(sql, (*set_params, *chosen)))
+        }
+        return [by_id[i] for i in chosen if i in by_id]
+
+    # -- settle --------------------------------------------------------------------------------
+
+    def settle(
+        self, worker_id: str, settlements: Sequence[Settlement], now_us: int
+    ) -> list[tuple[str, Task]]:
+        """Write the outcome of finished attempts in one transaction.
+
+        An outcome is written only while ``worker_id`` still holds the task's lease; an
+        outcome for a lease that was lost (it expired and another worker took the task) is
+        dropped and logged, so a slow worker can never overwrite a newer attempt.
+
+        :returns: ``(event kind, task after the change)`` for each outcome written.
+        """
+        with self._write() as conn:
+            return self._settle(conn, worker_id, settlements, now_us)
+
+    def _settle(
+        self,
+        conn: apsw.Connection,
+        worker_id: str,
+        settlements: Sequence[Settlement],
+        now_us: int,
+    ) -> list[tuple[str, Task]]:
+        out: list[tuple[str, Task]] = []
+        for s in settlements:
+            if s.kind == "complete":
+                row = conn.execute(SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)).get
+                kind = "completed"
+            elif s.kind == "fail":
+                row = conn.execute(SQL_FAIL, (s.error, now_us, s.task_id, worker_id)).get
+                kind = "failed"
+            elif s.kind == "retry":
+                row = conn.execute(
+                    SQL_RETRY_LATER, (s.error, s.run_after_us, s.task_id, worker_id)
+                ).get
+                kind = "retry_scheduled"
+                if row is None:  # cancel was requested meanwhile: cancelling wins over a retry
+                    row = conn.execute(
+                        SQL_CANCELLED_BY_WORKER, (s.error, now_us, s.task_id, worker_id)
+                    ).get
+                    kind = "cancelled"
+            elif s.kind == "cancelled":
+                row = conn.execute(
+                    SQL_CANCELLED_BY_WORKER,
+                    (s.error or "cancelled by request", now_us, s.task_id, worker_id),
+                ).get
+                kind = "cancelled"
+            else:
+                row = conn.execute(SQL_RELEASE, (s.task_id, worker_id)).get
+                kind = "released"
+            if row is None:
+                log.warning(
+                    "worker %s no longer holds the lease of task %d; its %s outcome is dropped "
+                    "(the lease expired and the task was taken over or ended)",
+                    worker_id,
+                    s.task_id,
+                    s.kind,
+                )
+                continue
+            out.append((kind, Task.from_row(row)))
+        if out:
+            conn.execute(SQL_WORKER_BEAT, (now_us, len(out), worker_id))
+        return out
+
+    def renew(
+        self, worker_id: str, task_ids: Sequence[int], now_us: int, lease_us: int
+    ) -> tuple[set[int], set[int]]:
+        """Extend the leases ``worker_id`` holds and record its heartbeat.
+
+        :returns: ``(ids still held, ids whose cancellation was requested)``; a running id
+            missing from the first set was lost (its lease expired and was taken over).
+        """
+        held: set[int] = set()
+        cancel: set[int] = set()
+        with self._write() as conn:
+            for tid in task_ids:
+                row = conn.execute(SQL_RENEW, (now_us + lease_us, tid, worker_id)).get
+                if row is not None:
+                    held.add(row[0])
+                    if row[1]:
+                        cancel.add(row[0])
+            conn.execute(SQL_WORKER_BEAT, (now_us, 0, worker_id))
+        return held, cancel
+
+    # -- user actions --------------------------------------------------------------------------
+
+    def cancel(self, task_id: int, now_us: int) -> tuple[str, Task]:
+        """Cancel a queued task at once, or mark a running one for cancellation.
+
+        :returns: ``("cancelled" | "cancel_requested", task)``.
+        :raises TaskNotFound: unknown id.
+        :raises InvalidTransition: the task already finished.
+        """
+        with self._write() as conn:
+            row = conn.execute(SQL_CANCEL_QUEUED, ("cancelled by request", now_us, task_id)).get
+            if row is not None:
+                return "cancelled", Task.from_row(row)
+            row = conn.execute(SQL_CANCEL_RUNNING, (task_id,)).get
+            if row is not None:
+                return "cancel_requested", Task.from_row(row)
+            current = conn.execute(SQL_GET, (task_id,)).get
+        if current is None:
+            raise TaskNotFound(task_id)
+        task = Task.from_row(current)
+        raise InvalidTransition(task.id, task.status.value, "cancel", "a queued or running task")
+
+    def requeue(self, task_id: int, now_us: int) -> Task:
+        """Put a failed or cancelled task back to ``queued`` with a fresh attempt budget."""
+        with self._write() as conn:
+            row = conn.execute(SQL_REQUEUE, (now_us, task_id)).get
+            if row is not None:
+                return Task.from_row(row)
+            current = conn.execute(SQL_GET, (task_id,)).get
+        if current is None:
+            raise TaskNotFound(task_id)
+        task = Task.from_row(current)
+        raise InvalidTransition(task.id, task.status.value, "retry", "a failed or cancelled task")
+
+    def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
+        """Delete tasks in ``statuses`` (terminal only) that finished before ``older_than_us``.
+
+        Deletes in batches of 5,000, each its own transaction, so workers are never locked
+        out for long. Stale worker records (no heartbeat since the cut-off) go too.
+
+        :returns: how many tasks were deleted.
+        """
+        chosen = [TaskStatus(s) for s in statuses]
+        for s in chosen:
+            if not s.is_terminal:
+                raise ValidationError(
+                    "statuses",
+                    s.value,
+                    "only finished tasks can be pruned",
+                    "use completed, failed and/or cancelled",
+                )
+        total = 0
+        for status in chosen:
+            while True:
+                with self._write() as conn:
+                    conn.execute(SQL_PRUNE_BATCH, (older_than_us, status.value))
+                    n = conn.changes()
+                total += n
+                if n < 5000:
+                    break
+        with self._write() as conn:
+            conn.execute(SQL_PRUNE_WORKERS, (older_than_us,))
+        return total
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (takes an exclusive lock)."""
+        with self._errors:
+            self._conn().execute("VACUUM")
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record a starting worker (replacing an earlier record with the same id)."""
+        with self._write() as conn:
+            conn.execute(
+                SQL_WORKER_UPSERT,
+                (
+                    info.worker_id,
+                    info.hostname,
+                    info.pid,
+                    json.dumps(list(info.queues)),
+                    info.concurrency,
+                    _us(info.started_at),
+                    _us(info.heartbeat_at),
+                ),
+            )
+
+    def worker_stopped(self, worker_id: str, now_us: int) -> None:
+        """Record that a worker shut down cleanly."""
+        with self._write() as conn:
+            conn.execute(SQL_WORKER_STOP, (now_us, now_us, worker_id))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every recorded worker, oldest first."""
+        from .clock import from_us
+
+        with self._errors:
+            rows = self._conn().execute(SQL_WORKERS).fetchall()
+        return [
+            WorkerInfo(
+                worker_id=r[0],
+                hostname=r[1],
+                pid=r[2],
+                queues=tuple(json.loads(r[3])),
+                concurrency=r[4],
+                started_at=from_us(r[5]),
+                heartbeat_at=from_us(r[6]),
+                stopped_at=None if r[7] is None else from_us(r[7]),
+                processed=r[8],
+            )
+            for r in rows
+        ]
+
+
+def _us(value: Any) -> int:
+    from .clock import to_us
+
+    return to_us(value, "timestamp")
+
+
+def _python_order(plan: LeasePlan, now_us: int) -> Callable[[Task], tuple[Any, ...]]:
+    """The plan's order as a Python sort key (``RETURNING`` does not keep the ORDER BY)."""
+    aging = max(1, int(plan.aging_seconds * 1_000_000))
+
+    def key(t: Task) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        run_after = _us(t.run_after)
+        for k in plan.order:
+            if k is SortKey.PRIORITY:
+                parts.append(t.priority)
+            elif k is SortKey.AGED_PRIORITY:
+                parts.append(t.priority - (now_us - _us(t.created_at)) / aging)
+            elif k is SortKey.DUE:
+                parts.append(run_after)
+            elif k is SortKey.LIFO:
+                parts += [-run_after, -t.id]
+            else:
+                parts += [run_after, t.id]
+        parts.append(t.id)
+        return tuple(parts)
+
+    return key
+
+
+_WRITE_ACTIONS = {
+    apsw.SQLITE_INSERT,
+    apsw.SQLITE_UPDATE,
+    apsw.SQLITE_DELETE,
+    apsw.SQLITE_CREATE_TABLE,
+    apsw.SQLITE_DROP_TABLE,
+    apsw.SQLITE_ALTER_TABLE,
+    apsw.SQLITE_CREATE_INDEX,
+    apsw.SQLITE_DROP_INDEX,
+    apsw.SQLITE_ATTACH,
+    apsw.SQLITE_PRAGMA,
+    apsw.SQLITE_TRANSACTION,
+}
+
+
+def _read_only_authorizer(op: int, *args: Any) -> int:
+    return apsw.SQLITE_DENY if op in _WRITE_ACTIONS else apsw.SQLITE_OK

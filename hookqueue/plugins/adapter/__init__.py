@@ -1,0 +1,1 @@
+"""The BackgroundTaskManager-compatible adapter (see docs/migration.md)."""
