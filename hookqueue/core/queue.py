@@ -391,6 +391,41 @@ class Queue:
             return []
         return self._write_new(items, now_us)
 
+    def enqueue_claimed(
+        self, worker_id: str, *, lease_seconds: float = 10.0, task_type: str, **kwargs: Any
+    ) -> Task:
+        """Enqueue a task that ``worker_id`` runs itself, already leased to it.
+
+        For code that runs the work in-process but wants it recorded and recoverable (the
+        ``BackgroundTaskManager`` adapter): the task is inserted ``running`` with its first
+        attempt counted and a lease the caller renews with :meth:`heartbeat` and ends with
+        :meth:`settle`. If the caller dies, the lease expires and a worker with a handler for
+        ``task_type`` runs it again. Takes :meth:`enqueue`'s keyword arguments. A repeated
+        idempotency key returns the existing task, not claimed.
+        """
+        now_us = self.clock.now_us()
+        options = {**_ENQUEUE_DEFAULTS, **kwargs}
+        payload = options.pop("payload", None)
+        unknown = set(options) - _ENQUEUE_ARGS
+        if unknown:
+            raise ValidationError("kwargs", sorted(unknown), "are not enqueue() arguments", f"use only {sorted(_ENQUEUE_ARGS)}")
+        nt = self._build(task_type, payload, now_us=now_us, **options)
+        row = self._row(nt, now_us)
+        lease_until = now_us + seconds_to_us(lease_seconds)
+        [(task_id, existing)] = self.db.insert(
+            [row], now_us, key_window_us=self.key_window_us, claim=(worker_id, lease_until)
+        )
+        if existing is not None:
+            return existing
+        task = self.db.get(task_id)
+        if self.hooks.has_event_observers():
+            at = from_us(now_us)
+            self.hooks.event([
+                TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id),
+                TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id),
+            ])
+        return task
+
     async def enqueue_async(
         self,
         task_type: str,

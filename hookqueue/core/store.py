@@ -137,6 +137,11 @@ INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_at
                    run_after, idempotency_key, timeout_seconds, headers, created_at)
 VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)
 """
+SQL_CLAIM_NEW = """
+UPDATE tasks SET status = 'running', attempts = 1, locked_by = ?, lease_expires_at = ?,
+                 started_at = ?
+WHERE id = ? AND status = 'queued'
+"""
 SQL_GET = f"SELECT {_COLS} FROM tasks WHERE id = ?"
 SQL_GET_BY_KEY = f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?"
 SQL_FORGET_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = ?"
@@ -596,6 +601,7 @@ class QueueDatabase:
         now_us: int,
         *,
         key_window_us: int | None = None,
+        claim: tuple[str, int] | None = None,
     ) -> list[tuple[int, Task | None]]:
         """Insert tasks in one transaction (all or none).
 
@@ -603,6 +609,9 @@ class QueueDatabase:
         :param now_us: the enqueue instant (``created_at``; also ``run_after`` when it is 0).
         :param key_window_us: how long after it finished a task's idempotency key keeps
             deduplicating (None: until the task is pruned).
+        :param claim: ``(worker_id, lease_expires_at_us)``: the new tasks start ``running``,
+            leased to that worker with their first attempt counted, in the same transaction
+            (no other worker can lease them first). Existing tasks are returned unchanged.
         :returns: per row, ``(id, None)`` for a new task, or ``(id, existing task)`` when a
             task with the same idempotency key exists and is still remembered.
         """
@@ -631,6 +640,11 @@ class QueueDatabase:
                     out.append((conn.last_insert_rowid(), None))
                 else:
                     out.append((existing.id, existing))
+            if claim is not None:
+                worker_id, lease_until = claim
+                for task_id, existing in out:
+                    if existing is None:
+                        conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
         return out
 
     # -- reads ---------------------------------------------------------------------------------
