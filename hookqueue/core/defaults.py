@@ -50,7 +50,9 @@ def validate_new_task(new_task: NewTask) -> NewTask:
     queue = new_task.queue
     if not isinstance(queue, str) or not queue or len(queue) > MAX_NAME_LENGTH:
         raise ValidationError(
-            "queue", queue, f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
+            "queue",
+            queue,
+            f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
             "use a short name such as 'default' or 'emails'",
         )
     key = new_task.idempotency_key
@@ -73,7 +75,10 @@ def validate_new_task(new_task: NewTask) -> NewTask:
         isinstance(k, str) for k in new_task.headers
     ):
         raise ValidationError(
-            "headers", new_task.headers, "must be a mapping with string keys", "e.g. {'tenant': 'a'}"
+            "headers",
+            new_task.headers,
+            "must be a mapping with string keys",
+            "e.g. {'tenant': 'a'}",
         )
     return new_task
 

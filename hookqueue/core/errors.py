@@ -51,7 +51,9 @@ class InvalidTransition(HookqueueError):
         self.task_id = task_id
         self.status = status
         self.action = action
-        super().__init__(f"cannot {action} task {task_id}: it is {status}; {action} needs {allowed}")
+        super().__init__(
+            f"cannot {action} task {task_id}: it is {status}; {action} needs {allowed}"
+        )
 
 
 class HandlerNotFound(HookqueueError, LookupError):

@@ -70,7 +70,9 @@ class TaskHandlerRegistry:
                 "handler", handler, "is not callable", "pass a function: def handler(task): ..."
             )
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise ValidationError("timeout", timeout, "must be a positive number of seconds", "e.g. 30")
+            raise ValidationError(
+                "timeout", timeout, "must be a positive number of seconds", "e.g. 30"
+            )
         spec = HandlerSpec(
             task_type=task_type,
             handler=handler,

@@ -54,7 +54,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec(firstresult=True)
-def hookqueue_enqueue(queue: Queue, new_task: NewTask) -> NewTask | None:  # type: ignore[empty-body]
+def hookqueue_enqueue(queue: Queue, new_task: NewTask) -> NewTask | None:
     """**around** — validate or normalise a task before it is written.
 
     Called once per task by ``Queue.enqueue`` and ``Queue.enqueue_many`` (for a batch, once per
@@ -85,7 +85,7 @@ def hookqueue_enqueue(queue: Queue, new_task: NewTask) -> NewTask | None:  # typ
 
 
 @hookspec(firstresult=True)
-def hookqueue_lease(queue: Queue, request: LeaseRequest) -> LeasePlan | None:  # type: ignore[empty-body]
+def hookqueue_lease(queue: Queue, request: LeaseRequest) -> LeasePlan | None:
     """**decision** — choose how the next tasks are picked for a worker.
 
     Called each time a worker has free slots and asks the store for work, in the worker's
@@ -106,9 +106,7 @@ def hookqueue_lease(queue: Queue, request: LeaseRequest) -> LeasePlan | None:  #
 
 
 @hookspec(firstresult=True)
-def hookqueue_execute(  # type: ignore[empty-body]
-    task: Task, handler: HandlerSpec, worker_id: str
-) -> Awaitable[Any] | None:
+def hookqueue_execute(task: Task, handler: HandlerSpec, worker_id: str) -> Awaitable[Any] | None:
     """**around** — run one attempt of a task's handler.
 
     Called by the worker on its event loop for every leased task that has a handler.
@@ -144,7 +142,7 @@ def hookqueue_execute(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def hookqueue_retry(  # type: ignore[empty-body]
+def hookqueue_retry(
     task: Task, failure: Failure, handler: HandlerSpec | None, now: Any
 ) -> RetryDecision | None:
     """**decision** — after a failed attempt: run again later, or give up.

@@ -18,7 +18,7 @@ import attrs
 from .clock import from_us
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """The five statuses a task can have. The strings equal the adapter's ``RunStatus`` values.
 
     A delayed task, and one waiting for its next retry, is ``queued`` with a future
@@ -237,7 +237,7 @@ class NewTask:
     headers: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """What happened to a task in a :class:`TaskEvent`."""
 
     ENQUEUED = "enqueued"
@@ -331,7 +331,7 @@ class LeaseRequest:
     lease_seconds: float
 
 
-class SortKey(str, enum.Enum):
+class SortKey(enum.StrEnum):
     """The ordering vocabulary a lease plan may use; the store turns each into SQL.
 
     Keeping the vocabulary closed keeps leasing one indexed SQL statement and keeps

@@ -113,7 +113,12 @@ def make_plugin_manager(
 
     pm.register(CoreDefaults(), name=CORE_PLUGIN_NAME)
     statuses.append(
-        PluginStatus(name=CORE_PLUGIN_NAME, state="active", source="core", hooks=_hooks_of(pm, CORE_PLUGIN_NAME))
+        PluginStatus(
+            name=CORE_PLUGIN_NAME,
+            state="active",
+            source="core",
+            hooks=_hooks_of(pm, CORE_PLUGIN_NAME),
+        )
     )
     for name in blocked:
         pm.set_blocked(name)
@@ -133,7 +138,9 @@ def make_plugin_manager(
     for plugin in plugins:
         name = getattr(plugin, "hookqueue_name", None) or _default_name(plugin)
         if name in blocked:
-            statuses.append(PluginStatus(name=name, state="blocked", source="code", reason="blocked by name"))
+            statuses.append(
+                PluginStatus(name=name, state="blocked", source="code", reason="blocked by name")
+            )
             continue
         try:
             pm.register(plugin, name=name)
@@ -141,7 +148,9 @@ def make_plugin_manager(
             raise PluginError(f"plugin {name!r} cannot be registered: {exc}") from exc
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
-        statuses.append(PluginStatus(name=name, state="active", source="code", hooks=_hooks_of(pm, name)))
+        statuses.append(
+            PluginStatus(name=name, state="active", source="code", hooks=_hooks_of(pm, name))
+        )
 
     try:
         pm.check_pending()
@@ -177,7 +186,9 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
         dist = ep.dist.name if ep.dist is not None else "?"
         source = f"entry point ({dist})"
         if ep.name in blocked or pm.is_blocked(ep.name):
-            statuses.append(PluginStatus(name=ep.name, state="blocked", source=source, reason="blocked by name"))
+            statuses.append(
+                PluginStatus(name=ep.name, state="blocked", source=source, reason="blocked by name")
+            )
             continue
         if pm.get_plugin(ep.name) is not None:
             continue
@@ -191,22 +202,36 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
                 else f"install the package that provides {getattr(exc, 'name', None) or exc}"
             )
             reason = f"cannot import {ep.value}: {exc}. Fix: {fix}"
-            log.warning("plugin %r is unavailable: %s", ep.name, reason)
-            statuses.append(PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason))
+            # An optional first-party exporter without its extra is expected, not a fault.
+            log.log(
+                logging.INFO if extra else logging.WARNING,
+                "plugin %r is unavailable: %s",
+                ep.name,
+                reason,
+            )
+            statuses.append(
+                PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason)
+            )
             continue
         except Exception as exc:  # a broken plugin must not stop the others from loading
             reason = f"importing {ep.value} raised {type(exc).__name__}: {exc}"
             log.error("plugin %r failed to load: %s", ep.name, reason)
-            statuses.append(PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason))
+            statuses.append(
+                PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason)
+            )
             continue
         try:
             pm.register(plugin, name=ep.name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             reason = f"registering {ep.value} failed: {exc}"
             log.error("plugin %r failed to load: %s", ep.name, reason)
-            statuses.append(PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason))
+            statuses.append(
+                PluginStatus(name=ep.name, state="unavailable", source=source, reason=reason)
+            )
             continue
-        statuses.append(PluginStatus(name=ep.name, state="active", source=source, hooks=_hooks_of(pm, ep.name)))
+        statuses.append(
+            PluginStatus(name=ep.name, state="active", source=source, hooks=_hooks_of(pm, ep.name))
+        )
     return statuses
 
 
@@ -303,7 +328,7 @@ class Hooks:
         seen: dict[str, str] = {}
         merged: list[Any] = []
         for impl in reversed(caller.get_hookimpls()):
-            records = self.pm._hookexec(hook_name, [impl], {}, False)
+            records: Any = self.pm._hookexec(hook_name, [impl], {}, False)
             for batch in records:
                 for record in batch or ():
                     name = getattr(record, key)
@@ -333,5 +358,7 @@ def plugin_statuses(pm: pluggy.PluginManager) -> list[PluginStatus]:
     # Plugins registered after the factory ran (e.g. Queue(..., plugins=...) later on).
     for name, plugin in pm.list_name_plugin():
         if name not in known and plugin is not None:
-            statuses.append(PluginStatus(name=name, state="active", source="code", hooks=_hooks_of(pm, name)))
+            statuses.append(
+                PluginStatus(name=name, state="active", source="code", hooks=_hooks_of(pm, name))
+            )
     return statuses

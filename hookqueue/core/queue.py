@@ -9,6 +9,7 @@ never block the event loop on SQLite.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
@@ -93,7 +94,10 @@ def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
         us = seconds_to_us(value)
     else:
         raise ValidationError(
-            field, value, "must be seconds (a number) or a timedelta", "e.g. 30 or timedelta(minutes=5)"
+            field,
+            value,
+            "must be seconds (a number) or a timedelta",
+            "e.g. 30 or timedelta(minutes=5)",
         )
     if us < 0:
         raise ValidationError(field, value, "must not be negative", "use 0 or a positive delay")
@@ -140,7 +144,11 @@ class Queue:
         else:
             self.db = QueueDatabase(db_or_path, durability=durability, busy_timeout=busy_timeout)
             self._owns_db = True
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 2:
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 2
+        ):
             raise ValidationError(
                 "max_payload_bytes", max_payload_bytes, "must be an integer >= 2", "e.g. 1048576"
             )
@@ -176,7 +184,10 @@ class Queue:
             return db
         if not isinstance(db, QueueDatabase):
             raise ValidationError(
-                "queue_db", db, "is neither a Queue nor a QueueDatabase", "pass QueueDatabase(path) or Queue(path)"
+                "queue_db",
+                db,
+                "is neither a Queue nor a QueueDatabase",
+                "pass QueueDatabase(path) or Queue(path)",
             )
         existing = getattr(db, "_hookqueue_queue", None)
         queue = existing() if existing is not None else None
@@ -216,7 +227,10 @@ class Queue:
     ) -> NewTask:
         if run_after is not None and delay is not None:
             raise ValidationError(
-                "delay", delay, "cannot be combined with run_after", "pass one of run_after or delay"
+                "delay",
+                delay,
+                "cannot be combined with run_after",
+                "pass one of run_after or delay",
             )
         if run_after is not None:
             to_us(run_after, "run_after")
@@ -236,7 +250,9 @@ class Queue:
         result = self.hooks.enqueue(self, new_task)
         if not isinstance(result, NewTask):
             raise ValidationError(
-                "hookqueue_enqueue", result, "a plugin returned something that is not a NewTask",
+                "hookqueue_enqueue",
+                result,
+                "a plugin returned something that is not a NewTask",
                 "return attrs.evolve(result, ...) from enqueue wrappers",
             )
         return result
@@ -272,8 +288,12 @@ class Queue:
             headers=dict(nt.headers),
         )
 
-    def _write_new(self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int) -> list[Task]:
-        results = self.db.insert([row for _, row in items], now_us, key_window_us=self.key_window_us)
+    def _write_new(
+        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
+    ) -> builtins.list[Task]:
+        results = self.db.insert(
+            [row for _, row in items], now_us, key_window_us=self.key_window_us
+        )
         tasks = self._after_insert(items, results, now_us)
         if self.inline:
             from .inline import run_inline
@@ -286,9 +306,9 @@ class Queue:
         items: Sequence[tuple[NewTask, InsertRow]],
         results: Sequence[tuple[int, Task | None]],
         now_us: int,
-    ) -> list[Task]:
-        tasks: list[Task] = []
-        created: list[Task] = []
+    ) -> builtins.list[Task]:
+        tasks: builtins.list[Task] = []
+        created: builtins.list[Task] = []
         for (nt, row), (task_id, existing) in zip(items, results, strict=True):
             if existing is not None:
                 tasks.append(existing)
@@ -299,7 +319,9 @@ class Queue:
         if created:
             if self.hooks.has_event_observers():
                 at = from_us(now_us)
-                self.hooks.event([TaskEvent(kind=EventKind.ENQUEUED, task=t, at=at) for t in created])
+                self.hooks.event(
+                    [TaskEvent(kind=EventKind.ENQUEUED, task=t, at=at) for t in created]
+                )
             self._wake()
         return tasks
 
@@ -336,14 +358,24 @@ class Queue:
         """
         now_us = self.clock.now_us()
         nt = self._build(
-            task_type, payload, priority=priority, run_after=run_after, delay=delay,
-            max_attempts=max_attempts, idempotency_key=idempotency_key, queue=queue,
-            timeout=timeout, headers=headers, now_us=now_us,
+            task_type,
+            payload,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            queue=queue,
+            timeout=timeout,
+            headers=headers,
+            now_us=now_us,
         )
         return self._write_new([(nt, self._row(nt, now_us))], now_us)[0]
 
-    def _prepare_many(self, tasks: Iterable[Mapping[str, Any] | NewTask], now_us: int) -> list[tuple[NewTask, InsertRow]]:
-        items: list[tuple[NewTask, InsertRow]] = []
+    def _prepare_many(
+        self, tasks: Iterable[Mapping[str, Any] | NewTask], now_us: int
+    ) -> builtins.list[tuple[NewTask, InsertRow]]:
+        items: builtins.list[tuple[NewTask, InsertRow]] = []
         for index, spec in enumerate(tasks):
             if isinstance(spec, NewTask):
                 kwargs: dict[str, Any] = attrs.asdict(spec, recurse=False)
@@ -351,7 +383,9 @@ class Queue:
                 kwargs = dict(spec)
             else:
                 raise ValidationError(
-                    f"tasks[{index}]", spec, "must be a dict of enqueue() arguments or a NewTask",
+                    f"tasks[{index}]",
+                    spec,
+                    "must be a dict of enqueue() arguments or a NewTask",
                     "e.g. {'task_type': 'email', 'payload': {...}}",
                 )
             if "task_type" not in kwargs:
@@ -361,7 +395,9 @@ class Queue:
             unknown = set(kwargs) - _ENQUEUE_ARGS
             if unknown:
                 raise ValidationError(
-                    f"tasks[{index}]", sorted(unknown), "has unknown keys",
+                    f"tasks[{index}]",
+                    sorted(unknown),
+                    "has unknown keys",
                     f"use only {sorted(_ENQUEUE_ARGS)}",
                 )
             task_type = kwargs.pop("task_type")
@@ -376,7 +412,7 @@ class Queue:
                 ) from None
         return items
 
-    def enqueue_many(self, tasks: Iterable[Mapping[str, Any] | NewTask]) -> list[Task]:
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any] | NewTask]) -> builtins.list[Task]:
         """Add many tasks in one transaction: all are stored, or none.
 
         :param tasks: dicts of :meth:`enqueue`'s arguments (``task_type`` required), or
@@ -408,7 +444,12 @@ class Queue:
         payload = options.pop("payload", None)
         unknown = set(options) - _ENQUEUE_ARGS
         if unknown:
-            raise ValidationError("kwargs", sorted(unknown), "are not enqueue() arguments", f"use only {sorted(_ENQUEUE_ARGS)}")
+            raise ValidationError(
+                "kwargs",
+                sorted(unknown),
+                "are not enqueue() arguments",
+                f"use only {sorted(_ENQUEUE_ARGS)}",
+            )
         nt = self._build(task_type, payload, now_us=now_us, **options)
         row = self._row(nt, now_us)
         lease_until = now_us + seconds_to_us(lease_seconds)
@@ -420,10 +461,12 @@ class Queue:
         task = self.db.get(task_id)
         if self.hooks.has_event_observers():
             at = from_us(now_us)
-            self.hooks.event([
-                TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id),
-                TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id),
-            ])
+            self.hooks.event(
+                [
+                    TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id),
+                    TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id),
+                ]
+            )
         return task
 
     async def enqueue_async(
@@ -444,14 +487,26 @@ class Queue:
         so many coroutines enqueueing at once pay for one fsync, not one each."""
         now_us = self.clock.now_us()
         nt = self._build(
-            task_type, payload, priority=priority, run_after=run_after, delay=delay,
-            max_attempts=max_attempts, idempotency_key=idempotency_key, queue=queue,
-            timeout=timeout, headers=headers, now_us=now_us,
+            task_type,
+            payload,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            queue=queue,
+            timeout=timeout,
+            headers=headers,
+            now_us=now_us,
         )
-        tasks = await asyncio.wrap_future(self._group_committer().submit([(nt, self._row(nt, now_us))], now_us))
+        tasks = await asyncio.wrap_future(
+            self._group_committer().submit([(nt, self._row(nt, now_us))], now_us)
+        )
         return tasks[0]
 
-    async def enqueue_many_async(self, tasks: Iterable[Mapping[str, Any] | NewTask]) -> list[Task]:
+    async def enqueue_many_async(
+        self, tasks: Iterable[Mapping[str, Any] | NewTask]
+    ) -> builtins.list[Task]:
         """:meth:`enqueue_many` for coroutines (one transaction, all or none)."""
         now_us = self.clock.now_us()
         items = self._prepare_many(tasks, now_us)
@@ -484,10 +539,10 @@ class Queue:
         limit: int = 100,
         after_id: int | None = None,
         newest_first: bool = False,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Tasks matching the filters, by id; page with ``after_id`` (the last id seen)."""
         if status is None:
-            statuses: list[TaskStatus] = []
+            statuses: builtins.list[TaskStatus] = []
         elif isinstance(status, str | TaskStatus):
             statuses = [_status(status)]
         else:
@@ -495,19 +550,23 @@ class Queue:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ValidationError("limit", limit, "must be an integer from 1 to 100000", "e.g. 100")
         return self.db.list(
-            statuses=statuses, task_type=task_type, queue=queue, limit=limit,
-            after_id=after_id, newest_first=newest_first,
+            statuses=statuses,
+            task_type=task_type,
+            queue=queue,
+            limit=limit,
+            after_id=after_id,
+            newest_first=newest_first,
         )
 
     def counts(self, *, by_type: bool = False) -> dict[str, Any]:
         """Tasks per status (``{"queued": n, ...}``), or per type and status."""
         return self.db.counts(by_type=by_type)
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         """Every worker recorded in the database."""
         return self.db.workers()
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """Integrity and consistency problems of the database; empty when healthy."""
         return self.db.check()
 
@@ -561,7 +620,7 @@ class Queue:
         limit: int = 1,
         lease_seconds: float = 10.0,
         settlements: Sequence[Settlement] = (),
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Write finished attempts, take over expired leases and lease up to ``limit`` tasks,
         in one transaction; the scheduler (``hookqueue_lease``) picks which.
 
@@ -571,7 +630,11 @@ class Queue:
         now_us = self.clock.now_us()
         now = from_us(now_us)
         request = LeaseRequest(
-            worker_id=worker_id, queues=tuple(queues), limit=limit, now=now, lease_seconds=lease_seconds
+            worker_id=worker_id,
+            queues=tuple(queues),
+            limit=limit,
+            now=now,
+            lease_seconds=lease_seconds,
         )
         plan = self.hooks.lease(self, request)
         leased, transitions = self.db.lease(
@@ -587,7 +650,10 @@ class Queue:
         self._emit(transitions, now_us, worker_id=worker_id, settlements=settlements)
         if leased and self.hooks.has_event_observers():
             self.hooks.event(
-                [TaskEvent(kind=EventKind.STARTED, task=t, at=now, worker_id=worker_id) for t in leased]
+                [
+                    TaskEvent(kind=EventKind.STARTED, task=t, at=now, worker_id=worker_id)
+                    for t in leased
+                ]
             )
         return leased
 
@@ -604,7 +670,7 @@ class Queue:
             return to_us(decision.run_after, "run_after"), message
         return None, message
 
-    def settle(self, worker_id: str, settlements: Sequence[Settlement]) -> list[Task]:
+    def settle(self, worker_id: str, settlements: Sequence[Settlement]) -> builtins.list[Task]:
         """Write finished attempts (complete, fail, retry, cancelled, release) in one
         transaction; outcomes for leases this worker no longer holds are dropped."""
         now_us = self.clock.now_us()
@@ -628,7 +694,10 @@ class Queue:
         if decision.retry and task.attempts < task.max_attempts:
             run_after = decision.run_after or now
             return Settlement(
-                task_id=task.id, kind="retry", error=failure.message, run_after_us=to_us(run_after, "run_after")
+                task_id=task.id,
+                kind="retry",
+                error=failure.message,
+                run_after_us=to_us(run_after, "run_after"),
             )
         message = failure.message
         if decision.retry:
@@ -683,7 +752,9 @@ class Queue:
                 at=at,
                 worker_id=worker_id if kind != "lease_expired" else task.locked_by,
                 duration=durations.get(task.id),
-                error=task.error_message if kind not in ("completed", "requeued", "cancel_requested") else None,
+                error=task.error_message
+                if kind not in ("completed", "requeued", "cancel_requested")
+                else None,
             )
             for kind, task in transitions
         ]
@@ -694,7 +765,9 @@ class Queue:
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hookqueue-io")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix="hookqueue-io"
+                )
             return self._executor
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -709,7 +782,7 @@ class Queue:
         """:meth:`find` for coroutines."""
         return await self._in_thread(self.find, idempotency_key)
 
-    async def list_async(self, **filters: Any) -> list[Task]:
+    async def list_async(self, **filters: Any) -> builtins.list[Task]:
         """:meth:`list` for coroutines."""
         return await self._in_thread(self.list, **filters)
 
@@ -725,7 +798,11 @@ class Queue:
         """:meth:`retry` for coroutines."""
         return await self._in_thread(self.retry, task_id)
 
-    async def prune_async(self, older_than: timedelta | float = timedelta(days=7), statuses: Iterable[TaskStatus | str] = ("completed", "failed", "cancelled")) -> int:
+    async def prune_async(
+        self,
+        older_than: timedelta | float = timedelta(days=7),
+        statuses: Iterable[TaskStatus | str] = ("completed", "failed", "cancelled"),
+    ) -> int:
         """:meth:`prune` for coroutines."""
         return await self._in_thread(self.prune, older_than, list(statuses))
 
@@ -753,12 +830,26 @@ class Queue:
 
 
 _ENQUEUE_ARGS = {
-    "task_type", "payload", "priority", "run_after", "delay", "max_attempts",
-    "idempotency_key", "queue", "timeout", "headers",
+    "task_type",
+    "payload",
+    "priority",
+    "run_after",
+    "delay",
+    "max_attempts",
+    "idempotency_key",
+    "queue",
+    "timeout",
+    "headers",
 }
 _ENQUEUE_DEFAULTS: dict[str, Any] = {
-    "priority": 100, "run_after": None, "delay": None, "max_attempts": None,
-    "idempotency_key": None, "queue": "default", "timeout": None, "headers": None,
+    "priority": 100,
+    "run_after": None,
+    "delay": None,
+    "max_attempts": None,
+    "idempotency_key": None,
+    "queue": "default",
+    "timeout": None,
+    "headers": None,
 }
 
 
@@ -788,11 +879,15 @@ class _GroupCommitter:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self._requests: stdlib_queue.SimpleQueue[Any] = stdlib_queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="hookqueue-group-commit", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="hookqueue-group-commit", daemon=True
+        )
         self._thread.start()
 
-    def submit(self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int) -> Future[list[Task]]:
-        future: Future[list[Task]] = Future()
+    def submit(
+        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
+    ) -> Future[builtins.list[Task]]:
+        future: Future[builtins.list[Task]] = Future()
         self._requests.put((items, now_us, future))
         return future
 
@@ -820,12 +915,14 @@ class _GroupCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[Any]) -> None:
+    def _commit(self, batch: builtins.list[Any]) -> None:
         queue = self.queue
         items = [item for items, _, _ in batch for item in items]
         now_us = max(n for _, n, _ in batch)
         try:
-            results = queue.db.insert([row for _, row in items], now_us, key_window_us=queue.key_window_us)
+            results = queue.db.insert(
+                [row for _, row in items], now_us, key_window_us=queue.key_window_us
+            )
         except Exception:
             if len(batch) == 1:
                 batch[0][2].set_exception(_current_exception())

@@ -19,6 +19,7 @@ is what a second engine (PostgreSQL with ``FOR UPDATE SKIP LOCKED``) would imple
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -239,7 +240,9 @@ ON CONFLICT (worker_id) DO UPDATE SET
     concurrency = excluded.concurrency, started_at = excluded.started_at,
     heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, processed = 0
 """
-SQL_WORKER_BEAT = "UPDATE workers SET heartbeat_at = ?, processed = processed + ? WHERE worker_id = ?"
+SQL_WORKER_BEAT = (
+    "UPDATE workers SET heartbeat_at = ?, processed = processed + ? WHERE worker_id = ?"
+)
 SQL_WORKER_STOP = "UPDATE workers SET stopped_at = ?, heartbeat_at = ? WHERE worker_id = ?"
 SQL_WORKERS = """
 SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at,
@@ -351,7 +354,9 @@ class _Translate:
                 "directory's permissions and owner"
             ) from exc
         if isinstance(exc, apsw.IOError):
-            raise StoreError(f"{path}: disk I/O error ({exc}); the transaction was rolled back") from exc
+            raise StoreError(
+                f"{path}: disk I/O error ({exc}); the transaction was rolled back"
+            ) from exc
         raise StoreError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -428,7 +433,7 @@ class QueueDatabase:
         self.durability: Durability = durability
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
-        self._connections: list[apsw.Connection] = []
+        self._connections: builtins.list[apsw.Connection] = []
         self._lock = threading.Lock()
         self._schema_ready = False
         self._closed = False
@@ -546,7 +551,7 @@ class QueueDatabase:
         with self._errors:
             return int(self._conn().pragma("user_version"))
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """Run SQLite's integrity check and hookqueue's own consistency checks.
 
         :returns: a list of problems; empty when the database is healthy.
@@ -602,7 +607,7 @@ class QueueDatabase:
         *,
         key_window_us: int | None = None,
         claim: tuple[str, int] | None = None,
-    ) -> list[tuple[int, Task | None]]:
+    ) -> builtins.list[tuple[int, Task | None]]:
         """Insert tasks in one transaction (all or none).
 
         :param rows: the tasks, validated and JSON-encoded.
@@ -615,7 +620,7 @@ class QueueDatabase:
         :returns: per row, ``(id, None)`` for a new task, or ``(id, existing task)`` when a
             task with the same idempotency key exists and is still remembered.
         """
-        out: list[tuple[int, Task | None]] = []
+        out: builtins.list[tuple[int, Task | None]] = []
         with self._write() as conn:
             for row in rows:
                 params = row.params(now_us)
@@ -642,8 +647,8 @@ class QueueDatabase:
                     out.append((existing.id, existing))
             if claim is not None:
                 worker_id, lease_until = claim
-                for task_id, existing in out:
-                    if existing is None:
+                for task_id, found in out:
+                    if found is None:
                         conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
         return out
 
@@ -672,14 +677,14 @@ class QueueDatabase:
         limit: int = 100,
         after_id: int | None = None,
         newest_first: bool = False,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Tasks matching every given filter, ordered by id, at most ``limit``.
 
         Paging is by id: pass the last id of a page as ``after_id`` to get the next one (with
         ``newest_first`` the next page holds smaller ids).
         """
-        where: list[str] = []
-        params: list[Any] = []
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
         status_values = [TaskStatus(s).value for s in statuses]
         if status_values:
             where.append(f"status IN ({_placeholders(len(status_values))})")
@@ -724,7 +729,7 @@ class QueueDatabase:
             value: int | None = self._conn().execute(SQL_OLDEST_QUEUED, (now_us,)).get
         return value
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[tuple[Any, ...]]:
         """Run a read-only statement (for plugins' reports, e.g. metrics). Writes are refused."""
         conn = self._conn()
         with self._errors:
@@ -750,7 +755,7 @@ class QueueDatabase:
         conn = self._conn()
         ph = _placeholders(len(queues))
         sql = (
-            f"SELECT min(run_after) FROM tasks WHERE status = 'queued' "  # noqa: S608 - placeholders only
+            f"SELECT min(run_after) FROM tasks WHERE status = 'queued' "
             f"AND queue IN ({ph}) AND run_after > ?"
         )
         with self._errors:
@@ -797,7 +802,7 @@ class QueueDatabase:
         plan: LeasePlan,
         decide_expired: ExpiryDecider,
         settlements: Sequence[Settlement] = (),
-    ) -> tuple[list[Task], list[tuple[str, Task]]]:
+    ) -> tuple[builtins.list[Task], builtins.list[tuple[str, Task]]]:
         """Settle finished attempts, sweep expired leases, and lease new tasks — one transaction.
 
         :param worker_id: the leasing worker; its id is written to ``locked_by``.
@@ -812,8 +817,8 @@ class QueueDatabase:
         :returns: ``(leased tasks in plan order, transitions)`` where each transition is
             ``(event kind, task after the change)``.
         """
-        transitions: list[tuple[str, Task]] = []
-        leased: list[Task] = []
+        transitions: builtins.list[tuple[str, Task]] = []
+        leased: builtins.list[Task] = []
         with self._write() as conn:
             if settlements:
                 transitions += self._settle(conn, worker_id, settlements, now_us)
@@ -844,7 +849,7 @@ class QueueDatabase:
         now_us: int,
         lease_us: int,
         plan: LeasePlan,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         ph = _placeholders(len(queues))
         order = self._order_by(plan)
         order_params = self._order_params(plan, now_us)
@@ -855,7 +860,7 @@ class QueueDatabase:
         set_params = (worker_id, now_us + lease_us, now_us)
         if plan.rerank is None:
             sql = (
-                f"{set_clause} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "  # noqa: S608
+                f"{set_clause} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
                 f"AND queue IN ({ph}) AND run_after <= ? ORDER BY {order} LIMIT ?) "
                 f"RETURNING {_COLS}"
             )
@@ -868,7 +873,7 @@ class QueueDatabase:
         # A bounded window, re-ranked in Python, leased in the same transaction.
         partition = "json_extract(payload, ?)" if plan.partition_key else "NULL"
         window_sql = (
-            f"SELECT id, task_type, priority, queue, created_at, run_after, {partition} "  # noqa: S608
+            f"SELECT id, task_type, priority, queue, created_at, run_after, {partition} "
             f"FROM tasks WHERE status = 'queued' AND queue IN ({ph}) AND run_after <= ? "
             f"ORDER BY {order} LIMIT ?"
         )
@@ -896,7 +901,7 @@ class QueueDatabase:
         if not chosen:
             return []
         sql = (
-            f"{set_clause} WHERE status = 'queued' AND id IN ({_placeholders(len(chosen))}) "  # noqa: S608
+            f"{set_clause} WHERE status = 'queued' AND id IN ({_placeholders(len(chosen))}) "
             f"RETURNING {_COLS}"
         )
         by_id = {
@@ -908,7 +913,7 @@ class QueueDatabase:
 
     def settle(
         self, worker_id: str, settlements: Sequence[Settlement], now_us: int
-    ) -> list[tuple[str, Task]]:
+    ) -> builtins.list[tuple[str, Task]]:
         """Write the outcome of finished attempts in one transaction.
 
         An outcome is written only while ``worker_id`` still holds the task's lease; an
@@ -926,8 +931,8 @@ class QueueDatabase:
         worker_id: str,
         settlements: Sequence[Settlement],
         now_us: int,
-    ) -> list[tuple[str, Task]]:
-        out: list[tuple[str, Task]] = []
+    ) -> builtins.list[tuple[str, Task]]:
+        out: builtins.list[tuple[str, Task]] = []
         for s in settlements:
             if s.kind == "complete":
                 row = conn.execute(SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)).get
@@ -1080,12 +1085,12 @@ class QueueDatabase:
         with self._write() as conn:
             conn.execute(SQL_WORKER_STOP, (now_us, now_us, worker_id))
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         """Every recorded worker, oldest first."""
         from .clock import from_us
 
         with self._errors:
-            rows = self._conn().execute(SQL_WORKERS).fetchall()
+            rows: builtins.list[Any] = self._conn().execute(SQL_WORKERS).fetchall()
         return [
             WorkerInfo(
                 worker_id=r[0],
@@ -1113,7 +1118,7 @@ def _python_order(plan: LeasePlan, now_us: int) -> Callable[[Task], tuple[Any, .
     aging = max(1, int(plan.aging_seconds * 1_000_000))
 
     def key(t: Task) -> tuple[Any, ...]:
-        parts: list[Any] = []
+        parts: builtins.list[Any] = []
         run_after = _us(t.run_after)
         for k in plan.order:
             if k is SortKey.PRIORITY:

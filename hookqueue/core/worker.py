@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .clock import from_us
 from .errors import HandlerNotFound, RetryLater, TaskCancelled, ValidationError, WorkerError
 from .execution import Execution, set_current_execution
 from .handlers import TaskHandlerRegistry
@@ -109,13 +108,19 @@ class WorkerEngine:
             queue_or_db = QueueDatabase()
         self.queue = Queue.for_database(queue_or_db)
         if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
-            raise ValidationError("worker_id", worker_id, "must be a non-empty string", "e.g. 'worker-1'")
+            raise ValidationError(
+                "worker_id", worker_id, "must be a non-empty string", "e.g. 'worker-1'"
+            )
         self.worker_id = worker_id or _default_worker_id()
-        self.handler_registry = handler_registry if handler_registry is not None else self.queue.handlers
+        self.handler_registry = (
+            handler_registry if handler_registry is not None else self.queue.handlers
+        )
         if isinstance(queues, str):
             queues = (queues,)
         if not queues or not all(isinstance(q, str) and q for q in queues):
-            raise ValidationError("queues", queues, "must be a non-empty list of queue names", "e.g. ('default',)")
+            raise ValidationError(
+                "queues", queues, "must be a non-empty list of queue names", "e.g. ('default',)"
+            )
         self.queues = tuple(queues)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError("concurrency", concurrency, "must be an integer >= 1", "e.g. 10")
@@ -124,13 +129,20 @@ class WorkerEngine:
         _check_positive("heartbeat_interval", heartbeat_interval, "e.g. 2.5", allow_none=True)
         _check_positive("wake_poll_interval", wake_poll_interval, "e.g. 0.001")
         _check_positive("idle_poll_interval", idle_poll_interval, "e.g. 1.0")
-        if isinstance(shutdown_grace, bool) or not isinstance(shutdown_grace, int | float) or shutdown_grace < 0:
-            raise ValidationError("shutdown_grace", shutdown_grace, "must be seconds >= 0", "e.g. 30")
+        if (
+            isinstance(shutdown_grace, bool)
+            or not isinstance(shutdown_grace, int | float)
+            or shutdown_grace < 0
+        ):
+            raise ValidationError(
+                "shutdown_grace", shutdown_grace, "must be seconds >= 0", "e.g. 30"
+            )
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_interval = float(heartbeat_interval or lease_seconds / 4)
         if self.heartbeat_interval >= self.lease_seconds:
             raise ValidationError(
-                "heartbeat_interval", heartbeat_interval,
+                "heartbeat_interval",
+                heartbeat_interval,
                 f"must be shorter than lease_seconds={lease_seconds}, or leases expire between beats",
                 "use about a quarter of lease_seconds",
             )
@@ -227,11 +239,17 @@ class WorkerEngine:
 
     async def _main(self, *, until_idle: bool, signals: bool) -> WorkerStats:
         if self._loop is not None:
-            raise WorkerError(f"worker {self.worker_id} is already running; create another WorkerEngine")
+            raise WorkerError(
+                f"worker {self.worker_id} is already running; create another WorkerEngine"
+            )
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._store_exec = ThreadPoolExecutor(1, thread_name_prefix=f"hookqueue-store-{self.worker_id}")
-        self._handler_exec = ThreadPoolExecutor(self.concurrency, thread_name_prefix="hookqueue-handler")
+        self._store_exec = ThreadPoolExecutor(
+            1, thread_name_prefix=f"hookqueue-store-{self.worker_id}"
+        )
+        self._handler_exec = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="hookqueue-handler"
+        )
         waker = self.queue.add_waker(self._wake_from_queue)
         watcher_stop = threading.Event()
         watcher: threading.Thread | None = None
@@ -242,16 +260,23 @@ class WorkerEngine:
             await self._store(
                 self.queue.register_worker,
                 WorkerInfo(
-                    worker_id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-                    queues=self.queues, concurrency=self.concurrency, started_at=now, heartbeat_at=now,
+                    worker_id=self.worker_id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    queues=self.queues,
+                    concurrency=self.concurrency,
+                    started_at=now,
+                    heartbeat_at=now,
                 ),
             )
             if signals:
                 installed = self._install_signals()
             if not until_idle:
                 watcher = threading.Thread(
-                    target=self._watch_commits, args=(watcher_stop,),
-                    name=f"hookqueue-watch-{self.worker_id}", daemon=True,
+                    target=self._watch_commits,
+                    args=(watcher_stop,),
+                    name=f"hookqueue-watch-{self.worker_id}",
+                    daemon=True,
                 )
                 watcher.start()
             self.queue.hooks.worker_start(self)
@@ -285,7 +310,7 @@ class WorkerEngine:
         if threading.current_thread() is not threading.main_thread():
             return []
         assert self._loop is not None
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
@@ -301,7 +326,10 @@ class WorkerEngine:
         else:
             log.info(
                 "worker %s: %s, finishing %d running task(s) within %.0fs (send again to stop now)",
-                self.worker_id, name, len(self._running), self.shutdown_grace,
+                self.worker_id,
+                name,
+                len(self._running),
+                self.shutdown_grace,
             )
         self._request_stop()
 
@@ -316,7 +344,9 @@ class WorkerEngine:
                     last = current
                     self._wake_from_queue("commit")
         except Exception:
-            log.exception("worker %s: the commit watcher stopped; falling back to polling", self.worker_id)
+            log.exception(
+                "worker %s: the commit watcher stopped; falling back to polling", self.worker_id
+            )
 
     async def _work(self, until_idle: bool) -> None:
         assert self._wake is not None
@@ -337,8 +367,12 @@ class WorkerEngine:
                     self._maybe_more = False
             if settlements or want > 0:
                 leased = await self._store(
-                    self.queue.lease, self.worker_id, queues=self.queues, limit=want,
-                    lease_seconds=self.lease_seconds, settlements=settlements,
+                    self.queue.lease,
+                    self.worker_id,
+                    queues=self.queues,
+                    limit=want,
+                    lease_seconds=self.lease_seconds,
+                    settlements=settlements,
                 )
                 self._count(settlements)
                 for task in leased:
@@ -416,7 +450,9 @@ class WorkerEngine:
             elif reason == "lease lost":
                 settlement = None  # another worker owns the task now; write nothing
             else:
-                settlement = Settlement(task_id=task.id, kind="cancelled", error=f"cancelled: {reason}")
+                settlement = Settlement(
+                    task_id=task.id, kind="cancelled", error=f"cancelled: {reason}"
+                )
         except TimeoutError as exc:
             execution.cancel("timeout")  # sync handlers can see it through the token
             failure = Failure(
@@ -429,18 +465,25 @@ class WorkerEngine:
             if reason == "shutdown":
                 settlement = Settlement(task_id=task.id, kind="release")
             else:
-                settlement = Settlement(task_id=task.id, kind="cancelled", error=f"cancelled: {reason}")
-        except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
+                settlement = Settlement(
+                    task_id=task.id, kind="cancelled", error=f"cancelled: {reason}"
+                )
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.error(
                     "worker %s: the handler of task %d (%s) raised %s; the task fails and the worker goes on",
-                    self.worker_id, task.id, task.task_type, type(exc).__name__,
+                    self.worker_id,
+                    task.id,
+                    task.task_type,
+                    type(exc).__name__,
                 )
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if isinstance(exc, RetryLater):
                 message = f"RetryLater: {exc}"
             failure = Failure(
-                kind="error", message=message, exception=exc,
+                kind="error",
+                message=message,
+                exception=exc,
                 traceback="".join(traceback.format_exception(exc)),
             )
         else:
@@ -457,13 +500,22 @@ class WorkerEngine:
             try:
                 settlement = self.queue.decide_retry(task, failure, spec)
             except Exception as exc:  # a broken retry plugin: fail the task, keep the worker
-                log.exception("worker %s: hookqueue_retry raised for task %d", self.worker_id, task.id)
+                log.exception(
+                    "worker %s: hookqueue_retry raised for task %d", self.worker_id, task.id
+                )
                 settlement = Settlement(
-                    task_id=task.id, kind="fail",
+                    task_id=task.id,
+                    kind="fail",
                     error=f"{failure.message} (the retry policy raised {type(exc).__name__}: {exc})",
                 )
             if settlement.kind == "fail":
-                log.warning("worker %s: task %d (%s) failed: %s", self.worker_id, task.id, task.task_type, failure.message)
+                log.warning(
+                    "worker %s: task %d (%s) failed: %s",
+                    self.worker_id,
+                    task.id,
+                    task.task_type,
+                    failure.message,
+                )
         duration = clock.monotonic() - started
         if settlement is not None:
             settlement = attrs.evolve(settlement, duration=duration)
@@ -478,11 +530,15 @@ class WorkerEngine:
             try:
                 await self._beat()
             except Exception:
-                log.exception("worker %s: heartbeat failed; retrying at the next beat", self.worker_id)
+                log.exception(
+                    "worker %s: heartbeat failed; retrying at the next beat", self.worker_id
+                )
 
     async def _beat(self) -> None:
         ids = list(self._running)
-        held, to_cancel = await self._store(self.queue.heartbeat, self.worker_id, ids, self.lease_seconds)
+        held, to_cancel = await self._store(
+            self.queue.heartbeat, self.worker_id, ids, self.lease_seconds
+        )
         for tid in ids:
             entry = self._running.get(tid)
             if entry is None:
@@ -491,7 +547,9 @@ class WorkerEngine:
             if tid not in held:
                 log.warning(
                     "worker %s lost the lease of task %d (it expired and was taken over); "
-                    "stopping its attempt here", self.worker_id, tid,
+                    "stopping its attempt here",
+                    self.worker_id,
+                    tid,
                 )
                 self.stats.lost += 1
                 execution.cancel("lease lost")

@@ -1,0 +1,211 @@
+"""``hookqueue demo``: enqueue a realistic batch and work it with several worker processes.
+
+The handlers below are what the worker processes run (``hookqueue worker --app
+hookqueue.demo:registry``). The batch mixes task types, priorities, delayed tasks, a webhook
+that fails before it succeeds and an import that always fails, so every part of the lifecycle
+shows up in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .core.handlers import TaskHandlerRegistry
+from .core.models import Task, TaskStatus
+from .core.plugins import plugin_statuses
+from .core.queue import Queue
+from .core.store import default_database_path
+
+#: The handlers the demo's worker processes run.
+registry = TaskHandlerRegistry()
+
+
+@registry.handler("resize_image", description="an async I/O-bound task")
+async def resize_image(task: Task) -> dict[str, Any]:
+    await asyncio.sleep(random.uniform(0.005, 0.03))
+    width = task.payload["width"]
+    return {"thumbnail": f"{task.payload['image']}-thumb.jpg", "width": width // 4}
+
+
+@registry.handler("send_email", description="a sync task, run in the worker's thread pool")
+def send_email(task: Task) -> dict[str, Any]:
+    time.sleep(random.uniform(0.002, 0.01))
+    return {"delivered_to": task.payload["to"]}
+
+
+@registry.handler("generate_report", description="a slower, high-priority task")
+async def generate_report(task: Task) -> dict[str, Any]:
+    await asyncio.sleep(0.1)
+    return {"rows": sum(range(task.payload["rows"]))}
+
+
+@registry.handler("flaky_webhook", description="fails on its first attempt, then succeeds")
+async def flaky_webhook(task: Task) -> str:
+    if task.attempts < 2:
+        raise ConnectionError(f"{task.payload['url']} timed out (attempt {task.attempts})")
+    return "200 OK"
+
+
+@registry.handler("import_feed", description="always fails: the feed is malformed")
+def import_feed(task: Task) -> None:
+    raise ValueError(f"feed {task.payload['feed']} is not valid XML")
+
+
+def build_batch(n: int) -> list[dict[str, Any]]:
+    """About ``n`` tasks in a realistic mix."""
+    rng = random.Random(7)
+    batch: list[dict[str, Any]] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.45:
+            batch.append(
+                {
+                    "task_type": "resize_image",
+                    "payload": {"image": f"img-{i}", "width": rng.choice([800, 1600, 3200])},
+                }
+            )
+        elif roll < 0.85:
+            batch.append(
+                {
+                    "task_type": "send_email",
+                    "payload": {"to": f"user{i}@example.com"},
+                    "priority": 50,
+                }
+            )
+        elif roll < 0.90:
+            batch.append(
+                {"task_type": "generate_report", "payload": {"rows": 10_000}, "priority": 10}
+            )
+        elif roll < 0.97:
+            batch.append(
+                {
+                    "task_type": "send_email",
+                    "payload": {"to": f"later{i}@example.com"},
+                    "delay": rng.uniform(1, 4),
+                }
+            )
+        else:
+            batch.append(
+                {
+                    "task_type": "flaky_webhook",
+                    "payload": {"url": f"https://hooks.example.com/{i}"},
+                    "max_attempts": 3,
+                }
+            )
+    batch.append({"task_type": "import_feed", "payload": {"feed": "news.xml"}, "max_attempts": 2})
+    return batch
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else width
+    return "#" * filled + "." * (width - filled)
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        candidate = Path(f"{path}{suffix}")
+        if candidate.exists():
+            candidate.unlink()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit code."""
+    path = Path(args.db) if args.db else default_database_path().parent / "demo.db"
+    _remove_database(path)  # the demo's own database, started afresh each run
+    queue = Queue(path, durability="normal")
+    batch = build_batch(args.tasks)
+    started = time.monotonic()
+    queue.enqueue_many(batch)
+    total = len(batch)
+    active = [s.name for s in plugin_statuses(queue.pm) if s.state == "active"]
+    print(f"hookqueue demo: {total} tasks in {path}")
+    print(f"plugins: {', '.join(active)}")
+    print(f"starting {args.processes} worker processes x 20 concurrent tasks ...")
+    cmd = [
+        sys.executable,
+        "-m",
+        "hookqueue",
+        "worker",
+        "--app",
+        "hookqueue.demo:registry",
+        "--db",
+        str(path),
+        "--concurrency",
+        "20",
+        "--lease-seconds",
+        "5",
+    ]
+    workers = [
+        subprocess.Popen([*cmd, "--worker-id", f"demo-{i}"], stdout=subprocess.DEVNULL)
+        for i in range(args.processes)
+    ]
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    deadline = started + 120
+    try:
+        while True:
+            counts = queue.counts()
+            done = counts["completed"] + counts["failed"] + counts["cancelled"]
+            elapsed = time.monotonic() - started
+            line = (
+                f"[{_bar(done, total)}] {done}/{total}  queued {counts['queued']:>4}  "
+                f"running {counts['running']:>3}  completed {counts['completed']:>4}  "
+                f"failed {counts['failed']:>2}  {done / elapsed if elapsed else 0:7.0f} tasks/s"
+            )
+            if tty:
+                print("\r" + line, end="", flush=True)
+            elif time.monotonic() - last_print >= 1 or done == total:
+                print(line, flush=True)
+                last_print = time.monotonic()
+            if done == total:
+                break
+            if time.monotonic() > deadline or all(w.poll() is not None for w in workers):
+                print("\nthe workers stopped or the demo ran out of time", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        drained = time.monotonic() - started
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    if tty:
+        print()
+    tasks = queue.list(limit=100_000)
+    by_status = Counter(t.status.value for t in tasks)
+    by_type = Counter((t.task_type, t.status.value) for t in tasks)
+    retries = sum(max(0, t.attempts - 1) for t in tasks)
+    per_worker = {w.worker_id: w.processed for w in queue.workers()}
+    print("\nsummary")
+    print(
+        f"  drained {total} tasks in {drained:.1f}s ({total / drained:.0f} tasks/s) with {args.processes} processes"
+    )
+    print("  by status: " + ", ".join(f"{s.value} {by_status.get(s.value, 0)}" for s in TaskStatus))
+    for task_type in sorted({t for t, _ in by_type}):
+        parts = ", ".join(f"{s} {n}" for (t, s), n in sorted(by_type.items()) if t == task_type)
+        print(f"  {task_type:<16} {parts}")
+    print(
+        f"  retries: {retries} (flaky_webhook succeeds on attempt 2; import_feed fails after 2 attempts)"
+    )
+    print("  tasks per worker: " + ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items())))
+    failed = [t for t in tasks if t.status is TaskStatus.FAILED]
+    for t in failed[:3]:
+        print(f"  failed task {t.id} ({t.task_type}): {t.error_message}")
+    print(
+        f"\ninspect it: hookqueue ls --db {path}   |   hookqueue show {failed[0].id if failed else 1} --db {path}"
+    )
+    queue.close()
+    return 0 if by_status.get("completed", 0) + len(failed) == total else 1
