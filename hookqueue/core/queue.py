@@ -73,14 +73,16 @@ def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
             "pass dicts, lists, strings, finite numbers, booleans and None only "
             "(convert datetimes to ISO strings, sets to lists, objects to dicts)",
         ) from None
-    if limit is not None and len(text) > limit and len(text.encode()) > limit:
-        raise ValidationError(
-            field,
-            f"<{len(text.encode())} bytes of JSON>",
-            f"is larger than max_payload_bytes={limit}",
-            "store large data elsewhere and put its path or URL in the payload, or raise "
-            "Queue(max_payload_bytes=...)",
-        )
+    if limit is not None and len(text) * 4 > limit:  # cheap test first: at most 4 bytes a char
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > limit:
+            raise ValidationError(
+                field,
+                f"<{size} bytes of JSON>",
+                f"is larger than max_payload_bytes={limit}",
+                "store large data elsewhere and put its path or URL in the payload, or raise "
+                "Queue(max_payload_bytes=...)",
+            )
     return text
 
 

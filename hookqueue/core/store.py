@@ -532,7 +532,7 @@ class QueueDatabase:
                 return
             # BEGIN IMMEDIATE takes the write lock, so of several processes initialising at
             # once, one migrates and the others see the new version when they get the lock.
-            with conn:
+            with self._write() as conn:
                 self._verify_identity(conn)
                 current = conn.pragma("user_version")
                 for step in range(current, SCHEMA_VERSION):
@@ -593,10 +593,24 @@ class QueueDatabase:
 
     @contextmanager
     def _write(self) -> Iterator[apsw.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction, with apsw errors translated."""
+        """One ``BEGIN IMMEDIATE`` transaction, with apsw errors translated.
+
+        BEGIN, COMMIT and ROLLBACK go through ``execute`` rather than apsw's ``with conn:``:
+        ``execute`` releases the GIL while SQLite waits out the busy timeout, whereas the
+        context manager's BEGIN holds it — and a thread holding the GIL while it waits for the
+        write lock starves the very thread that holds the lock (a whole-process stall of up to
+        ``busy_timeout`` with several writer threads).
+        """
         conn = self._conn()
-        with self._errors, conn:
-            yield conn
+        with self._errors:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back by itself (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     # -- enqueue -------------------------------------------------------------------------------
 
