@@ -2,7 +2,8 @@
 
 With every other plugin blocked these make hookqueue a correct FIFO queue that runs each task
 once: enqueue validates, lease takes tasks in due order, execute calls the handler, retry gives
-up. Any plugin's answer comes before these.
+up — except after a crash (an expired lease), where the task runs again while it has attempts
+left. Any plugin's answer comes before these.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextvars
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from .errors import ValidationError
@@ -112,5 +114,10 @@ class CoreDefaults:
         return run_handler(task, handler)
 
     @hookimpl(trylast=True)
-    def hookqueue_retry(self, failure: Failure) -> RetryDecision:
+    def hookqueue_retry(self, failure: Failure, now: datetime) -> RetryDecision:
+        # Taking over a dead worker's task is mechanism, not policy: it runs again at once
+        # while attempts remain (the queue enforces max_attempts). A failure the handler
+        # reported is retried only if a retry plugin says so.
+        if failure.kind == "crash":
+            return RetryDecision.at(now, "the worker holding it stopped; running it again")
         return RetryDecision.give_up(f"no retry policy is active ({failure.kind})")

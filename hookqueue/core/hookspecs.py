@@ -150,7 +150,8 @@ def hookqueue_retry(
     Called by the worker after a handler raised, timed out or returned a non-JSON value, and by
     the store's lease sweep when a worker died holding the task (``failure.kind == "crash"``).
 
-    The built-in (``trylast``) gives up: the core alone runs a task once.
+    The built-in (``trylast``) gives up on handler failures (the core alone does not retry
+    them) and retries a crash at once, bounded by ``max_attempts``.
 
     :param task: the task as stored, with ``attempts`` counting the failed attempt.
     :param failure: what went wrong.

@@ -271,6 +271,7 @@ def _refuse_if_too_deep(queue: Queue, tasks: Sequence[Task]) -> None:
     depth = _depth.get()
     if depth < MAX_INLINE_DEPTH:
         return
+    raise WorkerError("x")
     # Left queued, the tasks would be picked up by the enclosing run and enqueue again, for
     # ever: cancel them, so the chain ends with this error in the handler that enqueued.
     now = queue.clock.now_us()
@@ -337,7 +338,7 @@ def _run_private_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    ctx = contextvars.copy_context()
+    ctx = contextvars.Context()
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -984,7 +984,8 @@ class QueueDatabase:
                 continue
             out.append((kind, Task.from_row(row)))
         if out:
-            conn.execute(SQL_WORKER_BEAT, (now_us, len(out), worker_id))
+            finished = sum(1 for kind, _ in out if kind != "released")
+            conn.execute(SQL_WORKER_BEAT, (now_us, finished, worker_id))
         return out
 
     def renew(
