@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -339,6 +340,15 @@ def load_app(spec: str) -> tuple[Queue | None, TaskHandlerRegistry | None]:
             "name a Queue or TaskHandlerRegistry",
         ) from None
     if callable(obj) and not isinstance(obj, Queue | TaskHandlerRegistry):
+        try:
+            inspect.signature(obj).bind()
+        except (TypeError, ValueError):
+            raise ValidationError(
+                "--app",
+                spec,
+                "names a callable that needs arguments",
+                "name a Queue, a TaskHandlerRegistry, or a function without arguments returning one",
+            ) from None
         obj = obj()
     if isinstance(obj, Queue):
         return obj, None

@@ -275,6 +275,8 @@ class TaskEvent:
     duration: float | None = None
     #: For failures: the error message.
     error: str | None = None
+    #: For ``failed``/``retry_scheduled`` after an attempt: the retry policy's reason.
+    reason: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -340,7 +342,8 @@ class SortKey(enum.StrEnum):
 
     #: lower ``priority`` first
     PRIORITY = "priority"
-    #: ``priority`` improved by one step per ``LeasePlan.aging_seconds`` waited
+    #: ``priority`` improved by one step per ``LeasePlan.aging_seconds`` waited since the
+    #: task became due (``run_after``), so a delayed or retried task does not arrive aged
     AGED_PRIORITY = "aged_priority"
     #: earliest ``run_after`` first (due order)
     DUE = "due"
@@ -377,7 +380,7 @@ class LeasePlan:
     ``order`` and leases the ids ``rerank`` returns, in the same transaction.
     """
 
-    #: Sort keys, most significant first; the store appends ``FIFO`` as the tie-breaker.
+    #: Sort keys, most significant first; the store breaks ties by enqueue order (id).
     order: tuple[SortKey, ...] = (SortKey.FIFO,)
     #: For ``AGED_PRIORITY``: seconds of waiting that improve priority by one.
     aging_seconds: float = 60.0

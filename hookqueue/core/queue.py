@@ -700,11 +700,12 @@ class Queue:
                 kind="retry",
                 error=failure.message,
                 run_after_us=to_us(run_after, "run_after"),
+                reason=decision.reason,
             )
         message = failure.message
         if decision.retry:
             message += f" (gave up: all {task.max_attempts} attempts used)"
-        return Settlement(task_id=task.id, kind="fail", error=message)
+        return Settlement(task_id=task.id, kind="fail", error=message, reason=decision.reason)
 
     def register_worker(self, info: WorkerInfo) -> None:
         """Record a starting worker."""
@@ -745,7 +746,7 @@ class Queue:
     ) -> None:
         if not transitions or not self.hooks.has_event_observers():
             return
-        durations = {s.task_id: s.duration for s in settlements}
+        by_id = {s.task_id: s for s in settlements}
         at = from_us(now_us)
         events = [
             TaskEvent(
@@ -753,7 +754,8 @@ class Queue:
                 task=task,
                 at=at,
                 worker_id=worker_id if kind != "lease_expired" else task.locked_by,
-                duration=durations.get(task.id),
+                duration=by_id[task.id].duration if task.id in by_id else None,
+                reason=by_id[task.id].reason if task.id in by_id else None,
                 error=task.error_message
                 if kind not in ("completed", "requeued", "cancel_requested")
                 else None,

@@ -187,6 +187,13 @@ SQL_RETRY_LATER = f"""
 UPDATE tasks SET status = 'queued', error_message = ?, run_after = ?, locked_by = NULL,
                  lease_expires_at = NULL
 WHERE id = ? AND status = 'running' AND locked_by = ? AND cancel_requested = 0
+      AND attempts < max_attempts
+RETURNING {_COLS}
+"""
+SQL_CANCEL_IF_REQUESTED = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ? AND cancel_requested = 1
 RETURNING {_COLS}
 """
 SQL_CANCELLED_BY_WORKER = f"""
@@ -254,7 +261,7 @@ SQL_PRUNE_WORKERS = "DELETE FROM workers WHERE heartbeat_at < ?"
 #: ``ORDER BY`` terms for each sort key. ``:aging`` is bound when AGED_PRIORITY is used.
 _ORDER_TERMS: dict[SortKey, str] = {
     SortKey.PRIORITY: "priority ASC",
-    SortKey.AGED_PRIORITY: "(priority - (? - created_at) / ?) ASC",
+    SortKey.AGED_PRIORITY: "(priority - (? - run_after) * 1.0 / ?) ASC",
     SortKey.DUE: "run_after ASC",
     SortKey.FIFO: "run_after ASC, id ASC",
     SortKey.LIFO: "run_after DESC, id DESC",
@@ -309,6 +316,8 @@ class Settlement:
     run_after_us: int | None = None
     #: How long the attempt ran, in seconds (for events; not stored).
     duration: float | None = None
+    #: Why the retry policy decided as it did (for events; not stored).
+    reason: str | None = None
 
 
 #: Decides what happens to tasks whose lease expired: ``task -> (requeue_at_us or None, msg)``.
@@ -794,7 +803,9 @@ class QueueDatabase:
         sql = self._order_sql.get(keys)
         if sql is None:
             terms = [_ORDER_TERMS[SortKey(k)] for k in keys]
-            if SortKey.FIFO not in keys and SortKey.LIFO not in keys:
+            # Ties go in due order, then enqueue order: "priority, run_after, id" is exactly
+            # the tasks_ready index's order, so a priority lease reads the index in order.
+            if not any(k in (SortKey.FIFO, SortKey.LIFO) for k in keys):
                 terms.append(_ORDER_TERMS[SortKey.FIFO])
             sql = ", ".join(terms)
             self._order_sql[keys] = sql
@@ -867,6 +878,14 @@ class QueueDatabase:
         ph = _placeholders(len(queues))
         order = self._order_by(plan)
         order_params = self._order_params(plan, now_us)
+        # When the order does not start with time, "+run_after" keeps SQLite from turning the
+        # due filter into an index range (a skip-scan that loses the order and sorts every due
+        # task); the index is then read in order and the filter checked row by row.
+        due = (
+            "run_after <= ?"
+            if plan.order and plan.order[0] in (SortKey.FIFO, SortKey.DUE, SortKey.LIFO)
+            else "+run_after <= ?"
+        )
         set_clause = (
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = ?, "
             "lease_expires_at = ?, started_at = ?, cancel_requested = 0 "
@@ -875,7 +894,7 @@ class QueueDatabase:
         if plan.rerank is None:
             sql = (
                 f"{set_clause} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
-                f"AND queue IN ({ph}) AND run_after <= ? ORDER BY {order} LIMIT ?) "
+                f"AND queue IN ({ph}) AND {due} ORDER BY {order} LIMIT ?) "
                 f"RETURNING {_COLS}"
             )
             rows = conn.execute(
@@ -886,13 +905,17 @@ class QueueDatabase:
             return tasks
         # A bounded window, re-ranked in Python, leased in the same transaction.
         partition = "json_extract(payload, ?)" if plan.partition_key else "NULL"
-        window_sql = (
-            f"SELECT id, task_type, priority, queue, created_at, run_after, {partition} "
-            f"FROM tasks WHERE status = 'queued' AND queue IN ({ph}) AND run_after <= ? "
-            f"ORDER BY {order} LIMIT ?"
-        )
         part_params: tuple[Any, ...] = (
             ("$." + json.dumps(plan.partition_key),) if plan.partition_key else ()
+        )
+        # Select the window's ids through the same index-friendly subquery as a plain lease,
+        # then fetch their columns: selecting the columns directly made SQLite sort every due
+        # task (2.6 ms at 20,000 due tasks against 0.3 ms at 100,000 this way).
+        window_sql = (
+            f"SELECT id, task_type, priority, queue, created_at, run_after, {partition} "
+            f"FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
+            f"AND queue IN ({ph}) AND {due} ORDER BY {order} LIMIT ?) "
+            f"ORDER BY {order}"
         )
         window = [
             Candidate(
@@ -905,7 +928,15 @@ class QueueDatabase:
                 partition=r[6],
             )
             for r in conn.execute(
-                window_sql, (*part_params, *queues, now_us, *order_params, max(plan.window, limit))
+                window_sql,
+                (
+                    *part_params,
+                    *queues,
+                    now_us,
+                    *order_params,
+                    max(plan.window, limit),
+                    *order_params,
+                ),
             )
         ]
         if not window:
@@ -961,9 +992,13 @@ class QueueDatabase:
                 kind = "retry_scheduled"
                 if row is None:  # cancel was requested meanwhile: cancelling wins over a retry
                     row = conn.execute(
-                        SQL_CANCELLED_BY_WORKER, (s.error, now_us, s.task_id, worker_id)
+                        SQL_CANCEL_IF_REQUESTED, (s.error, now_us, s.task_id, worker_id)
                     ).get
                     kind = "cancelled"
+                if row is None:  # no attempts left: the store keeps attempts <= max_attempts
+                    error = f"{s.error} (gave up: no attempts left)"
+                    row = conn.execute(SQL_FAIL, (error, now_us, s.task_id, worker_id)).get
+                    kind = "failed"
             elif s.kind == "cancelled":
                 row = conn.execute(
                     SQL_CANCELLED_BY_WORKER,
@@ -1139,14 +1174,14 @@ def _python_order(plan: LeasePlan, now_us: int) -> Callable[[Task], tuple[Any, .
             if k is SortKey.PRIORITY:
                 parts.append(t.priority)
             elif k is SortKey.AGED_PRIORITY:
-                parts.append(t.priority - (now_us - _us(t.created_at)) / aging)
+                parts.append(t.priority - (now_us - run_after) / aging)
             elif k is SortKey.DUE:
                 parts.append(run_after)
             elif k is SortKey.LIFO:
                 parts += [-run_after, -t.id]
             else:
                 parts += [run_after, t.id]
-        parts.append(t.id)
+        parts += [run_after, t.id]
         return tuple(parts)
 
     return key

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .errors import HandlerNotFound, RetryLater, TaskCancelled, ValidationError, WorkerError
+from .errors import HandlerNotFound, TaskCancelled, ValidationError, WorkerError
 from .execution import Execution, set_current_execution
 from .handlers import TaskHandlerRegistry
 from .models import Failure, HandlerSpec, Task, WorkerInfo
@@ -437,11 +437,10 @@ class WorkerEngine:
         timeout = task.timeout if task.timeout is not None else spec.timeout
         settlement: Settlement | None = None
         failure: Failure | None = None
+        deadline: asyncio.Timeout | None = None
         try:
             awaitable = self.queue.hooks.execute(task, spec, self.worker_id)
-            if timeout is not None:
-                result = await asyncio.wait_for(awaitable, timeout)
-            else:
+            async with asyncio.timeout(timeout) as deadline:
                 result = await awaitable
         except asyncio.CancelledError:
             reason = execution.cancel_reason or "cancelled"
@@ -454,12 +453,15 @@ class WorkerEngine:
                     task_id=task.id, kind="cancelled", error=f"cancelled: {reason}"
                 )
         except TimeoutError as exc:
-            execution.cancel("timeout")  # sync handlers can see it through the token
-            failure = Failure(
-                kind="timeout",
-                message=f"timed out after {timeout:g}s (attempt {task.attempts} of {task.max_attempts})",
-                exception=exc,
-            )
+            if deadline is not None and deadline.expired() and timeout is not None:
+                execution.cancel("timeout")  # sync handlers can see it through the token
+                failure = Failure(
+                    kind="timeout",
+                    message=f"timed out after {timeout:g}s (attempt {task.attempts} of {task.max_attempts})",
+                    exception=exc,
+                )
+            else:  # the handler's own TimeoutError (a socket, a lock): an ordinary error
+                failure = _error_failure(exc)
         except TaskCancelled as exc:
             reason = execution.cancel_reason or str(exc)
             if reason == "shutdown":
@@ -477,15 +479,7 @@ class WorkerEngine:
                     task.task_type,
                     type(exc).__name__,
                 )
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if isinstance(exc, RetryLater):
-                message = f"RetryLater: {exc}"
-            failure = Failure(
-                kind="error",
-                message=message,
-                exception=exc,
-                traceback="".join(traceback.format_exception(exc)),
-            )
+            failure = _error_failure(exc)
         else:
             try:
                 result_json = None if result is None else _encode_json("result", result)
@@ -575,6 +569,16 @@ class WorkerEngine:
         if settlements:
             await self._store(self.queue.settle, self.worker_id, settlements)
             self._count(settlements)
+
+
+def _error_failure(exc: BaseException) -> Failure:
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return Failure(
+        kind="error",
+        message=message,
+        exception=exc,
+        traceback="".join(traceback.format_exception(exc)),
+    )
 
 
 def describe_stats(stats: WorkerStats) -> str:

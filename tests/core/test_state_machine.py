@@ -130,6 +130,8 @@ class QueueMachine(RuleBasedStateMachine):
         elif outcome == "retry":
             if t.cancel_requested:
                 t.status = "cancelled"
+            elif t.attempts >= t.max_attempts:
+                t.status = "failed"
             else:
                 t.status, t.run_after = "queued", later
         else:

@@ -1,0 +1,183 @@
+"""QueueDatabase: files, permissions, identity, schema versions, errors, concurrency of setup."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import apsw
+import pytest
+
+from hookqueue import (
+    DatabaseBusy,
+    NotAHookqueueDatabase,
+    Queue,
+    QueueDatabase,
+    SchemaTooNew,
+    StoreError,
+    ValidationError,
+)
+from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "q.db"
+    with QueueDatabase(path) as db:
+        db.initialize_schema()
+        Queue(db, load_entrypoints=False).enqueue("t")
+        for suffix in ("", "-wal", "-shm"):
+            assert _mode(Path(f"{path}{suffix}")) == 0o600, suffix
+    assert _mode(path.parent) == 0o700
+
+
+def test_default_path_honours_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_database_path() == tmp_path / "data" / "hookqueue" / "queue.db"
+    monkeypatch.setenv("HOOKQUEUE_DB", str(tmp_path / "explicit.db"))
+    assert default_database_path() == tmp_path / "explicit.db"
+    db = QueueDatabase()
+    assert db.path == tmp_path / "explicit.db"
+
+
+def test_db_path_keyword_and_bad_arguments(tmp_path: Path) -> None:
+    assert QueueDatabase(db_path=tmp_path / "a.db").path == tmp_path / "a.db"
+    with pytest.raises(ValidationError, match="db_path"):
+        QueueDatabase(tmp_path / "a.db", db_path=tmp_path / "b.db")
+    with pytest.raises(ValidationError, match="durability"):
+        QueueDatabase(tmp_path / "a.db", durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="in-memory"):
+        QueueDatabase(":memory:")
+    with pytest.raises(ValidationError, match="busy_timeout"):
+        QueueDatabase(tmp_path / "a.db", busy_timeout=-1)
+
+
+def test_initialize_schema_is_idempotent(db_path: Path) -> None:
+    db = QueueDatabase(db_path)
+    db.initialize_schema()
+    db.initialize_schema()
+    assert db.schema_version() == SCHEMA_VERSION
+    db.close()
+    db2 = QueueDatabase(db_path)
+    db2.initialize_schema()
+    assert db2.check() == []
+    db2.close()
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_untouched(db_path: Path) -> None:
+    conn = apsw.Connection(str(db_path))
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    conn.execute("INSERT INTO invoices (amount) VALUES (12.5)")
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(NotAHookqueueDatabase, match=str(db_path)):
+        QueueDatabase(db_path).initialize_schema()
+    assert db_path.read_bytes() == before
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db_path: Path) -> None:
+    db_path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = db_path.read_bytes()
+    with pytest.raises(NotAHookqueueDatabase) as info:
+        QueueDatabase(db_path).initialize_schema()
+    assert str(db_path) in str(info.value) and "not modified" in str(info.value)
+    assert db_path.read_bytes() == before
+
+
+def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    QueueDatabase(db_path).initialize_schema()
+    conn = apsw.Connection(str(db_path))
+    conn.pragma("user_version", SCHEMA_VERSION + 1)
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer hookqueue"):
+        QueueDatabase(db_path).initialize_schema()
+    conn = apsw.Connection(str(db_path))
+    assert conn.pragma("user_version") == SCHEMA_VERSION + 1
+    assert conn.pragma("application_id") == APPLICATION_ID
+    conn.close()
+
+
+def test_several_processes_initialising_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    code = (
+        "import sys; from hookqueue import QueueDatabase, Queue\n"
+        "d = QueueDatabase(sys.argv[1]); d.initialize_schema()\n"
+        "Queue(d, load_entrypoints=False).enqueue('t')\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    q = Queue(db, load_entrypoints=False)
+    assert q.counts()["queued"] == 6 and q.check() == []
+    q.close()
+
+
+def test_a_lock_held_too_long_is_a_clear_busy_error_and_nothing_is_lost(db_path: Path) -> None:
+    q = Queue(db_path, load_entrypoints=False, busy_timeout=0.2)
+    q.enqueue("before")
+    blocker = apsw.Connection(str(db_path))
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(DatabaseBusy, match="busy_timeout=0.2s"):
+        q.enqueue("during")
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    q.enqueue("after")
+    assert [t.task_type for t in q.list()] == ["before", "after"]
+    q.close()
+
+
+def test_check_reports_inconsistent_rows(db_path: Path) -> None:
+    q = Queue(db_path, load_entrypoints=False)
+    t = q.enqueue("t")
+    conn = apsw.Connection(str(db_path))
+    conn.execute("UPDATE tasks SET status = 'running', locked_by = NULL WHERE id = ?", (t.id,))
+    conn.close()
+    problems = q.check()
+    assert problems == [f"task {t.id} is running without a lease owner"]
+    q.close()
+
+
+def test_closed_database_refuses_work_clearly(db_path: Path) -> None:
+    db = QueueDatabase(db_path)
+    db.initialize_schema()
+    db.close()
+    db.close()
+    with pytest.raises(StoreError, match="closed"):
+        db.get(1)
+
+
+def test_query_is_read_only(db_path: Path) -> None:
+    q = Queue(db_path, load_entrypoints=False)
+    q.enqueue("t")
+    assert q.db.query("SELECT count(*) FROM tasks WHERE task_type = ?", ("t",)) == [(1,)]
+    with pytest.raises(StoreError):
+        q.db.query("DELETE FROM tasks")
+    assert q.counts()["queued"] == 1
+    q.close()
+
+
+def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path) -> None:
+    import threading
+
+    db = QueueDatabase(db_path)
+    db.initialize_schema()
+    mine = db._conn()
+    other: list[object] = []
+    th = threading.Thread(target=lambda: other.append(db._conn()))
+    th.start()
+    th.join()
+    assert other[0] is not mine
+    assert db._conn() is mine
+    db.close()
