@@ -39,7 +39,7 @@ import asyncio
 import contextvars
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -108,7 +108,7 @@ class InlineRun:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
 
     def task(self, task_id: int) -> Task:
@@ -271,7 +271,6 @@ def _refuse_if_too_deep(queue: Queue, tasks: Sequence[Task]) -> None:
     depth = _depth.get()
     if depth < MAX_INLINE_DEPTH:
         return
-    raise WorkerError("x")
     # Left queued, the tasks would be picked up by the enclosing run and enqueue again, for
     # ever: cancel them, so the chain ends with this error in the handler that enqueued.
     now = queue.clock.now_us()
@@ -338,7 +337,7 @@ def _run_private_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    ctx = contextvars.Context()
+    ctx = contextvars.copy_context()
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -458,20 +457,21 @@ async def run_due_async(
                     field.name,
                     getattr(stats, field.name) + getattr(worker.stats, field.name),
                 )
-            # Given names were worked until idle; otherwise look again, unless this round
-            # leased nothing (a scheduler that declines the due tasks must not spin us).
+            # Given names were worked until idle. Otherwise look again, since handlers may
+            # have enqueued into other names, unless this round leased nothing.
             if queues is not None or not worker.leased:
                 break
     finally:
         queue.pm.unregister(capture)
     ids = list(dict.fromkeys(t.id for t in attempts))
+    ran = set(ids)
     tasks = await _reread(queue, ids)
     return InlineRun(
         worker_id=worker_id,
         attempts=tuple(attempts),
         tasks=tuple(tasks),
         stats=stats,
-        failures={tid: tuple(fs) for tid, fs in capture.failures.items() if tid in set(ids)},
+        failures={tid: tuple(fs) for tid, fs in capture.failures.items() if tid in ran},
     )
 
 
