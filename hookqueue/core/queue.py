@@ -303,6 +303,14 @@ class Queue:
             return run_inline(self, tasks)
         return tasks
 
+    def _insert_only(
+        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
+    ) -> builtins.list[Task]:
+        results = self.db.insert(
+            [row for _, row in items], now_us, key_window_us=self.key_window_us
+        )
+        return self._after_insert(items, results, now_us)
+
     def _after_insert(
         self,
         items: Sequence[tuple[NewTask, InsertRow]],
@@ -441,35 +449,50 @@ class Queue:
         ``task_type`` runs it again. Takes :meth:`enqueue`'s keyword arguments. A repeated
         idempotency key returns the existing task, not claimed.
         """
+        return self.enqueue_claimed_many(
+            worker_id, lease_seconds=lease_seconds, tasks=[{"task_type": task_type, **kwargs}]
+        )[0]
+
+    def enqueue_claimed_many(
+        self,
+        worker_id: str,
+        *,
+        lease_seconds: float = 10.0,
+        tasks: Iterable[Mapping[str, Any] | NewTask],
+    ) -> builtins.list[Task]:
+        """:meth:`enqueue_claimed` for a batch, in one transaction (all or none)."""
         now_us = self.clock.now_us()
-        options = {**_ENQUEUE_DEFAULTS, **kwargs}
-        payload = options.pop("payload", None)
-        unknown = set(options) - _ENQUEUE_ARGS
-        if unknown:
-            raise ValidationError(
-                "kwargs",
-                sorted(unknown),
-                "are not enqueue() arguments",
-                f"use only {sorted(_ENQUEUE_ARGS)}",
-            )
-        nt = self._build(task_type, payload, now_us=now_us, **options)
-        row = self._row(nt, now_us)
+        items = self._prepare_many(tasks, now_us)
+        if not items:
+            return []
         lease_until = now_us + seconds_to_us(lease_seconds)
-        [(task_id, existing)] = self.db.insert(
-            [row], now_us, key_window_us=self.key_window_us, claim=(worker_id, lease_until)
+        results = self.db.insert(
+            [row for _, row in items],
+            now_us,
+            key_window_us=self.key_window_us,
+            claim=(worker_id, lease_until),
         )
-        if existing is not None:
-            return existing
-        task = self.db.get(task_id)
-        if self.hooks.has_event_observers():
-            at = from_us(now_us)
-            self.hooks.event(
-                [
-                    TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id),
-                    TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id),
-                ]
+        out: builtins.list[Task] = []
+        events: builtins.list[TaskEvent] = []
+        at = from_us(now_us)
+        for (nt, row), (task_id, existing) in zip(items, results, strict=True):
+            if existing is not None:
+                out.append(existing)
+                continue
+            task = attrs.evolve(
+                self._task_from(task_id, nt, row, now_us),
+                status=TaskStatus.RUNNING,
+                attempts=1,
+                locked_by=worker_id,
+                lease_expires_at=from_us(lease_until),
+                started_at=at,
             )
-        return task
+            out.append(task)
+            events.append(TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id))
+            events.append(TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id))
+        if events and self.hooks.has_event_observers():
+            self.hooks.event(events)
+        return out
 
     async def enqueue_async(
         self,
@@ -504,6 +527,10 @@ class Queue:
         tasks = await asyncio.wrap_future(
             self._group_committer().submit([(nt, self._row(nt, now_us))], now_us)
         )
+        if self.inline:
+            from .inline import run_inline_async
+
+            tasks = await run_inline_async(self, tasks)
         return tasks[0]
 
     async def enqueue_many_async(
@@ -514,7 +541,13 @@ class Queue:
         items = self._prepare_many(tasks, now_us)
         if not items:
             return []
-        return await self._in_thread(self._write_new, items, now_us)
+        written = await self._in_thread(self._insert_only, items, now_us)
+        if self.inline:
+            from .inline import run_inline_async
+
+            # on the caller's loop, so async handlers run where the caller's objects live
+            return await run_inline_async(self, written)
+        return written
 
     def _group_committer(self) -> _GroupCommitter:
         with self._lock:
@@ -819,6 +852,10 @@ class Queue:
             return
         self._closed = True
         self.hooks.queue_close(self)
+        if self.inline:
+            from .inline import close_runner
+
+            close_runner(self)
         if self._committer is not None:
             self._committer.stop()
         if self._executor is not None:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -369,6 +370,30 @@ class _Translate:
         raise StoreError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
+class _ThreadConnection:
+    """Owned by one thread's thread-local storage; closes that thread's connection when the
+    thread ends, unless :meth:`QueueDatabase.close` closed it first."""
+
+    __slots__ = ("conn", "db")
+
+    def __init__(self, db: QueueDatabase, conn: apsw.Connection) -> None:
+        self.db = weakref.ref(db)
+        self.conn = conn
+
+    def __del__(self) -> None:
+        db = self.db()
+        if db is None:
+            return
+        with db._lock:
+            if not any(c is self.conn for c in db._connections):
+                return  # already closed by QueueDatabase.close()
+            db._connections = [c for c in db._connections if c is not self.conn]
+        try:
+            self.conn.close()
+        except apsw.Error:  # pragma: no cover - nothing useful to do in a finaliser
+            pass
+
+
 def default_database_path() -> Path:
     """``$HOOKQUEUE_DB``, else ``hookqueue/queue.db`` in the user's data directory.
 
@@ -506,6 +531,9 @@ class QueueDatabase:
                 raise
         self._local.conn = conn
         self._local.pid = os.getpid()
+        # Closes the connection when its thread ends (the thread-local dies with it), so
+        # short-lived threads (a worker's store thread, asyncio.to_thread) do not leak one.
+        self._local.owner = _ThreadConnection(self, conn)
         with self._lock:
             self._connections.append(conn)
         if not self._schema_ready:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .errors import HandlerNotFound, TaskCancelled, ValidationError, WorkerError
+from .errors import HandlerNotFound, StoreError, TaskCancelled, ValidationError, WorkerError
 from .execution import Execution, set_current_execution
 from .handlers import TaskHandlerRegistry
 from .models import Failure, HandlerSpec, Task, WorkerInfo
@@ -157,6 +157,7 @@ class WorkerEngine:
         self._stopping = False
         self._force = False
         self._maybe_more = True
+        self._declined = False
         self._check_cancels = False
         self._started = threading.Event()
 
@@ -350,51 +351,89 @@ class WorkerEngine:
 
     async def _work(self, until_idle: bool) -> None:
         assert self._wake is not None
-        clock = self.queue.clock
+        failures = 0
         while not self._stopping:
             self._wake.clear()
-            if self._check_cancels:
-                self._check_cancels = False
-                await self._beat()
             settlements, self._pending = self._pending, []
-            free = self.concurrency - len(self._running)
-            want = free if self._maybe_more else 0
-            if want > 0 and not settlements:
-                # A read (no write lock) first: a wake-up from another process's commit
-                # often has nothing for us.
-                if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
-                    want = 0
-                    self._maybe_more = False
-            if settlements or want > 0:
-                leased = await self._store(
-                    self.queue.lease,
-                    self.worker_id,
-                    queues=self.queues,
-                    limit=want,
-                    lease_seconds=self.lease_seconds,
-                    settlements=settlements,
-                )
-                self._count(settlements)
-                for task in leased:
-                    self._start(task)
-                if want > 0:
-                    self._maybe_more = len(leased) == want
-                continue
-            if until_idle and not self._running and not self._pending:
-                if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
-                    return
-                self._maybe_more = True
-                continue
-            timeout = self.idle_poll_interval
-            if free > 0 and not self._maybe_more:
-                now_us = clock.now_us()
-                nxt = await self._store(self.queue.db.next_wakeup_us, self.queues, now_us)
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, (nxt - now_us) / 1e6))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                self._maybe_more = True
+                done = await self._step(until_idle, settlements)
+                failures = 0
+            except StoreError as exc:
+                # The database is locked, full or failing: keep the finished attempts in
+                # memory, back off and try again, like the heartbeat does. The leases of the
+                # running tasks are renewed by the heartbeat meanwhile.
+                self._pending = settlements + self._pending
+                failures += 1
+                delay = min(5.0, 0.05 * 2**failures)
+                log.warning(
+                    "worker %s: the database failed (%s); retrying in %.2fs",
+                    self.worker_id,
+                    exc,
+                    delay,
+                )
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            if done:
+                return
+
+    async def _step(self, until_idle: bool, settlements: list[Settlement]) -> bool:
+        """One turn of the loop; returns True when ``run_until_idle`` has nothing left to do."""
+        assert self._wake is not None
+        clock = self.queue.clock
+        if self._check_cancels:
+            self._check_cancels = False
+            await self._beat()
+        free = self.concurrency - len(self._running)
+        want = free if self._maybe_more else 0
+        if want > 0 and not settlements:
+            # A read (no write lock) first: a wake-up from another process's commit
+            # often has nothing for us.
+            if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
+                want = 0
+                self._maybe_more = False
+        if settlements or want > 0:
+            leased = await self._store(
+                self.queue.lease,
+                self.worker_id,
+                queues=self.queues,
+                limit=want,
+                lease_seconds=self.lease_seconds,
+                settlements=settlements,
+            )
+            self._count(settlements)
+            for task in leased:
+                self._start(task)
+            if want > 0:
+                self._maybe_more = len(leased) == want
+                self._declined = not leased
+            return False
+        if until_idle and not self._running and not self._pending:
+            if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
+                return True
+            if self._declined:
+                # Tasks are due but the scheduler's plan leased none of them (a rerank that
+                # declines): leasing again would spin, so an idle run ends here.
+                log.warning(
+                    "worker %s: tasks are due but the scheduler leased none; stopping the idle run",
+                    self.worker_id,
+                )
+                return True
+            self._maybe_more = True
+            return False
+        timeout = self.idle_poll_interval
+        if free > 0 and not self._maybe_more:
+            now_us = clock.now_us()
+            nxt = await self._store(self.queue.db.next_wakeup_us, self.queues, now_us)
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, (nxt - now_us) / 1e6))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            self._maybe_more = True
+        return False
 
     def _count(self, settlements: Sequence[Settlement]) -> None:
         for s in settlements:
@@ -567,7 +606,17 @@ class WorkerEngine:
             await asyncio.wait(remaining, timeout=5)
         settlements, self._pending = self._pending, []
         if settlements:
-            await self._store(self.queue.settle, self.worker_id, settlements)
+            try:
+                await self._store(self.queue.settle, self.worker_id, settlements)
+            except StoreError as exc:
+                log.error(
+                    "worker %s: %d finished attempt(s) could not be written at shutdown (%s); "
+                    "their leases expire and the tasks run again",
+                    self.worker_id,
+                    len(settlements),
+                    exc,
+                )
+                return
             self._count(settlements)
 
 
