@@ -500,22 +500,34 @@ def _positive_int(text: str) -> int:
 
 def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     """The parser with the built-in subcommands and every plugin's."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=None,
-        help=f"database file (default: $HOOKQUEUE_DB or {default_database_path()})",
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log at INFO level (DEBUG with HOOKQUEUE_TRACE_PLUGINS=1)",
-    )
 
-    parser = argparse.ArgumentParser(
-        prog="hookqueue", description="A persistent task queue on SQLite.", parents=[common]
+    def options(parser: argparse.ArgumentParser, suppress: bool) -> argparse.ArgumentParser:
+        # The options are accepted before and after the subcommand. The subcommands' copies
+        # default to SUPPRESS so that "hookqueue --db X ls" keeps the top-level value instead
+        # of the subparser writing its own default over it.
+        default: Any = argparse.SUPPRESS if suppress else None
+        flag: Any = argparse.SUPPRESS if suppress else False
+        parser.add_argument(
+            "--db",
+            default=default,
+            help=f"database file (default: $HOOKQUEUE_DB or {default_database_path()})",
+        )
+        parser.add_argument(
+            "--json", action="store_true", default=flag, help="machine-readable output"
+        )
+        parser.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=flag,
+            help="log at INFO level (DEBUG with HOOKQUEUE_TRACE_PLUGINS=1)",
+        )
+        return parser
+
+    common = options(argparse.ArgumentParser(add_help=False), suppress=True)
+    parser = options(
+        argparse.ArgumentParser(prog="hookqueue", description="A persistent task queue on SQLite."),
+        suppress=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -238,7 +238,7 @@ DELETE FROM tasks WHERE id IN (
 """
 SQL_COUNTS = "SELECT status, count(*) FROM tasks GROUP BY status"
 SQL_COUNTS_BY_TYPE = "SELECT task_type, status, count(*) FROM tasks GROUP BY task_type, status"
-SQL_OLDEST_QUEUED = "SELECT min(run_after) FROM tasks WHERE status = 'queued' AND run_after <= ?"
+SQL_OLDEST_QUEUED = "SELECT min(run_after) FROM tasks INDEXED BY tasks_due WHERE status = 'queued' AND run_after <= ?"
 
 SQL_WORKER_UPSERT = """
 INSERT INTO workers (worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at)

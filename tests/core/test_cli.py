@@ -74,6 +74,12 @@ def test_errors_are_one_clear_line_and_exit_2(
     assert foreign.read_text() == "hello\n" * 1000
 
 
+def test_options_before_the_subcommand(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
+    assert run(capsys, "--db", str(db_path), "enqueue", "t")[0] == 0
+    code, out, _ = run(capsys, "--db", str(db_path), "--json", "ls")
+    assert code == 0 and [t["task_type"] for t in json.loads(out)] == ["t"]
+
+
 def test_hookqueue_db_environment_variable(
     capsys: pytest.CaptureFixture[str], db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
