@@ -388,12 +388,15 @@ class WorkerEngine:
             await self._beat()
         free = self.concurrency - len(self._running)
         want = free if self._maybe_more else 0
+        # A wake-up that arrives while we await the store sets _maybe_more again; clearing it
+        # before the call (never after) keeps that wake-up from being overwritten and lost.
+        if want > 0:
+            self._maybe_more = False
         if want > 0 and not settlements:
             # A read (no write lock) first: a wake-up from another process's commit
             # often has nothing for us.
             if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
                 want = 0
-                self._maybe_more = False
         if settlements or want > 0:
             leased = await self._store(
                 self.queue.lease,
@@ -407,7 +410,8 @@ class WorkerEngine:
             for task in leased:
                 self._start(task)
             if want > 0:
-                self._maybe_more = len(leased) == want
+                if len(leased) == want:
+                    self._maybe_more = True  # a full lease: there may be more
                 self._declined = not leased
             return False
         if until_idle and not self._running and not self._pending:
