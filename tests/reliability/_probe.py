@@ -1,0 +1,130 @@
+"""Security probes that need a fresh interpreter (run as scripts, not imported).
+
+``perms DIR``
+    With umask 000, create a queue in a new directory under DIR, enqueue, and report the
+    modes of the directory, the database and its -wal and -shm while they exist.
+``imports DB``
+    Enqueue tasks whose types and payloads name modules (``os:system``, ``this``, ...),
+    work them and read them back; report which modules were imported meanwhile.
+``plugins``
+    Build a Queue with entry points loaded under the HOOKQUEUE_* variables the caller set;
+    report which ``hookqueue`` entry-point modules, and which decoy modules, were imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+import _faults
+
+#: Modules with visible side effects on import, used as decoys: ``this`` prints the Zen of
+#: Python, ``antigravity`` opens a web browser.
+DECOYS = ("this", "antigravity", "webbrowser", "turtle", "tkinter")
+
+
+def _mode(path: str) -> str:
+    return oct(stat.S_IMODE(os.stat(path).st_mode))
+
+
+def perms(parent: str) -> None:
+    """See the module docstring."""
+    os.umask(0)
+    from hookqueue import Queue
+
+    db = Path(parent) / "fresh" / "nested" / "queue.db"
+    q = Queue(db, load_entrypoints=False)
+    q.enqueue("job", {"secret": "payload"})
+    q.lease("w", limit=1)
+    modes = {
+        "directory": _mode(str(db.parent)),
+        "database": _mode(str(db)),
+        "wal": _mode(str(db) + "-wal"),
+        "shm": _mode(str(db) + "-shm"),
+    }
+    q.close()
+    _faults.emit(modes)
+
+
+TASK_TYPES = [
+    "this",
+    "antigravity",
+    "os:system",
+    "subprocess.run",
+    "this:main",
+    "antigravity.fly",
+    "importlib:import_module",
+    "builtins:eval",
+    "webbrowser:open",
+    "hookqueue.plugins.not_a_module:attack",
+]
+
+
+def imports(db: str) -> None:
+    """See the module docstring."""
+    from hookqueue import Queue, WorkerEngine
+
+    logging.disable(logging.CRITICAL)  # the expected "no handler" errors are not news here
+    q = Queue(db)
+    before = set(sys.modules)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for task_type in TASK_TYPES:
+            q.enqueue(
+                task_type,
+                {"module": task_type, "callable": "os.system", "args": ["echo pwned"]},
+                headers={"plugin": task_type},
+            )
+        WorkerEngine(q, worker_id="probe", concurrency=2).run_until_idle()
+        tasks = q.list(limit=100)
+        [t.to_dict() for t in tasks]
+    q.close()
+    new = sorted(set(sys.modules) - before)
+    _faults.emit(
+        {
+            "new_modules": new,
+            "decoys_imported": [m for m in DECOYS if m in sys.modules],
+            "printed": printed.getvalue(),
+            "statuses": sorted({t.status.value for t in tasks}),
+            "errors": sorted({(t.error_message or "")[:60] for t in tasks}),
+        }
+    )
+
+
+def plugins() -> None:
+    """See the module docstring."""
+    from hookqueue import Queue
+
+    logging.disable(logging.CRITICAL)  # plugins not written yet are "unavailable": fine here
+    names = os.environ.get("PROBE_BLOCK", "")
+    q = Queue(os.environ["PROBE_DB"], block=[n for n in names.split(",") if n])
+    eps = importlib.metadata.entry_points(group="hookqueue")
+    modules = {ep.name: ep.value.split(":")[0] for ep in eps}
+    statuses = {s.name: s.state for s in q.pm.hookqueue_status}
+    q.close()
+    _faults.emit(
+        {
+            "imported": sorted(name for name, module in modules.items() if module in sys.modules),
+            "entry_points": sorted(modules),
+            "decoys_imported": [m for m in DECOYS if m in sys.modules],
+            "statuses": statuses,
+        }
+    )
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "perms":
+        perms(args[0])
+    elif command == "imports":
+        imports(args[0])
+    elif command == "plugins":
+        plugins()
+    else:
+        raise SystemExit(f"unknown subcommand {command!r}")

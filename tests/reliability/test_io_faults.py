@@ -1,0 +1,352 @@
+"""Storage faults: I/O errors at write and sync points, failed checkpoints, a full disk.
+
+I/O errors come from an apsw VFS shim (``_faults.FaultyVFS``) in a subprocess; the size
+limit comes from SQLite's own ``PRAGMA max_page_count``, set on each new connection through
+``apsw.connection_hooks``. Either way an operation that fails raises a ``StoreError`` naming
+the database, changes nothing, and works again once the disk does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from hookqueue import DatabaseFull, FakeClock, Queue, TaskStatus, WorkerEngine
+from hookqueue.core.models import Task
+from hookqueue.core.store import Settlement
+
+from . import _faults
+from ._policies import RetryCrashes
+from .conftest import FaultRecord
+
+# ---------------------------------------------------------------------------------------------
+# I/O errors through the VFS shim
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_io_error_at_every_write_and_sync(tmp_path: Path, fault: FaultRecord) -> None:
+    """For enqueue_many, lease and complete, an I/O error at each write and each fsync of
+    the transaction in turn: the call raises a StoreError naming the database and changes
+    nothing (or, when the failed write was not needed, succeeds with exactly its effect);
+    the same call then succeeds once the disk behaves; integrity_check stays clean."""
+    fault.describe("I/O error (EIO) at each write and each fsync of a transaction")
+    db = tmp_path / "queue.db"
+    report = _faults.run_child("_vfs_scenarios.py", "io-errors", db)
+    assert report["unexpected"] == [], "errors that are not StoreError escaped"
+    assert report["violations"] == []
+    assert report["integrity"] == []
+    for op, stats in report["ops"].items():
+        assert stats["errors"] > 0, f"{op}: no injected fault reached the caller"
+        fault.inject(stats["injected"])
+        fault.figure(
+            op, f"{stats['writes']} write + {stats['syncs']} sync points, {stats['errors']} errors"
+        )
+    fault.figure("error classes", sorted({c for s in report["ops"].values() for c in s["classes"]}))
+
+
+@pytest.fixture(scope="module")
+def fsync_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Path]]:
+    """The fsync scenario, once with a crash after the failure and once with a clean close."""
+    out = {}
+    for mode in ("crash", "close"):
+        db = tmp_path_factory.mktemp(f"fsync-{mode}") / "queue.db"
+        out[mode] = (_faults.run_child("_vfs_scenarios.py", "fsync", db, mode), db)
+    return out
+
+
+def test_failed_fsync_then_retry_with_idempotency_key(
+    fsync_runs: dict[str, tuple[dict[str, Any], Path]], fault: FaultRecord
+) -> None:
+    """When the fsync of an enqueue's commit fails, the enqueue raises a StoreError naming
+    the database; whether the task survives depends on whether the process dies before the
+    WAL is reset (a failed fsync leaves the outcome unknown). Enqueueing again with the same
+    idempotency key stores the task exactly once either way."""
+    fault.describe("fsync failure at commit, then crash or clean close")
+    for mode, (result, db) in fsync_runs.items():
+        fault.inject(result["injected"])
+        assert result["raised"] == "StoreError", result
+        assert str(db) in result["message"]
+        assert result["visible_before_exit"] is False
+        with Queue(db, load_entrypoints=False) as q:
+            survived = q.find("k2") is not None
+            again = q.enqueue("job", {"n": 2}, idempotency_key="k2")
+            assert [t.id for t in q.list() if t.idempotency_key == "k2"] == [again.id]
+            assert q.counts()["queued"] == 2
+            assert q.check() == []
+        fault.figure(f"task present after {mode}", survived)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: a failed fsync at commit is reported as 'the transaction was rolled back', "
+    "but the WAL frames are already written, so after a crash the task is there; the message "
+    "must say the outcome is unknown (store._Translate, SQLITE_IOERR_FSYNC)",
+)
+def test_failed_fsync_is_not_reported_as_rolled_back(
+    fsync_runs: dict[str, tuple[dict[str, Any], Path]], fault: FaultRecord
+) -> None:
+    """An error that says the transaction was rolled back is true: the task it refers to
+    is not in the database after the process crashes."""
+    fault.describe("fsync failure at commit: is the error message true after a crash?")
+    result, db = fsync_runs["crash"]
+    fault.inject(result["injected"])
+    with Queue(db, load_entrypoints=False) as q:
+        present = q.find("k2") is not None
+    if present:
+        assert "rolled back" not in result["message"], (
+            f"the enqueue raised {result['message']!r}, yet its task is stored"
+        )
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """The checkpoint scenario: every write to the main file fails while batches commit."""
+    db = tmp_path_factory.mktemp("checkpoint") / "queue.db"
+    return _faults.run_child("_vfs_scenarios.py", "checkpoint", db), db
+
+
+def test_failed_checkpoints_lose_nothing(
+    checkpoint_run: tuple[dict[str, Any], Path], fault: FaultRecord
+) -> None:
+    """With every write to the main database file failing (manual and automatic
+    checkpoints fail) and the process dying with the WAL un-checkpointed, every task whose
+    enqueue returned is present afterwards and the database is sound."""
+    fault.describe("I/O errors on every checkpoint write, then a crash")
+    result, db = checkpoint_run
+    fault.inject(result["injected"])
+    assert result["manual"].startswith("IOError"), result["manual"]
+    acknowledged = [b["batch"] for b in result["batches"] if b["raised"] is None]
+    assert acknowledged, "no batch was acknowledged; the scenario tested nothing"
+    assert _faults.integrity(db) == []
+    stored = {
+        b: n
+        for b, n in _faults.rows(
+            db, "SELECT json_extract(payload, '$.batch'), count(*) FROM tasks GROUP BY 1"
+        )
+    }
+    assert stored.get(-1) == 300
+    for b in acknowledged:
+        assert stored.get(b) == 100, f"acknowledged batch {b} is missing or partial: {stored}"
+    fault.figure("acknowledged batches present", f"{len(acknowledged)}/{len(acknowledged)}")
+    fault.figure("tasks after the crash", sum(stored.values()))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: when the automatic checkpoint after a commit fails, SQLite returns the "
+    "error from COMMIT although the transaction is committed; the store reports 'the "
+    "transaction was rolled back' for data that is stored (fix: own the WAL hook, "
+    "Connection.set_wal_hook, and log checkpoint failures instead of raising)",
+)
+def test_commit_not_reported_failed_when_only_the_checkpoint_failed(
+    checkpoint_run: tuple[dict[str, Any], Path], fault: FaultRecord
+) -> None:
+    """An enqueue_many that raised did not store its batch: no call reports failure for
+    tasks it committed."""
+    fault.describe("Automatic checkpoint fails after a commit: is the commit reported right?")
+    result, _ = checkpoint_run
+    fault.inject(result["injected"])
+    wrong = [b for b in result["batches"] if b["raised"] is not None and b["stored"]]
+    fault.figure("batches reported failed but stored", len(wrong))
+    assert wrong == []
+
+
+@pytest.mark.slow
+def test_disk_full_through_the_vfs(tmp_path: Path, fault: FaultRecord) -> None:
+    """When the disk fills up (writes past a byte quota fail with SQLITE_FULL), enqueue,
+    enqueue_many, lease and complete each raise DatabaseFull naming the database and change
+    nothing; once space is back every earlier task is there and work goes on."""
+    fault.describe("Disk full (SQLITE_FULL from the VFS) during enqueue, lease, complete")
+    db = tmp_path / "queue.db"
+    result = _faults.run_child("_vfs_scenarios.py", "disk-full", db)
+    fault.inject(result["injected"])
+    assert result["unexpected"] == []
+    for op, entry in result["ops"].items():
+        assert entry["raised"] == "DatabaseFull", (op, entry)
+        assert entry["names_path"], (op, entry)
+        assert entry["unchanged"], f"{op} failed with a full disk but changed rows"
+    stored = result["stored_before_full"]
+    assert result["leased_after"] == stored
+    assert result["counts"] == {
+        "queued": 1,
+        "running": 0,
+        "completed": stored,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert result["check"] == []
+    fault.figure("tasks stored before the disk filled", stored)
+    fault.figure("operations refused", len(result["ops"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# PRAGMA max_page_count
+# ---------------------------------------------------------------------------------------------
+
+
+class PageLimit:
+    """Caps every connection opened while it is installed at ``pages`` pages (through
+    ``apsw.connection_hooks``), and can lift the cap from connections already open."""
+
+    def __init__(self) -> None:
+        self.pages: int | None = None
+        self.connections: list[apsw.Connection] = []
+
+    def hook(self, conn: apsw.Connection) -> None:
+        """Called by apsw for each new connection."""
+        self.connections.append(conn)
+        if self.pages is not None:
+            conn.pragma("max_page_count", self.pages)
+
+    def lift(self) -> None:
+        """Space comes back: no cap for new connections, nor for the open ones."""
+        self.pages = None
+        for conn in self.connections:
+            try:
+                conn.pragma("max_page_count", 2**31 - 2)
+            except apsw.ConnectionClosedError:
+                pass
+
+
+@pytest.fixture
+def page_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[PageLimit]:
+    """A :class:`PageLimit` installed for this test only."""
+    limit = PageLimit()
+    monkeypatch.setattr(apsw, "connection_hooks", [*apsw.connection_hooks, limit.hook])
+    yield limit
+
+
+def _filled(db: Path, clock: FakeClock) -> int:
+    """Create a database with 200 queued tasks and return its page count."""
+    with Queue(db, load_entrypoints=False, clock=clock, durability="normal") as q:
+        q.enqueue_many(
+            [
+                {"task_type": "job", "payload": {"i": i, "pad": "x" * 200}, "max_attempts": 5}
+                for i in range(200)
+            ]
+        )
+    conn = _faults.raw_connection(db)
+    try:
+        pages: int = conn.pragma("page_count")
+    finally:
+        conn.close()
+    return pages
+
+
+OPERATIONS: dict[str, Callable[[Queue], Any]] = {
+    "enqueue": lambda q: [q.enqueue("job", {"pad": "e" * 3000}) for _ in range(50)],
+    "enqueue_many": lambda q: q.enqueue_many(
+        [{"task_type": "job", "payload": {"pad": "m" * 3000}}] * 50
+    ),
+    "lease": lambda q: q.lease("w" * 180, limit=200, lease_seconds=60),
+    "complete": lambda q: q.settle(
+        "holder",
+        [
+            Settlement(task_id=t.id, kind="complete", result_json=json.dumps("r" * 3000))
+            for t in q.list(status="running", limit=1000)
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("op", list(OPERATIONS))
+def test_disk_full_max_page_count(
+    op: str, tmp_path: Path, clock: FakeClock, page_limit: PageLimit, fault: FaultRecord
+) -> None:
+    """With the database capped at its current size (PRAGMA max_page_count), the operation
+    raises DatabaseFull naming the database; rows written earlier are unchanged; the file
+    opens again without the cap with every task intact, and the operation then succeeds."""
+    fault.describe(f"Database size limit reached (max_page_count) during {op}")
+    db = tmp_path / "queue.db"
+    pages = _filled(db, clock)
+    if op == "complete":
+        with Queue(db, load_entrypoints=False, clock=clock) as q:
+            assert len(q.lease("holder", limit=200, lease_seconds=600)) == 200
+    before = _faults.rows(db, "SELECT * FROM tasks ORDER BY id")
+    page_limit.pages = pages
+    with Queue(db, load_entrypoints=False, clock=clock, durability="normal") as q:
+        with pytest.raises(DatabaseFull) as info:
+            OPERATIONS[op](q)
+        fault.inject()
+        assert str(db) in str(info.value)
+        assert "Fix:" in str(info.value)
+    assert _faults.rows(db, "SELECT * FROM tasks ORDER BY id")[: len(before)] == before
+    page_limit.lift()
+    with Queue(db, load_entrypoints=False, clock=clock, durability="normal") as q:
+        assert q.check() == []
+        OPERATIONS[op](q)
+        counts = q.counts()
+    assert sum(counts.values()) >= 200
+    fault.figure("pages", pages)
+
+
+def test_worker_meets_a_full_disk_and_loses_nothing(
+    tmp_path: Path, page_limit: PageLimit, fault: FaultRecord
+) -> None:
+    """A running worker whose completions do not fit keeps going: it holds the finished
+    results, retries, and writes them once space is back — every task completed, each
+    handler run exactly once, nothing lost or half-written."""
+    fault.describe("Database size limit reached while a running worker completes tasks")
+    db = tmp_path / "queue.db"
+    clock = FakeClock()
+    pages = _filled(db, clock)
+    calls: dict[int, int] = {}
+
+    def big_result(task: Task) -> str:
+        calls[task.payload["i"]] = calls.get(task.payload["i"], 0) + 1
+        return "r" * 20_000
+
+    page_limit.pages = pages + 2
+    q = Queue(db, load_entrypoints=False, clock=clock, plugins=[RetryCrashes()], busy_timeout=1)
+    q.handlers.register_handler("job", big_result)
+    worker = WorkerEngine(q, worker_id="filler", concurrency=10, lease_seconds=30)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(worker.run_async())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        # Wait until the worker has finished attempts it cannot write.
+        deadline = time.monotonic() + 20
+        while len(calls) < 10 and thread.is_alive():
+            assert time.monotonic() < deadline, "the worker never ran a task"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        fault.inject()
+        stuck = q.counts()
+        assert stuck["completed"] < 200, "the page limit did not bite"
+        page_limit.lift()
+        deadline = time.monotonic() + 60
+        while q.counts()["completed"] < 200 and thread.is_alive():
+            assert time.monotonic() < deadline, (
+                f"tasks unfinished after space came back: {q.counts()}"
+            )
+            time.sleep(0.1)
+        assert not failure, f"the worker stopped: {failure[0]!r}"
+        tasks = q.list(limit=1000)
+        assert q.check() == []
+    finally:
+        worker.stop()
+        thread.join(30)
+        q.close()
+    assert len(tasks) == 200 and all(t.status is TaskStatus.COMPLETED for t in tasks)
+    assert all(t.attempts == 1 for t in tasks), "a finished attempt was run again"
+    assert calls == {i: 1 for i in range(200)}
+    fault.figure("completed before the disk filled", stuck["completed"])
+    fault.figure("finished but unwritable while full", stuck["running"])
+    fault.figure("most handler runs of one task", max(calls.values()))
+    fault.figure("lost", 200 - len(tasks))
