@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ValidationError
 from .execution import _current
-from .handlers import check_task_type, is_async_handler
+from .handlers import check_task_type, check_unicode, is_async_handler
 from .hookspecs import hookimpl
 from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
 
@@ -57,6 +57,7 @@ def validate_new_task(new_task: NewTask) -> NewTask:
             f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
             "use a short name such as 'default' or 'emails'",
         )
+    check_unicode("queue", queue)
     key = new_task.idempotency_key
     if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH):
         raise ValidationError(
@@ -65,6 +66,8 @@ def validate_new_task(new_task: NewTask) -> NewTask:
             f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters",
             "use a stable string such as f'cleanup-{date}', or None",
         )
+    if key is not None:
+        check_unicode("idempotency_key", key)
     timeout = new_task.timeout
     if timeout is not None and (
         isinstance(timeout, bool)

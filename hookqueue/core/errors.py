@@ -28,7 +28,10 @@ class ValidationError(HookqueueError, ValueError):
         self.value = value
         self.problem = problem
         self.fix = fix
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except ValueError:  # e.g. an int beyond Python's str-conversion limit
+            shown = f"<{type(value).__name__} too large to show>"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}={shown}: {problem}. Fix: {fix}")

@@ -21,6 +21,7 @@ def check_task_type(task_type: Any, field: str = "task_type") -> str:
         )
     if not task_type.strip():
         raise ValidationError(field, task_type, "is empty", "name the task type, e.g. 'send_email'")
+    check_unicode(field, task_type)
     if len(task_type) > MAX_TASK_TYPE_LENGTH:
         raise ValidationError(
             field,
@@ -29,6 +30,20 @@ def check_task_type(task_type: Any, field: str = "task_type") -> str:
             "use a shorter name; put data in the payload",
         )
     return task_type
+
+
+def check_unicode(field: str, value: str) -> None:
+    """Refuse text that cannot be stored as UTF-8 (lone surrogates), naming ``field``."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                field,
+                value,
+                f"is not valid Unicode ({exc.reason})",
+                "remove lone surrogates (decode bytes with errors='replace')",
+            ) from None
 
 
 class TaskHandlerRegistry:

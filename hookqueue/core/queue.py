@@ -50,6 +50,8 @@ T = TypeVar("T")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
 _DEFAULT = object()
+#: Any delay longer than this ends past datetime's range (year 9999) once added to now.
+_MAX_DELAY_US = 1000 * 365 * 86400 * 1_000_000
 
 _KIND_TO_EVENT = {
     "completed": EventKind.COMPLETED,
@@ -63,27 +65,67 @@ _KIND_TO_EVENT = {
 
 
 def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
+    """``value`` as compact JSON text, or a ValidationError naming ``field``.
+
+    Refused: what JSON cannot hold (sets, bytes, objects, NaN and infinities), dict keys that
+    are not strings (``json`` would turn ``1`` into ``"1"`` and silently merge it with a
+    ``"1"`` key), text that is not valid Unicode (lone surrogates), nesting too deep to
+    encode, and text over ``limit`` UTF-8 bytes.
+    """
+    fix = (
+        "pass dicts with string keys, lists, strings, finite numbers, booleans and None only "
+        "(convert datetimes to ISO strings, sets to lists, objects to dicts)"
+    )
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
+        raise ValidationError(field, value, f"is not JSON-serialisable ({exc})", fix) from None
+    except RecursionError:
         raise ValidationError(
-            field,
-            value,
-            f"is not JSON-serialisable ({exc})",
-            "pass dicts, lists, strings, finite numbers, booleans and None only "
-            "(convert datetimes to ISO strings, sets to lists, objects to dicts)",
+            field, "<deeply nested value>", "is nested too deeply to encode", "flatten it"
         ) from None
-    if limit is not None and len(text) * 4 > limit:  # cheap test first: at most 4 bytes a char
-        size = len(text) if text.isascii() else len(text.encode())
-        if size > limit:
+    if not text.isascii():
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError as exc:
             raise ValidationError(
                 field,
-                f"<{size} bytes of JSON>",
-                f"is larger than max_payload_bytes={limit}",
-                "store large data elsewhere and put its path or URL in the payload, or raise "
-                "Queue(max_payload_bytes=...)",
-            )
+                value,
+                f"contains text that is not valid Unicode ({exc.reason})",
+                "remove lone surrogates (decode bytes with errors='replace')",
+            ) from None
+    else:
+        size = len(text)
+    if size > 2 and _has_non_string_key(value):
+        raise ValidationError(
+            field, value, "has a dict key that is not a string", "convert keys to strings yourself"
+        )
+    if limit is not None and size > limit:
+        raise ValidationError(
+            field,
+            f"<{size} bytes of JSON>",
+            f"is larger than max_payload_bytes={limit}",
+            "store large data elsewhere and put its path or URL in the payload, or raise "
+            "Queue(max_payload_bytes=...)",
+        )
     return text
+
+
+def _has_non_string_key(value: Any) -> bool:
+    """True if any dict inside ``value`` has a key that is not a str (iterative: no recursion
+    limit, and the payload already encoded, so it is finite)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return True
+                if isinstance(child, dict | list | tuple):
+                    stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+    return False
 
 
 def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
@@ -103,6 +145,10 @@ def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
         )
     if us < 0:
         raise ValidationError(field, value, "must not be negative", "use 0 or a positive delay")
+    if us > _MAX_DELAY_US:
+        raise ValidationError(
+            field, value, "is longer than a thousand years", "use a delay that ends before 9999"
+        )
     return us
 
 
