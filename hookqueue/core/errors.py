@@ -92,6 +92,17 @@ class NotAHookqueueDatabase(StoreError):
     """The file exists but is not a hookqueue database (or not SQLite at all). It was not changed."""
 
 
+class DamagedRow(StoreError):
+    """A stored row cannot be decoded (damaged by a tool, a manual edit or the disk).
+
+    :param task_id: the task's id when it is known.
+    """
+
+    def __init__(self, message: str, *, task_id: object = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer hookqueue. It was not changed."""
 

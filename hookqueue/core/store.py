@@ -35,6 +35,7 @@ import apsw.bestpractice
 import attrs
 
 from .errors import (
+    DamagedRow,
     DatabaseBusy,
     DatabaseFull,
     InvalidTransition,
@@ -148,11 +149,16 @@ SQL_GET = f"SELECT {_COLS} FROM tasks WHERE id = ?"
 SQL_GET_BY_KEY = f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?"
 SQL_FORGET_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = ?"
 
-SQL_EXPIRED = f"""
-SELECT {_COLS} FROM tasks
+SQL_EXPIRED_IDS = """
+SELECT id FROM tasks
 WHERE status = 'running' AND lease_expires_at <= ?
 ORDER BY lease_expires_at
 LIMIT 256
+"""
+SQL_FAIL_DAMAGED = """
+UPDATE tasks SET status = 'failed', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ?
 """
 SQL_EXPIRE_REQUEUE = f"""
 UPDATE tasks SET status = 'queued', run_after = ?, error_message = ?, locked_by = NULL,
@@ -337,6 +343,12 @@ class _Translate:
         return None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, UnicodeDecodeError):
+            # apsw decodes TEXT columns as it fetches them: invalid UTF-8 is a damaged row.
+            raise DamagedRow(
+                f"{self.db.path}: a row contains text that is not valid UTF-8, so it is "
+                "damaged. Fix: run 'hookqueue check', or restore the database from a backup"
+            ) from exc
         if exc is None or not isinstance(exc, apsw.Error):
             return
         path = self.db.path
@@ -473,6 +485,22 @@ class QueueDatabase:
         self._closed = False
         self._errors = _Translate(self)
         self._order_sql: dict[tuple[SortKey, ...], str] = {}
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def _task(self, row: Any) -> Task:
+        """Decode a row, turning damage (a payload that is not JSON, an unknown status, a
+        timestamp out of range) into a StoreError naming the database and the task."""
+        try:
+            return Task.from_row(row)
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+            task_id = row[0] if row else "?"
+            raise DamagedRow(
+                f"{self.path}: task {task_id} is damaged and cannot be read "
+                f"({type(exc).__name__}: {exc}). Fix: run 'hookqueue check', then cancel or "
+                "delete the task, or restore the database from a backup",
+                task_id=task_id,
+            ) from exc
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -683,7 +711,7 @@ class QueueDatabase:
                 if got is not None:
                     out.append((got, None))
                     continue
-                existing = Task.from_row(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
+                existing = self._task(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
                 if (
                     key_window_us is not None
                     and existing.finished_at is not None
@@ -711,13 +739,13 @@ class QueueDatabase:
             row = self._conn().execute(SQL_GET, (task_id,)).get
         if row is None:
             raise TaskNotFound(task_id)
-        return Task.from_row(row)
+        return self._task(row)
 
     def find_by_key(self, key: str) -> Task | None:
         """The task holding this idempotency key, or None."""
         with self._errors:
             row = self._conn().execute(SQL_GET_BY_KEY, (key,)).get
-        return None if row is None else Task.from_row(row)
+        return None if row is None else self._task(row)
 
     def list(
         self,
@@ -757,7 +785,7 @@ class QueueDatabase:
         )
         params.append(limit)
         with self._errors:
-            return [Task.from_row(r) for r in self._conn().execute(sql, params)]
+            return [self._task(r) for r in self._conn().execute(sql, params)]
 
     def counts(self, *, by_type: bool = False) -> dict[str, Any]:
         """Tasks per status (every status present, zero when none); with ``by_type`` a
@@ -875,19 +903,19 @@ class QueueDatabase:
         with self._write() as conn:
             if settlements:
                 transitions += self._settle(conn, worker_id, settlements, now_us)
-            for row in conn.execute(SQL_EXPIRED, (now_us,)).fetchall():
-                task = Task.from_row(row)
+            expired_ids = [i for (i,) in conn.execute(SQL_EXPIRED_IDS, (now_us,)).fetchall()]
+            for task in self._read_or_fail(conn, expired_ids, now_us):
                 requeue_at, message = decide_expired(task)
                 if requeue_at is not None and task.attempts < task.max_attempts:
                     got = conn.execute(
                         SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)
                     ).get
                     if got is not None:
-                        transitions.append(("lease_expired", Task.from_row(got)))
+                        transitions.append(("lease_expired", self._task(got)))
                 else:
                     got = conn.execute(SQL_EXPIRE_FAIL, (message, now_us, task.id, now_us)).get
                     if got is not None:
-                        done = Task.from_row(got)
+                        done = self._task(got)
                         transitions.append((done.status.value, done))
             if limit > 0:
                 leased = self._lease_rows(conn, worker_id, queues, limit, now_us, lease_us, plan)
@@ -923,12 +951,15 @@ class QueueDatabase:
             sql = (
                 f"{set_clause} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
                 f"AND queue IN ({ph}) AND {due} ORDER BY {order} LIMIT ?) "
-                f"RETURNING {_COLS}"
+                "RETURNING id"
             )
-            rows = conn.execute(
-                sql, (*set_params, *queues, now_us, *order_params, limit)
-            ).fetchall()
-            tasks = [Task.from_row(r) for r in rows]
+            ids = [
+                i
+                for (i,) in conn.execute(
+                    sql, (*set_params, *queues, now_us, *order_params, limit)
+                ).fetchall()
+            ]
+            tasks = self._read_or_fail(conn, ids, now_us)
             tasks.sort(key=_python_order(plan, now_us))
             return tasks
         # A bounded window, re-ranked in Python, leased in the same transaction.
@@ -975,12 +1006,37 @@ class QueueDatabase:
             return []
         sql = (
             f"{set_clause} WHERE status = 'queued' AND id IN ({_placeholders(len(chosen))}) "
-            f"RETURNING {_COLS}"
+            "RETURNING id"
         )
-        by_id = {
-            t.id: t for t in (Task.from_row(r) for r in conn.execute(sql, (*set_params, *chosen)))
-        }
+        ids = [i for (i,) in conn.execute(sql, (*set_params, *chosen)).fetchall()]
+        by_id = {t.id: t for t in self._read_or_fail(conn, ids, now_us)}
         return [by_id[i] for i in chosen if i in by_id]
+
+    def _read_or_fail(
+        self, conn: apsw.Connection, ids: Sequence[int], now_us: int
+    ) -> builtins.list[Task]:
+        """The tasks with these ids, read in one statement. A row that cannot be decoded
+        (damaged) is ended ``failed`` with the reason instead, so one bad row cannot stop
+        every lease: the queue goes on with the others."""
+        if not ids:
+            return []
+        sql = f"SELECT {_COLS} FROM tasks WHERE id IN ({_placeholders(len(ids))})"
+        try:
+            by_id = {t.id: t for t in (self._task(r) for r in conn.execute(sql, ids))}
+            return [by_id[i] for i in ids if i in by_id]
+        except (DamagedRow, UnicodeDecodeError):
+            pass  # find the damaged row(s) one by one
+        tasks: builtins.list[Task] = []
+        for task_id in ids:
+            try:
+                row = conn.execute(SQL_GET, (task_id,)).get
+                if row is not None:
+                    tasks.append(self._task(row))
+            except (DamagedRow, UnicodeDecodeError) as exc:
+                message = f"the stored task is damaged and cannot be read ({exc})"
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+                conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+        return tasks
 
     # -- settle --------------------------------------------------------------------------------
 
@@ -1045,7 +1101,7 @@ class QueueDatabase:
                     s.kind,
                 )
                 continue
-            out.append((kind, Task.from_row(row)))
+            out.append((kind, self._task(row)))
         if out:
             finished = sum(1 for kind, _ in out if kind != "released")
             conn.execute(SQL_WORKER_BEAT, (now_us, finished, worker_id))
@@ -1083,14 +1139,14 @@ class QueueDatabase:
         with self._write() as conn:
             row = conn.execute(SQL_CANCEL_QUEUED, ("cancelled by request", now_us, task_id)).get
             if row is not None:
-                return "cancelled", Task.from_row(row)
+                return "cancelled", self._task(row)
             row = conn.execute(SQL_CANCEL_RUNNING, (task_id,)).get
             if row is not None:
-                return "cancel_requested", Task.from_row(row)
+                return "cancel_requested", self._task(row)
             current = conn.execute(SQL_GET, (task_id,)).get
         if current is None:
             raise TaskNotFound(task_id)
-        task = Task.from_row(current)
+        task = self._task(current)
         raise InvalidTransition(task.id, task.status.value, "cancel", "a queued or running task")
 
     def requeue(self, task_id: int, now_us: int) -> Task:
@@ -1098,11 +1154,11 @@ class QueueDatabase:
         with self._write() as conn:
             row = conn.execute(SQL_REQUEUE, (now_us, task_id)).get
             if row is not None:
-                return Task.from_row(row)
+                return self._task(row)
             current = conn.execute(SQL_GET, (task_id,)).get
         if current is None:
             raise TaskNotFound(task_id)
-        task = Task.from_row(current)
+        task = self._task(current)
         raise InvalidTransition(task.id, task.status.value, "retry", "a failed or cancelled task")
 
     def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
