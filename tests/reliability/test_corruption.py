@@ -257,12 +257,6 @@ def _write_bad_row(path: Path, task_id: int, column: str, value: object) -> None
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a row whose payload is not JSON makes Task.from_row raise a bare "
-    "json.JSONDecodeError that names neither the database nor the task; the store should "
-    "raise a StoreError naming both (and the fix)",
-)
 def test_unreadable_row_error_names_database_and_task(tmp_path: Path, fault: FaultRecord) -> None:
     """Reading a task whose stored payload is not valid JSON raises a hookqueue StoreError
     naming the database and the task id."""
@@ -276,12 +270,6 @@ def test_unreadable_row_error_names_database_and_task(tmp_path: Path, fault: Fau
     assert str(path) in str(info.value) and "2" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: one row whose payload is not JSON makes every lease raise JSONDecodeError "
-    "inside the lease transaction, so no worker can lease anything (a poison row stops the "
-    "queue); the lease should end that task failed with a clear error and lease the rest",
-)
 def test_unreadable_row_does_not_stop_the_queue(tmp_path: Path, fault: FaultRecord) -> None:
     """A worker facing one unreadable row still completes every other task, and the bad
     one ends failed with an error saying why."""
@@ -302,12 +290,6 @@ def test_unreadable_row_does_not_stop_the_queue(tmp_path: Path, fault: FaultReco
     assert set(statuses.values()) == {TaskStatus.COMPLETED.value}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: damaged row content (invalid UTF-8, non-JSON payload, out-of-range "
-    "timestamps, unknown status) escapes as UnicodeDecodeError, JSONDecodeError, "
-    "OverflowError, ValueError or TypeError instead of a StoreError naming the database",
-)
 def test_random_damage_gives_only_clear_errors(tmp_path: Path, fault: FaultRecord) -> None:
     """Random bytes flipped anywhere past the header (60 files, 1 to 8 flips each, fixed
     seed): every operation either works or raises a HookqueueError naming the database —
