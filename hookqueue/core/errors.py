@@ -92,6 +92,10 @@ class NotAHookqueueDatabase(StoreError):
     """The file exists but is not a hookqueue database (or not SQLite at all). It was not changed."""
 
 
+class CommitOutcomeUnknown(StoreError):
+    """An I/O error struck while committing: the change may or may not be stored."""
+
+
 class DamagedRow(StoreError):
     """A stored row cannot be decoded (damaged by a tool, a manual edit or the disk).
 

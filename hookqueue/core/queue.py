@@ -185,12 +185,15 @@ class Queue:
         idempotency_window: timedelta | float | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         inline: bool = False,
+        vfs: str | None = None,
     ) -> None:
         if isinstance(db_or_path, QueueDatabase):
             self.db = db_or_path
             self._owns_db = False
         else:
-            self.db = QueueDatabase(db_or_path, durability=durability, busy_timeout=busy_timeout)
+            self.db = QueueDatabase(
+                db_or_path, durability=durability, busy_timeout=busy_timeout, vfs=vfs
+            )
             self._owns_db = True
         if (
             isinstance(max_payload_bytes, bool)

@@ -35,6 +35,7 @@ import apsw.bestpractice
 import attrs
 
 from .errors import (
+    CommitOutcomeUnknown,
     DamagedRow,
     DatabaseBusy,
     DatabaseFull,
@@ -177,6 +178,7 @@ SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ? LIM
 """
 SQL_ANY_EXPIRED = "SELECT 1 FROM tasks WHERE status = 'running' AND lease_expires_at <= ? LIMIT 1"
 SQL_NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE status = 'running'"
+SQL_LATEST_CREATED = "SELECT created_at FROM tasks ORDER BY id DESC LIMIT 1"
 
 SQL_COMPLETE = f"""
 UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = NULL,
@@ -382,6 +384,31 @@ class _Translate:
         raise StoreError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
+#: WAL pages after which a commit checkpoints (SQLite's own automatic threshold).
+WAL_CHECKPOINT_PAGES = 1000
+
+
+def _checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> int:
+    """hookqueue's own automatic checkpoint (it replaces SQLite's).
+
+    SQLite's checkpoints after a commit, and when that checkpoint fails it reports the error
+    from COMMIT although the transaction is committed — so a caller would be told "rolled
+    back" about data that is stored. Here a failed checkpoint is logged and the commit stands;
+    the WAL keeps the data and the next checkpoint tries again.
+    """
+    if pages >= WAL_CHECKPOINT_PAGES:
+        try:
+            conn.wal_checkpoint(dbname)
+        except apsw.Error as exc:
+            log.warning(
+                "%s: checkpointing the WAL failed (%s); the commit stands, the next commit "
+                "tries again",
+                conn.filename,
+                exc,
+            )
+    return int(apsw.SQLITE_OK)
+
+
 class _ThreadConnection:
     """Owned by one thread's thread-local storage; closes that thread's connection when the
     thread ends, unless :meth:`QueueDatabase.close` closed it first."""
@@ -436,6 +463,7 @@ class QueueDatabase:
         loss but never on an application crash, and is several times faster per commit.
     :param busy_timeout: seconds to wait for another connection's write lock before raising
         :class:`~hookqueue.core.errors.DatabaseBusy`.
+    :param vfs: the name of a registered SQLite VFS to open the file through (None: default).
 
     The schema is created or migrated on first use; :meth:`initialize_schema` does it
     explicitly and is idempotent. A file that is not a hookqueue database, or was written by
@@ -449,6 +477,7 @@ class QueueDatabase:
         db_path: str | os.PathLike[str] | None = None,
         durability: Durability = "full",
         busy_timeout: float = 10.0,
+        vfs: str | None = None,
     ) -> None:
         if path is not None and db_path is not None and Path(path) != Path(db_path):
             raise ValidationError(
@@ -478,6 +507,9 @@ class QueueDatabase:
             )
         self.durability: Durability = durability
         self.busy_timeout = float(busy_timeout)
+        #: The SQLite VFS to open the file through (None: the default), e.g. for tests that
+        #: inject I/O faults or for encryption VFSes.
+        self.vfs = vfs
         self._local = threading.local()
         self._connections: builtins.list[apsw.Connection] = []
         self._lock = threading.Lock()
@@ -541,7 +573,9 @@ class QueueDatabase:
         self._create_file()
         with self._errors:
             conn = apsw.Connection(
-                str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+                str(self.path),
+                flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+                vfs=self.vfs,
             )
             try:
                 conn.set_busy_timeout(int(self.busy_timeout * 1000))
@@ -554,6 +588,7 @@ class QueueDatabase:
                 apsw.bestpractice.connection_wal(conn)
                 conn.pragma("synchronous", _SYNCHRONOUS[self.durability])
                 conn.transaction_mode = "IMMEDIATE"
+                conn.set_wal_hook(_checkpoint_after_commit)
             except BaseException:
                 conn.close()
                 raise
@@ -675,7 +710,22 @@ class QueueDatabase:
                 if conn.in_transaction:  # SQLite may have rolled back by itself (disk full)
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except apsw.IOError as exc:
+                # The WAL frames may be on disk already (a failed fsync): after a crash the
+                # transaction may or may not be there. Say so instead of "rolled back".
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except apsw.Error:
+                        pass
+                raise CommitOutcomeUnknown(
+                    f"{self.path}: disk I/O error while committing ({exc}); the change may or "
+                    "may not be stored. Fix: check (e.g. find() by idempotency key) before "
+                    "repeating it, or repeat it with an idempotency key so it cannot be "
+                    "stored twice; check the disk"
+                ) from exc
 
     # -- enqueue -------------------------------------------------------------------------------
 
@@ -829,8 +879,16 @@ class QueueDatabase:
         with self._errors:
             return int(self._conn().pragma("data_version"))
 
-    def next_wakeup_us(self, queues: Sequence[str], now_us: int) -> int | None:
-        """The earliest future ``run_after`` of a queued task or expiry of a lease, or None."""
+    def _due_us(self, conn: apsw.Connection, now_us: int) -> int:
+        """The instant that due times are compared with: ``now``, or the newest task's
+        enqueue instant if that is later — after the wall clock steps back, tasks that were
+        ready stay ready instead of waiting for the clock to catch up. (Leases keep using
+        ``now``; delayed tasks still wait for their own instant.)"""
+        latest: int | None = conn.execute(SQL_LATEST_CREATED).get
+        return now_us if latest is None or latest <= now_us else latest
+
+    def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
+        """Microseconds until a delayed task becomes due or a lease expires, or None."""
         conn = self._conn()
         ph = _placeholders(len(queues))
         sql = (
@@ -838,17 +896,23 @@ class QueueDatabase:
             f"AND queue IN ({ph}) AND run_after > ?"
         )
         with self._errors:
-            due = conn.execute(sql, (*queues, now_us)).get
+            due_us = self._due_us(conn, now_us)
+            due = conn.execute(sql, (*queues, due_us)).get
             expiry = conn.execute(SQL_NEXT_EXPIRY).get
-        candidates = [v for v in (due, expiry) if v is not None]
-        return min(candidates) if candidates else None
+        delays = []
+        if due is not None:
+            delays.append(due - due_us)
+        if expiry is not None:
+            delays.append(max(0, expiry - now_us))
+        return min(delays) if delays else None
 
     def has_work(self, queues: Sequence[str], now_us: int) -> bool:
         """True if a task is due in one of ``queues`` or a lease has expired (a read; no lock)."""
         conn = self._conn()
         with self._errors:
+            due_us = self._due_us(conn, now_us)
             for q in queues:
-                if conn.execute(SQL_ANY_DUE_ONE_QUEUE, (q, now_us)).get is not None:
+                if conn.execute(SQL_ANY_DUE_ONE_QUEUE, (q, due_us)).get is not None:
                     return True
             return conn.execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
 
@@ -903,7 +967,7 @@ class QueueDatabase:
         with self._write() as conn:
             if settlements:
                 transitions += self._settle(conn, worker_id, settlements, now_us)
-            expired_ids = [i for (i,) in conn.execute(SQL_EXPIRED_IDS, (now_us,)).fetchall()]
+            expired_ids = _ids(conn.execute(SQL_EXPIRED_IDS, (now_us,)))
             for task in self._read_or_fail(conn, expired_ids, now_us):
                 requeue_at, message = decide_expired(task)
                 if requeue_at is not None and task.attempts < task.max_attempts:
@@ -933,7 +997,8 @@ class QueueDatabase:
     ) -> builtins.list[Task]:
         ph = _placeholders(len(queues))
         order = self._order_by(plan)
-        order_params = self._order_params(plan, now_us)
+        due_us = self._due_us(conn, now_us)
+        order_params = self._order_params(plan, due_us)
         # When the order does not start with time, "+run_after" keeps SQLite from turning the
         # due filter into an index range (a skip-scan that loses the order and sorts every due
         # task); the index is then read in order and the filter checked row by row.
@@ -953,14 +1018,9 @@ class QueueDatabase:
                 f"AND queue IN ({ph}) AND {due} ORDER BY {order} LIMIT ?) "
                 "RETURNING id"
             )
-            ids = [
-                i
-                for (i,) in conn.execute(
-                    sql, (*set_params, *queues, now_us, *order_params, limit)
-                ).fetchall()
-            ]
+            ids = _ids(conn.execute(sql, (*set_params, *queues, due_us, *order_params, limit)))
             tasks = self._read_or_fail(conn, ids, now_us)
-            tasks.sort(key=_python_order(plan, now_us))
+            tasks.sort(key=_python_order(plan, due_us))
             return tasks
         # A bounded window, re-ranked in Python, leased in the same transaction.
         partition = "json_extract(payload, ?)" if plan.partition_key else "NULL"
@@ -991,7 +1051,7 @@ class QueueDatabase:
                 (
                     *part_params,
                     *queues,
-                    now_us,
+                    due_us,
                     *order_params,
                     max(plan.window, limit),
                     *order_params,
@@ -1008,8 +1068,8 @@ class QueueDatabase:
             f"{set_clause} WHERE status = 'queued' AND id IN ({_placeholders(len(chosen))}) "
             "RETURNING id"
         )
-        ids = [i for (i,) in conn.execute(sql, (*set_params, *chosen)).fetchall()]
-        by_id = {t.id: t for t in self._read_or_fail(conn, ids, now_us)}
+        chosen_ids = _ids(conn.execute(sql, (*set_params, *chosen)))
+        by_id = {t.id: t for t in self._read_or_fail(conn, chosen_ids, now_us)}
         return [by_id[i] for i in chosen if i in by_id]
 
     def _read_or_fail(
@@ -1239,6 +1299,11 @@ class QueueDatabase:
             )
             for r in rows
         ]
+
+
+def _ids(cursor: Iterable[Any]) -> builtins.list[int]:
+    """The first column of every row, as ints (all of a statement's rows are fetched)."""
+    return [int(row[0]) for row in cursor]
 
 
 def _us(value: Any) -> int:

@@ -429,10 +429,11 @@ class WorkerEngine:
             return False
         timeout = self.idle_poll_interval
         if free > 0 and not self._maybe_more:
-            now_us = clock.now_us()
-            nxt = await self._store(self.queue.db.next_wakeup_us, self.queues, now_us)
-            if nxt is not None:
-                timeout = min(timeout, max(0.0, (nxt - now_us) / 1e6))
+            delay = await self._store(
+                self.queue.db.next_wakeup_delay_us, self.queues, clock.now_us()
+            )
+            if delay is not None:
+                timeout = min(timeout, max(0.0, delay / 1e6))
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:

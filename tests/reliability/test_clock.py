@@ -108,13 +108,6 @@ def test_backward_jump_never_expires_a_live_lease(
     fault.figure("wait for a dead worker's lease after a 1 h jump back (s)", stepped + LEASE * 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a task enqueued without delay stores run_after = enqueue time, so after the "
-    "wall clock steps back every task that was ready is no longer due until the clock "
-    "catches up (an hour's step = an hour's stall); ready tasks should stay ready, e.g. "
-    "compare run_after with max(now, the latest instant already stored)",
-)
 def test_backward_jump_keeps_ready_tasks_ready(
     q: Queue, clock: FakeClock, fault: FaultRecord
 ) -> None:

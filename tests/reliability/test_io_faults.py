@@ -73,7 +73,7 @@ def test_failed_fsync_then_retry_with_idempotency_key(
     fault.describe("fsync failure at commit, then crash or clean close")
     for mode, (result, db) in fsync_runs.items():
         fault.inject(result["injected"])
-        assert result["raised"] == "StoreError", result
+        assert result["raised"] == "CommitOutcomeUnknown", result  # a StoreError
         assert str(db) in result["message"]
         assert result["visible_before_exit"] is False
         with Queue(db, load_entrypoints=False) as q:
@@ -85,12 +85,6 @@ def test_failed_fsync_then_retry_with_idempotency_key(
         fault.figure(f"task present after {mode}", survived)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a failed fsync at commit is reported as 'the transaction was rolled back', "
-    "but the WAL frames are already written, so after a crash the task is there; the message "
-    "must say the outcome is unknown (store._Translate, SQLITE_IOERR_FSYNC)",
-)
 def test_failed_fsync_is_not_reported_as_rolled_back(
     fsync_runs: dict[str, tuple[dict[str, Any], Path]], fault: FaultRecord
 ) -> None:
@@ -140,13 +134,6 @@ def test_failed_checkpoints_lose_nothing(
     fault.figure("tasks after the crash", sum(stored.values()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: when the automatic checkpoint after a commit fails, SQLite returns the "
-    "error from COMMIT although the transaction is committed; the store reports 'the "
-    "transaction was rolled back' for data that is stored (fix: own the WAL hook, "
-    "Connection.set_wal_hook, and log checkpoint failures instead of raising)",
-)
 def test_commit_not_reported_failed_when_only_the_checkpoint_failed(
     checkpoint_run: tuple[dict[str, Any], Path], fault: FaultRecord
 ) -> None:
