@@ -1,0 +1,478 @@
+"""Turning results into Markdown: the table, the target verdicts and ``docs/performance.md``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+Results = dict[str, dict[str, dict[str, Any]]]  # workload -> system -> medians
+
+#: Rows of the table: (workload, label, metric key, unit kind). ``rate`` rows are better
+#: higher, ``time`` rows better lower; ``count`` rows are plain numbers.
+ROWS: list[tuple[str, str, str, str]] = [
+    ("W1", "enqueue, ops/s", "ops_s", "rate"),
+    ("W1", "enqueue p50, µs", "p50_us", "time"),
+    ("W1", "enqueue p99, µs", "p99_us", "time"),
+    ("W1c", "enqueue_async ×100 coroutines, ops/s (raw: single commits)", "ops_s", "rate"),
+    ("W1c", "enqueue_async p50, µs (raw: single commit)", "p50_us", "count"),
+    ("W2", "enqueue_many, rows/s", "rows_s", "rate"),
+    ("W3", "drain, 1 worker process, tasks/s", "tasks_s", "rate"),
+    ("W3", "lost / duplicated", "lost_dup", "count"),
+    ("W3p4", "drain, 4 worker processes, tasks/s", "tasks_s", "rate"),
+    ("W3p4", "lost / duplicated", "lost_dup", "count"),
+    ("W4", "producer + 4 workers, tasks/s", "tasks_s", "rate"),
+    ("W4", "enqueue-to-start p50 (backlog included), ms", "pickup_p50_ms", "count"),
+    ("W4", "enqueue-to-start p99 (backlog included), ms", "pickup_p99_ms", "count"),
+    ("W4", "lost / duplicated", "lost_dup", "count"),
+    ("W4lat", "pickup p50 at 500/s, ms", "pickup_p50_ms", "time"),
+    ("W4lat", "pickup p99 at 500/s, ms", "pickup_p99_ms", "time"),
+    ("W4lat", "lost / duplicated", "lost_dup", "count"),
+    ("W5", "status p50, µs", "status_p50_us", "time"),
+    ("W5", "status p99, µs", "status_p99_us", "time"),
+    ("W5", "cancel p50, µs", "cancel_p50_us", "time"),
+    ("W5", "cancel p99, µs", "cancel_p99_us", "time"),
+    ("W6", "lease p50, 1k queued, µs", "queued_small_lease_p50_us", "time"),
+    ("W6", "lease p50, large queued, µs", "queued_large_lease_p50_us", "time"),
+    ("W6", "lease large ÷ small (queued)", "queued_lease_growth", "count"),
+    ("W6", "lease p50, 1k + large retained, µs", "retained_large_lease_p50_us", "time"),
+    ("W6", "lease large ÷ small (retained)", "retained_lease_growth", "count"),
+    ("W6", "enqueue p50, large queued, µs", "queued_large_enqueue_p50_us", "time"),
+    ("W6", "enqueue large ÷ small (queued)", "queued_enqueue_growth", "count"),
+    ("W6", "file before prune / after / after vacuum, MB", "sizes", "count"),
+    ("W6", "prune of the large finished set, s", "prune_s", "count"),
+    ("memory", "worker RSS at 10% / end of drain, MB", "rss", "count"),
+    ("memory", "RSS growth 10% → end, MB", "growth_mb", "count"),
+]
+
+SYSTEM_COLUMNS = ("hookqueue", "raw", "huey", "litequeue")
+
+
+def fmt(value: Any) -> str:
+    """A number the way the tables show it: three significant figures, thousands grouped."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    v = float(value)
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def _cell(metrics: dict[str, Any] | None, key: str) -> Any:
+    if not metrics:
+        return None
+    if "error" in metrics:
+        return "error"
+    if key == "lost_dup":
+        if "lost" not in metrics:
+            return None
+        return f"{fmt(int(metrics['lost']))} / {fmt(int(metrics['duplicated']))}"
+    if key == "sizes":
+        if "size_before_mb" not in metrics:
+            return None
+        return (
+            f"{fmt(metrics['size_before_mb'])} / {fmt(metrics['size_after_prune_mb'])} / "
+            f"{fmt(metrics['size_after_vacuum_mb'])}"
+        )
+    if key == "rss":
+        if "rss_10pct_mb" not in metrics:
+            return None
+        return f"{fmt(metrics['rss_10pct_mb'])} / {fmt(metrics['rss_end_mb'])}"
+    return metrics.get(key)
+
+
+def _ratio(hq: Any, raw: Any) -> str:
+    if not isinstance(hq, int | float) or not isinstance(raw, int | float) or not raw:
+        return ""
+    return f"{hq / raw:.2f}×"
+
+
+def table(results: Results, verdicts: dict[tuple[str, str], str] | None = None) -> str:
+    """The Markdown table of one durability's medians."""
+    verdicts = verdicts or {}
+    lines = [
+        "| workload | metric | hookqueue | raw apsw | hq ÷ raw | huey | litequeue | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for workload, label, key, kind in ROWS:
+        by_system = results.get(workload)
+        if not by_system:
+            continue
+        cells = {s: _cell(by_system.get(s), key) for s in SYSTEM_COLUMNS}
+        if all(v is None for v in cells.values()):
+            continue
+        ratio = _ratio(cells["hookqueue"], cells["raw"]) if kind in ("rate", "time") else ""
+        verdict = verdicts.get((workload, key), "")
+        lines.append(
+            f"| {workload} | {label} | "
+            + " | ".join(fmt(cells[s]) for s in ("hookqueue", "raw"))
+            + f" | {ratio} | "
+            + " | ".join(fmt(cells[s]) for s in ("huey", "litequeue"))
+            + f" | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(res: Results, workload: str, system: str, key: str) -> float | None:
+    m = res.get(workload, {}).get(system)
+    if not m or "error" in m:
+        return None
+    v = m.get(key)
+    return float(v) if isinstance(v, int | float) else None
+
+
+Check = Callable[[Results], tuple[str, bool] | None]
+
+
+def _ratio_check(workload: str, key: str, floor: float) -> Check:
+    def check(res: Results) -> tuple[str, bool] | None:
+        hq, raw = _get(res, workload, "hookqueue", key), _get(res, workload, "raw", key)
+        if hq is None or raw is None:
+            return None
+        return f"{hq / raw:.2f}× raw", hq / raw >= floor
+
+    return check
+
+
+def _w1_normal(res: Results) -> tuple[str, bool] | None:
+    got = _ratio_check("W1", "ops_s", 0.6)(res)
+    p50 = _get(res, "W1", "hookqueue", "p50_us")
+    if got is None or p50 is None:
+        return None
+    return f"{got[0]}, p50 {p50:.0f} µs", got[1] and p50 <= 50
+
+
+def _w1c(res: Results) -> tuple[str, bool] | None:
+    return _ratio_check("W1c", "ops_s", 3.0)(res)
+
+
+def _w3(res: Results) -> tuple[str, bool] | None:
+    hq, huey = _get(res, "W3", "hookqueue", "tasks_s"), _get(res, "W3", "huey", "tasks_s")
+    if hq is None:
+        return None
+    text = f"{hq:,.0f}/s"
+    ok = hq >= 25_000
+    if huey:
+        text += f", {hq / huey:.1f}× huey"
+        ok = ok and hq >= 10 * huey
+    return text, ok
+
+
+def _w3p4(res: Results) -> tuple[str, bool] | None:
+    one, four = _get(res, "W3", "hookqueue", "tasks_s"), _get(res, "W3p4", "hookqueue", "tasks_s")
+    if four is None:
+        return None
+    if one is None:
+        return f"{four:,.0f}/s (W3 not run)", True
+    return f"{four / one:.2f}× W3", four >= one
+
+
+def _delivered(workload: str) -> Check:
+    def check(res: Results) -> tuple[str, bool] | None:
+        lost, dup = (
+            _get(res, workload, "hookqueue", "lost"),
+            _get(res, workload, "hookqueue", "duplicated"),
+        )
+        if lost is None or dup is None:
+            return None
+        return f"{lost:.0f} lost / {dup:.0f} duplicated", lost == 0 and dup == 0
+
+    return check
+
+
+def _w4lat(res: Results) -> tuple[str, bool] | None:
+    p50 = _get(res, "W4lat", "hookqueue", "pickup_p50_ms")
+    p99 = _get(res, "W4lat", "hookqueue", "pickup_p99_ms")
+    if p50 is None or p99 is None:
+        return None
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", p50 <= 2 and p99 <= 10
+
+
+def _w5(res: Results) -> tuple[str, bool] | None:
+    status = _get(res, "W5", "hookqueue", "status_p50_us")
+    cancel = _get(res, "W5", "hookqueue", "cancel_p50_us")
+    if status is None or cancel is None:
+        return None
+    return f"status {status:.0f} µs, cancel {cancel:.0f} µs", status <= 30 and cancel <= 60
+
+
+def _w6(state: str) -> Check:
+    def check(res: Results) -> tuple[str, bool] | None:
+        g = _get(res, "W6", "hookqueue", f"{state}_lease_growth")
+        if g is None:
+            return None
+        return f"{g:.2f}×", g <= 1.5
+
+    return check
+
+
+def _memory(res: Results) -> tuple[str, bool] | None:
+    g = _get(res, "memory", "hookqueue", "growth_mb")
+    if g is None:
+        return None
+    return f"{g:+.1f} MB", g <= 10
+
+
+#: (workload, row key the verdict sits beside, durability or None for both, target, check)
+TARGETS: list[tuple[str, str, str | None, str, Check]] = [
+    ("W1", "ops_s", "normal", "≥ 0.6× raw and p50 ≤ 50 µs", _w1_normal),
+    ("W1", "ops_s", "full", "≥ 0.8× raw", _ratio_check("W1", "ops_s", 0.8)),
+    ("W1c", "ops_s", "full", "≥ 3× raw single commits", _w1c),
+    ("W2", "rows_s", None, "≥ 0.6× raw", _ratio_check("W2", "rows_s", 0.6)),
+    ("W3", "tasks_s", "normal", "≥ 25,000/s and ≥ 10× huey", _w3),
+    ("W3p4", "tasks_s", None, "≥ W3", _w3p4),
+    ("W4", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4")),
+    ("W4", "tasks_s", None, "≥ 0.8× raw", _ratio_check("W4", "tasks_s", 0.8)),
+    ("W4lat", "pickup_p50_ms", None, "p50 ≤ 2 ms, p99 ≤ 10 ms", _w4lat),
+    ("W4lat", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4lat")),
+    ("W5", "status_p50_us", "normal", "status p50 ≤ 30 µs, cancel p50 ≤ 60 µs", _w5),
+    ("W6", "queued_lease_growth", None, "lease with 1M queued ≤ 1.5× with 1k", _w6("queued")),
+    (
+        "W6",
+        "retained_lease_growth",
+        None,
+        "lease beside 1M retained ≤ 1.5× beside 1k",
+        _w6("retained"),
+    ),
+    ("memory", "growth_mb", None, "flat: ≤ 10 MB growth", _memory),
+]
+
+
+def evaluate(results: dict[str, Results]) -> list[dict[str, Any]]:
+    """Every target that applies to what was run, with the measured value and the verdict."""
+    out: list[dict[str, Any]] = []
+    for durability, res in results.items():
+        for workload, key, only, target, check in TARGETS:
+            if only is not None and only != durability:
+                continue
+            got = check(res)
+            if got is None:
+                continue
+            out.append(
+                {
+                    "workload": workload,
+                    "row": key,
+                    "durability": durability,
+                    "target": target,
+                    "measured": got[0],
+                    "met": got[1],
+                }
+            )
+    return out
+
+
+def verdict_cells(targets: list[dict[str, Any]], durability: str) -> dict[tuple[str, str], str]:
+    """The target column of one durability's table."""
+    cells: dict[tuple[str, str], str] = {}
+    for t in targets:
+        if t["durability"] != durability:
+            continue
+        mark = "met" if t["met"] else "**missed**"
+        cell = f"{t['target']}: {mark}"
+        key = (t["workload"], t["row"])
+        cells[key] = f"{cells[key]}; {cell}" if key in cells else cell
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/performance.md
+# ---------------------------------------------------------------------------------------------
+
+WORKLOAD_TEXT = """\
+| workload | what it measures |
+|---|---|
+| W1 | `Queue.enqueue` one task at a time, each its own transaction (the sync API): ops/s and per-call p50/p99. Raw: `SQL_INSERT_ID` in `BEGIN IMMEDIATE … COMMIT`, parameters built before timing. huey: `task(...)` (its enqueue); litequeue: `put`. |
+| W1c | `Queue.enqueue_async` from 100 concurrent coroutines; concurrent calls share a commit (group commit). The raw column is raw's single-commit rate — the per-fsync limit group commit has to beat. |
+| W2 | `Queue.enqueue_many` of 100,000 tasks in batches of 1,000 (one transaction per batch): rows/s. Raw: the same inserts, a batch per transaction; litequeue: `put` inside `transaction()`; huey has no batch API. |
+| W3 | 10,000 pre-enqueued no-op tasks drained by one worker process (`WorkerEngine(concurrency=32).run_until_idle()`, every installed first-party plugin active). Raw: one process settling the last 32 and leasing the next 32 in one transaction with hookqueue's statements. huey: `dequeue` + `execute` in a loop (its worker without idle back-off); litequeue: `pop` + `done`. |
+| W3p4 | W3 with four worker processes. litequeue sits out W3p4 and W4: it has no worker, and its `pop` sorts every ready row, so four processes popping a large backlog take minutes per run (W3 shows that cost with one). |
+| W4 | One producer process enqueueing 20,000 tasks (`enqueue_many`, batches of 100) while four worker processes (`WorkerEngine.run()`, stopped by SIGTERM at the end) take them: throughput from the producer's start to the last task's start, enqueue-to-start latency (it includes the backlog), and every task's sequence number checked: lost / duplicated. huey runs its own consumer with four process workers and enqueues one task per commit (it has no batch API). |
+| W4lat | The producer paced at 500 tasks/s, one `enqueue` each, four idle workers: pickup latency (handler start − enqueue instant, `time.time_ns()` in the payload and in the handler, across processes). Raw workers poll `PRAGMA data_version` every 1 ms as hookqueue's do; litequeue's poll `pop` every 1 ms; huey's consumer uses its default polling. |
+| W5 | On a queue of 10,000 queued tasks: `Queue.get` (status) and `Queue.cancel` per call, p50/p99. Raw: `SQL_GET` and `SQL_CANCEL_QUEUED`. litequeue: `get` and `mark_failed`; huey keeps no per-task status, its `revoke_by_id` stands for cancel. |
+| W6 | Enqueue and lease latency (lease 32; they are released in the next lease's transaction so the table keeps its size) with 1,000 vs 1,000,000 rows — all queued, or 1,000 queued beside 1,000,000 finished and retained. The large tables are built with bulk SQL, not through the API. Then `Queue.prune` of the finished rows and `vacuum`: the file size at each step. |
+| memory | One worker process drains 100,000 tasks; it samples its own RSS every 50 ms. Flat means the RSS at the end is within 10 MB of the RSS after the first 10 %. |
+"""
+
+
+def durability_table(results: dict[str, Results]) -> str:
+    """Figures that depend on the commit cost, side by side for both levels."""
+    if not {"normal", "full"} <= set(results):
+        return "_Run with `--durability both` to compare the two levels._"
+    rows = [
+        ("W1", "hookqueue", "ops_s", "W1 hookqueue enqueue, ops/s"),
+        ("W1", "raw", "ops_s", "W1 raw single commit, ops/s"),
+        ("W1", "hookqueue", "p50_us", "W1 hookqueue enqueue p50, µs"),
+        ("W1c", "hookqueue", "ops_s", "W1c hookqueue enqueue_async (group commit), ops/s"),
+        ("W2", "hookqueue", "rows_s", "W2 hookqueue enqueue_many, rows/s"),
+        ("W3", "hookqueue", "tasks_s", "W3 hookqueue drain, tasks/s"),
+        ("W4", "hookqueue", "tasks_s", "W4 hookqueue producer + 4 workers, tasks/s"),
+        ("W4lat", "hookqueue", "pickup_p50_ms", "W4lat pickup p50, ms"),
+        ("W5", "hookqueue", "cancel_p50_us", "W5 cancel p50, µs"),
+    ]
+    lines = ["| figure | normal | full | full ÷ normal |", "|---|---:|---:|---:|"]
+    for workload, system, key, label in rows:
+        n = _get(results["normal"], workload, system, key)
+        f = _get(results["full"], workload, system, key)
+        if n is None or f is None:
+            continue
+        lines.append(f"| {label} | {fmt(n)} | {fmt(f)} | {f / n:.2f}× |")
+    return "\n".join(lines)
+
+
+def scheduler_table(sched: dict[str, Any]) -> str:
+    """Each scheduler's lease cost beside FIFO's."""
+    lines = []
+    rows = sched.get("schedulers", {})
+    if rows:
+        fifo = next(iter(rows.values()))
+        lines += [
+            "| scheduler | plan | tasks/s | lease(32) p50, µs | µs per task | ÷ FIFO |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for label, m in rows.items():
+            lines.append(
+                f"| {label} | {m['plan']} | {fmt(m['tasks_s'])} | {fmt(m['lease_p50_us'])} | "
+                f"{fmt(m['per_task_us'])} | {m['per_task_us'] / fifo['per_task_us']:.2f}× |"
+            )
+    for name, why in sched.get("skipped", {}).items():
+        lines.append(f"\n- {name}: {why}")
+    return "\n".join(lines) or "n/a"
+
+
+def render_docs(data: dict[str, Any]) -> str:
+    """The whole of ``docs/performance.md`` from one results JSON."""
+    meta = data["meta"]
+    config = data["config"]
+    results: dict[str, Results] = data["results"]
+    targets = data.get("targets", [])
+    missed = [t for t in targets if not t["met"]]
+    plugins = (
+        ", ".join(f"{p['name']} ({p['state']})" for p in data.get("plugins", [])) or "not recorded"
+    )
+    parts = [
+        "# Performance",
+        "",
+        "_This page is generated by `python benchmarks/run.py --write-docs` (or "
+        "`--docs-from benchmarks/results/<file>.json`); edit `benchmarks/hqbench/report.py`, "
+        "not the page._",
+        "",
+        "hookqueue is measured against the physical limit of the machine it runs on: **raw "
+        "apsw doing the same SQL work**, in the same run, at the same `synchronous` setting. "
+        "The baseline uses hookqueue's schema (`store.MIGRATIONS`) and its named statements; "
+        "the lease statement is captured from a real `Queue.lease` call, and before measuring, "
+        "the script replays each operation both ways and compares the statement sequences "
+        f"(this run: {'identical' if data.get('sql_check', {}).get('same_sql') else 'DIFFERENT — see the JSON'}). "
+        "So `hq ÷ raw` is the price of hookqueue's Python around the same SQLite work. huey's "
+        "`SqliteHuey` and litequeue run beside it at the same `synchronous`.",
+        "",
+        "## How to run",
+        "",
+        "```sh",
+        "tox -e bench                                # everything, both durability levels",
+        "python benchmarks/run.py --only W1,W3 --runs 3",
+        "python benchmarks/run.py --durability full  # one level only",
+        "python benchmarks/run.py --quick            # tiny sizes: checks the suite works (CI smoke test)",
+        "python benchmarks/run.py --write-docs       # run, then regenerate this page",
+        "python benchmarks/run.py --docs-from benchmarks/results/latest.json  # page only",
+        "```",
+        "",
+        "Each run of a workload uses a fresh database file on disk; the systems are interleaved "
+        "inside each run; the table shows **medians over runs** (W6 and memory are measured once "
+        "per level: their medians are over their own samples; huey and litequeue run "
+        "`--peer-runs` times, default once, since they are context and slow). Results are "
+        "written to `benchmarks/results/` as JSON with every run's figures. "
+        f"This run took {meta.get('duration_s', 0) / 60:.0f} minutes.",
+        "",
+        "Reading the tables: `hq ÷ raw` is hookqueue's figure divided by raw apsw's — for "
+        "rates (ops/s, tasks/s) 1.00× is the physical limit and lower is slower; for latencies "
+        "(µs, ms) 1.00× is the limit and higher is slower. Rows without a ratio compare "
+        "things that are not the same work (a backlog, a growth factor, a size).",
+        "",
+        "## The machine",
+        "",
+        f"- CPU: {meta['cpu']}, {meta['cpus']} cores; memory {meta['memory_gib']} GiB; {meta['os']}",
+        f"- disk: {meta['filesystem']}",
+        f"- Python {meta['python']}, SQLite {meta['sqlite']}, apsw {meta['apsw']}, "
+        f"hookqueue {meta['hookqueue']}, huey {meta['huey']}, litequeue {meta['litequeue']}",
+        f"- run started {meta['started_at']}, load average {meta['load_average_at_start']}, "
+        f"{config['runs']} run(s) per workload (huey and litequeue: {config.get('peer_runs', 1)})"
+        f"{', --quick sizes' if config.get('quick') else ''}",
+        f"- hookqueue plugins in the worker processes: {plugins}",
+        "",
+        "The machine is shared and noisy (two cores, other work running): single runs vary "
+        "by tens of percent, which is why only medians are reported. The multi-process "
+        "workloads run five processes on two cores, so they measure contention as much as "
+        "hookqueue.",
+        "",
+        "## What each workload measures",
+        "",
+        WORKLOAD_TEXT,
+    ]
+    for durability, res in results.items():
+        parts += [
+            f'## Results at `durability="{durability}"` (synchronous={durability.upper()})',
+            "",
+            table(res, verdict_cells(targets, durability)),
+            "",
+        ]
+    parts += [
+        "## Durability: full vs normal",
+        "",
+        '`durability="full"` (the default) runs SQLite with `synchronous=FULL`: every commit '
+        "waits for the write-ahead log to reach the disk, so an enqueue that returned survives "
+        'a power cut. `durability="normal"` (`synchronous=NORMAL`) syncs only at checkpoints: '
+        "the last transactions before a power cut or kernel crash may be lost, but an "
+        "application crash (the process dying) loses nothing, since the log is already in "
+        "the operating system's hands. The cost is per commit, so it shows where each call "
+        "is its own transaction (W1, W5's cancel) and fades where commits are shared: group "
+        "commit (W1c), batches (W2) and the worker, which settles one batch and leases the "
+        "next in one transaction.",
+        "",
+        durability_table(results),
+        "",
+        "## Schedulers: lease cost beside FIFO",
+        "",
+        "Draining 10,000 tasks with mixed priorities, four task types and a tenant key, "
+        "in-process, `Queue.lease(limit=32)` completing each batch in the next lease.",
+        "",
+    ]
+    for durability, sched in data.get("schedulers", {}).items():
+        parts += [f"At `{durability}`:", "", scheduler_table(sched), ""]
+    parts += ["## Targets", ""]
+    if targets:
+        parts += [
+            "| workload | durability | target | measured | |",
+            "|---|---|---|---|---|",
+        ]
+        for t in targets:
+            parts.append(
+                f"| {t['workload']} | {t['durability']} | {t['target']} | {t['measured']} | "
+                f"{'met' if t['met'] else '**missed**'} |"
+            )
+        parts.append("")
+        parts.append(
+            f"{len(targets) - len(missed)} of {len(targets)} targets met in this run."
+            if missed
+            else f"All {len(targets)} targets met in this run."
+        )
+    else:
+        parts.append("No target applies to the workloads of this run.")
+    errors = data.get("errors", [])
+    if errors:
+        parts += ["", "## Errors in this run", ""] + [f"- {e}" for e in errors]
+    return "\n".join(parts).rstrip() + "\n"

@@ -1,0 +1,141 @@
+"""The benchmark suite still runs: ``benchmarks/run.py --quick`` end to end, in a subprocess.
+
+Asserts on structure only — which workloads and systems produced figures, that the raw
+baseline runs hookqueue's own statements, that no task was lost or run twice — never on
+speed: timings on a shared machine are not a test result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "benchmarks" / "run.py"
+WORKLOADS = ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6", "memory"]
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("HOOKQUEUE_DISABLE_PLUGINS", None)
+    return subprocess.run(
+        [sys.executable, str(RUN), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    proc = _run(
+        tmp_path,
+        "--quick", "--durability", "normal", "--out", str(out), "--workdir", str(tmp_path / "dbs"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+
+    assert data["errors"] == []
+    assert data["config"]["quick"] is True
+    # The raw baseline must run the statements hookqueue runs; when the store's SQL changes,
+    # update RawQueue in benchmarks/hqbench/raw.py (the diff is in the message).
+    differing = {name: op for name, op in data["sql_check"]["operations"].items() if not op["same"]}
+    assert not differing, differing
+    assert data["sql_check"]["lease_sql"].startswith("UPDATE tasks SET status = 'running'")
+
+    res = data["results"]["normal"]
+    assert sorted(res) == sorted(WORKLOADS)
+    # hookqueue and the raw baseline run every workload that has a raw counterpart.
+    for workload in WORKLOADS:
+        assert "hookqueue" in res[workload], workload
+    for workload in ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6"]:
+        assert "raw" in res[workload], workload
+    # huey and litequeue come with the bench extra; where installed, they run beside hookqueue.
+    if importlib.util.find_spec("huey") is not None:
+        for workload in ["W1", "W3", "W3p4", "W4", "W4lat"]:
+            assert "huey" in res[workload], workload
+    else:
+        assert "huey" in data["config"]["missing"]
+    if importlib.util.find_spec("litequeue") is not None:
+        for workload in ["W1", "W2", "W3", "W4lat", "W5"]:
+            assert "litequeue" in res[workload], workload
+    else:
+        assert "litequeue" in data["config"]["missing"]
+    # Where a system has no such operation it is left out, never given a made-up figure.
+    assert "huey" not in res["W2"] and "litequeue" not in res["W4"]
+
+    assert _number(res["W1"]["hookqueue"]["ops_s"]) and res["W1"]["hookqueue"]["ops_s"] > 0
+    assert _number(res["W1"]["hookqueue"]["p99_us"])
+    assert _number(res["W2"]["raw"]["rows_s"])
+    assert _number(res["W5"]["hookqueue"]["cancel_p50_us"])
+    assert _number(res["W6"]["hookqueue"]["queued_lease_growth"])
+    assert res["W6"]["hookqueue"]["pruned"] == data["config"]["sizes"]["w6_large"]
+    assert res["memory"]["hookqueue"]["completed"] == data["config"]["sizes"]["memory"]
+
+    # Every task of the multi-process workloads ran exactly once, in every system.
+    for workload in ["W3", "W3p4", "W4", "W4lat"]:
+        for system, m in res[workload].items():
+            assert (m["lost"], m["duplicated"], m["unexpected"]) == (0, 0, 0), (workload, system, m)
+    assert res["W4"]["hookqueue"]["not_completed"] == 0
+
+    # The worker processes reported which plugins they ran with.
+    names = {p["name"] for p in data["plugins"]}
+    assert "core" in names
+
+    # Targets are evaluated (met or not is the run's business, not the test's).
+    assert data["targets"] and all(isinstance(t["met"], bool) for t in data["targets"])
+    assert "| W1 | enqueue, ops/s |" in proc.stdout
+    assert "| W4lat |" in proc.stdout
+
+
+def test_docs_regenerate_from_json_without_running(tmp_path: Path) -> None:
+    """``--docs-from`` renders the page from a results file (here a minimal one) alone."""
+    sample = {
+        "meta": {
+            "cpu": "test cpu", "cpus": 2, "memory_gib": 1.0, "os": "Linux", "filesystem": "tmpfs",
+            "python": "3.11", "sqlite": "3", "apsw": "3", "hookqueue": "0", "huey": "0",
+            "litequeue": "0", "started_at": "now", "load_average_at_start": [0, 0, 0],
+        },
+        "config": {"runs": 1, "quick": True},
+        "sql_check": {"same_sql": True},
+        "plugins": [{"name": "core", "state": "active"}],
+        "results": {
+            "normal": {"W1": {"hookqueue": {"ops_s": 100.0, "p50_us": 10.0, "p99_us": 20.0},
+                              "raw": {"ops_s": 200.0, "p50_us": 5.0, "p99_us": 9.0}}},
+            "full": {"W1": {"hookqueue": {"ops_s": 50.0, "p50_us": 20.0, "p99_us": 40.0},
+                            "raw": {"ops_s": 60.0, "p50_us": 15.0, "p99_us": 30.0}}},
+        },
+        "schedulers": {},
+        "targets": [],
+        "errors": [],
+    }  # fmt: skip
+    src = tmp_path / "sample.json"
+    src.write_text(json.dumps(sample), encoding="utf-8")
+    docs = tmp_path / "performance.md"
+    proc = _run(tmp_path, "--docs-from", str(src), "--docs-out", str(docs), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = docs.read_text(encoding="utf-8")
+    assert "| W1 | enqueue, ops/s | 100 | 200 | 0.50× |" in text
+    assert "## Durability: full vs normal" in text
+    assert "| W1 hookqueue enqueue, ops/s | 100 | 50.0 | 0.50× |" in text
+    assert "test cpu" in text
+
+
+def test_bad_arguments_are_refused_with_the_choices(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--only", "W9", timeout=60)
+    assert proc.returncode == 2
+    assert "unknown workload(s) ['W9']" in proc.stderr and "W4lat" in proc.stderr
