@@ -417,6 +417,14 @@ def _child_command(args: argparse.Namespace, index: int) -> list[str]:
     return cmd
 
 
+def _child_env(args: argparse.Namespace, index: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if getattr(args, "metrics_port", None) is not None:
+        # Read by the prometheus plugin's worker-start hook: each process its own port.
+        env["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port + index)
+    return env
+
+
 def supervise(args: argparse.Namespace) -> int:
     """Start ``--processes`` worker processes, restart any that dies unexpectedly (with a
     growing delay), forward SIGINT/SIGTERM to all of them, and wait for them to stop."""
@@ -425,7 +433,7 @@ def supervise(args: argparse.Namespace) -> int:
     stopping = False
 
     def start(i: int) -> None:
-        children[i] = subprocess.Popen(_child_command(args, i))
+        children[i] = subprocess.Popen(_child_command(args, i), env=_child_env(args, i))
 
     def forward(sig: int, _frame: Any) -> None:
         nonlocal stopping
@@ -473,6 +481,8 @@ def supervise(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes == 1:
+        if args.metrics_port is not None:
+            os.environ["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port)
         return _worker_child(args)
     return supervise(args)
 
@@ -589,6 +599,12 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", type=float, default=30.0)
     p.add_argument("--worker-id")
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is due")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on 127.0.0.1:PORT (PORT+i for the i-th process; "
+        "needs hookqueue[prometheus])",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(

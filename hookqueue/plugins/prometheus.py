@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -383,6 +384,40 @@ def hookqueue_queue_open(queue: Queue) -> None:
 def hookqueue_queue_close(queue: Queue) -> None:
     """Forget a closed queue."""
     default_exporter().remove_queue(queue)
+
+
+#: ``HOOKQUEUE_METRICS_PORT=N`` makes a worker process serve the process-wide exporter on
+#: 127.0.0.1:N (``HOOKQUEUE_METRICS_HOST`` to bind elsewhere). ``hookqueue worker
+#: --metrics-port N`` sets it, N + i for the i-th of several processes.
+METRICS_PORT_ENV = "HOOKQUEUE_METRICS_PORT"
+_worker_server: MetricsServer | None = None
+_worker_server_lock = threading.Lock()  # not _default_lock: default_exporter() takes that one
+
+
+@hookimpl
+def hookqueue_worker_start(worker: Any) -> None:
+    """Serve this process's metrics when ``HOOKQUEUE_METRICS_PORT`` asks for it (once per
+    process, whatever the number of workers), so the event counters of workers started from
+    the command line can be scraped."""
+    global _worker_server
+    raw = os.environ.get(METRICS_PORT_ENV)
+    if not raw:
+        return
+    with _worker_server_lock:
+        if _worker_server is not None:
+            return
+        try:
+            port = _check_port(int(raw))
+        except (ValueError, ValidationError):
+            log.error("%s=%r is not a port number; not serving metrics", METRICS_PORT_ENV, raw)
+            return
+        host = os.environ.get("HOOKQUEUE_METRICS_HOST", DEFAULT_HOST)
+        try:
+            _worker_server = default_exporter().serve(port=port, host=host)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d (%s)", host, port, exc)
+            return
+    log.info("worker %s: metrics on http://%s:%d/metrics", worker.worker_id, host, port)
 
 
 # ---------------------------------------------------------------------------------------------
