@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -88,10 +89,30 @@ def validate_new_task(new_task: NewTask) -> NewTask:
     return new_task
 
 
+#: ``is_async_handler`` per handler callable (it inspects code flags on every call); weak,
+#: so handlers registered for a while (the adapter's closures) are not kept alive by it.
+_ASYNC_CACHE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _is_async(fn: Any) -> bool:
+    try:
+        return _ASYNC_CACHE[fn]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable (or unhashable): ask every time
+        return is_async_handler(fn)
+    result = is_async_handler(fn)
+    try:
+        _ASYNC_CACHE[fn] = result
+    except TypeError:
+        pass
+    return result
+
+
 async def run_handler(task: Task, handler: HandlerSpec) -> Any:
     """Await an async handler, or run a sync one in the worker's executor with this context
     (so ``current_execution()`` works inside it)."""
-    if is_async_handler(handler.handler):
+    if _is_async(handler.handler):
         return await handler.handler(task)
     execution = _current.get()
     executor = execution.executor if execution is not None else None

@@ -31,15 +31,30 @@ class Execution:
     worker_id: str
     #: Where sync handlers run (the worker's thread pool); None runs them in asyncio's default.
     executor: Executor | None = None
-    #: Set when the task is cancelled (by request, timeout or shutdown).
-    cancel_event: threading.Event = attrs.field(factory=threading.Event)
+    #: The cancellation token (see :attr:`cancel_event`); created on first use, since most
+    #: attempts are never cancelled and an Event costs a Condition and two locks.
+    _cancel_event: threading.Event | None = attrs.field(default=None, alias="cancel_event")
     #: Why it was cancelled, once it was.
     cancel_reason: str | None = None
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the task is cancelled (by request, timeout or shutdown); a sync handler
+        may ``wait`` on it."""
+        event = self._cancel_event
+        if event is None:
+            # The handler's thread and the worker's loop may both ask first: one Event wins.
+            with _EVENT_LOCK:
+                event = self._cancel_event
+                if event is None:
+                    event = self._cancel_event = threading.Event()
+        return event
+
+    @property
     def cancelled(self) -> bool:
         """True once cancellation was asked for."""
-        return self.cancel_event.is_set()
+        event = self._cancel_event
+        return event is not None and event.is_set()
 
     def cancel(self, reason: str) -> None:
         """Ask the handler to stop (sets the token; the worker also cancels async handlers)."""
@@ -49,8 +64,12 @@ class Execution:
 
     def check_cancelled(self) -> None:
         """Raise :class:`~hookqueue.core.errors.TaskCancelled` if cancellation was asked for."""
-        if self.cancel_event.is_set():
+        event = self._cancel_event
+        if event is not None and event.is_set():
             raise TaskCancelled(self.cancel_reason or "cancelled")
+
+
+_EVENT_LOCK = threading.Lock()
 
 
 _current: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(

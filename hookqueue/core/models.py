@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -41,6 +41,8 @@ class TaskStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: ``TaskStatus`` by its stored string (a dict lookup is several times faster than the enum call).
+_STATUS_BY_VALUE: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
 
 
 def _aware(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -80,6 +82,14 @@ TASK_COLUMNS = (
 
 def _ts(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
+
+
+# For Task.from_row, which builds tasks without attrs' __init__ (see there).
+_new = object.__new__
+_set = object.__setattr__
+_loads = json.loads
+_td = timedelta
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @attrs.frozen(kw_only=True)
@@ -146,8 +156,13 @@ class Task:
         return {"value": self.payload}
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> Task:
-        """Build a task from a row selected in ``TASK_COLUMNS`` order."""
+    def from_row(cls, row: Sequence[Any], known: Task | None = None) -> Task:
+        """Build a task from a row selected in ``TASK_COLUMNS`` order.
+
+        :param known: an earlier read of the same task (same id): its decoded payload and
+            headers are reused (the objects are shared), since they never change after
+            enqueue. Ignored when its id differs.
+        """
         (
             id_,
             queue,
@@ -170,28 +185,86 @@ class Task:
             started_at,
             finished_at,
         ) = row
-        return cls(
-            id=id_,
-            queue=queue,
-            task_type=task_type,
-            payload=json.loads(payload),
-            priority=priority,
-            status=TaskStatus(status),
-            attempts=attempts,
-            max_attempts=max_attempts,
-            run_after=from_us(run_after),
-            created_at=from_us(created_at),
-            idempotency_key=key,
-            error_message=error,
-            result=None if result is None else json.loads(result),
-            locked_by=locked_by,
-            lease_expires_at=_ts(lease_expires_at),
-            cancel_requested=bool(cancel_requested),
-            timeout=timeout,
-            headers=json.loads(headers) if headers else {},
-            started_at=_ts(started_at),
-            finished_at=_ts(finished_at),
+        # Rows come from the store's STRICT table (types and CHECK constraints enforced by
+        # SQLite), so the attrs __init__ and its validators are skipped: this runs for every
+        # leased, settled and listed task. Damage that SQLite cannot catch (text that is not
+        # JSON, an unknown status, a timestamp out of range) still raises ValueError /
+        # KeyError / OverflowError, which the store turns into DamagedRow.
+        task = _new(cls)
+        _set(task, "id", id_)
+        _set(task, "queue", queue)
+        _set(task, "task_type", task_type)
+        if known is not None and known.id == id_:
+            _set(task, "payload", known.payload)
+            _set(task, "headers", known.headers)
+        else:
+            _set(task, "payload", _loads(payload))
+            _set(task, "headers", _loads(headers) if headers else {})
+        _set(task, "priority", priority)
+        _set(task, "status", _STATUS_BY_VALUE[status])
+        _set(task, "attempts", attempts)
+        _set(task, "max_attempts", max_attempts)
+        _set(task, "run_after", _EPOCH + _td(0, 0, run_after))
+        _set(task, "created_at", _EPOCH + _td(0, 0, created_at))
+        _set(task, "idempotency_key", key)
+        _set(task, "error_message", error)
+        _set(task, "result", None if result is None else _loads(result))
+        _set(task, "locked_by", locked_by)
+        _set(
+            task,
+            "lease_expires_at",
+            None if lease_expires_at is None else _EPOCH + _td(0, 0, lease_expires_at),
         )
+        _set(task, "cancel_requested", bool(cancel_requested))
+        _set(task, "timeout", timeout)
+        _set(task, "started_at", None if started_at is None else _EPOCH + _td(0, 0, started_at))
+        _set(task, "finished_at", None if finished_at is None else _EPOCH + _td(0, 0, finished_at))
+        return task
+
+    @classmethod
+    def _new_queued(
+        cls,
+        *,
+        id: int,
+        queue: str,
+        task_type: str,
+        payload: Any,
+        priority: int,
+        max_attempts: int,
+        run_after_us: int,
+        created_at_us: int,
+        idempotency_key: str | None,
+        timeout: float | None,
+        headers: Mapping[str, Any],
+    ) -> Task:
+        """A just-inserted queued task, from values the queue validated (the enqueue hot
+        path: no attrs ``__init__``, as in :meth:`from_row`)."""
+        task = _new(cls)
+        _set(task, "id", id)
+        _set(task, "queue", queue)
+        _set(task, "task_type", task_type)
+        _set(task, "payload", payload)
+        _set(task, "priority", priority)
+        _set(task, "status", TaskStatus.QUEUED)
+        _set(task, "attempts", 0)
+        _set(task, "max_attempts", max_attempts)
+        _set(task, "run_after", _EPOCH + _td(0, 0, run_after_us))
+        _set(
+            task,
+            "created_at",
+            _EPOCH + _td(0, 0, created_at_us),
+        )
+        _set(task, "idempotency_key", idempotency_key)
+        _set(task, "error_message", None)
+        _set(task, "result", None)
+        _set(task, "locked_by", None)
+        _set(task, "lease_expires_at", None)
+        _set(task, "cancel_requested", False)
+        _set(task, "timeout", timeout)
+        _set(task, "headers", headers)
+        _set(task, "started_at", None)
+        _set(task, "finished_at", None)
+        return task
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601 strings) for the CLI and status APIs."""

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookqueue.plugins")
 
 CORE_PLUGIN_NAME = "core"
+#: A plugin manager's hook executor while no tracing or monitoring is installed.
+_PLAIN_HOOKEXEC = pluggy.PluginManager(PROJECT_NAME)._inner_hookexec
 
 #: Extras that first-party plugins need, for the install hint when their import fails.
 EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel"}
@@ -249,9 +251,28 @@ class Hooks:
 
     # around / decision
 
+    def _only_impl(self, caller: Any) -> Any:
+        """The hook's one implementation when it has exactly one plain one (no wrappers)
+        and nothing monitors hook calls: the core alone, with no plugin around it. Calling
+        it directly gives pluggy's answer for a firstresult hook without its per-call
+        machinery (the enqueue and execute hooks run once per task)."""
+        impls = caller._hookimpls
+        if len(impls) != 1 or self.pm._inner_hookexec is not _PLAIN_HOOKEXEC:
+            return None
+        impl = impls[0]
+        if impl.wrapper or impl.hookwrapper or impl.kwargnames:
+            return None
+        return impl
+
     def enqueue(self, queue: Any, new_task: NewTask) -> NewTask:
         """Run ``hookqueue_enqueue``; returns the task to write."""
-        result: NewTask = self._h.hookqueue_enqueue(queue=queue, new_task=new_task)
+        caller = self._h.hookqueue_enqueue
+        impl = self._only_impl(caller)
+        if impl is not None:
+            kwargs = {"queue": queue, "new_task": new_task}
+            direct: NewTask = impl.function(*[kwargs[name] for name in impl.argnames])
+            return direct
+        result: NewTask = caller(queue=queue, new_task=new_task)
         return result
 
     def lease(self, queue: Any, request: LeaseRequest) -> LeasePlan:
@@ -261,9 +282,13 @@ class Hooks:
 
     def execute(self, task: Task, handler: HandlerSpec, worker_id: str) -> Awaitable[Any]:
         """Run ``hookqueue_execute``; returns the awaitable the worker awaits."""
-        result: Awaitable[Any] = self._h.hookqueue_execute(
-            task=task, handler=handler, worker_id=worker_id
-        )
+        caller = self._h.hookqueue_execute
+        impl = self._only_impl(caller)
+        if impl is not None:
+            kwargs = {"task": task, "handler": handler, "worker_id": worker_id}
+            direct: Awaitable[Any] = impl.function(*[kwargs[name] for name in impl.argnames])
+            return direct
+        result: Awaitable[Any] = caller(task=task, handler=handler, worker_id=worker_id)
         return result
 
     def retry(
@@ -291,12 +316,18 @@ class Hooks:
         if not impls:
             return
         kwargs = {"events": events}
-        # Each implementation is called on its own (through the manager's hook executor, so
-        # tracing and hook-call monitoring still see it), in pluggy's call order: one
-        # exporter that raises must not keep the next one from seeing the events.
+        # Each implementation is called on its own, in pluggy's call order: one exporter
+        # that raises must not keep the next one from seeing the events. While nothing
+        # monitors hook calls (tracing is off), a plain observer is called directly, which
+        # saves pluggy's per-call machinery for every enqueue, lease and cancel; otherwise
+        # (and for wrappers) through the manager's hook executor, so tracing sees it.
+        direct = self.pm._inner_hookexec is _PLAIN_HOOKEXEC
         for impl in reversed(impls):
             try:
-                self.pm._hookexec(caller.name, [impl], kwargs, False)
+                if direct and not (impl.wrapper or impl.hookwrapper or impl.kwargnames):
+                    impl.function(*[kwargs[name] for name in impl.argnames])
+                else:
+                    self.pm._hookexec(caller.name, [impl], kwargs, False)
             except Exception:
                 log.exception(
                     "plugin %r raised in hookqueue_event; the events are unaffected",

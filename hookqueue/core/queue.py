@@ -64,6 +64,13 @@ _KIND_TO_EVENT = {
 }
 
 
+#: ``json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)``, with
+#: the encoder built once (json.dumps builds one per call when given options).
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+#: Payload types whose decoded JSON is the value itself (nothing to copy).
+_IMMUTABLE_JSON = frozenset({type(None), str, int, float, bool})
+
+
 def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
     """``value`` as compact JSON text, or a ValidationError naming ``field``.
 
@@ -77,7 +84,7 @@ def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
         "(convert datetimes to ISO strings, sets to lists, objects to dicts)"
     )
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text = _ENCODE(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(field, value, f"is not JSON-serialisable ({exc})", fix) from None
     except RecursionError:
@@ -322,18 +329,21 @@ class Queue:
         )
 
     def _task_from(self, task_id: int, nt: NewTask, row: InsertRow, now_us: int) -> Task:
-        created = from_us(now_us)
-        return Task(
+        payload = nt.payload
+        if type(payload) not in _IMMUTABLE_JSON:
+            # The returned task owns its payload: decoding the JSON just written is a deep
+            # copy (and shows what is stored, e.g. tuples as lists). Immutable values are
+            # shared as they are.
+            payload = json.loads(row.payload_json)
+        return Task._new_queued(
             id=task_id,
             queue=nt.queue,
             task_type=nt.task_type,
-            payload=json.loads(row.payload_json) if nt.payload is not None else None,
+            payload=payload,
             priority=nt.priority,
-            status=TaskStatus.QUEUED,
-            attempts=0,
             max_attempts=row.max_attempts,
-            run_after=from_us(row.run_after_us),
-            created_at=created,
+            run_after_us=row.run_after_us,
+            created_at_us=now_us,
             idempotency_key=nt.idempotency_key,
             timeout=row.timeout,
             headers=dict(nt.headers),
@@ -451,7 +461,7 @@ class Queue:
                 raise ValidationError(
                     f"tasks[{index}].task_type", None, "is missing", "every task needs a task_type"
                 )
-            unknown = set(kwargs) - _ENQUEUE_ARGS
+            unknown = kwargs.keys() - _ENQUEUE_ARGS
             if unknown:
                 raise ValidationError(
                     f"tasks[{index}]",
@@ -459,11 +469,21 @@ class Queue:
                     "has unknown keys",
                     f"use only {sorted(_ENQUEUE_ARGS)}",
                 )
-            task_type = kwargs.pop("task_type")
-            payload = kwargs.pop("payload", None)
-            options = {**_ENQUEUE_DEFAULTS, **kwargs}
+            get = kwargs.get
             try:
-                nt = self._build(task_type, payload, now_us=now_us, **options)
+                nt = self._build(
+                    kwargs["task_type"],
+                    get("payload"),
+                    priority=get("priority", 100),
+                    run_after=get("run_after"),
+                    delay=get("delay"),
+                    max_attempts=get("max_attempts"),
+                    idempotency_key=get("idempotency_key"),
+                    queue=get("queue", "default"),
+                    timeout=get("timeout"),
+                    headers=get("headers"),
+                    now_us=now_us,
+                )
                 items.append((nt, self._row(nt, now_us)))
             except ValidationError as exc:
                 raise ValidationError(
@@ -573,9 +593,10 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
-        tasks = await asyncio.wrap_future(
-            self._group_committer().submit([(nt, self._row(nt, now_us))], now_us)
-        )
+        row = self._row(nt, now_us)
+        waiter: asyncio.Future[builtins.list[Task]] = asyncio.get_running_loop().create_future()
+        self._group_committer().submit_async([(nt, row)], now_us, waiter)
+        tasks = await waiter
         if self.inline:
             from .inline import run_inline_async
 
@@ -721,6 +742,7 @@ class Queue:
             lease_seconds=lease_seconds,
         )
         plan = self.hooks.lease(self, request)
+        observed = self.hooks.has_event_observers()
         leased, transitions = self.db.lease(
             worker_id=worker_id,
             queues=request.queues,
@@ -730,9 +752,10 @@ class Queue:
             plan=plan,
             decide_expired=partial(self._decide_expired, now),
             settlements=settlements,
+            want_transitions=observed,
         )
         self._emit(transitions, now_us, worker_id=worker_id, settlements=settlements)
-        if leased and self.hooks.has_event_observers():
+        if leased and observed:
             self.hooks.event(
                 [
                     TaskEvent(kind=EventKind.STARTED, task=t, at=now, worker_id=worker_id)
@@ -832,7 +855,7 @@ class Queue:
         at = from_us(now_us)
         events = [
             TaskEvent(
-                kind=_KIND_TO_EVENT.get(kind, EventKind(kind)),
+                kind=_KIND_TO_EVENT.get(kind) or EventKind(kind),
                 task=task,
                 at=at,
                 worker_id=worker_id if kind != "lease_expired" else task.locked_by,
@@ -931,16 +954,6 @@ _ENQUEUE_ARGS = {
     "timeout",
     "headers",
 }
-_ENQUEUE_DEFAULTS: dict[str, Any] = {
-    "priority": 100,
-    "run_after": None,
-    "delay": None,
-    "max_attempts": None,
-    "idempotency_key": None,
-    "queue": "default",
-    "timeout": None,
-    "headers": None,
-}
 
 
 def _task_id(value: int | str) -> int:
@@ -981,6 +994,17 @@ class _GroupCommitter:
         self._requests.put((items, now_us, future))
         return future
 
+    def submit_async(
+        self,
+        items: Sequence[tuple[NewTask, InsertRow]],
+        now_us: int,
+        waiter: asyncio.Future[builtins.list[Task]],
+    ) -> None:
+        """Like :meth:`submit`, resolving an asyncio future of the caller's loop: the writer
+        resolves every waiter of one loop in one ``call_soon_threadsafe`` per batch, where
+        a concurrent Future per request costs a loop wake-up and two locks each."""
+        self._requests.put((items, now_us, waiter))
+
     def stop(self) -> None:
         self._requests.put(None)
         self._thread.join(timeout=30)
@@ -1015,7 +1039,7 @@ class _GroupCommitter:
             )
         except Exception:
             if len(batch) == 1:
-                batch[0][2].set_exception(_current_exception())
+                _settle_waiters([(batch[0][2], None, _current_exception())])
                 return
             # One request spoiled the batch: write each on its own so only it fails.
             for request in batch:
@@ -1023,10 +1047,40 @@ class _GroupCommitter:
             return
         tasks = queue._after_insert(items, results, now_us)
         offset = 0
+        outcomes: builtins.list[tuple[Any, Any, BaseException | None]] = []
         for request_items, _, future in batch:
             n = len(request_items)
-            future.set_result(tasks[offset : offset + n])
+            outcomes.append((future, tasks[offset : offset + n], None))
             offset += n
+        _settle_waiters(outcomes)
+
+
+def _settle_waiters(outcomes: Sequence[tuple[Any, Any, BaseException | None]]) -> None:
+    """Give each request its result or exception: concurrent Futures directly, asyncio
+    futures with one ``call_soon_threadsafe`` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
+    for future, result, exc in outcomes:
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, result, exc))
+        elif exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    for loop, pending in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_on_loop, pending)
+        except RuntimeError:  # the caller's loop closed: nobody is waiting any more
+            pass
+
+
+def _resolve_on_loop(pending: Sequence[tuple[Any, Any, BaseException | None]]) -> None:
+    for future, result, exc in pending:
+        if future.done():  # the awaiting coroutine was cancelled
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def _current_exception() -> BaseException:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -327,6 +328,10 @@ class Settlement:
     duration: float | None = None
     #: Why the retry policy decided as it did (for events; not stored).
     reason: str | None = None
+    #: The task as the worker leased it, when at hand: the event's task then reuses its
+    #: decoded payload and headers (they never change after enqueue) instead of decoding
+    #: the row's JSON again. Not stored; not compared.
+    task: Task | None = attrs.field(default=None, eq=False, repr=False)
 
 
 #: Decides what happens to tasks whose lease expired: ``task -> (requeue_at_us or None, msg)``.
@@ -407,6 +412,39 @@ def _checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> 
                 exc,
             )
     return int(apsw.SQLITE_OK)
+
+
+#: The busy handler's first and longest sleep, in seconds.
+BUSY_FIRST_SLEEP = 0.00005
+BUSY_MAX_SLEEP = 0.002
+
+
+def _busy_handler(timeout: float) -> Callable[[int], bool]:
+    """A busy handler that retries a locked database for ``timeout`` seconds, sleeping 50 µs
+    at first and doubling to at most 2 ms.
+
+    SQLite's own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms: a
+    write lock held for 0.3 ms (one lease) can cost a waiting worker 10 ms or more. Short
+    sleeps take the lock soon after it is free. ``time.sleep`` releases the GIL, so other
+    threads of the process (the one holding the lock, perhaps) run meanwhile.
+    """
+    deadline = 0.0
+    monotonic = time.monotonic
+    sleep = time.sleep
+
+    def handler(prior_calls: int) -> bool:
+        nonlocal deadline
+        now = monotonic()
+        if prior_calls == 0:
+            deadline = now + timeout
+        remaining = deadline - now
+        if remaining <= 0:
+            return False  # SQLite raises SQLITE_BUSY: DatabaseBusy
+        delay = BUSY_FIRST_SLEEP * (1 << prior_calls) if prior_calls < 6 else BUSY_MAX_SLEEP
+        sleep(min(delay, BUSY_MAX_SLEEP, remaining))
+        return True
+
+    return handler
 
 
 class _ThreadConnection:
@@ -529,10 +567,17 @@ class QueueDatabase:
             task_id = row[0] if row else "?"
             raise DamagedRow(
                 f"{self.path}: task {task_id} is damaged and cannot be read "
-                f"({type(exc).__name__}: {exc}). Fix: run 'hookqueue check', then cancel or "
+                f"({self._task_error(row, exc)}). Fix: run 'hookqueue check', then cancel or "
                 "delete the task, or restore the database from a backup",
                 task_id=task_id,
             ) from exc
+
+    @staticmethod
+    def _task_error(row: Any, exc: BaseException) -> str:
+        """What was wrong with a row ``Task.from_row`` refused, for logs and errors."""
+        if isinstance(exc, KeyError) and len(row) > 5:
+            return f"ValueError: {row[5]!r} is not a valid TaskStatus"
+        return f"{type(exc).__name__}: {exc}"
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -578,7 +623,7 @@ class QueueDatabase:
                 vfs=self.vfs,
             )
             try:
-                conn.set_busy_timeout(int(self.busy_timeout * 1000))
+                conn.set_busy_handler(_busy_handler(self.busy_timeout))
                 self._verify_identity(conn)
                 # apsw's best practice, per connection: never bestpractice.apply(), which
                 # would change every connection in the host application.
@@ -727,6 +772,36 @@ class QueueDatabase:
                     "stored twice; check the disk"
                 ) from exc
 
+    def _begin(self) -> apsw.Connection:
+        """``BEGIN IMMEDIATE`` on this thread's connection, for the hot paths that write
+        without :meth:`_write`'s generator (call inside ``with self._errors``; end with
+        :meth:`_commit` or :meth:`_rollback`)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    @staticmethod
+    def _rollback(conn: apsw.Connection) -> None:
+        if conn.in_transaction:  # SQLite may have rolled back by itself (disk full)
+            conn.execute("ROLLBACK")
+
+    def _commit(self, conn: apsw.Connection) -> None:
+        """``COMMIT``, with :meth:`_write`'s handling of an I/O error while committing."""
+        try:
+            conn.execute("COMMIT")
+        except apsw.IOError as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except apsw.Error:
+                    pass
+            raise CommitOutcomeUnknown(
+                f"{self.path}: disk I/O error while committing ({exc}); the change may or "
+                "may not be stored. Fix: check (e.g. find() by idempotency key) before "
+                "repeating it, or repeat it with an idempotency key so it cannot be "
+                "stored twice; check the disk"
+            ) from exc
+
     # -- enqueue -------------------------------------------------------------------------------
 
     def insert(
@@ -750,36 +825,53 @@ class QueueDatabase:
             task with the same idempotency key exists and is still remembered.
         """
         out: builtins.list[tuple[int, Task | None]] = []
-        with self._write() as conn:
-            for row in rows:
-                params = row.params(now_us)
-                if row.idempotency_key is None:
-                    conn.execute(SQL_INSERT_ID, params)
-                    out.append((conn.last_insert_rowid(), None))
-                    continue
-                got = conn.execute(SQL_INSERT_KEYED, params).get
-                if got is not None:
-                    out.append((got, None))
-                    continue
-                existing = self._task(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
-                if (
-                    key_window_us is not None
-                    and existing.finished_at is not None
-                    and _us(existing.finished_at) + key_window_us <= now_us
-                ):
-                    # The key's window has passed: the old task keeps its history but lets
-                    # go of the key, and the new task takes it.
-                    conn.execute(SQL_FORGET_KEY, (existing.id,))
-                    conn.execute(SQL_INSERT_ID, params)
-                    out.append((conn.last_insert_rowid(), None))
-                else:
-                    out.append((existing.id, existing))
-            if claim is not None:
-                worker_id, lease_until = claim
-                for task_id, found in out:
-                    if found is None:
-                        conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
+        with self._errors:
+            conn = self._begin()
+            try:
+                self._insert(conn, rows, now_us, key_window_us, claim, out)
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
         return out
+
+    def _insert(
+        self,
+        conn: apsw.Connection,
+        rows: Sequence[InsertRow],
+        now_us: int,
+        key_window_us: int | None,
+        claim: tuple[str, int] | None,
+        out: builtins.list[tuple[int, Task | None]],
+    ) -> None:
+        for row in rows:
+            params = row.params(now_us)
+            if row.idempotency_key is None:
+                conn.execute(SQL_INSERT_ID, params)
+                out.append((conn.last_insert_rowid(), None))
+                continue
+            got = conn.execute(SQL_INSERT_KEYED, params).get
+            if got is not None:
+                out.append((got, None))
+                continue
+            existing = self._task(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
+            if (
+                key_window_us is not None
+                and existing.finished_at is not None
+                and _us(existing.finished_at) + key_window_us <= now_us
+            ):
+                # The key's window has passed: the old task keeps its history but lets
+                # go of the key, and the new task takes it.
+                conn.execute(SQL_FORGET_KEY, (existing.id,))
+                conn.execute(SQL_INSERT_ID, params)
+                out.append((conn.last_insert_rowid(), None))
+            else:
+                out.append((existing.id, existing))
+        if claim is not None:
+            worker_id, lease_until = claim
+            for task_id, found in out:
+                if found is None:
+                    conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -947,6 +1039,7 @@ class QueueDatabase:
         plan: LeasePlan,
         decide_expired: ExpiryDecider,
         settlements: Sequence[Settlement] = (),
+        want_transitions: bool = True,
     ) -> tuple[builtins.list[Task], builtins.list[tuple[str, Task]]]:
         """Settle finished attempts, sweep expired leases, and lease new tasks — one transaction.
 
@@ -959,31 +1052,97 @@ class QueueDatabase:
         :param decide_expired: called for each task whose lease expired; returns
             ``(requeue_at_us, message)`` to requeue it or ``(None, message)`` to end it.
         :param settlements: finished attempts to write first (see :meth:`settle`).
+        :param want_transitions: False skips decoding the settled tasks (the caller has no
+            event observer); expired leases are still reported.
         :returns: ``(leased tasks in plan order, transitions)`` where each transition is
             ``(event kind, task after the change)``.
         """
+        # Only SQL runs inside the transaction: the rows are fetched as tuples and decoded
+        # into Tasks after COMMIT, so the write lock (which every other worker process waits
+        # for) is held for the statements alone. The rare paths decode inside: expired leases
+        # (decide_expired needs the task) and damaged rows.
+        settled: builtins.list[tuple[str, Any, Task | None]] = []
+        rows: builtins.list[Any] = []
+        with self._errors:
+            conn = self._begin()
+            try:
+                if settlements:
+                    settled = self._settle(conn, worker_id, settlements, now_us)
+                expired = self._expire(conn, now_us, decide_expired)
+                if limit > 0:
+                    rows = self._lease_rows(conn, worker_id, queues, limit, now_us, lease_us, plan)
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
+        leased = self._decode_leased(rows, now_us)
+        transitions = self._decode_settled(settled) if want_transitions else []
+        return leased, transitions + expired
+
+    def _expire(
+        self, conn: apsw.Connection, now_us: int, decide_expired: ExpiryDecider
+    ) -> builtins.list[tuple[str, Task]]:
+        """Requeue or end the tasks whose lease expired (inside the lease transaction)."""
         transitions: builtins.list[tuple[str, Task]] = []
-        leased: builtins.list[Task] = []
-        with self._write() as conn:
-            if settlements:
-                transitions += self._settle(conn, worker_id, settlements, now_us)
-            expired_ids = _ids(conn.execute(SQL_EXPIRED_IDS, (now_us,)))
-            for task in self._read_or_fail(conn, expired_ids, now_us):
-                requeue_at, message = decide_expired(task)
-                if requeue_at is not None and task.attempts < task.max_attempts:
-                    got = conn.execute(
-                        SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)
-                    ).get
-                    if got is not None:
-                        transitions.append(("lease_expired", self._task(got)))
-                else:
-                    got = conn.execute(SQL_EXPIRE_FAIL, (message, now_us, task.id, now_us)).get
-                    if got is not None:
-                        done = self._task(got)
-                        transitions.append((done.status.value, done))
-            if limit > 0:
-                leased = self._lease_rows(conn, worker_id, queues, limit, now_us, lease_us, plan)
-        return leased, transitions
+        expired_ids = _ids(conn.execute(SQL_EXPIRED_IDS, (now_us,)))
+        for task in self._read_or_fail(conn, expired_ids, now_us):
+            requeue_at, message = decide_expired(task)
+            if requeue_at is not None and task.attempts < task.max_attempts:
+                got = conn.execute(SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)).get
+                if got is not None:
+                    transitions.append(("lease_expired", self._task(got)))
+            else:
+                got = conn.execute(SQL_EXPIRE_FAIL, (message, now_us, task.id, now_us)).get
+                if got is not None:
+                    done = self._task(got)
+                    transitions.append((done.status.value, done))
+        return transitions
+
+    def _decode_leased(self, rows: Sequence[Any], now_us: int) -> builtins.list[Task]:
+        """Leased rows as Tasks (after COMMIT). A row that cannot be decoded (damaged) is
+        ended ``failed`` with the reason in a transaction of its own, so one bad row cannot
+        stop every lease: the queue goes on with the others."""
+        tasks: builtins.list[Task] = []
+        from_row = Task.from_row
+        damaged: builtins.list[tuple[int, str]] = []
+        for row in rows:
+            try:
+                tasks.append(from_row(row))
+            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+                damaged.append(
+                    (
+                        row[0],
+                        f"the stored task is damaged and cannot be read ({self._task_error(row, exc)})",
+                    )
+                )
+        if damaged:
+            for task_id, message in damaged:
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+            with self._write() as conn:
+                for task_id, message in damaged:
+                    conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+        return tasks
+
+    def _decode_settled(
+        self, settled: Sequence[tuple[str, Any, Task | None]]
+    ) -> builtins.list[tuple[str, Task]]:
+        """Settled rows as ``(kind, Task)`` (after COMMIT). The outcome is stored either way;
+        a row that cannot be decoded loses only its event, and says so in the log."""
+        out: builtins.list[tuple[str, Task]] = []
+        from_row = Task.from_row
+        for kind, row, held in settled:
+            try:
+                out.append((kind, from_row(row, held)))
+            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+                log.error(
+                    "%s: task %s was settled (%s) but is damaged and cannot be read (%s); "
+                    "no event is sent for it",
+                    self.path,
+                    row[0],
+                    kind,
+                    self._task_error(row, exc),
+                )
+        return out
 
     def _lease_rows(
         self,
@@ -994,7 +1153,9 @@ class QueueDatabase:
         now_us: int,
         lease_us: int,
         plan: LeasePlan,
-    ) -> builtins.list[Task]:
+    ) -> builtins.list[Any]:
+        """Lease up to ``limit`` rows in the plan's order; returns them as fetched (tuples
+        in ``TASK_COLUMNS`` order), for :meth:`_decode_leased` after COMMIT."""
         ph = _placeholders(len(queues))
         order = self._order_by(plan)
         due_us = self._due_us(conn, now_us)
@@ -1019,9 +1180,9 @@ class QueueDatabase:
                 "RETURNING id"
             )
             ids = _ids(conn.execute(sql, (*set_params, *queues, due_us, *order_params, limit)))
-            tasks = self._read_or_fail(conn, ids, now_us)
-            tasks.sort(key=_python_order(plan, due_us))
-            return tasks
+            rows = self._read_rows(conn, ids, now_us)
+            rows.sort(key=_row_order(plan, due_us))
+            return rows
         # A bounded window, re-ranked in Python, leased in the same transaction.
         partition = "json_extract(payload, ?)" if plan.partition_key else "NULL"
         part_params: tuple[Any, ...] = (
@@ -1069,8 +1230,34 @@ class QueueDatabase:
             "RETURNING id"
         )
         chosen_ids = _ids(conn.execute(sql, (*set_params, *chosen)))
-        by_id = {t.id: t for t in self._read_or_fail(conn, chosen_ids, now_us)}
+        by_id = {r[0]: r for r in self._read_rows(conn, chosen_ids, now_us)}
         return [by_id[i] for i in chosen if i in by_id]
+
+    def _read_rows(
+        self, conn: apsw.Connection, ids: Sequence[int], now_us: int
+    ) -> builtins.list[Any]:
+        """The rows with these ids, fetched (not decoded) in one statement. A row whose text
+        is not valid UTF-8 cannot even be fetched: it is ended ``failed`` with the reason
+        here, inside the transaction, and the others are fetched one by one."""
+        if not ids:
+            return []
+        sql = f"SELECT {_COLS} FROM tasks WHERE id IN ({_placeholders(len(ids))})"
+        try:
+            return conn.execute(sql, ids).fetchall()
+        except UnicodeDecodeError:
+            pass  # find the damaged row(s) one by one
+        rows: builtins.list[Any] = []
+        for task_id in ids:
+            try:
+                row = conn.execute(SQL_GET, (task_id,)).get
+            except UnicodeDecodeError as exc:
+                message = f"the stored task is damaged and cannot be read ({exc})"
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+                conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+                continue
+            if row is not None:
+                rows.append(row)
+        return rows
 
     def _read_or_fail(
         self, conn: apsw.Connection, ids: Sequence[int], now_us: int
@@ -1111,8 +1298,15 @@ class QueueDatabase:
 
         :returns: ``(event kind, task after the change)`` for each outcome written.
         """
-        with self._write() as conn:
-            return self._settle(conn, worker_id, settlements, now_us)
+        with self._errors:
+            conn = self._begin()
+            try:
+                settled = self._settle(conn, worker_id, settlements, now_us)
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
+        return self._decode_settled(settled)
 
     def _settle(
         self,
@@ -1120,8 +1314,10 @@ class QueueDatabase:
         worker_id: str,
         settlements: Sequence[Settlement],
         now_us: int,
-    ) -> builtins.list[tuple[str, Task]]:
-        out: builtins.list[tuple[str, Task]] = []
+    ) -> builtins.list[tuple[str, Any, Task | None]]:
+        """Write the outcomes; returns ``(event kind, row after the change, the worker's
+        task)`` per outcome written, rows not yet decoded (see :meth:`_decode_settled`)."""
+        out: builtins.list[tuple[str, Any, Task | None]] = []
         for s in settlements:
             if s.kind == "complete":
                 row = conn.execute(SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)).get
@@ -1161,9 +1357,9 @@ class QueueDatabase:
                     s.kind,
                 )
                 continue
-            out.append((kind, self._task(row)))
+            out.append((kind, row, s.task))
         if out:
-            finished = sum(1 for kind, _ in out if kind != "released")
+            finished = sum(1 for kind, _, _ in out if kind != "released")
             conn.execute(SQL_WORKER_BEAT, (now_us, finished, worker_id))
         return out
 
@@ -1196,14 +1392,24 @@ class QueueDatabase:
         :raises TaskNotFound: unknown id.
         :raises InvalidTransition: the task already finished.
         """
-        with self._write() as conn:
-            row = conn.execute(SQL_CANCEL_QUEUED, ("cancelled by request", now_us, task_id)).get
-            if row is not None:
-                return "cancelled", self._task(row)
-            row = conn.execute(SQL_CANCEL_RUNNING, (task_id,)).get
-            if row is not None:
-                return "cancel_requested", self._task(row)
-            current = conn.execute(SQL_GET, (task_id,)).get
+        with self._errors:
+            conn = self._begin()
+            try:
+                row = conn.execute(SQL_CANCEL_QUEUED, ("cancelled by request", now_us, task_id)).get
+                if row is not None:
+                    kind, task = "cancelled", self._task(row)
+                else:
+                    row = conn.execute(SQL_CANCEL_RUNNING, (task_id,)).get
+                    if row is not None:
+                        kind, task = "cancel_requested", self._task(row)
+                    else:
+                        current = conn.execute(SQL_GET, (task_id,)).get
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
+        if row is not None:
+            return kind, task
         if current is None:
             raise TaskNotFound(task_id)
         task = self._task(current)
@@ -1312,28 +1518,41 @@ def _us(value: Any) -> int:
     return to_us(value, "timestamp")
 
 
-def _python_order(plan: LeasePlan, now_us: int) -> Callable[[Task], tuple[Any, ...]]:
-    """The plan's order as a Python sort key (``RETURNING`` does not keep the ORDER BY)."""
+def _row_order(plan: LeasePlan, now_us: int) -> Callable[[Any], tuple[Any, ...]]:
+    """The plan's order as a Python sort key over fetched rows (``RETURNING`` does not keep
+    the ORDER BY); it reads the integer columns, so rows are sorted before being decoded."""
     aging = max(1, int(plan.aging_seconds * 1_000_000))
+    order = tuple(plan.order)
+    if order == (SortKey.FIFO,):
+        return _fifo_key
 
-    def key(t: Task) -> tuple[Any, ...]:
+    def key(row: Any) -> tuple[Any, ...]:
+        task_id, priority, run_after = row[_ID], row[_PRIORITY], row[_RUN_AFTER]
         parts: builtins.list[Any] = []
-        run_after = _us(t.run_after)
-        for k in plan.order:
+        for k in order:
             if k is SortKey.PRIORITY:
-                parts.append(t.priority)
+                parts.append(priority)
             elif k is SortKey.AGED_PRIORITY:
-                parts.append(t.priority - (now_us - run_after) / aging)
+                parts.append(priority - (now_us - run_after) / aging)
             elif k is SortKey.DUE:
                 parts.append(run_after)
             elif k is SortKey.LIFO:
-                parts += [-run_after, -t.id]
+                parts += [-run_after, -task_id]
             else:
-                parts += [run_after, t.id]
-        parts += [run_after, t.id]
+                parts += [run_after, task_id]
+        parts += [run_after, task_id]
         return tuple(parts)
 
     return key
+
+
+_ID = TASK_COLUMNS.index("id")
+_PRIORITY = TASK_COLUMNS.index("priority")
+_RUN_AFTER = TASK_COLUMNS.index("run_after")
+
+
+def _fifo_key(row: Any) -> tuple[int, int]:
+    return (row[_RUN_AFTER], row[_ID])
 
 
 _WRITE_ACTIONS = {

@@ -159,6 +159,8 @@ class WorkerEngine:
         self._maybe_more = True
         self._declined = False
         self._check_cancels = False
+        #: The commit watcher found due work: the next step leases without looking first.
+        self._work_seen = False
         self._started = threading.Event()
 
     def __repr__(self) -> str:
@@ -231,6 +233,8 @@ class WorkerEngine:
             self._check_cancels = True
         else:
             self._maybe_more = True
+            if reason == "work":
+                self._work_seen = True
         if self._wake is not None:
             self._wake.set()
 
@@ -337,13 +341,28 @@ class WorkerEngine:
     def _watch_commits(self, stop: threading.Event) -> None:
         """Poll ``PRAGMA data_version`` (no table read) to notice other connections' commits."""
         db = self.queue.db
+        clock = self.queue.clock
         try:
             last = db.data_version()
             while not stop.wait(self.wake_poll_interval):
                 current = db.data_version()
                 if current != last:
                     last = current
-                    self._wake_from_queue("commit")
+                    # Look for due work here, on this thread's own connection: a commit
+                    # with nothing for this worker (another worker's lease, an outcome)
+                    # then costs the event loop nothing, and one that has work saves the
+                    # loop its own look (two hops through the store thread).
+                    if len(self._running) >= self.concurrency:
+                        # No free slot: nothing to lease now; the loop looks when one frees.
+                        self._wake_from_queue("commit")
+                        continue
+                    try:
+                        if not db.has_work(self.queues, clock.now_us()):
+                            continue
+                    except StoreError:
+                        self._wake_from_queue("commit")  # the loop looks, and handles it
+                        continue
+                    self._wake_from_queue("work")
         except Exception:
             log.exception(
                 "worker %s: the commit watcher stopped; falling back to polling", self.worker_id
@@ -392,7 +411,8 @@ class WorkerEngine:
         # before the call (never after) keeps that wake-up from being overwritten and lost.
         if want > 0:
             self._maybe_more = False
-        if want > 0 and not settlements:
+        seen, self._work_seen = self._work_seen, False
+        if want > 0 and not settlements and not seen:
             # A read (no write lock) first: a wake-up from another process's commit
             # often has nothing for us.
             if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
@@ -484,8 +504,11 @@ class WorkerEngine:
         deadline: asyncio.Timeout | None = None
         try:
             awaitable = self.queue.hooks.execute(task, spec, self.worker_id)
-            async with asyncio.timeout(timeout) as deadline:
+            if timeout is None:  # most tasks: no timeout context to enter and leave
                 result = await awaitable
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await awaitable
         except asyncio.CancelledError:
             reason = execution.cancel_reason or "cancelled"
             if reason == "shutdown":
@@ -527,7 +550,18 @@ class WorkerEngine:
         else:
             try:
                 result_json = None if result is None else _encode_json("result", result)
-                settlement = Settlement(task_id=task.id, kind="complete", result_json=result_json)
+                # The common outcome is built once, with its duration (no attrs.evolve).
+                self._running.pop(task.id, None)
+                self._finish(
+                    Settlement(
+                        task_id=task.id,
+                        kind="complete",
+                        result_json=result_json,
+                        duration=clock.monotonic() - started,
+                        task=task,
+                    )
+                )
+                return
             except ValidationError as exc:
                 failure = Failure(
                     kind="bad_result",

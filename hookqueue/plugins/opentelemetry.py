@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
@@ -41,7 +42,12 @@ import attrs
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate, trace
+from opentelemetry.environment_variables import (
+    OTEL_PYTHON_METER_PROVIDER,
+    OTEL_PYTHON_TRACER_PROVIDER,
+)
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -80,6 +86,8 @@ try:  # the API's "nothing configured yet" provider is private; fall back to the
 except ImportError:  # pragma: no cover - a future API without it
     _UNSET_METER_PROVIDERS = (otel_metrics.NoOpMeterProvider,)
 _UNSET_TRACER_PROVIDERS: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+#: getattr's default when the API has no module-level provider global.
+_MISSING = object()
 
 #: Attribute keys of the counters' extra labels.
 _LABELS = {"status": "hookqueue.task.status", "reason": "hookqueue.retry.reason"}
@@ -153,6 +161,10 @@ class OpenTelemetryExporter:
         self._broken_provider: Any = None
         self._gauge_cache: tuple[float, list[tuple[str, DatabaseGauges | None, Any]]] | None = None
         self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
+        #: Whether OTEL_PYTHON_TRACER_PROVIDER was set when a queue opened (None: no queue
+        #: opened yet). Read once there, not for every task (see :meth:`_global_tracer_provider`).
+        self._env_tracer_provider: bool | None = None
+        self._env_meter_provider: bool | None = None
 
     def __repr__(self) -> str:
         return f"OpenTelemetryExporter(traces={self.traces}, metrics={self.metrics})"
@@ -161,7 +173,9 @@ class OpenTelemetryExporter:
 
     def _tracer(self) -> trace.Tracer | None:
         """The tracer, or None while no tracer provider is configured (nothing to do)."""
-        provider = self.tracer_provider or trace.get_tracer_provider()
+        provider = self.tracer_provider or self._global_tracer_provider()
+        if provider is None:
+            return None
         cached = self._tracer_for
         if cached is not None and cached[0] is provider:
             return cached[1]
@@ -171,13 +185,41 @@ class OpenTelemetryExporter:
         self._tracer_for = (provider, tracer)
         return tracer
 
+    def _global_tracer_provider(self) -> Any:
+        """The global tracer provider; None while none is set.
+
+        ``trace.get_tracer_provider()`` looks the environment up on every call while no
+        provider is set — for every task. Once a queue opened, the environment variable was
+        read there, and the global is read directly; otherwise (or on an API without that
+        global) the public function decides.
+        """
+        if self._env_tracer_provider is False:
+            current = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+            if current is None:
+                return None
+            if current is not _MISSING:
+                return current
+        return trace.get_tracer_provider()
+
+    def _global_meter_provider(self) -> Any:
+        """The global meter provider (a no-op proxy while none is set), read as
+        :meth:`_global_tracer_provider` reads the tracer provider: without an environment
+        lookup per event batch once a queue opened."""
+        if self._env_meter_provider is False:
+            current = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
+            if current is None:
+                current = getattr(_metrics_internal, "_PROXY_METER_PROVIDER", _MISSING)
+            if current is not _MISSING:
+                return current
+        return otel_metrics.get_meter_provider()
+
     def _propagator(self) -> TextMapPropagator:
         return self.propagator or propagate.get_global_textmap()
 
     def _meter_instruments(self) -> _Instruments | None:
         """The instruments, created on first use of a configured meter provider; None while
         no meter provider is configured."""
-        provider = self.meter_provider or otel_metrics.get_meter_provider()
+        provider = self.meter_provider or self._global_meter_provider()
         current = self._instruments
         if current is not None and current.provider is provider:
             return current
@@ -318,6 +360,8 @@ class OpenTelemetryExporter:
     @hookimpl
     def hookqueue_queue_open(self, queue: Queue) -> None:
         """Observe the gauges of every queue this exporter is registered with."""
+        self._env_tracer_provider = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+        self._env_meter_provider = OTEL_PYTHON_METER_PROVIDER in os.environ
         if self.metrics:
             self.watched.add(queue)
             self._gauge_cache = None

@@ -1,0 +1,227 @@
+"""The fast paths of enqueue, lease, settle and cancel keep the slow paths' behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from hookqueue import FakeClock, Queue
+from hookqueue.core.errors import DatabaseBusy
+from hookqueue.core.execution import Execution
+from hookqueue.core.hookspecs import hookimpl
+from hookqueue.core.models import Task, TaskEvent, TaskStatus
+from hookqueue.core.store import QueueDatabase, Settlement
+
+
+def _raw(path: Path) -> apsw.Connection:
+    conn = apsw.Connection(str(path))
+    conn.set_busy_timeout(10_000)
+    return conn
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[TaskEvent] = []
+
+    @hookimpl
+    def hookqueue_event(self, events: list[TaskEvent]) -> None:
+        self.events.extend(events)
+
+
+def test_from_row_reads_what_the_attrs_constructor_would_build(core_queue: Queue) -> None:
+    """Task.from_row skips attrs' __init__; the task equals one built field by field."""
+    core_queue.enqueue("job", {"a": [1, 2]}, headers={"tenant": "t"}, idempotency_key="k")
+    (task,) = core_queue.lease("w", limit=1)
+    rebuilt = Task(**{f: getattr(task, f) for f in task.to_dict() if f != "type"})
+    assert rebuilt == task
+    assert task.status is TaskStatus.RUNNING and task.lease_expires_at is not None
+    assert task.payload == {"a": [1, 2]} and task.headers == {"tenant": "t"}
+
+
+def test_from_row_reuses_a_known_tasks_payload_only_for_the_same_id(core_queue: Queue) -> None:
+    first, second = core_queue.enqueue_many(
+        [{"task_type": "job", "payload": {"n": 1}}, {"task_type": "job", "payload": {"n": 2}}]
+    )
+    row = core_queue.db.query("SELECT * FROM tasks WHERE id = ?", (first.id,))[0]
+    assert Task.from_row(row, first).payload is first.payload
+    assert Task.from_row(row, second).payload == {"n": 1}
+
+
+def test_enqueued_task_owns_its_payload(core_queue: Queue) -> None:
+    """The returned task does not share the caller's (mutable) payload object."""
+    payload: dict[str, Any] = {"items": [1]}
+    task = core_queue.enqueue("job", payload)
+    payload["items"].append(2)
+    assert task.payload == {"items": [1]}
+    assert core_queue.enqueue("job", "text").payload == "text"
+    assert core_queue.enqueue("job", (1, 2)).payload == [1, 2]  # what is stored: a list
+
+
+def test_leased_tasks_come_in_plan_order(core_queue: Queue, clock: FakeClock) -> None:
+    """Rows are sorted by their integer columns before decoding: due order, then id."""
+    later = core_queue.enqueue("job", {"n": "later"}, delay=1)
+    first = core_queue.enqueue("job", {"n": "first"})
+    second = core_queue.enqueue("job", {"n": "second"})
+    clock.advance(2)
+    leased = core_queue.lease("w", limit=3)
+    assert [t.id for t in leased] == [first.id, second.id, later.id]
+
+
+def test_settle_event_carries_the_stored_outcome(db_path: Path, clock: FakeClock) -> None:
+    """A completion event built from the worker's task shows the row after the change,
+    including a cancellation requested while the attempt ran."""
+    recorder = _Recorder()
+    with Queue(db_path, load_entrypoints=False, clock=clock, plugins=[recorder]) as q:
+        q.enqueue("job", {"n": 1})
+        (task,) = q.lease("w", limit=1)
+        q.cancel(task.id)  # marks it; the attempt still completes
+        recorder.events.clear()
+        q.lease(
+            "w",
+            limit=0,
+            settlements=[
+                Settlement(task_id=task.id, kind="complete", result_json='{"ok":1}', task=task)
+            ],
+        )
+    (event,) = recorder.events
+    assert event.task.status is TaskStatus.COMPLETED
+    assert event.task.result == {"ok": 1} and event.task.cancel_requested is True
+    assert event.task.payload == {"n": 1} and event.task.locked_by is None
+
+
+def test_damaged_settled_row_keeps_its_outcome_and_loses_only_its_event(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outcome is committed before rows are decoded: a row that cannot be read after
+    the change is stored as settled; only its event is skipped, and the log says so."""
+    recorder = _Recorder()
+    with Queue(db_path, load_entrypoints=False, clock=clock, plugins=[recorder]) as q:
+        q.enqueue_many([{"task_type": "job", "payload": {"n": n}} for n in range(2)])
+        bad, good = q.lease("w", limit=2)
+        conn = _raw(db_path)
+        conn.execute("UPDATE tasks SET payload = '{broken' WHERE id = ?", (bad.id,))
+        conn.close()
+        recorder.events.clear()
+        with caplog.at_level(logging.ERROR, logger="hookqueue.store"):
+            settled = q.settle(
+                "w",
+                [Settlement(task_id=t.id, kind="complete") for t in (bad, good)],
+            )
+        statuses = dict(q.db.query("SELECT id, status FROM tasks"))
+    assert [t.id for t in settled] == [good.id]
+    assert [e.task.id for e in recorder.events] == [good.id]
+    assert statuses == {bad.id: "completed", good.id: "completed"}
+    assert f"task {bad.id} was settled" in caplog.text
+
+
+def test_execution_cancel_event_is_one_event_from_any_thread() -> None:
+    task = Task.from_row(
+        (1, "q", "job", "null", 1, "running", 1, 1, 0, None, None, None, "w", 1, 0)
+        + (None, None, 0, 0, None)
+    )
+    execution = Execution(task=task, worker_id="w")
+    assert not execution.cancelled
+    execution.check_cancelled()  # no event needed to say "not cancelled"
+    seen: list[threading.Event] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(execution.cancel_event)) for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(e is seen[0] for e in seen)
+    execution.cancel("by test")
+    assert execution.cancelled and seen[0].is_set()
+    given = threading.Event()
+    assert Execution(task=task, worker_id="w", cancel_event=given).cancel_event is given
+
+
+def test_busy_handler_waits_busy_timeout_then_raises(tmp_path: Path) -> None:
+    """The short-sleep busy handler still gives up after busy_timeout, with DatabaseBusy."""
+    path = tmp_path / "q.db"
+    db = QueueDatabase(path, busy_timeout=0.3, durability="normal")
+    db.initialize_schema()
+    holder = _raw(path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusy):
+            db.cancel(1, 0)
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert 0.25 <= waited < 2.0
+    with pytest.raises(Exception, match="not found|1"):
+        db.cancel(1, 0)  # the lock is gone: the call reaches the table
+    db.close()
+
+
+def test_busy_handler_takes_a_lock_soon_after_it_is_released(tmp_path: Path) -> None:
+    """A writer waiting for another connection's transaction gets in within milliseconds of
+    the release. SQLite's own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50 … ms,
+    so after a 0.2 s hold it would look again only about 28 ms after the release."""
+    path = tmp_path / "q.db"
+    q = Queue(path, load_entrypoints=False, durability="normal")
+    gaps = []
+    for _ in range(3):
+        holder = _raw(path)
+        holder.execute("BEGIN IMMEDIATE")
+        released: list[float] = []
+
+        def release(conn: apsw.Connection = holder, out: list[float] = released) -> None:
+            time.sleep(0.2)
+            out.append(time.monotonic())
+            conn.execute("ROLLBACK")
+
+        thread = threading.Thread(target=release)
+        thread.start()
+        q.enqueue("job")
+        done = time.monotonic()
+        thread.join()
+        holder.close()
+        gaps.append(done - released[0])
+    q.close()
+    assert min(gaps) < 0.012, gaps
+
+
+async def test_group_commit_survives_a_cancelled_caller(core_queue: Queue) -> None:
+    """Concurrent enqueue_async calls resolve on their loop together; a caller cancelled
+    while its request is queued does not disturb the others (its task may be stored)."""
+    calls = [asyncio.create_task(core_queue.enqueue_async("job", {"n": n})) for n in range(50)]
+    await asyncio.sleep(0)  # every call has submitted its request and awaits its future
+    calls[7].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[7], asyncio.CancelledError)
+    tasks = [t for i, t in enumerate(done) if i != 7]
+    assert all(isinstance(t, Task) for t in tasks)
+    assert [t.payload["n"] for t in tasks] == [n for n in range(50) if n != 7]  # type: ignore[union-attr]
+    stored = {t.id for t in core_queue.list(limit=100)}
+    assert {t.id for t in tasks} <= stored  # type: ignore[union-attr]
+
+
+async def test_group_commit_reports_each_callers_own_error(core_queue: Queue) -> None:
+    """One bad request in a shared batch fails alone; the others are stored."""
+    core_queue.enqueue("job", idempotency_key="taken")
+    conn = _raw(core_queue.db.path)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.task_type = 'bad' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+    )
+    conn.close()
+    results = await asyncio.gather(
+        core_queue.enqueue_async("job", {"n": 1}),
+        core_queue.enqueue_async("bad"),
+        core_queue.enqueue_async("job", {"n": 2}),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Task) and isinstance(results[2], Task)
+    assert isinstance(results[1], Exception) and "refused by test" in str(results[1])
