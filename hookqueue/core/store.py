@@ -746,31 +746,14 @@ class QueueDatabase:
         write lock starves the very thread that holds the lock (a whole-process stall of up to
         ``busy_timeout`` with several writer threads).
         """
-        conn = self._conn()
         with self._errors:
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._begin()
             try:
                 yield conn
             except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back by itself (disk full)
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
-            try:
-                conn.execute("COMMIT")
-            except apsw.IOError as exc:
-                # The WAL frames may be on disk already (a failed fsync): after a crash the
-                # transaction may or may not be there. Say so instead of "rolled back".
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except apsw.Error:
-                        pass
-                raise CommitOutcomeUnknown(
-                    f"{self.path}: disk I/O error while committing ({exc}); the change may or "
-                    "may not be stored. Fix: check (e.g. find() by idempotency key) before "
-                    "repeating it, or repeat it with an idempotency key so it cannot be "
-                    "stored twice; check the disk"
-                ) from exc
+            self._commit(conn)
 
     def _begin(self) -> apsw.Connection:
         """``BEGIN IMMEDIATE`` on this thread's connection, for the hot paths that write
