@@ -23,10 +23,7 @@ Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import math
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,12 +31,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hookqueue import FakeClock, Queue, RetryLater, TaskStatus, WorkerEngine
+from hookqueue import FakeClock, RetryLater, TaskStatus, WorkerEngine
+from hookqueue.contrib.contracts._base import START, QueueContract
 from hookqueue.core.models import Failure, RetryDecision, Task
 from hookqueue.core.store import Settlement
 
 #: The instant the contract's fake clocks start at.
-START = datetime(2030, 1, 1, tzinfo=UTC)
 
 #: Rounding slack when comparing a stored instant (whole microseconds) with a float delay.
 _SLACK = timedelta(microseconds=2)
@@ -91,7 +88,7 @@ class _AlwaysFails:
         raise RuntimeError(f"attempt {task.attempts} fails")
 
 
-class RetryPolicyContract:
+class RetryPolicyContract(QueueContract):
     """Tests every retry policy must pass. Subclass it and implement :meth:`make_policy`.
 
     Class attributes tune the expectations:
@@ -103,9 +100,12 @@ class RetryPolicyContract:
     """
 
     retries_errors: ClassVar[bool] = True
-    queue_kwargs: ClassVar[dict[str, Any]] = {}
 
     # -- what a subclass provides --------------------------------------------------------------
+
+    def make_plugin(self) -> Any:
+        """The plugin the contract's queues register: :meth:`make_policy`."""
+        return self.make_policy()
 
     def make_policy(self) -> Any:
         """A new instance of the policy under test."""
@@ -122,30 +122,7 @@ class RetryPolicyContract:
             return float(low), float(high)
         return 0.0, math.inf
 
-    def make_queue(self, path: Path, clock: FakeClock, plugins: Iterable[Any] = ()) -> Queue:
-        """A queue on ``path`` with ``plugins`` registered after the entry points."""
-        return Queue(
-            path, clock=clock, durability="normal", plugins=list(plugins), **self.queue_kwargs
-        )
-
     # -- helpers -------------------------------------------------------------------------------
-
-    @pytest.fixture
-    def contract_clock(self) -> FakeClock:
-        """The fake clock of the contract's queues."""
-        return FakeClock(START)
-
-    @contextmanager
-    def temporary_queue(self) -> Iterator[tuple[Queue, FakeClock]]:
-        """A queue with a new policy on a temporary file, and its clock (for hypothesis
-        examples, which cannot use function-scoped fixtures)."""
-        with tempfile.TemporaryDirectory() as directory:
-            clock = FakeClock(START)
-            queue = self.make_queue(Path(directory) / "q.db", clock, [self.make_policy()])
-            try:
-                yield queue, clock
-            finally:
-                queue.close()
 
     # -- the contract --------------------------------------------------------------------------
 

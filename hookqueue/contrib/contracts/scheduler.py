@@ -21,23 +21,20 @@ Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hookqueue import FakeClock, Queue, TaskStatus, WorkerEngine
+from hookqueue.contrib.contracts._base import START, QueueContract
 from hookqueue.core.clock import to_us
 from hookqueue.core.models import Candidate, LeasePlan, LeaseRequest, SortKey, Task
 
 #: The instant the contract's fake clocks start at.
-START = datetime(2030, 1, 1, tzinfo=UTC)
 
 #: One task to enqueue: (task type, priority, tenant, seconds of delay).
 TaskSpec = tuple[str, int, str, int]
@@ -59,16 +56,18 @@ _task_specs = st.lists(
 _SHARED = [HealthCheck.differing_executors]
 
 
-class SchedulerContract:
+class SchedulerContract(QueueContract):
     """Tests every scheduler must pass. Subclass it and implement :meth:`make_scheduler`.
 
     ``queue_kwargs`` holds extra keyword arguments for every :class:`~hookqueue.Queue` the
     contract builds (e.g. ``{"block": [...]}``).
     """
 
-    queue_kwargs: ClassVar[dict[str, Any]] = {}
-
     # -- what a subclass provides --------------------------------------------------------------
+
+    def make_plugin(self) -> Any:
+        """The plugin the contract's queues register: :meth:`make_scheduler`."""
+        return self.make_scheduler()
 
     def make_scheduler(self) -> Any:
         """A new instance of the scheduler under test."""
@@ -80,29 +79,7 @@ class SchedulerContract:
         stateful). Override it for deterministic schedulers."""
         return None
 
-    def make_queue(self, path: Path, clock: FakeClock, plugins: Iterable[Any] = ()) -> Queue:
-        """A queue on ``path`` with ``plugins`` registered after the entry points."""
-        return Queue(
-            path, clock=clock, durability="normal", plugins=list(plugins), **self.queue_kwargs
-        )
-
     # -- helpers -------------------------------------------------------------------------------
-
-    @pytest.fixture
-    def contract_clock(self) -> FakeClock:
-        """The fake clock of the contract's queues."""
-        return FakeClock(START)
-
-    @contextmanager
-    def temporary_queue(self) -> Iterator[tuple[Queue, FakeClock]]:
-        """A queue with a new scheduler on a temporary file, and its clock."""
-        with tempfile.TemporaryDirectory() as directory:
-            clock = FakeClock(START)
-            queue = self.make_queue(Path(directory) / "q.db", clock, [self.make_scheduler()])
-            try:
-                yield queue, clock
-            finally:
-                queue.close()
 
     @staticmethod
     def enqueue_specs(
