@@ -31,6 +31,7 @@ registry = TaskHandlerRegistry()
 
 @registry.handler("resize_image", description="an async I/O-bound task")
 async def resize_image(task: Task) -> dict[str, Any]:
+    """Pretend to make a thumbnail (async, I/O-bound)."""
     await asyncio.sleep(random.uniform(0.005, 0.03))
     width = task.payload["width"]
     return {"thumbnail": f"{task.payload['image']}-thumb.jpg", "width": width // 4}
@@ -38,18 +39,21 @@ async def resize_image(task: Task) -> dict[str, Any]:
 
 @registry.handler("send_email", description="a sync task, run in the worker's thread pool")
 def send_email(task: Task) -> dict[str, Any]:
+    """Pretend to send an email (sync: runs in the worker's thread pool)."""
     time.sleep(random.uniform(0.002, 0.01))
     return {"delivered_to": task.payload["to"]}
 
 
 @registry.handler("generate_report", description="a slower, high-priority task")
 async def generate_report(task: Task) -> dict[str, Any]:
+    """A slower task, enqueued with a high priority."""
     await asyncio.sleep(0.1)
     return {"rows": sum(range(task.payload["rows"]))}
 
 
 @registry.handler("flaky_webhook", description="fails on its first attempt, then succeeds")
 async def flaky_webhook(task: Task) -> str:
+    """Fail on the first attempt, succeed on the second (the retry plugin retries it)."""
     if task.attempts < 2:
         raise ConnectionError(f"{task.payload['url']} timed out (attempt {task.attempts})")
     return "200 OK"
@@ -57,6 +61,7 @@ async def flaky_webhook(task: Task) -> str:
 
 @registry.handler("import_feed", description="always fails: the feed is malformed")
 def import_feed(task: Task) -> None:
+    """Always fail, so the summary shows a task that used up its attempts."""
     raise ValueError(f"feed {task.payload['feed']} is not valid XML")
 
 

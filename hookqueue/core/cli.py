@@ -104,6 +104,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    """``hookqueue enqueue``: add one task."""
     try:
         payload = json.loads(args.payload) if args.payload is not None else None
     except json.JSONDecodeError as exc:
@@ -134,6 +135,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """``hookqueue ls``: list tasks, newest first, paged by id."""
     with queue_from_args(args) as queue:
         tasks = queue.list(
             status=args.status or None,
@@ -176,6 +178,7 @@ def _show(task: Task) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """``hookqueue show``: every field of one task."""
     with queue_from_args(args) as queue:
         task = queue.get(args.task_id)
     if args.json:
@@ -186,6 +189,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    """``hookqueue cancel``: cancel a queued task or mark a running one."""
     with queue_from_args(args) as queue:
         task = queue.cancel(args.task_id)
     if args.json:
@@ -198,6 +202,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """``hookqueue retry``: queue a failed or cancelled task again."""
     with queue_from_args(args) as queue:
         task = queue.retry(args.task_id)
     if args.json:
@@ -208,6 +213,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """``hookqueue prune``: delete finished tasks (and optionally vacuum)."""
     statuses = args.status or ["completed", "failed", "cancelled"]
     with queue_from_args(args) as queue:
         removed = queue.prune(older_than=args.older_than, statuses=statuses)
@@ -221,6 +227,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """``hookqueue plugins``: every plugin's state, hooks or reason."""
     pm = make_plugin_manager(load_entrypoints=True)
     statuses = plugin_statuses(pm)
     if args.json:
@@ -251,6 +258,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """``hookqueue check``: integrity and consistency problems; exit 1 if any."""
     with queue_from_args(args) as queue:
         problems = queue.check()
         version = queue.db.schema_version()
@@ -269,6 +277,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    """``hookqueue workers``: recorded workers and their last heartbeat."""
     with queue_from_args(args) as queue:
         workers = queue.workers()
         now = queue.now()
@@ -480,6 +489,7 @@ def supervise(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """``hookqueue worker``: be the worker (one process) or supervise several."""
     if args.processes == 1:
         if args.metrics_port is not None:
             os.environ["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port)
@@ -488,6 +498,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``hookqueue demo``: the README's main job (see :mod:`hookqueue.demo`)."""
     from .. import demo
 
     return demo.main(args)

@@ -37,9 +37,11 @@ class SystemClock:
     """The real clock: ``time.time_ns`` for instants, ``time.monotonic`` for durations."""
 
     def now_us(self) -> int:
+        """Wall-clock microseconds since the epoch."""
         return time.time_ns() // 1000
 
     def monotonic(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
 
@@ -56,10 +58,12 @@ class FakeClock:
         self._lock = threading.Lock()
 
     def now_us(self) -> int:
+        """The fake wall-clock instant, in microseconds since the epoch."""
         with self._lock:
             return self._now
 
     def monotonic(self) -> float:
+        """The fake monotonic clock (moves only with :meth:`advance`)."""
         with self._lock:
             return self._mono
 

@@ -297,6 +297,7 @@ class InsertRow:
     headers_json: str | None
 
     def params(self, now_us: int) -> tuple[Any, ...]:
+        """The bound parameters of the insert statements, in their column order."""
         return (
             self.queue,
             self.task_type,
