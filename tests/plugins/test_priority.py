@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import logging
 import random
 import re
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _first_party import OTHERS, START, make_queue
 
 from hookqueue import FakeClock, PluginError, Queue, Task, ValidationError, WorkerEngine
 from hookqueue.contrib.contracts.scheduler import SchedulerContract
@@ -31,19 +30,8 @@ from hookqueue.plugins.priority import (
     WeightedRandom,
 )
 
-START = datetime(2030, 1, 1, tzinfo=UTC)
-
-#: Other first-party plugins are blocked so these tests see only retry, priority and the core.
-OTHERS = sorted(
-    {ep.name for ep in importlib.metadata.entry_points(group="hookqueue")} - {"retry", "priority"}
-)
-
 #: The 99.9th percentile of the chi-square distribution with 2 degrees of freedom.
 CHI2_2DF_999 = 13.816
-
-
-def make_queue(path: Path, clock: FakeClock, *plugins: Any, block: tuple[str, ...] = ()) -> Queue:
-    return Queue(path, clock=clock, durability="normal", plugins=plugins, block=[*OTHERS, *block])
 
 
 @pytest.fixture

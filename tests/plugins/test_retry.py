@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import random
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _first_party import OTHERS, START, make_queue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,17 +37,6 @@ from hookqueue.plugins.retry import (
     NoRetry,
     RetryPolicy,
 )
-
-START = datetime(2030, 1, 1, tzinfo=UTC)
-
-#: Other first-party plugins are blocked so these tests see only retry, priority and the core.
-OTHERS = sorted(
-    {ep.name for ep in importlib.metadata.entry_points(group="hookqueue")} - {"retry", "priority"}
-)
-
-
-def make_queue(path: Path, clock: FakeClock, *plugins: Any, block: tuple[str, ...] = ()) -> Queue:
-    return Queue(path, clock=clock, durability="normal", plugins=plugins, block=[*OTHERS, *block])
 
 
 @pytest.fixture
