@@ -47,7 +47,8 @@ APPLICATION_ID: int = _store.APPLICATION_ID
 MIGRATIONS: tuple[str, ...] = _store.MIGRATIONS
 SCHEMA_VERSION: int = _store.SCHEMA_VERSION
 SQL_INSERT_ID = _named("SQL_INSERT_ID")
-SQL_COMPLETE = _named("SQL_COMPLETE")
+#: The worker completes the tasks it holds in memory (``Settlement.task``) in one statement.
+sql_complete_held: Callable[[int], str] = _store.sql_complete_held
 SQL_RELEASE = _named("SQL_RELEASE")
 SQL_WORKER_BEAT = _named("SQL_WORKER_BEAT")
 SQL_WORKER_UPSERT = _named("SQL_WORKER_UPSERT")
@@ -142,9 +143,12 @@ class RawQueue:
         t = now_us()
         with conn:
             settled = 0
-            for task_id in done:
-                if conn.execute(SQL_COMPLETE, (None, t, task_id, worker)).get is not None:
-                    settled += 1
+            if done:
+                params: list[Any] = [t]
+                for task_id in done:
+                    params += (task_id, None)
+                params.append(worker)
+                settled += len(conn.execute(sql_complete_held(len(done)), params).fetchall())
             for task_id in release:
                 if conn.execute(SQL_RELEASE, (task_id, worker)).get is not None:
                     settled += 1
@@ -236,7 +240,7 @@ def capture_and_check(
             q.lease(
                 "raw",
                 limit=32,
-                settlements=[Settlement(task_id=t.id, kind="complete") for t in leased],
+                settlements=[Settlement(task_id=t.id, kind="complete", task=t) for t in leased],
             )
             hq["lease"] = _ops_only(records[:])
             records.clear()

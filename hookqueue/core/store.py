@@ -9,7 +9,8 @@ Contract (what every store engine must give the rest of hookqueue):
   clock; the store never reads the time itself.
 - Payloads, results and headers are JSON text. Nothing is ever unpickled.
 - Every statement is a constant string with bound parameters. The only SQL assembled at run
-  time is the ``IN (?, ?, …)`` placeholder list and ``ORDER BY`` terms chosen from the closed
+  time is the ``IN (?, ?, …)`` placeholder list, the ``VALUES (?, ?), …`` rows of a batched
+  completion and ``ORDER BY`` terms chosen from the closed
   :class:`~hookqueue.core.models.SortKey` vocabulary.
 - One connection per thread (and per process: a forked child opens its own).
 
@@ -20,6 +21,7 @@ is what a second engine (PostgreSQL with ``FOR UPDATE SKIP LOCKED``) would imple
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
 import os
@@ -29,12 +31,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import apsw
 import apsw.bestpractice
 import attrs
 
+from .clock import from_us
 from .errors import (
     CommitOutcomeUnknown,
     DamagedRow,
@@ -187,6 +190,25 @@ UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = 
 WHERE id = ? AND status = 'running' AND locked_by = ?
 RETURNING {_COLS}
 """
+
+
+@functools.lru_cache(maxsize=64)
+def sql_complete_held(n: int) -> str:
+    """``SQL_COMPLETE`` for ``n`` tasks the worker holds in memory (``Settlement.task``), in
+    one statement: parameters ``finished_at, (id, result) * n, worker_id``. The events' tasks
+    are the held ones with the outcome applied, so only what another process may have
+    changed meanwhile comes back (and nothing is decoded twice). One statement per batch
+    instead of one per task: a worker settles up to ``concurrency`` completions at once."""
+    values = ", ".join("(?, ?)" for _ in range(n))
+    return f"""
+UPDATE tasks SET status = 'completed', result = v.column2, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+FROM (VALUES {values}) AS v
+WHERE tasks.id = v.column1 AND tasks.status = 'running' AND tasks.locked_by = ?
+RETURNING tasks.id, tasks.cancel_requested
+"""
+
+
 SQL_FAIL = f"""
 UPDATE tasks SET status = 'failed', error_message = ?, finished_at = ?, locked_by = NULL,
                  lease_expires_at = NULL
@@ -333,6 +355,29 @@ class Settlement:
     #: decoded payload and headers (they never change after enqueue) instead of decoding
     #: the row's JSON again. Not stored; not compared.
     task: Task | None = attrs.field(default=None, eq=False, repr=False)
+
+
+class _HeldComplete(NamedTuple):
+    """A completion of a task the worker holds (:func:`sql_complete_held`), to be applied to
+    that task after COMMIT instead of decoding a whole row."""
+
+    result_json: str | None
+    finished_us: int
+    cancel_requested: int
+
+    def apply(self, held: Task) -> Task:
+        """``held`` as the completion left it in the table."""
+        result = self.result_json
+        return held._replaced(
+            {
+                "status": TaskStatus.COMPLETED,
+                "result": None if result is None else json.loads(result),
+                "finished_at": from_us(self.finished_us),
+                "locked_by": None,
+                "lease_expires_at": None,
+                "cancel_requested": bool(self.cancel_requested),
+            }
+        )
 
 
 #: Decides what happens to tasks whose lease expired: ``task -> (requeue_at_us or None, msg)``.
@@ -1115,6 +1160,9 @@ class QueueDatabase:
         out: builtins.list[tuple[str, Task]] = []
         from_row = Task.from_row
         for kind, row, held in settled:
+            if type(row) is _HeldComplete and held is not None:
+                out.append((kind, row.apply(held)))
+                continue
             try:
                 out.append((kind, from_row(row, held)))
             except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
@@ -1302,9 +1350,27 @@ class QueueDatabase:
         """Write the outcomes; returns ``(event kind, row after the change, the worker's
         task)`` per outcome written, rows not yet decoded (see :meth:`_decode_settled`)."""
         out: builtins.list[tuple[str, Any, Task | None]] = []
+        # Completions of tasks the worker holds (the common outcome) go in one statement.
+        held_params: builtins.list[Any] = [now_us]
+        for s in settlements:
+            if s.kind == "complete" and s.task is not None and s.task.id == s.task_id:
+                held_params += (s.task_id, s.result_json)
+        completed: dict[int, int] = {}
+        if len(held_params) > 1:
+            held_params.append(worker_id)
+            completed = dict(
+                conn.execute(sql_complete_held((len(held_params) - 2) // 2), held_params)
+            )
         for s in settlements:
             if s.kind == "complete":
-                row = conn.execute(SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)).get
+                held = s.task
+                if held is not None and held.id == s.task_id:
+                    flag = completed.pop(s.task_id, None)
+                    row = None if flag is None else _HeldComplete(s.result_json, now_us, flag)
+                else:
+                    row = conn.execute(
+                        SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)
+                    ).get
                 kind = "completed"
             elif s.kind == "fail":
                 row = conn.execute(SQL_FAIL, (s.error, now_us, s.task_id, worker_id)).get
@@ -1471,8 +1537,6 @@ class QueueDatabase:
 
     def workers(self) -> builtins.list[WorkerInfo]:
         """Every recorded worker, oldest first."""
-        from .clock import from_us
-
         with self._errors:
             rows: builtins.list[Any] = self._conn().execute(SQL_WORKERS).fetchall()
         return [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -43,6 +44,58 @@ def test_from_row_reads_what_the_attrs_constructor_would_build(core_queue: Queue
     assert rebuilt == task
     assert task.status is TaskStatus.RUNNING and task.lease_expires_at is not None
     assert task.payload == {"a": [1, 2]} and task.headers == {"tenant": "t"}
+
+
+def test_held_completion_equals_the_row_for_every_result_shape(core_queue: Queue) -> None:
+    """The held-task completion path decodes the result as a read of the row would."""
+    results = [None, 0, "s", [1, {"a": None}], {"nested": {"x": [1.5, True]}}]
+    core_queue.enqueue_many([{"task_type": "job", "payload": {"n": n}} for n in range(5)])
+    leased = core_queue.lease("w", limit=5)
+    settled = core_queue.settle(
+        "w",
+        [
+            Settlement(
+                task_id=t.id,
+                kind="complete",
+                result_json=None if r is None else json.dumps(r),
+                task=t,
+            )
+            for t, r in zip(leased, results, strict=True)
+        ],
+    )
+    assert [t.result for t in settled] == results
+    assert settled == [core_queue.get(t.id) for t in leased]
+
+
+def test_batched_completion_skips_lost_leases_and_keeps_each_result(
+    core_queue: Queue, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held completions are written in one statement; a task whose lease another worker took
+    over is left alone (and logged), the others get their own results, and a completion
+    without the held task takes the row-by-row path in the same transaction."""
+    core_queue.enqueue_many(
+        [{"task_type": "job", "payload": {"n": n}, "max_attempts": 3} for n in range(4)]
+    )
+    a, b, c, d = core_queue.lease("w1", limit=4, lease_seconds=1)
+    clock.advance(2)  # every lease expires ...
+    core_queue.heartbeat("w1", [a.id, c.id, d.id], 10)  # ... but w1 renews three in time
+    taken = core_queue.lease("w2", limit=4)  # w2 takes over b only
+    assert [t.id for t in taken] == [b.id]
+    with caplog.at_level(logging.WARNING, logger="hookqueue.store"):
+        settled = core_queue.settle(
+            "w1",
+            [
+                Settlement(task_id=a.id, kind="complete", result_json='"a"', task=a),
+                Settlement(task_id=b.id, kind="complete", result_json='"b"', task=b),
+                Settlement(task_id=c.id, kind="complete", result_json=None, task=c),
+                Settlement(task_id=d.id, kind="complete", result_json='"d"'),  # not held
+            ],
+        )
+    assert [(t.id, t.result) for t in settled] == [(a.id, "a"), (c.id, None), (d.id, "d")]
+    assert core_queue.get(b.id).status is TaskStatus.RUNNING
+    assert core_queue.get(b.id).locked_by == "w2"
+    assert f"no longer holds the lease of task {b.id}" in caplog.text
+    assert settled == [core_queue.get(t.id) for t in (a, c, d)]
 
 
 def test_from_row_reuses_a_known_tasks_payload_only_for_the_same_id(core_queue: Queue) -> None:
@@ -90,7 +143,10 @@ def test_settle_event_carries_the_stored_outcome(db_path: Path, clock: FakeClock
                 Settlement(task_id=task.id, kind="complete", result_json='{"ok":1}', task=task)
             ],
         )
+        stored = q.get(task.id)
     (event,) = recorder.events
+    # Built from the held task without reading the row back, yet equal to the stored row.
+    assert event.task == stored
     assert event.task.status is TaskStatus.COMPLETED
     assert event.task.result == {"ok": 1} and event.task.cancel_requested is True
     assert event.task.payload == {"n": 1} and event.task.locked_by is None

@@ -12,9 +12,10 @@ from:
 - f-strings, ``+`` and ``literal * n`` over safe parts, ``a if c else b`` with safe branches;
 - ``"sep".join(x)`` where ``x`` is a safe list (a literal, a comprehension of safe items, or
   a local list whose every ``append`` is safe);
-- calls of the two helpers that produce SQL from a closed vocabulary: ``_placeholders(n)``
-  (``?, ?, …``) and ``self._order_by(plan)`` (``ORDER BY`` terms) — and their own return
-  values are checked by the same rules;
+- calls of the helpers that produce SQL from a closed vocabulary: ``_placeholders(n)``
+  (``?, ?, …``), ``sql_complete_held(n)`` (``n`` rows of ``(?, ?)``) and
+  ``self._order_by(plan)`` (``ORDER BY`` terms) — and their own return values are checked
+  by the same rules;
 - ``self.<cache>.get(...)`` for an attribute whose every stored value is safe;
 - local names whose every assignment is safe.
 
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 SQL_CALLS = {"execute", "executemany"}
-SQL_HELPERS = {"_placeholders", "_order_by"}
+SQL_HELPERS = {"_placeholders", "_order_by", "sql_complete_held"}
 #: Names imported from hookqueue.core.models that are tuples of column-name literals
 #: (checked by the test against the real module).
 IMPORTED_CONSTANTS = {"TASK_COLUMNS"}
