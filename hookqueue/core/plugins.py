@@ -237,6 +237,70 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
     return statuses
 
 
+#: One implementation in a precomputed chain: (function, argument names, new-style wrapper?).
+_Link = tuple[Any, tuple[str, ...], bool]
+
+
+def _wrapfail(gen: Any, problem: str) -> RuntimeError:
+    """pluggy's error for a misbehaving wrapper, word for word."""
+    code = gen.gi_code
+    return RuntimeError(
+        f"wrap_controller at {code.co_name!r} {code.co_filename}:{code.co_firstlineno} {problem}"
+    )
+
+
+def _call_first_result(chain: Sequence[_Link], kwargs: dict[str, Any]) -> Any:
+    """Call a firstresult hook's chain exactly as pluggy's ``_multicall`` does: wrappers run
+    up to their ``yield`` in call order; plain implementations are called until one returns
+    something other than None; then each wrapper, innermost first, receives the result (or
+    the exception) and returns the result it passes outwards (or raises instead)."""
+    teardowns: list[Any] = []
+    result: Any = None
+    exception: BaseException | None = None
+    try:
+        for function, argnames, wrapper in chain:
+            args = [kwargs[name] for name in argnames]
+            if wrapper:
+                gen = function(*args)
+                try:
+                    next(gen)
+                except StopIteration:
+                    raise _wrapfail(gen, "did not yield") from None
+                teardowns.append(gen)
+            else:
+                answer = function(*args)
+                if answer is not None:
+                    result = answer
+                    break
+    except BaseException as exc:
+        exception = exc
+    for gen in reversed(teardowns):
+        try:
+            if exception is not None:
+                try:
+                    gen.throw(exception)
+                except RuntimeError as error:
+                    # A StopIteration thrown into a generator comes back as RuntimeError.
+                    if isinstance(exception, StopIteration) and error.__cause__ is exception:
+                        gen.close()
+                        continue
+                    raise
+            else:
+                gen.send(result)
+            gen.close()
+        except StopIteration as stop:
+            result = stop.value
+            exception = None
+            continue
+        except BaseException as exc:
+            exception = exc
+            continue
+        raise _wrapfail(gen, "has second yield")
+    if exception is not None:
+        raise exception
+    return result
+
+
 class Hooks:
     """The typed facade through which the core calls every hook (keyword arguments only).
 
@@ -248,29 +312,39 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._h = pm.hook
+        #: hook name -> (the implementations it was built from, the chain or None)
+        self._chains: dict[str, tuple[list[Any], tuple[_Link, ...] | None]] = {}
 
     # around / decision
 
-    def _only_impl(self, caller: Any) -> Any:
-        """The hook's one implementation when it has exactly one plain one (no wrappers)
-        and nothing monitors hook calls: the core alone, with no plugin around it. Calling
-        it directly gives pluggy's answer for a firstresult hook without its per-call
-        machinery (the enqueue and execute hooks run once per task)."""
+    def _chain(self, caller: Any) -> tuple[_Link, ...] | None:
+        """The hook's implementations as a precomputed call chain, or None to go through
+        pluggy. A chain is used while nothing monitors hook calls (tracing is off) and every
+        implementation is a plain one or a new-style wrapper (``wrapper=True``); old-style
+        ``hookwrapper``s and impls with keyword arguments take pluggy's path. The enqueue and
+        execute hooks run once per task: the chain saves pluggy's generic per-call work and
+        gives exactly its answer (``tests/core/test_hook_chain.py`` checks this against
+        pluggy itself). Rebuilt whenever the implementations change."""
+        if self.pm._inner_hookexec is not _PLAIN_HOOKEXEC:
+            return None
         impls = caller._hookimpls
-        if len(impls) != 1 or self.pm._inner_hookexec is not _PLAIN_HOOKEXEC:
-            return None
-        impl = impls[0]
-        if impl.wrapper or impl.hookwrapper or impl.kwargnames:
-            return None
-        return impl
+        cached = self._chains.get(caller.name)
+        if cached is not None and cached[0] == impls:
+            return cached[1]
+        chain: tuple[_Link, ...] | None = tuple(
+            (impl.function, tuple(impl.argnames), impl.wrapper) for impl in reversed(impls)
+        )
+        if any(impl.hookwrapper or impl.kwargnames for impl in impls):
+            chain = None
+        self._chains[caller.name] = (list(impls), chain)
+        return chain
 
     def enqueue(self, queue: Any, new_task: NewTask) -> NewTask:
         """Run ``hookqueue_enqueue``; returns the task to write."""
         caller = self._h.hookqueue_enqueue
-        impl = self._only_impl(caller)
-        if impl is not None:
-            kwargs = {"queue": queue, "new_task": new_task}
-            direct: NewTask = impl.function(*[kwargs[name] for name in impl.argnames])
+        chain = self._chain(caller)
+        if chain is not None:
+            direct: NewTask = _call_first_result(chain, {"queue": queue, "new_task": new_task})
             return direct
         result: NewTask = caller(queue=queue, new_task=new_task)
         return result
@@ -283,10 +357,11 @@ class Hooks:
     def execute(self, task: Task, handler: HandlerSpec, worker_id: str) -> Awaitable[Any]:
         """Run ``hookqueue_execute``; returns the awaitable the worker awaits."""
         caller = self._h.hookqueue_execute
-        impl = self._only_impl(caller)
-        if impl is not None:
-            kwargs = {"task": task, "handler": handler, "worker_id": worker_id}
-            direct: Awaitable[Any] = impl.function(*[kwargs[name] for name in impl.argnames])
+        chain = self._chain(caller)
+        if chain is not None:
+            direct: Awaitable[Any] = _call_first_result(
+                chain, {"task": task, "handler": handler, "worker_id": worker_id}
+            )
             return direct
         result: Awaitable[Any] = caller(task=task, handler=handler, worker_id=worker_id)
         return result

@@ -559,18 +559,12 @@ def default_exporter() -> OpenTelemetryExporter:
     return _default
 
 
-@hookimpl(wrapper=True)
-def hookqueue_enqueue(new_task: NewTask) -> Generator[None, NewTask, NewTask]:
-    """Carry the enqueuing span's context in the task's headers (global propagator)."""
-    return (yield from _default.hookqueue_enqueue(new_task))
-
-
-@hookimpl(wrapper=True)
-def hookqueue_execute(
-    task: Task, worker_id: str
-) -> Generator[None, Awaitable[Any], Awaitable[Any]]:
-    """Run each attempt inside a span of the global tracer provider."""
-    return (yield from _default.hookqueue_execute(task, worker_id))
+# The per-task wrappers are the default exporter's own bound methods (not functions that
+# delegate to them): one generator per task instead of two.
+#: Carry the enqueuing span's context in the task's headers (global propagator).
+hookqueue_enqueue = _default.hookqueue_enqueue
+#: Run each attempt inside a span of the global tracer provider.
+hookqueue_execute = _default.hookqueue_execute
 
 
 @hookimpl
