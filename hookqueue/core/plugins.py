@@ -380,27 +380,32 @@ class Hooks:
     def has_event_observers(self) -> bool:
         """True if any plugin implements ``hookqueue_event`` (the core skips building events
         otherwise)."""
-        return bool(self._h.hookqueue_event.get_hookimpls())
+        return bool(self._h.hookqueue_event._hookimpls)
 
     def event(self, events: Sequence[TaskEvent]) -> None:
         """Send events to every observer; an observer's exception is logged, never raised."""
         if not events:
             return
         caller = self._h.hookqueue_event
-        impls = caller.get_hookimpls()
+        impls = caller._hookimpls[:]  # a copy: an observer may register plugins
         if not impls:
             return
-        kwargs = {"events": events}
         # Each implementation is called on its own, in pluggy's call order: one exporter
         # that raises must not keep the next one from seeing the events. While nothing
         # monitors hook calls (tracing is off), a plain observer is called directly, which
         # saves pluggy's per-call machinery for every enqueue, lease and cancel; otherwise
         # (and for wrappers) through the manager's hook executor, so tracing sees it.
         direct = self.pm._inner_hookexec is _PLAIN_HOOKEXEC
+        # One arguments object for every observer: a recorder shows the calls as one.
+        kwargs = {"events": events}
         for impl in reversed(impls):
             try:
                 if direct and not (impl.wrapper or impl.hookwrapper or impl.kwargnames):
-                    impl.function(*[kwargs[name] for name in impl.argnames])
+                    # The spec's one argument; an implementation may also take none.
+                    if impl.argnames:
+                        impl.function(events)
+                    else:
+                        impl.function()
                 else:
                     self.pm._hookexec(caller.name, [impl], kwargs, False)
             except Exception:

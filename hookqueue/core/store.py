@@ -304,7 +304,8 @@ def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
-@attrs.frozen(kw_only=True)
+# Not slotted: one per task enqueued (see TaskEvent in models).
+@attrs.frozen(kw_only=True, slots=False)
 class InsertRow:
     """One task to insert, already validated and encoded by the queue."""
 
@@ -334,7 +335,8 @@ class InsertRow:
         )
 
 
-@attrs.frozen(kw_only=True)
+# Not slotted: one is built per finished attempt (see TaskEvent).
+@attrs.frozen(kw_only=True, slots=False)
 class Settlement:
     """What a worker reports about one finished attempt.
 

@@ -273,6 +273,7 @@ class EventMetrics:
         started = EventKind.STARTED
         counts = self._counts
         observe = self._observe
+        waits = self._wait
         with self._lock:
             for event in events:
                 kind = event.kind
@@ -287,9 +288,9 @@ class EventMetrics:
                     # is not late before its run_after.
                     ready = task.run_after if task.run_after > task.created_at else task.created_at
                     wait = (event.at - ready).total_seconds()
-                    hist = self._wait.get(task_type)
+                    hist = waits.get(task_type)
                     if hist is None:
-                        hist = self._wait[task_type] = _Histogram(self.wait_buckets)
+                        hist = waits[task_type] = _Histogram(self.wait_buckets)
                     observe(hist, wait if wait > 0.0 else 0.0)
                 elif event.duration is not None:
                     dkey = (task_type, kind)

@@ -436,7 +436,7 @@ class OpenTelemetryExporter:
         added = {k: v for k, v in carrier.items() if k not in headers}
         if not added:
             return new_task
-        return attrs.evolve(new_task, headers={**headers, **added})
+        return new_task._replace(headers={**headers, **added})
 
     @hookimpl(wrapper=True)
     def hookqueue_enqueue(self, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
@@ -567,10 +567,8 @@ hookqueue_enqueue = _default.hookqueue_enqueue
 hookqueue_execute = _default.hookqueue_execute
 
 
-@hookimpl
-def hookqueue_event(events: Sequence[TaskEvent]) -> None:
-    """Record metrics with the global meter provider."""
-    _default.hookqueue_event(events)
+#: Record metrics with the global meter provider (the default exporter's own method).
+hookqueue_event = _default.hookqueue_event
 
 
 @hookimpl

@@ -484,7 +484,7 @@ def with_max_attempts(queue: Any, new_task: NewTask, fallback: Policy) -> NewTas
     handlers = getattr(queue, "handlers", None)
     spec = handlers.find(new_task.task_type) if handlers is not None else None
     policy = policy_for(spec, fallback)
-    return attrs.evolve(new_task, max_attempts=policy.max_attempts)
+    return new_task._replace(max_attempts=policy.max_attempts)
 
 
 @hookimpl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import threading
@@ -115,6 +116,31 @@ def test_enqueued_task_owns_its_payload(core_queue: Queue) -> None:
     assert task.payload == {"items": [1]}
     assert core_queue.enqueue("job", "text").payload == "text"
     assert core_queue.enqueue("job", (1, 2)).payload == [1, 2]  # what is stored: a list
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"n": 1, "s": "x", "f": -0.0, "b": True, "none": None},  # flat: copied as it is
+        {"colour": _Colour.RED},  # a str subclass value: stored as its plain value
+        {_Colour.RED: 1},  # a str subclass key
+        {"nested": {"a": (1, 2)}},  # nested, with a tuple: decoded from the stored JSON
+    ],
+)
+def test_enqueued_payload_is_what_a_read_returns(core_queue: Queue, payload: Any) -> None:
+    """Whatever path copies the payload, the returned task equals the stored one, with the
+    exact types a read gives (plain str, lists for tuples), and does not share the caller's
+    dict."""
+    task = core_queue.enqueue("job", payload)
+    stored = core_queue.get(task.id)
+    assert task == stored
+    assert [type(k) for k in task.payload] == [type(k) for k in stored.payload]
+    assert [type(v) for v in task.payload.values()] == [type(v) for v in stored.payload.values()]
+    assert task.payload is not payload
 
 
 def test_leased_tasks_come_in_plan_order(core_queue: Queue, clock: FakeClock) -> None:
