@@ -420,3 +420,54 @@ def test_the_migration_guides_worker_lines_work(db_path: Path) -> None:
     thread.join(20)
     assert Queue.for_database(db).counts()["completed"] == 1
     db.close()
+
+
+class _LeaseThreads:
+    """Records the thread each lease runs on (the decision hook runs inside Queue.lease)."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    @hookimpl
+    def hookqueue_lease(self) -> None:
+        self.threads.append(threading.current_thread().name)
+
+
+def _three_tasks_one_slow(db_path: Path, recorder: _LeaseThreads) -> Queue:
+    q = Queue(db_path, load_entrypoints=False, plugins=[recorder], durability="normal")
+
+    async def slow(task):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.3)
+
+    async def quick(task):  # type: ignore[no-untyped-def]
+        return None
+
+    q.handlers.register_handler("slow", slow)
+    q.handlers.register_handler("quick", quick)
+    q.enqueue_many([{"task_type": t} for t in ("slow", "quick", "quick")])
+    return q
+
+
+def test_a_worker_on_its_own_loop_leases_on_the_loop_only_while_no_task_runs(
+    db_path: Path,
+) -> None:
+    """run_until_idle owns its loop: with nothing running, the lease runs on the loop's
+    thread (no hand-off); once a task runs, leases go to the store thread."""
+    recorder = _LeaseThreads()
+    with _three_tasks_one_slow(db_path, recorder) as q:
+        stats = _worker(q, concurrency=2).run_until_idle()
+    assert stats.completed == 3
+    main = threading.main_thread().name
+    # First lease: slow + quick, nothing running yet. Then the quick one's outcome and the
+    # last task are leased while the slow one still runs.
+    assert recorder.threads[0] == main
+    assert recorder.threads[1].startswith("hookqueue-store-w")
+
+
+def test_a_worker_on_a_shared_loop_never_runs_the_store_on_it(db_path: Path) -> None:
+    """run_async shares the caller's loop: every lease goes to the store thread."""
+    recorder = _LeaseThreads()
+    with _three_tasks_one_slow(db_path, recorder) as q:
+        stats = asyncio.run(_worker(q, concurrency=2).run_until_idle_async())
+    assert stats.completed == 3
+    assert recorder.threads and all(t.startswith("hookqueue-store-w") for t in recorder.threads)
