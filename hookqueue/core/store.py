@@ -452,6 +452,13 @@ def _checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> 
     if pages >= WAL_CHECKPOINT_PAGES:
         try:
             conn.wal_checkpoint(dbname)
+        except (apsw.BusyError, apsw.LockedError) as exc:
+            # Another process is checkpointing right now: routine when several workers
+            # commit at once (the WAL stays over the threshold while readers hold old
+            # snapshots, so every commit tries). Not worth a warning per commit.
+            log.debug(
+                "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
+            )
         except apsw.Error as exc:
             log.warning(
                 "%s: checkpointing the WAL failed (%s); the commit stands, the next commit "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import subprocess
@@ -20,7 +21,13 @@ from hookqueue import (
     StoreError,
     ValidationError,
 )
-from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
+from hookqueue.core.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    WAL_CHECKPOINT_PAGES,
+    _checkpoint_after_commit,
+    default_database_path,
+)
 
 
 def _mode(path: Path) -> int:
@@ -181,3 +188,41 @@ def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path
     assert other[0] is not mine
     assert db._conn() is mine
     db.close()
+
+
+class _CheckpointFails:
+    """A connection whose checkpoint raises ``error`` (what SQLite reports when another
+    process holds the checkpoint lock, or when the disk fails)."""
+
+    filename = "q.db"
+
+    def __init__(self, error: apsw.Error) -> None:
+        self.error = error
+        self.calls = 0
+
+    def wal_checkpoint(self, dbname: str) -> None:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        (apsw.BusyError("database is locked"), logging.DEBUG),
+        (apsw.LockedError("database table is locked"), logging.DEBUG),
+        (apsw.IOError("disk I/O error"), logging.WARNING),
+    ],
+)
+def test_a_failed_checkpoint_leaves_the_commit_and_warns_only_about_real_failures(
+    caplog: pytest.LogCaptureFixture, error: apsw.Error, level: int
+) -> None:
+    """Under several writers, another process checkpointing at the same moment is routine
+    (one log line per commit was a flood); a disk error is worth a warning."""
+    conn = _CheckpointFails(error)
+    with caplog.at_level(logging.DEBUG, logger="hookqueue.store"):
+        assert _checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK
+        assert conn.calls == 0  # under the threshold: no checkpoint
+        assert _checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK
+    assert conn.calls == 1
+    (record,) = caplog.records
+    assert record.levelno == level and "q.db" in record.getMessage()
