@@ -551,9 +551,11 @@ class QueueDatabase:
     :param path: the database file; default :func:`default_database_path`. Parent directories
         are created; a new file is created readable and writable by its owner only (0600).
     :param db_path: the same as ``path`` (the migration guide's keyword).
-    :param durability: ``"full"`` (default) makes every acknowledged write survive power
-        loss (``synchronous=FULL``); ``"normal"`` may lose the last transactions on power
-        loss but never on an application crash, and is several times faster per commit.
+    :param durability: ``"full"`` (default) makes every acknowledged write (an enqueue, an
+        outcome) survive power loss (``synchronous=FULL``; a lease that carries no outcome
+        is not synced — losing it only runs the task again); ``"normal"`` may lose the last
+        transactions on power loss but never on an application crash, and is several times
+        faster per commit.
     :param busy_timeout: seconds to wait for another connection's write lock before raising
         :class:`~hookqueue.core.errors.DatabaseBusy`.
     :param vfs: the name of a registered SQLite VFS to open the file through (None: default).
@@ -817,6 +819,23 @@ class QueueDatabase:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         return conn
+
+    def _restore_full_sync(self) -> None:
+        """Back to ``synchronous=FULL`` after a relaxed lease. If that cannot be done (the
+        connection is stuck in a transaction after a failed rollback), the connection is
+        closed and forgotten, so no later write on this thread commits unsynced."""
+        conn = self._conn()
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+        except apsw.Error:
+            with self._lock:
+                self._connections = [c for c in self._connections if c is not conn]
+            self._local.conn = None  # the next call on this thread opens a new one
+            self._local.owner = None
+            try:
+                conn.close()
+            except apsw.Error:  # pragma: no cover - nothing more to do
+                pass
 
     @staticmethod
     def _rollback(conn: apsw.Connection) -> None:
@@ -1101,18 +1120,31 @@ class QueueDatabase:
         # (decide_expired needs the task) and damaged rows.
         settled: builtins.list[tuple[str, Any, Task | None]] = []
         rows: builtins.list[Any] = []
+        # A lease that carries no outcome is a claim, not an acknowledgement: if a power cut
+        # loses it, the task runs again — exactly what the lease's expiry would bring about.
+        # So at durability="full" it commits without waiting for the disk (the next synced
+        # commit, by any connection, syncs it too); enqueues and outcomes still wait.
+        relaxed = not settlements and self.durability == "full"
         with self._errors:
-            conn = self._begin()
+            if relaxed:
+                self._conn().execute("PRAGMA synchronous = NORMAL")
             try:
-                if settlements:
-                    settled = self._settle(conn, worker_id, settlements, now_us)
-                expired = self._expire(conn, now_us, decide_expired)
-                if limit > 0:
-                    rows = self._lease_rows(conn, worker_id, queues, limit, now_us, lease_us, plan)
-            except BaseException:
-                self._rollback(conn)
-                raise
-            self._commit(conn)
+                conn = self._begin()
+                try:
+                    if settlements:
+                        settled = self._settle(conn, worker_id, settlements, now_us)
+                    expired = self._expire(conn, now_us, decide_expired)
+                    if limit > 0:
+                        rows = self._lease_rows(
+                            conn, worker_id, queues, limit, now_us, lease_us, plan
+                        )
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                self._commit(conn)
+            finally:
+                if relaxed:
+                    self._restore_full_sync()
         leased = self._decode_leased(rows, now_us)
         transitions = self._decode_settled(settled) if want_transitions else []
         return leased, transitions + expired

@@ -226,3 +226,19 @@ def test_a_failed_checkpoint_leaves_the_commit_and_warns_only_about_real_failure
     assert conn.calls == 1
     (record,) = caplog.records
     assert record.levelno == level and "q.db" in record.getMessage()
+
+
+def test_a_connection_that_cannot_return_to_full_sync_is_replaced(tmp_path: Path) -> None:
+    """After a relaxed lease the connection goes back to synchronous=FULL; if it cannot
+    (stuck in a transaction), it is closed and the next call opens a fresh, fully synced
+    one — no later write on the thread commits unsynced."""
+    with QueueDatabase(tmp_path / "q.db", durability="full") as db:
+        db.initialize_schema()
+        stuck = db._conn()
+        stuck.execute("BEGIN")
+        db._restore_full_sync()
+        fresh = db._conn()
+        assert fresh is not stuck
+        assert fresh.pragma("synchronous") == 2 and not fresh.in_transaction
+        with pytest.raises(apsw.ConnectionClosedError):
+            stuck.execute("SELECT 1")

@@ -6,10 +6,11 @@ the error code the real system call would give (``SQLITE_IOERR_WRITE``,
 ``SQLITE_IOERR_FSYNC``, ``SQLITE_FULL``), or kills the process with SIGKILL at exactly that
 point — the only way to stop a process *inside* a transaction at a chosen place.
 
-``QueueDatabase`` has no ``vfs=`` argument, so the shim is registered as the process's
-*default* VFS. That would change every connection in the process, so
+The crash scenarios register the shim as the process's *default* VFS, so every connection
+of the child goes through it. That would change every connection in the process, so
 :func:`install_default` refuses to run inside pytest: scenarios that use it are the scripts
-in this directory, started as subprocesses by :func:`run_child`.
+in this directory, started as subprocesses by :func:`run_child`. A test that only counts
+(no fault, no kill) registers it under its own name and passes ``vfs=`` to the queue.
 
 This module is imported by the test modules (``from . import _faults``) and by the scripts
 (``import _faults``: a script's own directory is first on ``sys.path``).

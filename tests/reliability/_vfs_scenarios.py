@@ -1,7 +1,8 @@
 """Scenarios that run hookqueue on the fault-injecting VFS (run as scripts, not imported).
 
-Each runs in its own process because the shim must be the process's default VFS
-(``QueueDatabase`` has no ``vfs=`` argument). Subcommands, each printing one JSON line:
+Each runs in its own process because the shim is made the process's default VFS, so that
+a SIGKILL at a chosen write ends that process alone. Subcommands, each printing one JSON
+line:
 
 ``count OP DB``
     Prepare OP on DB, then count the writes and syncs OP makes (no fault).

@@ -147,6 +147,52 @@ def test_commit_not_reported_failed_when_only_the_checkpoint_failed(
     assert wrong == []
 
 
+def test_full_durability_syncs_every_acknowledgement_and_no_bare_lease(
+    tmp_path: Path, fault: FaultRecord
+) -> None:
+    """At durability="full" an enqueue and a lease that writes an outcome each wait for the
+    disk (a sync of the WAL), a lease that carries no outcome does not (losing it to a power
+    cut only makes the task run again), and the connection is back to synchronous=FULL after
+    it. At "normal" nothing waits."""
+    fault.describe("Syncs counted through the VFS shim, per kind of transaction")
+    plan = _faults.FaultPlan()
+    name = f"hookqueue-sync-count-{id(plan)}"
+    vfs = _faults.FaultyVFS(plan, name=name, base=apsw.vfs_names()[0], makedefault=False)
+    syncs: dict[str, dict[str, int]] = {}
+    try:
+        for durability in ("full", "normal"):
+            path = tmp_path / f"{durability}.db"
+            with Queue(path, load_entrypoints=False, durability=durability, vfs=name) as q:
+                q.enqueue("warm-up")  # creates the WAL
+                counts = syncs[durability] = {}
+                plan.arm()
+                q.enqueue_many([{"task_type": "job"}, {"task_type": "job"}])
+                counts["enqueue"] = plan.syncs
+                plan.arm()
+                leased = q.lease("w", limit=3)
+                counts["bare lease"] = plan.syncs
+                assert q.db._conn().pragma("synchronous") == (2 if durability == "full" else 1)
+                plan.arm()
+                q.lease(
+                    "w",
+                    limit=1,
+                    settlements=[Settlement(task_id=t.id, kind="complete", task=t) for t in leased],
+                )
+                counts["lease with outcomes"] = plan.syncs
+                plan.arm()
+                q.enqueue("after")  # still synced: the relaxed setting did not stick
+                counts["enqueue after"] = plan.syncs
+    finally:
+        vfs.unregister()
+    for kind, n in syncs["full"].items():
+        fault.figure(f"syncs at full: {kind}", n)
+    assert syncs["full"]["enqueue"] >= 1
+    assert syncs["full"]["bare lease"] == 0
+    assert syncs["full"]["lease with outcomes"] >= 1
+    assert syncs["full"]["enqueue after"] >= 1
+    assert set(syncs["normal"].values()) == {0}
+
+
 @pytest.mark.slow
 def test_disk_full_through_the_vfs(tmp_path: Path, fault: FaultRecord) -> None:
     """When the disk fills up (writes past a byte quota fail with SQLITE_FULL), enqueue,
