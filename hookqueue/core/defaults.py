@@ -77,7 +77,8 @@ def validate_new_task(new_task: NewTask) -> NewTask:
         or timeout <= 0
     ):
         raise ValidationError("timeout", timeout, "must be a positive number of seconds", "e.g. 30")
-    if not isinstance(new_task.headers, Mapping) or not all(
+    headers = new_task.headers
+    if not (type(headers) is dict or isinstance(headers, Mapping)) or not all(
         isinstance(k, str) for k in new_task.headers
     ):
         raise ValidationError(
