@@ -8,15 +8,20 @@ from typing import Any
 
 Results = dict[str, dict[str, dict[str, Any]]]  # workload -> system -> medians
 
-#: Rows of the table: (workload, label, metric key, unit kind). ``rate`` rows are better
-#: higher, ``time`` rows better lower; ``count`` rows are plain numbers.
-ROWS: list[tuple[str, str, str, str]] = [
+#: Rows of the table: (workload, label, metric key, unit kind[, the peers' key]). ``rate``
+#: rows are better higher, ``time`` rows better lower; ``count`` rows are plain numbers. A
+#: fifth item marks a hookqueue-only figure (the core alone) and names the key whose peer
+#: figures stand beside it.
+ROWS: list[tuple[str, ...]] = [
     ("W1", "enqueue, ops/s", "ops_s", "rate"),
     ("W1", "enqueue p50, µs", "p50_us", "time"),
     ("W1", "enqueue p99, µs", "p99_us", "time"),
+    ("W1", "enqueue, core alone (entry-point plugins off), ops/s", "core_ops_s", "rate", "ops_s"),
+    ("W1", "enqueue p50, core alone, µs", "core_p50_us", "time", "p50_us"),
     ("W1c", "enqueue_async ×100 coroutines, ops/s (raw: single commits)", "ops_s", "rate"),
     ("W1c", "enqueue_async p50, µs (raw: single commit)", "p50_us", "count"),
     ("W2", "enqueue_many, rows/s", "rows_s", "rate"),
+    ("W2", "enqueue_many, core alone, rows/s", "core_rows_s", "rate", "rows_s"),
     ("W3", "drain, 1 worker process, tasks/s", "tasks_s", "rate"),
     ("W3", "lost / duplicated", "lost_dup", "count"),
     ("W3p4", "drain, 4 worker processes, tasks/s", "tasks_s", "rate"),
@@ -104,11 +109,18 @@ def table(results: Results, verdicts: dict[tuple[str, str], str] | None = None) 
         "| workload | metric | hookqueue | raw apsw | hq ÷ raw | huey | litequeue | target |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for workload, label, key, kind in ROWS:
+    for workload, label, key, kind, *compare in ROWS:
         by_system = results.get(workload)
         if not by_system:
             continue
         cells = {s: _cell(by_system.get(s), key) for s in SYSTEM_COLUMNS}
+        if compare:  # a hookqueue-only figure, set beside the peers' figure for the same work
+            cells = {
+                s: cells[s] if s == "hookqueue" else _cell(by_system.get(s), compare[0])
+                for s in SYSTEM_COLUMNS
+            }
+            if cells["hookqueue"] is None:
+                continue
         if all(v is None for v in cells.values()):
             continue
         ratio = _ratio(cells["hookqueue"], cells["raw"]) if kind in ("rate", "time") else ""

@@ -300,11 +300,21 @@ def _timed(fn: Callable[[int], Any], n: int) -> tuple[float, list[int]]:
 
 
 def w1(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
-    """Single enqueue, one transaction each, sync API: ops/s and p50/p99 latency."""
+    """Single enqueue, one transaction each, sync API: ops/s and p50/p99 latency.
+    hookqueue runs twice: as installed (every first-party plugin on the enqueue path) and
+    with the core alone, which shows what the plugins cost."""
+    out = _w1(ctx, system, durability)
+    if system == "hookqueue":
+        core = _w1(ctx, system, durability, core_only=True)
+        out.update({f"core_{k}": v for k, v in core.items()})
+    return out
+
+
+def _w1(ctx: Context, system: str, durability: str, *, core_only: bool = False) -> dict[str, Any]:
     n = ctx.sizes["w1"]
-    with ctx.workdir.fresh(f"w1-{system}") as path:
+    with ctx.workdir.fresh(f"w1-{system}{'-core' if core_only else ''}") as path:
         if system == "hookqueue":
-            q = _hq_queue(path, durability)
+            q = _hq_queue(path, durability, load_entrypoints=not core_only)
             fn: Callable[[int], Any] = lambda i: q.enqueue("noop", {"i": i})  # noqa: E731
             close: Callable[[], Any] = q.close
         elif system == "raw":
@@ -371,13 +381,21 @@ def w1c(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
 
 
 def w2(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
-    """Bulk enqueue: ``enqueue_many`` in batches, one transaction per batch: rows/s."""
-    n, batch = ctx.sizes["w2"], ctx.sizes["w2_batch"]
+    """Bulk enqueue: ``enqueue_many`` in batches, one transaction per batch: rows/s.
+    hookqueue runs as installed and with the core alone (see :func:`w1`)."""
     if system == "huey":
         return None  # no batch API: every enqueue is its own commit
-    with ctx.workdir.fresh(f"w2-{system}") as path:
+    out = _w2(ctx, system, durability)
+    if system == "hookqueue":
+        out["core_rows_s"] = _w2(ctx, system, durability, core_only=True)["rows_s"]
+    return out
+
+
+def _w2(ctx: Context, system: str, durability: str, *, core_only: bool = False) -> dict[str, Any]:
+    n, batch = ctx.sizes["w2"], ctx.sizes["w2_batch"]
+    with ctx.workdir.fresh(f"w2-{system}{'-core' if core_only else ''}") as path:
         if system == "hookqueue":
-            q = _hq_queue(path, durability)
+            q = _hq_queue(path, durability, load_entrypoints=not core_only)
             specs = [{"task_type": "noop", "payload": {"i": i}} for i in range(n)]
             q.enqueue_many(specs[:10])
 
