@@ -71,6 +71,10 @@ _ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=
 _IMMUTABLE_JSON = frozenset({type(None), str, int, float, bool})
 
 
+#: Transitions whose event carries no error message (the task's last one is history).
+_NO_ERROR_KINDS = frozenset({"completed", "requeued", "cancel_requested"})
+
+
 def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
     """``value`` as compact JSON text, or a ValidationError naming ``field``.
 
@@ -858,22 +862,22 @@ class Queue:
     ) -> None:
         if not transitions or not self.hooks.has_event_observers():
             return
-        by_id = {s.task_id: s for s in settlements}
+        found = {s.task_id: s for s in settlements}.get
         at = from_us(now_us)
-        events = [
-            TaskEvent(
-                kind=_KIND_TO_EVENT.get(kind) or EventKind(kind),
-                task=task,
-                at=at,
-                worker_id=worker_id if kind != "lease_expired" else task.locked_by,
-                duration=by_id[task.id].duration if task.id in by_id else None,
-                reason=by_id[task.id].reason if task.id in by_id else None,
-                error=task.error_message
-                if kind not in ("completed", "requeued", "cancel_requested")
-                else None,
+        events = []
+        for kind, task in transitions:
+            settlement = found(task.id)
+            events.append(
+                TaskEvent(
+                    kind=_KIND_TO_EVENT.get(kind) or EventKind(kind),
+                    task=task,
+                    at=at,
+                    worker_id=worker_id if kind != "lease_expired" else task.locked_by,
+                    duration=None if settlement is None else settlement.duration,
+                    reason=None if settlement is None else settlement.reason,
+                    error=None if kind in _NO_ERROR_KINDS else task.error_message,
+                )
             )
-            for kind, task in transitions
-        ]
         self.hooks.event(events)
 
     # -- async forms ---------------------------------------------------------------------------
