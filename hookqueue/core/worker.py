@@ -469,7 +469,9 @@ class WorkerEngine:
             if delay is not None:
                 timeout = min(timeout, max(0.0, delay / 1e6))
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            # asyncio.timeout, not wait_for: no extra task per wait (one wait per batch).
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             self._maybe_more = True
         return False
