@@ -11,8 +11,9 @@ One worker is one event loop plus two thread pools:
 
 Waking up: an enqueue in the same process wakes the worker at once; a commit by another
 process is noticed by a watcher thread polling ``PRAGMA data_version`` (a counter in shared
-memory, no table read) every ``wake_poll_interval`` seconds; a delayed task or an expiring
-lease wakes it by timer at its instant.
+memory, no table read) every ``wake_poll_interval`` seconds while the database's log is being
+written — on Linux it sleeps while nobody writes (see ``hookqueue.core.walwatch``); a delayed
+task or an expiring lease wakes it by timer at its instant.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,8 +39,15 @@ from .handlers import TaskHandlerRegistry
 from .models import Failure, HandlerSpec, Task, WorkerInfo
 from .queue import Queue, _encode_json
 from .store import QueueDatabase, Settlement
+from .walwatch import WalActivity
 
 log = logging.getLogger("hookqueue.worker")
+
+#: After the write-ahead log was last written, how long the commit watcher keeps polling.
+WAL_ACTIVE_SPAN = 0.05
+#: While the log is quiet, how often the commit watcher looks anyway (a missed event costs
+#: at most this much pickup latency).
+WAL_QUIET_CHECK = 0.05
 
 T = TypeVar("T")
 
@@ -87,7 +96,10 @@ class WorkerEngine:
         (default ``lease_seconds / 4``).
     :param shutdown_grace: seconds running tasks get to finish on shutdown before they are
         cancelled and their leases released (the attempt is not counted).
-    :param wake_poll_interval: how often other processes' commits are looked for.
+    :param wake_poll_interval: how often other processes' commits are looked for while the
+        database is being written.
+    :param wake_on_wal_writes: on Linux, sleep while nobody writes the database and wake
+        when its write-ahead log is written (inotify), instead of polling all the time.
     """
 
     def __init__(
@@ -103,6 +115,7 @@ class WorkerEngine:
         shutdown_grace: float = 30.0,
         wake_poll_interval: float = 0.001,
         idle_poll_interval: float = 1.0,
+        wake_on_wal_writes: bool = True,
     ) -> None:
         if queue_or_db is None:
             queue_or_db = QueueDatabase()
@@ -148,6 +161,7 @@ class WorkerEngine:
             )
         self.shutdown_grace = float(shutdown_grace)
         self.wake_poll_interval = float(wake_poll_interval)
+        self.wake_on_wal_writes = bool(wake_on_wal_writes)
         self.idle_poll_interval = float(idle_poll_interval)
         self.stats = WorkerStats()
         self._running: dict[int, tuple[asyncio.Task[None], Execution]] = {}
@@ -163,6 +177,7 @@ class WorkerEngine:
         self._work_seen = False
         self._started = threading.Event()
         self._own_loop = False
+        self._wal_activity: WalActivity | None = None
 
     def __repr__(self) -> str:
         return f"WorkerEngine({self.worker_id!r}, queues={list(self.queues)}, concurrency={self.concurrency})"
@@ -310,6 +325,9 @@ class WorkerEngine:
                     heartbeat.cancel()
                     await asyncio.gather(heartbeat, return_exceptions=True)
                 watcher_stop.set()
+                activity = self._wal_activity
+                if activity is not None:
+                    activity.interrupt()
                 if watcher is not None:
                     watcher.join(timeout=5)
                 for sig in installed:
@@ -353,12 +371,35 @@ class WorkerEngine:
         self._request_stop()
 
     def _watch_commits(self, stop: threading.Event) -> None:
-        """Poll ``PRAGMA data_version`` (no table read) to notice other connections' commits."""
+        """Poll ``PRAGMA data_version`` (no table read) to notice other connections' commits.
+
+        Polling runs every ``wake_poll_interval`` while the write-ahead log is being written
+        and for ``WAL_ACTIVE_SPAN`` seconds after; when the log has been quiet that long,
+        the thread sleeps until it is written again (:class:`WalActivity`, Linux inotify),
+        looking anyway every ``WAL_QUIET_CHECK`` seconds in case an event was missed.
+        Without inotify it polls all the time.
+        """
         db = self.queue.db
         clock = self.queue.clock
+        activity = WalActivity.open(db.path) if self.wake_on_wal_writes else None
+        self._wal_activity = activity
+        monotonic = time.monotonic
         try:
             last = db.data_version()
-            while not stop.wait(self.wake_poll_interval):
+            active_until = monotonic() + WAL_ACTIVE_SPAN
+            while not stop.is_set():
+                if activity is None:
+                    if stop.wait(self.wake_poll_interval):
+                        break
+                elif monotonic() < active_until:
+                    if stop.wait(self.wake_poll_interval):
+                        break
+                    if activity.wait(0):
+                        active_until = monotonic() + WAL_ACTIVE_SPAN
+                elif activity.wait(WAL_QUIET_CHECK):
+                    # The log is being written: a commit becomes visible after its pages
+                    # are written, so keep looking for a while.
+                    active_until = monotonic() + WAL_ACTIVE_SPAN
                 current = db.data_version()
                 if current != last:
                     last = current
@@ -381,6 +422,10 @@ class WorkerEngine:
             log.exception(
                 "worker %s: the commit watcher stopped; falling back to polling", self.worker_id
             )
+        finally:
+            self._wal_activity = None
+            if activity is not None:
+                activity.close()
 
     async def _work(self, until_idle: bool) -> None:
         assert self._wake is not None
