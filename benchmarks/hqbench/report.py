@@ -366,6 +366,37 @@ def scheduler_table(sched: dict[str, Any]) -> str:
     return "\n".join(lines) or "n/a"
 
 
+#: Profiling notes, written by hand (they do not change with a run): what stands between
+#: hookqueue and raw apsw on the workloads whose ratio targets are missed.
+WHERE_THE_TIME_GOES = """## Where the time goes
+
+Profiled on the development machine (cProfile, yappi, per-thread CPU clocks; 2026-11-29). The
+SQL is the same as raw's, so every gap is Python around it:
+
+- **Python after a syscall runs about twice as slow as the same code warm.** The code that
+  follows an enqueue's commit (build the returned `Task`, send the `enqueued` event) takes
+  5.5 µs in a loop on its own and 11.4 µs right after a commit: each transaction makes a
+  dozen system calls (WAL writes, lock `fcntl`s), and on this virtual machine they leave the
+  CPU's caches and predictors cold. Raw apsw has nothing to do after its commit.
+- **W1** (one enqueue per transaction, ~60 µs p50 against raw's ~16 µs): the enqueue hook
+  chain — the core's validation plus the retry plugin's and the OpenTelemetry exporter's
+  wrappers, two generators per task — is ~5 µs warm; JSON encoding and the row ~4 µs; the
+  returned task and the event ~11 µs after the commit; the transaction wrapper ~2 µs. With
+  the core alone (the rows "core alone") p50 is ~45 µs, and W1 at `full` is about 0.8× raw.
+- **W2** (`enqueue_many`): per row, the same hook chain, validation, JSON, a `Task` and an
+  event: ~20 µs as installed and ~18 µs with the core alone, against raw's ~5 µs for the
+  bare `INSERT`. 0.6× raw would leave ~3 µs per row for all of it.
+- **W3** (drain): ~40 µs per task in one process: SQL ~12 µs (raw's whole loop is ~16 µs),
+  decoding the leased row and the two events (`started`, `completed`) with their observers
+  ~10 µs, and the asyncio task, the execute hook chain and the bookkeeping of one attempt
+  ~12 µs. A batch of short tasks is settled and the next one leased on the event loop itself
+  (no thread hand-off); with tasks still running the store thread does it.
+- **W4** (a producer and four workers on two cores): CPU-bound — about 20 µs per task to
+  enqueue plus 40–70 µs to work it, against raw's ~5 + ~16 µs; the producer holds the
+  pace, since it shares the two cores with four workers.
+"""
+
+
 def render_docs(data: dict[str, Any]) -> str:
     """The whole of ``docs/performance.md`` from one results JSON."""
     meta = data["meta"]
@@ -465,7 +496,7 @@ def render_docs(data: dict[str, Any]) -> str:
     ]
     for durability, sched in data.get("schedulers", {}).items():
         parts += [f"At `{durability}`:", "", scheduler_table(sched), ""]
-    parts += ["## Targets", ""]
+    parts += [WHERE_THE_TIME_GOES, "", "## Targets", ""]
     if targets:
         parts += [
             "| workload | durability | target | measured | |",
