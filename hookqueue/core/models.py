@@ -398,6 +398,35 @@ class TaskEvent:
     #: For ``failed``/``retry_scheduled`` after an attempt: the retry policy's reason.
     reason: str | None = None
 
+    @classmethod
+    def _make(
+        cls,
+        kind: EventKind,
+        task: Task,
+        at: datetime,
+        worker_id: str | None = None,
+        duration: float | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> TaskEvent:
+        """The core's own events, built without attrs' ``__init__`` (two per task a worker
+        runs); ``tests/core/test_hot_paths.py`` checks it builds what ``__init__`` would."""
+        event = _new(cls)
+        _set(
+            event,
+            "__dict__",
+            {
+                "kind": kind,
+                "task": task,
+                "at": at,
+                "worker_id": worker_id,
+                "duration": duration,
+                "error": error,
+                "reason": reason,
+            },
+        )
+        return event
+
 
 @attrs.frozen(kw_only=True)
 class Failure:

@@ -407,9 +407,7 @@ class Queue:
         if created:
             if self.hooks.has_event_observers():
                 at = from_us(now_us)
-                self.hooks.event(
-                    [TaskEvent(kind=EventKind.ENQUEUED, task=t, at=at) for t in created]
-                )
+                self.hooks.event([TaskEvent._make(EventKind.ENQUEUED, t, at) for t in created])
             self._wake()
         return tasks
 
@@ -768,10 +766,7 @@ class Queue:
         self._emit(transitions, now_us, worker_id=worker_id, settlements=settlements)
         if leased and observed:
             self.hooks.event(
-                [
-                    TaskEvent(kind=EventKind.STARTED, task=t, at=now, worker_id=worker_id)
-                    for t in leased
-                ]
+                [TaskEvent._make(EventKind.STARTED, t, now, worker_id) for t in leased]
             )
         return leased
 
@@ -868,14 +863,14 @@ class Queue:
         for kind, task in transitions:
             settlement = found(task.id)
             events.append(
-                TaskEvent(
-                    kind=_KIND_TO_EVENT.get(kind) or EventKind(kind),
-                    task=task,
-                    at=at,
-                    worker_id=worker_id if kind != "lease_expired" else task.locked_by,
+                TaskEvent._make(
+                    _KIND_TO_EVENT.get(kind) or EventKind(kind),
+                    task,
+                    at,
+                    worker_id if kind != "lease_expired" else task.locked_by,
                     duration=None if settlement is None else settlement.duration,
-                    reason=None if settlement is None else settlement.reason,
                     error=None if kind in _NO_ERROR_KINDS else task.error_message,
+                    reason=None if settlement is None else settlement.reason,
                 )
             )
         self.hooks.event(events)

@@ -51,6 +51,7 @@ from .errors import (
     ValidationError,
 )
 from .models import (
+    _STAMP,
     TASK_COLUMNS,
     Candidate,
     LeasePlan,
@@ -358,6 +359,28 @@ class Settlement:
     #: the row's JSON again. Not stored; not compared.
     task: Task | None = attrs.field(default=None, eq=False, repr=False)
 
+    @classmethod
+    def _completed(cls, task: Task, result_json: str | None, duration: float | None) -> Settlement:
+        """The common outcome, built without attrs' ``__init__`` (one per task a worker
+        completes); ``tests/core/test_hot_paths.py`` checks it builds what ``__init__``
+        would."""
+        settlement = object.__new__(cls)
+        object.__setattr__(
+            settlement,
+            "__dict__",
+            {
+                "task_id": task.id,
+                "kind": "complete",
+                "result_json": result_json,
+                "error": None,
+                "run_after_us": None,
+                "duration": duration,
+                "reason": None,
+                "task": task,
+            },
+        )
+        return settlement
+
 
 class _HeldComplete(NamedTuple):
     """A completion of a task the worker holds (:func:`sql_complete_held`), to be applied to
@@ -374,7 +397,7 @@ class _HeldComplete(NamedTuple):
             {
                 "status": TaskStatus.COMPLETED,
                 "result": None if result is None else json.loads(result),
-                "finished_at": from_us(self.finished_us),
+                "finished_at": _STAMP[self.finished_us],
                 "locked_by": None,
                 "lease_expires_at": None,
                 "cancel_requested": bool(self.cancel_requested),

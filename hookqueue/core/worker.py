@@ -613,15 +613,7 @@ class WorkerEngine:
                 result_json = None if result is None else _encode_json("result", result)
                 # The common outcome is built once, with its duration (no attrs.evolve).
                 self._running.pop(task.id, None)
-                self._finish(
-                    Settlement(
-                        task_id=task.id,
-                        kind="complete",
-                        result_json=result_json,
-                        duration=clock.monotonic() - started,
-                        task=task,
-                    )
-                )
+                self._finish(Settlement._completed(task, result_json, clock.monotonic() - started))
                 return
             except ValidationError as exc:
                 failure = Failure(

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import attrs
 import pytest
 
 from hookqueue import FakeClock, Queue
 from hookqueue.core.errors import DatabaseBusy
 from hookqueue.core.execution import Execution
 from hookqueue.core.hookspecs import hookimpl
-from hookqueue.core.models import Task, TaskEvent, TaskStatus
+from hookqueue.core.models import EventKind, NewTask, Task, TaskEvent, TaskStatus
 from hookqueue.core.store import QueueDatabase, Settlement
 
 
@@ -97,6 +98,44 @@ def test_batched_completion_skips_lost_leases_and_keeps_each_result(
     assert core_queue.get(b.id).locked_by == "w2"
     assert f"no longer holds the lease of task {b.id}" in caplog.text
     assert settled == [core_queue.get(t.id) for t in (a, c, d)]
+
+
+def test_fast_constructors_build_what_init_builds(core_queue: Queue) -> None:
+    """The hot paths build tasks, events and settlements without attrs' __init__; each
+    equals the __init__-built record and sets every field (a field added to a class
+    without its fast constructor fails here)."""
+    task = core_queue.enqueue("job", {"n": 1}, headers={"h": "v"})
+    (leased,) = core_queue.lease("w", limit=1)
+    at = core_queue.now()
+    pairs = [
+        (
+            TaskEvent._make(EventKind.STARTED, leased, at, "w", 0.5, "boom", "why"),
+            TaskEvent(
+                kind=EventKind.STARTED,
+                task=leased,
+                at=at,
+                worker_id="w",
+                duration=0.5,
+                error="boom",
+                reason="why",
+            ),
+        ),
+        (
+            Settlement._completed(leased, '"x"', 0.25),
+            Settlement(
+                task_id=leased.id, kind="complete", result_json='"x"', duration=0.25, task=leased
+            ),
+        ),
+        (task._replaced({}), Task(**{f.name: getattr(task, f.name) for f in attrs.fields(Task)})),
+        (
+            NewTask(task_type="job")._replace(priority=5),
+            NewTask(task_type="job", priority=5),
+        ),
+    ]
+    for fast, built in pairs:
+        assert fast == built
+        assert vars(fast).keys() == {f.name for f in attrs.fields(type(built))}
+        assert attrs.asdict(fast, recurse=False) == attrs.asdict(built, recurse=False)
 
 
 def test_from_row_reuses_a_known_tasks_payload_only_for_the_same_id(core_queue: Queue) -> None:
