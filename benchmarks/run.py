@@ -30,6 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from hqbench.adapter import adapter_costs  # noqa: E402
 from hqbench.common import WorkDir, machine_info, median_of_runs  # noqa: E402
 from hqbench.raw import capture_and_check  # noqa: E402
 from hqbench.report import evaluate, render_docs, table, verdict_cells  # noqa: E402
@@ -45,8 +46,9 @@ from hqbench.workloads import (  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
 DOCS_PATH = HERE.parent / "docs" / "performance.md"
-#: ``--only`` accepts the workload names and ``sched`` (the schedulers' lease costs).
-CHOICES = [*WORKLOADS, "sched"]
+#: ``--only`` accepts the workload names, ``sched`` (the schedulers' lease costs) and
+#: ``adapter`` (the migration guide's figures for QueuedTaskManager).
+CHOICES = [*WORKLOADS, "sched", "adapter"]
 #: The other queues, measured beside hookqueue and the raw baseline.
 PEERS = ("huey", "litequeue")
 
@@ -153,6 +155,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
     sched: dict[str, Any] = {}
+    adapter: dict[str, Any] = {}
     errors: list[str] = []
     started = time.perf_counter()
     for durability in durabilities:
@@ -200,6 +203,14 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 errors.append(message)
                 log("ERROR " + message + "\n" + traceback.format_exc())
             log(f"  {durability:6s} sched  done")
+        if "adapter" in args.only:
+            try:
+                adapter[durability] = adapter_costs(ctx, durability)
+            except Exception as exc:  # report it and go on
+                message = f"adapter {durability}: {type(exc).__name__}: {exc}"
+                errors.append(message)
+                log("ERROR " + message + "\n" + traceback.format_exc())
+            log(f"  {durability:6s} adapter done")
     meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     data = {
@@ -218,6 +229,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "plugins": ctx.plugin_status,
         "results": results,
         "schedulers": sched,
+        "adapter": adapter,
         "errors": errors,
     }
     data["targets"] = evaluate(results)
@@ -237,6 +249,12 @@ def print_tables(data: dict[str, Any]) -> None:
 
         print(f"### schedulers at {durability}\n")
         print(scheduler_table(sched))
+        print()
+    if data.get("adapter"):
+        from hqbench.report import adapter_table
+
+        print("### the adapter (QueuedTaskManager)\n")
+        print(adapter_table(data["adapter"]))
         print()
     missed = [t for t in data["targets"] if not t["met"]]
     for t in missed:

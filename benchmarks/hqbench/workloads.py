@@ -53,6 +53,8 @@ FULL_SIZES: dict[str, int] = {
     "w6_ops": 300,
     "memory": 100_000,
     "sched": 10_000,
+    "adapter": 50,
+    "adapter_burst": 1000,
     "lease_batch": 32,
     "workers": 4,
 }
@@ -73,6 +75,8 @@ QUICK_SIZES: dict[str, int] = {
     "w6_ops": 30,
     "memory": 3000,
     "sched": 400,
+    "adapter": 5,
+    "adapter_burst": 50,
 }
 
 

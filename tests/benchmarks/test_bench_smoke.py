@@ -101,6 +101,14 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     assert "| W1 | enqueue, ops/s |" in proc.stdout
     assert "| W4lat |" in proc.stdout
 
+    # The core-alone rows, and the adapter's figures (the migration guide quotes them).
+    assert _number(res["W1"]["hookqueue"]["core_p50_us"])
+    assert _number(res["W2"]["hookqueue"]["core_rows_s"])
+    adapter = data["adapter"]["normal"]
+    for key in ("start_task_ms", "recorded_ms", "get_status_ms", "cancel_ms", "burst_runs_s"):
+        assert _number(adapter[key]) and adapter[key] > 0, key
+    assert "| `get_task_status` |" in proc.stdout
+
 
 def test_docs_regenerate_from_json_without_running(tmp_path: Path) -> None:
     """``--docs-from`` renders the page from a results file (here a minimal one) alone."""
