@@ -237,8 +237,15 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
     return statuses
 
 
-#: One implementation in a precomputed chain: (function, argument names, new-style wrapper?).
-_Link = tuple[Any, tuple[str, ...], bool]
+#: One implementation in a precomputed chain: (function, argument names, new-style wrapper?,
+#: the plugin's "would this wrapper pass the call through unchanged?" or None).
+_Link = tuple[Any, tuple[str, ...], bool, Any]
+
+#: A plugin may define this method, ``(hook_name) -> bool``: True when its new-style wrapper of
+#: that hook would, for the call about to be made, pass the inner result through unchanged.
+#: The precomputed chain then skips the wrapper (saving its generator). Private to hookqueue's
+#: first-party plugins; pluggy's own path (tracing on) always calls the wrapper.
+PASS_THROUGH_ATTR = "_hookqueue_wrapper_passes_through"
 
 
 def _wrapfail(gen: Any, problem: str) -> RuntimeError:
@@ -249,16 +256,20 @@ def _wrapfail(gen: Any, problem: str) -> RuntimeError:
     )
 
 
-def _call_first_result(chain: Sequence[_Link], kwargs: dict[str, Any]) -> Any:
+def _call_first_result(chain: Sequence[_Link], kwargs: dict[str, Any], hook_name: str) -> Any:
     """Call a firstresult hook's chain exactly as pluggy's ``_multicall`` does: wrappers run
     up to their ``yield`` in call order; plain implementations are called until one returns
     something other than None; then each wrapper, innermost first, receives the result (or
-    the exception) and returns the result it passes outwards (or raises instead)."""
+    the exception) and returns the result it passes outwards (or raises instead). A wrapper
+    whose plugin says it would pass this call through unchanged (:data:`PASS_THROUGH_ATTR`)
+    is left out."""
     teardowns: list[Any] = []
     result: Any = None
     exception: BaseException | None = None
     try:
-        for function, argnames, wrapper in chain:
+        for function, argnames, wrapper, passes_through in chain:
+            if passes_through is not None and passes_through(hook_name):
+                continue
             args = [kwargs[name] for name in argnames]
             if wrapper:
                 gen = function(*args)
@@ -301,6 +312,22 @@ def _call_first_result(chain: Sequence[_Link], kwargs: dict[str, Any]) -> Any:
     return result
 
 
+def _pass_through_check(impl: Any) -> Any:
+    """The plugin's :data:`PASS_THROUGH_ATTR` method, made safe: an exception in it means
+    "call the wrapper"."""
+    check = getattr(impl.plugin, PASS_THROUGH_ATTR, None)
+    if check is None:
+        return None
+
+    def passes_through(hook_name: str) -> bool:
+        try:
+            return bool(check(hook_name))
+        except Exception:
+            return False
+
+    return passes_through
+
+
 class Hooks:
     """The typed facade through which the core calls every hook (keyword arguments only).
 
@@ -332,7 +359,13 @@ class Hooks:
         if cached is not None and cached[0] == impls:
             return cached[1]
         chain: tuple[_Link, ...] | None = tuple(
-            (impl.function, tuple(impl.argnames), impl.wrapper) for impl in reversed(impls)
+            (
+                impl.function,
+                tuple(impl.argnames),
+                impl.wrapper,
+                _pass_through_check(impl) if impl.wrapper else None,
+            )
+            for impl in reversed(impls)
         )
         if any(impl.hookwrapper or impl.kwargnames for impl in impls):
             chain = None
@@ -344,7 +377,9 @@ class Hooks:
         caller = self._h.hookqueue_enqueue
         chain = self._chain(caller)
         if chain is not None:
-            direct: NewTask = _call_first_result(chain, {"queue": queue, "new_task": new_task})
+            direct: NewTask = _call_first_result(
+                chain, {"queue": queue, "new_task": new_task}, "hookqueue_enqueue"
+            )
             return direct
         result: NewTask = caller(queue=queue, new_task=new_task)
         return result
@@ -360,7 +395,9 @@ class Hooks:
         chain = self._chain(caller)
         if chain is not None:
             direct: Awaitable[Any] = _call_first_result(
-                chain, {"task": task, "handler": handler, "worker_id": worker_id}
+                chain,
+                {"task": task, "handler": handler, "worker_id": worker_id},
+                "hookqueue_execute",
             )
             return direct
         result: Awaitable[Any] = caller(task=task, handler=handler, worker_id=worker_id)

@@ -438,6 +438,19 @@ class OpenTelemetryExporter:
             return new_task
         return new_task._replace(headers={**headers, **added})
 
+    def _hookqueue_wrapper_passes_through(self, hook_name: str) -> bool:
+        """True when this exporter's wrapper of ``hook_name`` would return the inner result
+        unchanged for the call about to be made — no tracing, no tracer provider, or (for an
+        enqueue) no current span — so the core's hook chain can leave it out (see
+        ``hookqueue.core.plugins.PASS_THROUGH_ATTR``). It checks what the wrappers check."""
+        if not self.traces:
+            return True
+        if hook_name == "hookqueue_execute":
+            return self._tracer() is None
+        if hook_name == "hookqueue_enqueue":
+            return not trace.get_current_span().get_span_context().is_valid
+        return False
+
     @hookimpl(wrapper=True)
     def hookqueue_enqueue(self, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
         """Carry the enqueuing span's context in the task's headers."""
@@ -565,6 +578,8 @@ def default_exporter() -> OpenTelemetryExporter:
 hookqueue_enqueue = _default.hookqueue_enqueue
 #: Run each attempt inside a span of the global tracer provider.
 hookqueue_execute = _default.hookqueue_execute
+#: When the wrappers above would pass a call through (see the exporter's method).
+_hookqueue_wrapper_passes_through = _default._hookqueue_wrapper_passes_through
 
 
 #: Record metrics with the global meter provider (the default exporter's own method).

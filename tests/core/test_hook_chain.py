@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from hookqueue.core import hookspecs
 from hookqueue.core.hookspecs import PROJECT_NAME, hookimpl
-from hookqueue.core.plugins import Hooks
+from hookqueue.core.plugins import PASS_THROUGH_ATTR, Hooks
 
 PLAIN = ["none", "value", "raise", "stop_iteration"]
 WRAPPER = [
@@ -29,6 +29,12 @@ WRAPPER = [
     "raise_before",
     "no_yield",
     "second_yield",
+    # The plugin says the wrapper passes this call through (the chain skips it) and it does.
+    "declared_pass",
+    # The plugin's pass-through check raises: the chain must call the wrapper after all.
+    "declared_broken",
+    # The plugin says the wrapper does not pass through: the chain calls it.
+    "declared_active",
 ]
 
 
@@ -47,6 +53,13 @@ def _plain(index: int, behaviour: str, log: list[str]) -> Any:
 
 
 def _wrapper(index: int, behaviour: str, log: list[str]) -> Any:
+    if behaviour == "declared_pass":
+
+        def passing(self: Any, new_task: Any) -> Any:
+            return (yield)  # what a skipped wrapper must do: nothing, and no trace of it
+
+        return passing
+
     def hookqueue_enqueue(self: Any, new_task: Any) -> Any:
         log.append(f"wrap{index}:before")
         if behaviour == "raise_before":
@@ -82,6 +95,16 @@ def _wrapper(index: int, behaviour: str, log: list[str]) -> Any:
     return hookqueue_enqueue
 
 
+def _declared(behaviour: str) -> Any:
+    def passes_through(self: Any, hook_name: str) -> bool:
+        assert hook_name == "hookqueue_enqueue"
+        if behaviour == "declared_broken":
+            raise RuntimeError("a broken check")
+        return behaviour == "declared_pass"
+
+    return passes_through
+
+
 def _order_opts(order: str) -> dict[str, bool]:
     return {"tryfirst": order == "first", "trylast": order == "last"}
 
@@ -100,7 +123,10 @@ def _manager(specs: list[tuple[str, str, str]], log: list[str]) -> pluggy.Plugin
             function = hookimpl(**_order_opts(order))(_plain(index, behaviour, log))
         else:
             function = hookimpl(wrapper=True, **_order_opts(order))(_wrapper(index, behaviour, log))
-        plugin = type(f"Plugin{index}", (), {"hookqueue_enqueue": function})()
+        attributes: dict[str, Any] = {"hookqueue_enqueue": function}
+        if behaviour.startswith("declared_"):
+            attributes[PASS_THROUGH_ATTR] = _declared(behaviour)
+        plugin = type(f"Plugin{index}", (), attributes)()
         pm.register(plugin, name=f"plugin{index}")
     return pm
 
@@ -171,3 +197,32 @@ def test_monitoring_and_old_style_wrappers_go_through_pluggy() -> None:
     pm.register(OldStyle(), name="old")
     assert hooks._chain(pm.hook.hookqueue_enqueue) is None
     assert hooks.enqueue("q", "t") == "old(p0(t))"  # type: ignore[arg-type]
+
+
+def test_a_wrapper_whose_plugin_says_it_passes_through_is_not_called() -> None:
+    """The skip happens (it is what saves the generator): a wrapper that says it would pass
+    the call through is not entered at all — here it would mark the result if it were."""
+    calls: list[str] = []
+
+    class Declared:
+        def __init__(self, passes: bool) -> None:
+            self.passes = passes
+
+        def _hookqueue_wrapper_passes_through(self, hook_name: str) -> bool:
+            calls.append(hook_name)
+            return self.passes
+
+        @hookimpl(wrapper=True)
+        def hookqueue_enqueue(self, new_task: Any) -> Any:
+            result = yield
+            return f"wrapped({result})"
+
+    log: list[str] = []
+    pm = _manager([("plain", "value", "")], log)
+    pm.register(Declared(passes=True), name="declared")
+    hooks = Hooks(pm)
+    assert hooks.enqueue("q", "t") == "p0(t)"  # type: ignore[arg-type]
+    assert calls == ["hookqueue_enqueue"]
+    pm.unregister(name="declared")
+    pm.register(Declared(passes=False), name="active")
+    assert hooks.enqueue("q", "t") == "wrapped(p0(t))"  # type: ignore[arg-type]
