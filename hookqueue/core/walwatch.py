@@ -70,7 +70,8 @@ class WalActivity:
         libc = _libc()
         if libc is None:
             return None
-        path = Path(db_path)
+        # SQLite follows a symlinked database to its target and keeps the log there.
+        path = Path(os.path.realpath(db_path))
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             log.debug("inotify_init1 failed (errno %d); polling for commits", ctypes.get_errno())

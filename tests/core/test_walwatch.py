@@ -40,6 +40,25 @@ def test_wal_activity_reports_log_writes_by_another_connection(tmp_path: Path) -
 
 
 @linux_only
+def test_wal_activity_follows_a_symlinked_database_to_its_log(tmp_path: Path) -> None:
+    """SQLite keeps the log beside the symlink's target, so that is what is watched."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "real" / "q.db"
+    Queue(target, load_entrypoints=False).close()
+    link = tmp_path / "links" / "q.db"
+    link.symlink_to(target)
+    with Queue(link, load_entrypoints=False, durability="normal") as q:
+        activity = WalActivity.open(link)
+        assert activity is not None
+        try:
+            q.enqueue("job")
+            assert activity.wait(5) is True
+        finally:
+            activity.close()
+
+
+@linux_only
 def test_wal_activity_wait_is_interrupted_from_another_thread(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     Queue(path, load_entrypoints=False).close()
