@@ -165,6 +165,13 @@ class OpenTelemetryExporter:
         #: opened yet). Read once there, not for every task (see :meth:`_global_tracer_provider`).
         self._env_tracer_provider: bool | None = None
         self._env_meter_provider: bool | None = None
+        #: The wrappers are this class's own: only then does the pass-through check (which
+        #: checks what they check) speak for them; a subclass that overrides one is called.
+        cls = type(self)
+        self._own_wrappers = (
+            cls.hookqueue_execute is OpenTelemetryExporter.hookqueue_execute
+            and cls.hookqueue_enqueue is OpenTelemetryExporter.hookqueue_enqueue
+        )
 
     def __repr__(self) -> str:
         return f"OpenTelemetryExporter(traces={self.traces}, metrics={self.metrics})"
@@ -443,6 +450,8 @@ class OpenTelemetryExporter:
         unchanged for the call about to be made — no tracing, no tracer provider, or (for an
         enqueue) no current span — so the core's hook chain can leave it out (see
         ``hookqueue.core.plugins.PASS_THROUGH_ATTR``). It checks what the wrappers check."""
+        if not self._own_wrappers:
+            return False
         if not self.traces:
             return True
         if hook_name == "hookqueue_execute":

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hookqueue import EventKind, FakeClock, Queue, Task, TaskStatus, WorkerEngine
+from hookqueue import EventKind, FakeClock, Queue, Task, TaskStatus, WorkerEngine, hookimpl
 from hookqueue.contrib.contracts.exporter import (
     AlwaysRaises,
     ExporterContract,
@@ -458,6 +458,31 @@ def test_without_a_configured_provider_the_entry_point_does_nothing(queue: Queue
     status = {s.name: s for s in plugin_statuses(queue.pm)}["opentelemetry"]
     assert status.state == "active"
     assert {"hookqueue_enqueue", "hookqueue_execute", "hookqueue_event"} <= set(status.hooks)
+
+
+def test_a_subclass_that_overrides_a_wrapper_is_always_called(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Without a tracer provider the core leaves the exporter's own wrappers out (they would
+    pass the call through); a subclass's override does its own work, so it is called."""
+    seen: list[str] = []
+
+    class Auditing(OpenTelemetryExporter):
+        @hookimpl(wrapper=True)
+        def hookqueue_execute(self, task: Task, worker_id: str) -> Any:
+            seen.append(f"execute {task.id}")
+            return (yield)
+
+    plain = OpenTelemetryExporter(name="otel-plain")
+    auditing = Auditing(name="otel-auditing")
+    assert plain._hookqueue_wrapper_passes_through("hookqueue_execute") is True
+    assert auditing._hookqueue_wrapper_passes_through("hookqueue_execute") is False
+    with Queue(db_path, clock=clock, load_entrypoints=False, plugins=[plain, auditing]) as q:
+        q.handlers.register_handler("t", lambda task: "ok")
+        task = q.enqueue("t")
+        WorkerEngine(q, worker_id="w").run_until_idle()
+        assert q.get(task.id).result == "ok"
+    assert seen == [f"execute {task.id}"]
 
 
 @pytest.mark.slow
