@@ -375,12 +375,14 @@ SQL is the same as raw's, so every gap is Python around it:
 
 - **Python after a syscall runs about twice as slow as the same code warm.** The code that
   follows an enqueue's commit (build the returned `Task`, send the `enqueued` event) takes
-  5.5 µs in a loop on its own and 11.4 µs right after a commit: each transaction makes a
-  dozen system calls (WAL writes, lock `fcntl`s), and on this virtual machine they leave the
-  CPU's caches and predictors cold. Raw apsw has nothing to do after its commit.
+  5.5 µs in a loop on its own and 11.4 µs right after a commit — most likely because each
+  transaction makes a dozen system calls (WAL writes, lock `fcntl`s), which on this virtual
+  machine leave the CPU's caches and predictors cold. Raw apsw has nothing to do after its
+  commit.
 - **W1** (one enqueue per transaction, ~60 µs p50 against raw's ~16 µs): the enqueue hook
-  chain — the core's validation plus the retry plugin's and the OpenTelemetry exporter's
-  wrappers, two generators per task — is ~5 µs warm; JSON encoding and the row ~4 µs; the
+  chain — the core's validation and the retry plugin's wrapper (a generator per task; the
+  OpenTelemetry exporter's is left out while there is no span to carry) — is ~4 µs warm;
+  JSON encoding and the row ~4 µs; the
   returned task and the event ~11 µs after the commit; the transaction wrapper ~2 µs. With
   the core alone (the rows "core alone") p50 is ~45 µs, and W1 at `full` is about 0.8× raw.
 - **W2** (`enqueue_many`): per row, the same hook chain, validation, JSON, a `Task` and an
