@@ -93,7 +93,8 @@ def _count_polls(db_path: Path, monkeypatch: pytest.MonkeyPatch, **options: obje
 
     monkeypatch.setattr(QueueDatabase, "data_version", counting)
     with Queue(db_path, load_entrypoints=False, durability="normal") as q:
-        worker = WorkerEngine(q, worker_id="idle", **options)  # type: ignore[arg-type]
+        # Long leases: no heartbeat write (which would wake the watcher) in the window.
+        worker = WorkerEngine(q, worker_id="idle", lease_seconds=60, **options)  # type: ignore[arg-type]
         thread = threading.Thread(target=worker.run)
         thread.start()
         assert worker.wait_started(10)
