@@ -195,22 +195,20 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 if v
             }
             log(f"  {durability:6s} {name:6s} done in {time.perf_counter() - t0:5.1f}s")
-        if "sched" in args.only:
+        # The hookqueue-only parts: one figure set per durability level each.
+        for part, measure, into in (
+            ("sched", schedulers, sched),
+            ("adapter", adapter_costs, adapter),
+        ):
+            if part not in args.only:
+                continue
             try:
-                sched[durability] = schedulers(ctx, durability)
+                into[durability] = measure(ctx, durability)
             except Exception as exc:  # report it and go on
-                message = f"sched {durability}: {type(exc).__name__}: {exc}"
+                message = f"{part} {durability}: {type(exc).__name__}: {exc}"
                 errors.append(message)
                 log("ERROR " + message + "\n" + traceback.format_exc())
-            log(f"  {durability:6s} sched  done")
-        if "adapter" in args.only:
-            try:
-                adapter[durability] = adapter_costs(ctx, durability)
-            except Exception as exc:  # report it and go on
-                message = f"adapter {durability}: {type(exc).__name__}: {exc}"
-                errors.append(message)
-                log("ERROR " + message + "\n" + traceback.format_exc())
-            log(f"  {durability:6s} adapter done")
+            log(f"  {durability:6s} {part:6s} done")
     meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     data = {
