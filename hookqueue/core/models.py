@@ -11,7 +11,7 @@ import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -84,9 +84,29 @@ def _ts(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
 
 
-# For Task.from_row, which builds tasks without attrs' __init__ (see there).
+T = TypeVar("T")
+
 _new = object.__new__
 _set = object.__setattr__
+
+
+def _instance(cls: type[T], fields: dict[str, Any]) -> T:
+    """An instance of an unslotted frozen attrs class with exactly ``fields`` (every field
+    given), without its ``__init__``: for records the hot paths build per task from values
+    already checked (SQLite's or the core's). ``tests/core/test_hot_paths.py`` checks each
+    such constructor builds what ``__init__`` would."""
+    obj = _new(cls)
+    _set(obj, "__dict__", fields)
+    return obj
+
+
+def _copy_with(obj: T, changes: Mapping[str, Any]) -> T:
+    """``attrs.evolve(obj, **changes)`` without ``__init__`` (see :func:`_instance`)."""
+    fields = obj.__dict__.copy()
+    fields.update(changes)
+    return _instance(type(obj), fields)
+
+
 _loads = json.loads
 _td = timedelta
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -214,10 +234,8 @@ class Task:
         else:
             payload_value = _loads(payload)
             headers_value = _loads(headers) if headers else {}
-        task = _new(cls)
-        _set(
-            task,
-            "__dict__",
+        return _instance(
+            cls,
             {
                 "id": id_,
                 "queue": queue,
@@ -241,17 +259,12 @@ class Task:
                 "finished_at": None if finished_at is None else _STAMP[finished_at],
             },
         )
-        return task
 
     def _replaced(self, changes: dict[str, Any]) -> Task:
         """A copy with ``changes`` applied, unvalidated: for the store's own transitions,
         whose values come from SQLite (``attrs.evolve`` runs ``__init__`` and costs ten
         times more; a completed attempt makes one of these per task)."""
-        task = _new(type(self))
-        fields = self.__dict__.copy()
-        fields.update(changes)
-        _set(task, "__dict__", fields)
-        return task
+        return _copy_with(self, changes)
 
     @classmethod
     def _new_queued(
@@ -271,10 +284,8 @@ class Task:
     ) -> Task:
         """A just-inserted queued task, from values the queue validated (the enqueue hot
         path: no attrs ``__init__``, as in :meth:`from_row`)."""
-        task = _new(cls)
-        _set(
-            task,
-            "__dict__",
+        return _instance(
+            cls,
             {
                 "id": id,
                 "queue": queue,
@@ -298,7 +309,6 @@ class Task:
                 "finished_at": None,
             },
         )
-        return task
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601 strings) for the CLI and status APIs."""
@@ -348,11 +358,7 @@ class NewTask:
         """``attrs.evolve(self, **changes)`` without re-running ``__init__`` (a fifth of the
         cost): for the first-party enqueue wrappers, which change fields the core has
         already checked to values they built themselves."""
-        task = _new(NewTask)
-        fields = self.__dict__.copy()
-        fields.update(changes)
-        _set(task, "__dict__", fields)
-        return task
+        return _copy_with(self, changes)
 
 
 class EventKind(enum.StrEnum):
@@ -411,10 +417,8 @@ class TaskEvent:
     ) -> TaskEvent:
         """The core's own events, built without attrs' ``__init__`` (two per task a worker
         runs); ``tests/core/test_hot_paths.py`` checks it builds what ``__init__`` would."""
-        event = _new(cls)
-        _set(
-            event,
-            "__dict__",
+        return _instance(
+            cls,
             {
                 "kind": kind,
                 "task": task,
@@ -425,7 +429,6 @@ class TaskEvent:
                 "reason": reason,
             },
         )
-        return event
 
 
 @attrs.frozen(kw_only=True)

@@ -59,6 +59,7 @@ from .models import (
     Task,
     TaskStatus,
     WorkerInfo,
+    _instance,
 )
 
 log = logging.getLogger("hookqueue.store")
@@ -364,10 +365,8 @@ class Settlement:
         """The common outcome, built without attrs' ``__init__`` (one per task a worker
         completes); ``tests/core/test_hot_paths.py`` checks it builds what ``__init__``
         would."""
-        settlement = object.__new__(cls)
-        object.__setattr__(
-            settlement,
-            "__dict__",
+        return _instance(
+            cls,
             {
                 "task_id": task.id,
                 "kind": "complete",
@@ -379,7 +378,12 @@ class Settlement:
                 "task": task,
             },
         )
-        return settlement
+
+
+def _completes_held(s: Settlement) -> bool:
+    """A completion of a task the worker holds in memory (written by
+    :func:`sql_complete_held`, its event built from that task)."""
+    return s.kind == "complete" and s.task is not None and s.task.id == s.task_id
 
 
 class _HeldComplete(NamedTuple):
@@ -1417,7 +1421,7 @@ class QueueDatabase:
         # Completions of tasks the worker holds (the common outcome) go in one statement.
         held_params: builtins.list[Any] = [now_us]
         for s in settlements:
-            if s.kind == "complete" and s.task is not None and s.task.id == s.task_id:
+            if _completes_held(s):
                 held_params += (s.task_id, s.result_json)
         completed: dict[int, int] = {}
         if len(held_params) > 1:
@@ -1427,8 +1431,7 @@ class QueueDatabase:
             )
         for s in settlements:
             if s.kind == "complete":
-                held = s.task
-                if held is not None and held.id == s.task_id:
+                if _completes_held(s):
                     flag = completed.pop(s.task_id, None)
                     row = None if flag is None else _HeldComplete(s.result_json, now_us, flag)
                 else:
