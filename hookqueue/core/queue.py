@@ -960,18 +960,8 @@ _ENQUEUE_DEFAULTS: dict[str, Any] = {
     "timeout": None,
     "headers": None,
 }
-_ENQUEUE_ARGS = {
-    "task_type",
-    "payload",
-    "priority",
-    "run_after",
-    "delay",
-    "max_attempts",
-    "idempotency_key",
-    "queue",
-    "timeout",
-    "headers",
-}
+#: The keys a dict given to enqueue_many may have.
+_ENQUEUE_ARGS = frozenset({"task_type", *_ENQUEUE_DEFAULTS})
 
 
 def _task_id(value: int | str) -> int:

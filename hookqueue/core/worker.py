@@ -388,15 +388,13 @@ class WorkerEngine:
             last = db.data_version()
             active_until = monotonic() + WAL_ACTIVE_SPAN
             while not stop.is_set():
-                if activity is None:
+                if activity is None or monotonic() < active_until:
                     if stop.wait(self.wake_poll_interval):
                         break
-                elif monotonic() < active_until:
-                    if stop.wait(self.wake_poll_interval):
-                        break
-                    if activity.wait(0):
-                        active_until = monotonic() + WAL_ACTIVE_SPAN
-                elif activity.wait(WAL_QUIET_CHECK):
+                    written = activity is not None and activity.wait(0)
+                else:
+                    written = activity.wait(WAL_QUIET_CHECK)
+                if written:
                     # The log is being written: a commit becomes visible after its pages
                     # are written, so keep looking for a while.
                     active_until = monotonic() + WAL_ACTIVE_SPAN

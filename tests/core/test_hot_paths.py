@@ -346,3 +346,20 @@ async def test_group_commit_reports_each_callers_own_error(core_queue: Queue) ->
     )
     assert isinstance(results[0], Task) and isinstance(results[2], Task)
     assert isinstance(results[1], Exception) and "refused by test" in str(results[1])
+
+
+def test_enqueue_many_defaults_are_enqueues() -> None:
+    """enqueue_many fills missing keys from a table of enqueue()'s defaults: the table must
+    follow the signature."""
+    import inspect
+
+    from hookqueue.core.queue import _ENQUEUE_ARGS, _ENQUEUE_DEFAULTS
+
+    params = inspect.signature(Queue.enqueue).parameters
+    signature_defaults = {
+        name: p.default
+        for name, p in params.items()
+        if name not in ("self", "task_type") and p.default is not inspect.Parameter.empty
+    }
+    assert signature_defaults == _ENQUEUE_DEFAULTS
+    assert _ENQUEUE_ARGS == {"task_type", *signature_defaults}
