@@ -468,8 +468,8 @@ class DatabaseGauges:
 
 
 # The store's partial index over queued tasks (queue, run_after, id) covers this query; the
-# planner would otherwise pick the status index and read every queued row (15x slower with
-# a backlog of 50,000). If the index is ever renamed, SQLite refuses the statement outright
+# planner could otherwise pick the other one over queued tasks and read every queued row (15x
+# slower with a backlog of 50,000). If the index is ever renamed, SQLite refuses the statement outright
 # ("no query solution"), so the tests notice.
 SQL_QUEUED_BY_QUEUE = """
 SELECT queue,
@@ -508,8 +508,9 @@ def _worker_state(worker: WorkerInfo, now: datetime, thresholds: HealthThreshold
 def read_database_gauges(
     queue: Queue, thresholds: HealthThresholds | None = None
 ) -> DatabaseGauges:
-    """Read the figures an exporter shows at every scrape, with index-only queries (their cost
-    does not grow with the number of finished tasks kept)."""
+    """Read the figures an exporter shows at every scrape, with index-only queries: the
+    active tasks' figures read only the indexes of active tasks; the totals of finished tasks
+    are counted in their own index, so their cost grows with the history kept (``prune``)."""
     thresholds = thresholds or HealthThresholds()
     now_us = queue.clock.now_us()
     now = from_us(now_us)
