@@ -75,6 +75,19 @@ _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 _COLS = ", ".join(TASK_COLUMNS)
 
+# A connection must not be used in a process forked after it was opened (its locks and file
+# descriptors belong to the parent). Each fork bumps this number in the child, so an inherited
+# thread-local connection is recognised without a getpid() system call per statement.
+_fork_generation = 0
+
+
+def _count_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 # ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
@@ -724,7 +737,7 @@ class QueueDatabase:
     def _conn(self) -> apsw.Connection:
         local = self._local
         conn: apsw.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        if conn is not None and local.fork_generation == _fork_generation:
             return conn
         return self._open_connection()
 
@@ -754,7 +767,7 @@ class QueueDatabase:
                 conn.close()
                 raise
         self._local.conn = conn
-        self._local.pid = os.getpid()
+        self._local.fork_generation = _fork_generation
         # Closes the connection when its thread ends (the thread-local dies with it), so
         # short-lived threads (a worker's store thread, asyncio.to_thread) do not leak one.
         self._local.owner = _ThreadConnection(self, conn)

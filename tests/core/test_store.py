@@ -187,6 +187,25 @@ def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path
     th.join()
     assert other[0] is not mine
     assert db._conn() is mine
+    Queue(db, load_entrypoints=False).enqueue("t")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        try:
+            child = db._conn()
+            Queue(db, load_entrypoints=False).enqueue("t")
+            report = f"{child is not mine} {db.counts()['queued']}"
+        except BaseException as exc:
+            report = repr(exc)
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as reader:
+        assert reader.read() == "True 2"
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection is still its own and still works.
+    assert db._conn() is mine and db.counts()["queued"] == 2
     db.close()
 
 
