@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import apsw
@@ -200,7 +202,14 @@ def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path
         os.write(write, report.encode())
         os._exit(0)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:  # a child stuck on a lock another thread held
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish in 60 s")
+        time.sleep(0.01)
+    status = waited[1]
     with os.fdopen(read) as reader:
         assert reader.read() == "True 2"
     assert os.waitstatus_to_exitcode(status) == 0
