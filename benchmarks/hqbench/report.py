@@ -174,15 +174,20 @@ def _w1c(res: Results) -> tuple[str, bool] | None:
 
 
 def _w3(res: Results) -> tuple[str, bool] | None:
-    hq, huey = _get(res, "W3", "hookqueue", "tasks_s"), _get(res, "W3", "huey", "tasks_s")
+    hq = _get(res, "W3", "hookqueue", "tasks_s")
     if hq is None:
         return None
-    text = f"{hq:,.0f}/s"
-    ok = hq >= 25_000
-    if huey:
-        text += f", {hq / huey:.1f}× huey"
-        ok = ok and hq >= 10 * huey
-    return text, ok
+    return f"{hq:,.0f}/s", hq >= 25_000
+
+
+def _w3_huey(res: Results) -> tuple[str, bool] | None:
+    # Its own verdict, not folded into _w3's: the suite's huey figure is huey's own
+    # dequeue-and-execute loop, whose tenfold is above raw apsw's rate on most machines, so a
+    # combined verdict would hide whether the absolute target was met.
+    hq, huey = _get(res, "W3", "hookqueue", "tasks_s"), _get(res, "W3", "huey", "tasks_s")
+    if hq is None or not huey:
+        return None
+    return f"{hq / huey:.1f}× huey", hq >= 10 * huey
 
 
 def _w3p4(res: Results) -> tuple[str, bool] | None:
@@ -246,7 +251,8 @@ TARGETS: list[tuple[str, str, str | None, str, Check]] = [
     ("W1", "ops_s", "full", "≥ 0.8× raw", _ratio_check("W1", "ops_s", 0.8)),
     ("W1c", "ops_s", "full", "≥ 3× raw single commits", _w1c),
     ("W2", "rows_s", None, "≥ 0.6× raw", _ratio_check("W2", "rows_s", 0.6)),
-    ("W3", "tasks_s", "normal", "≥ 25,000/s and ≥ 10× huey", _w3),
+    ("W3", "tasks_s", "normal", "≥ 25,000/s", _w3),
+    ("W3", "tasks_s", "normal", "≥ 10× huey", _w3_huey),
     ("W3p4", "tasks_s", None, "≥ W3", _w3p4),
     ("W4", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4")),
     ("W4", "tasks_s", None, "≥ 0.8× raw", _ratio_check("W4", "tasks_s", 0.8)),

@@ -141,6 +141,31 @@ def test_docs_regenerate_from_json_without_running(tmp_path: Path) -> None:
     assert "## Durability: full vs normal" in text
     assert "| W1 hookqueue enqueue, ops/s | 100 | 50.0 | 0.50× |" in text
     assert "test cpu" in text
+    # The verdicts are worked out again from the results (the file's own list is empty).
+    assert "| W1 | full | ≥ 0.8× raw | 0.83× raw | met |" in text
+    assert (
+        "| W1 | normal | ≥ 0.6× raw and p50 ≤ 50 µs | 0.50× raw, p50 10 µs | **missed** |" in text
+    )
+
+
+def test_w3_gives_the_absolute_and_the_huey_target_a_verdict_each() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from hqbench.report import evaluate
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    w3 = {"hookqueue": {"tasks_s": 26_000.0}, "huey": {"tasks_s": 10_000.0}}
+    verdicts = [
+        (t["target"], t["measured"], t["met"])
+        for t in evaluate({"normal": {"W3": w3}})
+        if t["workload"] == "W3"
+    ]
+    assert verdicts == [
+        ("≥ 25,000/s", "26,000/s", True),
+        ("≥ 10× huey", "2.6× huey", False),
+    ]
+    del w3["huey"]  # huey not installed: only the absolute target applies
+    assert [t["met"] for t in evaluate({"normal": {"W3": w3}})] == [True]
 
 
 def test_bad_arguments_are_refused_with_the_choices(tmp_path: Path) -> None:
