@@ -298,6 +298,8 @@ DELETE FROM tasks WHERE id IN (
 # for history, before finding a queued one). Finished tasks are usually most of the table, so
 # they are read in id order, which stops after ``limit`` matches (an index over them would
 # sort them all first).
+#: The final statuses' values, from the model (``check`` binds them).
+_FINAL_STATUSES = tuple(s.value for s in TaskStatus if s.is_terminal)
 SQL_LIST_QUEUED = "FROM tasks INDEXED BY tasks_due WHERE status = 'queued'"
 SQL_LIST_RUNNING = "FROM tasks INDEXED BY tasks_lease WHERE status = 'running'"
 
@@ -852,8 +854,9 @@ class QueueDatabase:
                 + ("is missing" if finished is None else "is set")
                 for tid, status, finished in conn.execute(
                     "SELECT id, status, finished_at FROM tasks "
-                    "WHERE (status IN ('completed', 'failed', 'cancelled')) "
-                    "<> (finished_at IS NOT NULL)"
+                    f"WHERE (status IN ({_placeholders(len(_FINAL_STATUSES))})) "
+                    "<> (finished_at IS NOT NULL)",
+                    _FINAL_STATUSES,
                 )
             ]
         return problems
@@ -1057,14 +1060,14 @@ class QueueDatabase:
         extra = " AND " + " AND ".join(filters) if filters else ""
         # One part per way in: each active status through its partial index, the final
         # statuses together in id order (see SQL_LIST_QUEUED); no status filter, the table.
-        wanted = dict.fromkeys(TaskStatus(s).value for s in statuses)
-        final = [v for v in wanted if v not in ("queued", "running")]
+        wanted = dict.fromkeys(TaskStatus(s) for s in statuses)
+        final = [s.value for s in wanted if s.is_terminal]
         parts: builtins.list[str] = []
         params: builtins.list[Any] = []
-        if "queued" in wanted:
+        if TaskStatus.QUEUED in wanted:
             parts.append(f"SELECT {_COLS} {SQL_LIST_QUEUED}{extra}")
             params += filter_params
-        if "running" in wanted:
+        if TaskStatus.RUNNING in wanted:
             parts.append(f"SELECT {_COLS} {SQL_LIST_RUNNING}{extra}")
             params += filter_params
         if final:
