@@ -159,6 +159,13 @@ MIGRATIONS: tuple[str, ...] = (
 # Named statements
 # ---------------------------------------------------------------------------------------------
 
+#: What identifies a file as hookqueue's, read in one snapshot: (application_id, user_version,
+#: number of schema objects).
+SQL_IDENTITY = (
+    "SELECT a.application_id, v.user_version, (SELECT count(*) FROM sqlite_schema) "
+    "FROM pragma_application_id() AS a, pragma_user_version() AS v"
+)
+
 SQL_INSERT_KEYED = """
 INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_attempts,
                    run_after, idempotency_key, timeout_seconds, headers, created_at)
@@ -761,7 +768,7 @@ class QueueDatabase:
                 apsw.bestpractice.connection_dqs(conn)
                 apsw.bestpractice.connection_recursive_triggers(conn)
                 apsw.bestpractice.connection_enable_foreign_keys(conn)
-                apsw.bestpractice.connection_wal(conn)
+                self._switch_to_wal(conn)
                 conn.pragma("synchronous", _SYNCHRONOUS[self.durability])
                 conn.transaction_mode = "IMMEDIATE"
                 conn.set_wal_hook(_checkpoint_after_commit)
@@ -779,10 +786,33 @@ class QueueDatabase:
             self._migrate(conn)
         return conn
 
+    def _switch_to_wal(self, conn: apsw.Connection) -> None:
+        """Put the file in WAL mode (a no-op when it is already), as apsw's best practice does,
+        but safe when several processes open a new file at once.
+
+        Switching takes a read lock and then the write lock. When two processes switch at
+        once, SQLite sees the deadlock and answers one of them SQLITE_BUSY at once, without
+        calling the busy handler; that one retries here (the other's switch usually makes its
+        next try a no-op), within ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = BUSY_FIRST_SLEEP
+        while True:
+            try:
+                conn.pragma("journal_mode", "wal")
+                return
+            except apsw.BusyError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, BUSY_MAX_SLEEP)
+
     def _verify_identity(self, conn: apsw.Connection) -> None:
         """Refuse files that are not hookqueue databases, and newer schemas."""
-        app_id = conn.pragma("application_id")
-        version = conn.pragma("user_version")
+        # One statement, so one snapshot: read one by one, the values could straddle another
+        # process's schema creation (its tables without its application_id) and refuse a
+        # file that is being initialised as a hookqueue database.
+        app_id, version, tables = conn.execute(SQL_IDENTITY).get
         if app_id == APPLICATION_ID:
             if version > SCHEMA_VERSION:
                 raise SchemaTooNew(
@@ -791,10 +821,8 @@ class QueueDatabase:
                     "modified. Fix: upgrade hookqueue (pip install -U hookqueue)"
                 )
             return
-        if app_id == 0 and version == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_schema").get
-            if tables == 0:
-                return  # a new, empty database: ours to initialise
+        if app_id == 0 and version == 0 and tables == 0:
+            return  # a new, empty database: ours to initialise
         raise NotAHookqueueDatabase(
             f"{self.path}: this SQLite file is not a hookqueue database "
             f"(application_id={app_id:#x}, user_version={version}). It was not modified. "

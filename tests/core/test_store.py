@@ -8,8 +8,10 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -114,23 +116,131 @@ def test_a_newer_schema_is_refused(db_path: Path) -> None:
     conn.close()
 
 
-def test_several_processes_initialising_at_once(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
-    code = (
-        "import sys; from hookqueue import QueueDatabase, Queue\n"
-        "d = QueueDatabase(sys.argv[1]); d.initialize_schema()\n"
-        "Queue(d, load_entrypoints=False).enqueue('t')\n"
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE)
-        for _ in range(6)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err.decode()
-    q = Queue(db, load_entrypoints=False)
-    assert q.counts()["queued"] == 6 and q.check() == []
-    q.close()
+#: A child that imports hookqueue, says "ready", waits for a line on stdin, then opens the
+#: database and enqueues one task: the parent releases all children at once, so their
+#: first opening of the new file overlaps as closely as processes can.
+_INIT_AT_ONCE = """
+import sys
+from hookqueue import Queue, QueueDatabase
+print("ready", flush=True)
+sys.stdin.readline()
+d = QueueDatabase(sys.argv[1])
+d.initialize_schema()
+Queue(d, load_entrypoints=False).enqueue("t")
+"""
+
+
+def test_several_processes_initialising_a_new_file_at_once(tmp_path: Path) -> None:
+    # Two races lived here, each hit in a few percent of rounds: reading the file's identity
+    # in three snapshots (another process's tables seen without its application_id: "not a
+    # hookqueue database"), and switching to WAL while another process did (SQLite answers
+    # the loser SQLITE_BUSY at once, without calling the busy handler). Ten rounds of six
+    # processes released together caught them nearly every run before the fix.
+    for round_ in range(10):
+        db = tmp_path / f"shared{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _INIT_AT_ONCE, str(db)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(6)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write(b"go\n")
+                p.stdin.flush()
+            for p in procs:
+                _, err = p.communicate(timeout=60)
+                assert p.returncode == 0, f"round {round_}: {err.decode()}"
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        q = Queue(db, load_entrypoints=False)
+        assert q.counts()["queued"] == 6 and q.check() == []
+        assert q.db._conn().pragma("journal_mode") == "wal"
+        q.close()
+
+
+def test_the_identity_is_read_in_one_snapshot(tmp_path: Path) -> None:
+    # Another process initialises the file between the first and the second statement the
+    # check runs (if it runs two). Read one value at a time, the check saw its user_version
+    # and tables without its application_id and refused a hookqueue database as foreign.
+    path = tmp_path / "q.db"
+    checked = apsw.Connection(str(path))
+    other = QueueDatabase(path)
+    statements = 0
+
+    def initialise_after_the_first_statement(cursor: Any, sql: str, bindings: Any) -> bool:
+        nonlocal statements
+        statements += 1
+        if statements == 2:
+            other.initialize_schema()
+        return True
+
+    checked.exec_trace = initialise_after_the_first_statement
+    other._verify_identity(checked)  # the file was empty when it was read: accepted
+    checked.exec_trace = None
+    other._verify_identity(checked)  # and initialised now: accepted too
+    assert other.schema_version() == SCHEMA_VERSION
+    checked.close()
+    other.close()
+
+
+def _hold_rollback_write_lock(path: Path) -> apsw.Connection:
+    """A connection holding the write lock of ``path`` in rollback-journal mode, as another
+    process does while it creates the file or switches it to WAL."""
+    holder = apsw.Connection(str(path))
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_the_switch_to_wal_waits_for_another_connections_write_lock(tmp_path: Path) -> None:
+    # SQLite refuses the switch at once while another connection writes (no busy handler
+    # call); QueueDatabase retries it within busy_timeout instead of failing.
+    path = tmp_path / "q.db"
+    holder = _hold_rollback_write_lock(path)
+    release = threading.Timer(0.2, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        db = QueueDatabase(path, busy_timeout=10)
+        db.initialize_schema()
+        assert time.monotonic() - started >= 0.15  # it did wait for the lock
+        assert db._conn().pragma("journal_mode") == "wal"
+        assert db.schema_version() == SCHEMA_VERSION
+        db.close()
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_the_switch_to_wal_gives_up_after_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    holder = _hold_rollback_write_lock(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusy, match="busy_timeout=0.3s"):
+            QueueDatabase(path, busy_timeout=0.3).initialize_schema()
+        assert time.monotonic() - started >= 0.3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Nothing was written: the file is still empty and not in WAL mode; a later open takes it.
+    conn = apsw.Connection(str(path))
+    assert conn.pragma("journal_mode") == "delete"
+    assert conn.execute("SELECT count(*) FROM sqlite_schema").get == 0
+    conn.close()
+    db = QueueDatabase(path)
+    db.initialize_schema()
+    assert db.schema_version() == SCHEMA_VERSION
+    db.close()
 
 
 def test_a_lock_held_too_long_is_a_clear_busy_error_and_nothing_is_lost(db_path: Path) -> None:
