@@ -24,6 +24,7 @@ ROWS: list[tuple[str, ...]] = [
     ("W2", "enqueue_many, core alone, rows/s", "core_rows_s", "rate", "rows_s"),
     ("W3", "drain, 1 worker process, tasks/s", "tasks_s", "rate"),
     ("W3", "lost / duplicated", "lost_dup", "count"),
+    ("W3", "drain by huey's consumer (1 worker process), tasks/s", "consumer_tasks_s", "count"),
     ("W3p4", "drain, 4 worker processes, tasks/s", "tasks_s", "rate"),
     ("W3p4", "lost / duplicated", "lost_dup", "count"),
     ("W4", "producer + 4 workers, tasks/s", "tasks_s", "rate"),
@@ -181,13 +182,18 @@ def _w3(res: Results) -> tuple[str, bool] | None:
 
 
 def _w3_huey(res: Results) -> tuple[str, bool] | None:
-    # Its own verdict, not folded into _w3's: the suite's huey figure is huey's own
-    # dequeue-and-execute loop, whose tenfold is above raw apsw's rate on most machines, so a
-    # combined verdict would hide whether the absolute target was met.
-    hq, huey = _get(res, "W3", "hookqueue", "tasks_s"), _get(res, "W3", "huey", "tasks_s")
-    if hq is None or not huey:
+    # Its own verdict, not folded into _w3's. "huey" is huey as an application runs it: its
+    # consumer. The targets assumed it drains ~2,100 tasks/s; measured here it does about as
+    # much as its bare dequeue-and-execute loop (~12,000/s), whose ratio is shown beside.
+    hq = _get(res, "W3", "hookqueue", "tasks_s")
+    consumer = _get(res, "W3", "huey", "consumer_tasks_s")
+    loop = _get(res, "W3", "huey", "tasks_s")
+    if hq is None or not consumer:
         return None
-    return f"{hq / huey:.1f}× huey", hq >= 10 * huey
+    shown = f"{hq / consumer:.1f}× huey's consumer"
+    if loop:
+        shown += f" ({hq / loop:.1f}× its bare loop)"
+    return shown, hq >= 10 * consumer
 
 
 def _w3p4(res: Results) -> tuple[str, bool] | None:
@@ -252,7 +258,7 @@ TARGETS: list[tuple[str, str, str | None, str, Check]] = [
     ("W1c", "ops_s", "full", "≥ 3× raw single commits", _w1c),
     ("W2", "rows_s", None, "≥ 0.6× raw", _ratio_check("W2", "rows_s", 0.6)),
     ("W3", "tasks_s", "normal", "≥ 25,000/s", _w3),
-    ("W3", "tasks_s", "normal", "≥ 10× huey", _w3_huey),
+    ("W3", "consumer_tasks_s", "normal", "≥ 10× huey", _w3_huey),
     ("W3p4", "tasks_s", None, "≥ W3", _w3p4),
     ("W4", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4")),
     ("W4", "tasks_s", None, "≥ 0.8× raw", _ratio_check("W4", "tasks_s", 0.8)),
@@ -317,7 +323,7 @@ WORKLOAD_TEXT = """\
 | W1 | `Queue.enqueue` one task at a time, each its own transaction (the sync API): ops/s and per-call p50/p99, with the installed plugins and again with the core alone (`Queue(load_entrypoints=False)`: the price of the plugins on the enqueue path). Raw: `SQL_INSERT_ID` in `BEGIN IMMEDIATE … COMMIT`, parameters built before timing. huey: `task(...)` (its enqueue); litequeue: `put`. |
 | W1c | `Queue.enqueue_async` from 100 concurrent coroutines; concurrent calls share a commit (group commit). The raw column is raw's single-commit rate — the per-fsync limit group commit has to beat. |
 | W2 | `Queue.enqueue_many` of 100,000 tasks in batches of 1,000 (one transaction per batch): rows/s, as installed and with the core alone. Raw: the same inserts, a batch per transaction; litequeue: `put` inside `transaction()`; huey has no batch API. |
-| W3 | 10,000 pre-enqueued no-op tasks drained by one worker process (`WorkerEngine(concurrency=32).run_until_idle()`, every installed first-party plugin active). Raw: one process settling the last 32 and leasing the next 32 in one transaction with hookqueue's statements. huey: `dequeue` + `execute` in a loop (its worker without idle back-off); litequeue: `pop` + `done`. |
+| W3 | 10,000 pre-enqueued no-op tasks drained by one worker process (`WorkerEngine(concurrency=32).run_until_idle()`, every installed first-party plugin active). Raw: one process settling the last 32 and leasing the next 32 in one transaction with hookqueue's statements. huey twice: `dequeue` + `execute` in a loop (its worker without idle back-off), and its own consumer with one worker process (from its first task's start to its last's; the "≥ 10× huey" target is judged against this one); litequeue: `pop` + `done`. |
 | W3p4 | W3 with four worker processes. litequeue sits out W3p4 and W4: it has no worker, and its `pop` sorts every ready row, so four processes popping a large backlog take minutes per run (W3 shows that cost with one). |
 | W4 | One producer process enqueueing 20,000 tasks (`enqueue_many`, batches of 100) while four worker processes (`WorkerEngine.run()`, stopped by SIGTERM at the end) take them: throughput from the producer's start to the last task's start, enqueue-to-start latency (it includes the backlog), and every task's sequence number checked: lost / duplicated. huey runs its own consumer with four process workers and enqueues one task per commit (it has no batch API). |
 | W4lat | The producer paced at 500 tasks/s, one `enqueue` each, four idle workers: pickup latency (handler start − enqueue instant, `time.time_ns()` in the payload and in the handler, across processes). Raw workers poll `PRAGMA data_version` every 1 ms as hookqueue's do; litequeue's poll `pop` every 1 ms; huey's consumer uses its default polling. |

@@ -68,6 +68,7 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     if importlib.util.find_spec("huey") is not None:
         for workload in ["W1", "W3", "W3p4", "W4", "W4lat"]:
             assert "huey" in res[workload], workload
+        assert _number(res["W3"]["huey"]["consumer_tasks_s"])
     else:
         assert "huey" in data["config"]["missing"]
     if importlib.util.find_spec("litequeue") is not None:
@@ -148,22 +149,37 @@ def test_docs_regenerate_from_json_without_running(tmp_path: Path) -> None:
     )
 
 
-def test_w3_gives_the_absolute_and_the_huey_target_a_verdict_each() -> None:
+def test_w3_judges_the_absolute_target_and_the_ratio_to_hueys_consumer() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from hqbench.report import evaluate
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    w3 = {"hookqueue": {"tasks_s": 26_000.0}, "huey": {"tasks_s": 10_000.0}}
-    verdicts = [
-        (t["target"], t["measured"], t["met"])
-        for t in evaluate({"normal": {"W3": w3}})
-        if t["workload"] == "W3"
-    ]
-    assert verdicts == [
+    w3: dict[str, dict[str, float]] = {
+        "hookqueue": {"tasks_s": 26_000.0},
+        "huey": {"tasks_s": 10_000.0, "consumer_tasks_s": 2_000.0},
+    }
+
+    def verdicts() -> list[tuple[str, str, bool]]:
+        return [
+            (t["target"], t["measured"], t["met"])
+            for t in evaluate({"normal": {"W3": w3}})
+            if t["workload"] == "W3"
+        ]
+
+    # "huey" is its consumer; the bare loop's ratio is shown, not judged.
+    assert verdicts() == [
         ("≥ 25,000/s", "26,000/s", True),
-        ("≥ 10× huey", "2.6× huey", False),
+        ("≥ 10× huey", "13.0× huey's consumer (2.6× its bare loop)", True),
     ]
+    w3["huey"]["consumer_tasks_s"] = 3_000.0
+    assert verdicts()[1] == (
+        "≥ 10× huey",
+        "8.7× huey's consumer (2.6× its bare loop)",
+        False,
+    )
+    del w3["huey"]["consumer_tasks_s"]  # the consumer was not measured: no verdict
+    assert [v[0] for v in verdicts()] == ["≥ 25,000/s"]
     del w3["huey"]  # huey not installed: only the absolute target applies
     assert [t["met"] for t in evaluate({"normal": {"W3": w3}})] == [True]
 
@@ -172,3 +188,21 @@ def test_bad_arguments_are_refused_with_the_choices(tmp_path: Path) -> None:
     proc = _run(tmp_path, "--only", "W9", timeout=60)
     assert proc.returncode == 2
     assert "unknown workload(s) ['W9']" in proc.stderr and "W4lat" in proc.stderr
+
+
+def test_the_floor_script_runs_every_variant_and_writes_its_medians(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert sorted(data["medians"]) == ["W1", "W2"]
+    for by_variant in data["medians"].values():
+        assert sorted(by_variant) == sorted(["raw", "floor", "core alone", "as installed"])
+        assert all(_number(v) and v > 0 for v in by_variant.values())
+    assert "| W2 | " in proc.stdout and "(1.00×)" in proc.stdout
