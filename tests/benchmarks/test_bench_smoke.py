@@ -142,6 +142,9 @@ def test_docs_regenerate_from_json_without_running(tmp_path: Path) -> None:
     assert "## Durability: full vs normal" in text
     assert "| W1 hookqueue enqueue, ops/s | 100 | 50.0 | 0.50× |" in text
     assert "test cpu" in text
+    # "Making it fast" quotes what was measured and leaves out what was not (no W2 here).
+    assert "single enqueues 100/s instead of 50/s" in text
+    assert "enqueue_many`**" not in text
     # The verdicts are worked out again from the results (the file's own list is empty).
     assert "| W1 | full | ≥ 0.8× raw | 0.83× raw | met |" in text
     assert (
@@ -206,3 +209,33 @@ def test_the_floor_script_runs_every_variant_and_writes_its_medians(tmp_path: Pa
         assert sorted(by_variant) == sorted(["raw", "floor", "core alone", "as installed"])
         assert all(_number(v) and v > 0 for v in by_variant.values())
     assert "| W2 | " in proc.stdout and "(1.00×)" in proc.stdout
+
+
+def test_speed_advice_quotes_each_figure_it_gives() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from hqbench.report import speed_advice
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def hq(**figures: float) -> dict[str, dict[str, float]]:
+        return {"hookqueue": figures}
+
+    results = {
+        "normal": {
+            "W1": hq(ops_s=17_000.0, core_ops_s=24_000.0),
+            "W1c": hq(ops_s=39_000.0),
+            "W2": hq(rows_s=48_000.0),
+            "W3": hq(tasks_s=30_000.0),
+            "W3p4": hq(tasks_s=40_000.0),
+        },
+        "full": {"W1": hq(ops_s=3_900.0), "W1c": hq(ops_s=33_000.0), "W2": hq(rows_s=47_000.0)},
+    }
+    text = speed_advice(results)
+    assert text.count("\n- **") == 5
+    for figure in ["48,000 tasks/s against 17,000/s", "(47,000 against 3,900 at `full`)",
+                   "reach 33,000/s at `full`", "(39,000/s at `normal`)",
+                   "17,000/s instead of 3,900/s", "24,000/s instead of 17,000/s",
+                   "drained 30,000 tasks/s, four processes 40,000/s"]:  # fmt: skip
+        assert figure in text, figure
+    assert speed_advice({"normal": {}, "full": {}}) == ""
