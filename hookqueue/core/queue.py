@@ -405,11 +405,16 @@ class Queue:
                 tasks.append(task)
                 created.append(task)
         if created:
-            if self.hooks.has_event_observers():
-                at = from_us(now_us)
-                self.hooks.event([TaskEvent._make(EventKind.ENQUEUED, t, at) for t in created])
-            self._wake()
+            self._enqueued(created, now_us)
         return tasks
+
+    def _enqueued(self, created: Sequence[Task], now_us: int) -> None:
+        """After new tasks committed: their ``enqueued`` events, and wake this process's
+        workers."""
+        if self.hooks.has_event_observers():
+            at = from_us(now_us)
+            self.hooks.event([TaskEvent._make(EventKind.ENQUEUED, t, at) for t in created])
+        self._wake()
 
     def enqueue(
         self,
@@ -456,7 +461,14 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
-        return self._write_new([(nt, self._row(nt, now_us))], now_us)[0]
+        row = self._row(nt, now_us)
+        if row.idempotency_key is not None or self.inline:
+            return self._write_new([(nt, row)], now_us)[0]
+        # The commonest call, one task without a key: the same statements as
+        # enqueue_many's, without its lists (~5 us less per call; benchmarks' W1).
+        task = self._task_from(self.db.insert_one(row, now_us), nt, row, now_us)
+        self._enqueued((task,), now_us)
+        return task
 
     def _prepare_many(
         self, tasks: Iterable[Mapping[str, Any] | NewTask], now_us: int

@@ -29,6 +29,7 @@ from hookqueue.core.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     WAL_CHECKPOINT_PAGES,
+    InsertRow,
     _checkpoint_after_commit,
     default_database_path,
 )
@@ -380,3 +381,35 @@ def test_a_connection_that_cannot_return_to_full_sync_is_replaced(tmp_path: Path
         assert fresh.pragma("synchronous") == 2 and not fresh.in_transaction
         with pytest.raises(apsw.ConnectionClosedError):
             stuck.execute("SELECT 1")
+
+
+def _row(**changes: Any) -> InsertRow:
+    fields: dict[str, Any] = {
+        "queue": "default",
+        "task_type": "t",
+        "payload_json": "{}",
+        "priority": 100,
+        "max_attempts": 1,
+        "run_after_us": 0,
+        "idempotency_key": None,
+        "timeout": None,
+        "headers_json": None,
+    }
+    return InsertRow(**{**fields, **changes})
+
+
+def test_insert_one_writes_one_task_or_nothing(db_path: Path) -> None:
+    db = QueueDatabase(db_path)
+    db.initialize_schema()
+    task_id = db.insert_one(_row(), 1_000_000)
+    assert db.get(task_id).task_type == "t"
+    # A keyed row needs insert()'s look-up of the existing task: refused, nothing written.
+    with pytest.raises(ValueError, match="use insert"):
+        db.insert_one(_row(idempotency_key="k"), 1_000_000)
+    # A row the schema refuses (max_attempts below 1) is rolled back, and the connection
+    # is left usable, outside any transaction.
+    with pytest.raises(StoreError):
+        db.insert_one(_row(max_attempts=0), 1_000_000)
+    assert not db._conn().in_transaction
+    assert db.counts()["queued"] == 1 and db.find_by_key("k") is None
+    db.close()
