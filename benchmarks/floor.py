@@ -72,8 +72,11 @@ def _floor_insert(conn: Any, specs: list[dict[str, Any]], now: int) -> list[Task
     return out
 
 
-def _make(variant: str, path: Path, durability: str) -> tuple[Callable[..., Any], Any, Any]:
-    """(insert a batch of specs, the raw parameters maker or None, close)."""
+def _make(
+    variant: str, path: Path, durability: str, batch: int
+) -> tuple[Callable[..., Any], Any, Any]:
+    """(insert a batch of specs, whether it takes raw parameters, close). hookqueue runs
+    ``enqueue`` for batches of one (W1), ``enqueue_many`` otherwise (W2)."""
     if variant == "raw":
         conn = open_conn(path, durability)
         create_schema(conn)
@@ -83,13 +86,15 @@ def _make(variant: str, path: Path, durability: str) -> tuple[Callable[..., Any]
     if variant == "floor":
         conn = q.db._conn()
         return (lambda specs: _floor_insert(conn, specs, q.clock.now_us())), None, q.close
+    if batch == 1:
+        return (lambda specs: q.enqueue(**specs[0])), None, q.close
     return q.enqueue_many, None, q.close
 
 
 def one_run(variant: str, durability: str, n: int, batch: int) -> float:
     """Tasks per second for ``n`` tasks in transactions of ``batch`` on a fresh file."""
     with tempfile.TemporaryDirectory() as tmp:
-        insert, raw, close = _make(variant, Path(tmp) / "q.db", durability)
+        insert, raw, close = _make(variant, Path(tmp) / "q.db", durability, batch)
         try:
             if raw:
                 t = now_us()

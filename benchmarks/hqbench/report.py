@@ -393,15 +393,16 @@ and ratio to raw (5 rounds at normal, 3 at full):
 
 | workload | durability | raw | floor | core alone | as installed |
 |---|---|---:|---:|---:|---:|
-| W1 | normal | 42,069 | 36,768 (0.87×) | 25,224 (0.60×) | 18,874 (0.45×) |
-| W1 | full | 5,791 | 5,088 (0.88×) | 4,658 (0.80×) | 4,207 (0.73×) |
-| W2 | normal | 264,926 | 122,245 (0.46×) | 68,523 (0.26×) | 51,293 (0.19×) |
-| W2 | full | 237,241 | 112,214 (0.47×) | 64,199 (0.27×) | 49,493 (0.21×) |
+| W1 | normal | 42,299 | 32,434 (0.77×) | 23,691 (0.56×) | 17,788 (0.42×) |
+| W1 | full | 5,170 | 4,879 (0.94×) | 4,708 (0.91×) | 4,104 (0.79×) |
+| W2 | normal | 247,682 | 112,513 (0.45×) | 64,164 (0.26×) | 48,071 (0.19×) |
+| W2 | full | 226,493 | 104,392 (0.46×) | 61,372 (0.27×) | 46,256 (0.20×) |
 
 So W2's 0.6× is out of reach of any change to hooks or core while `enqueue_many` encodes
-JSON in Python and returns `Task` objects: the floor itself is 0.46×. W1's targets are within
-the floor, and the core alone meets them at the margin (0.60× at normal, 0.80× at full); the
-installed plugins' per-task work on the enqueue path costs the rest.
+JSON in Python and returns `Task` objects: the floor itself is 0.45–0.46×. W1's targets are
+within the floor; the core alone comes near (0.56×, target 0.6×) or meets them (0.91× at
+`full`, target 0.8×); the installed plugins' per-task work on the enqueue path costs the
+rest (0.42× and 0.79× as installed; `run.py`'s W1 varies by a few hundredths between runs).
 
 - **Code after a system call runs cold.** Inside an enqueue loop each piece of Python costs
   several times what it costs in a warm micro-benchmark: the metrics plugin's event observer
@@ -410,7 +411,7 @@ installed plugins' per-task work on the enqueue path costs the rest.
   enqueue path takes about twice its time at `normal` (the hook chain and validation 7 → 14 µs,
   JSON and the row 4 → 7.5 µs). Raw apsw runs almost nothing but SQLite between its commits.
   Building the returned task before the commit instead of after it changes nothing (measured).
-- **W1** (one enqueue per transaction; p50 ~39 µs at normal against raw's ~11 µs): the hook
+- **W1** (one enqueue per transaction; p50 ~39–47 µs at normal against raw's ~11–12 µs): the hook
   chain with the core's validation ~7 µs, JSON and the row ~4 µs, the insert and commit with
   their wrappers ~14 µs (raw: ~11), the returned task ~3.5 µs, the event and its observers
   ~4 µs. Blocking each plugin in turn saves per enqueue: retry ~4.6 µs (a wrapper generator
