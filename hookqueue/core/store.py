@@ -799,13 +799,24 @@ class QueueDatabase:
         delay = BUSY_FIRST_SLEEP
         while True:
             try:
-                conn.pragma("journal_mode", "wal")
-                return
+                mode = conn.pragma("journal_mode", "wal")
+                break
             except apsw.BusyError:
                 if time.monotonic() >= deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, BUSY_MAX_SLEEP)
+        if mode != "wal":
+            # SQLite keeps the old mode, without an error, where it has no shared memory
+            # (some network file systems, VFSes without it). In rollback mode readers block
+            # the writer, workers' wake-ups watch a WAL that never changes, and NORMAL
+            # durability is weaker than documented: refuse rather than run degraded.
+            raise StoreError(
+                f"{self.path}: SQLite cannot use write-ahead logging for this file (its "
+                f"journal mode stays {mode!r}), and hookqueue needs it. The file was not "
+                "modified. Fix: put the database on a local file system (not a network "
+                "share)" + (f", or open it without vfs={self.vfs!r}" if self.vfs else "")
+            )
 
     def _verify_identity(self, conn: apsw.Connection) -> None:
         """Refuse files that are not hookqueue databases, and newer schemas."""

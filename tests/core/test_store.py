@@ -413,3 +413,21 @@ def test_insert_one_writes_one_task_or_nothing(db_path: Path) -> None:
     assert not db._conn().in_transaction
     assert db.counts()["queued"] == 1 and db.find_by_key("k") is None
     db.close()
+
+
+@pytest.mark.parametrize("vfs", ["unix-dotfile", "unix-none"])
+def test_a_file_that_cannot_use_wal_is_refused(tmp_path: Path, vfs: str) -> None:
+    # SQLite's dot-file and no-locking VFSes have no shared memory, like some network file
+    # systems: asked for WAL, SQLite answers with the old mode and no error.
+    path = tmp_path / "q.db"
+    with pytest.raises(StoreError, match="cannot use write-ahead logging") as info:
+        QueueDatabase(path, vfs=vfs).initialize_schema()
+    assert "'delete'" in str(info.value) and f"vfs={vfs!r}" in str(info.value)
+    # Nothing was written: the file is still empty, and the default VFS takes it.
+    conn = apsw.Connection(str(path))
+    assert conn.execute("SELECT count(*) FROM sqlite_schema").get == 0
+    conn.close()
+    db = QueueDatabase(path)
+    db.initialize_schema()
+    assert db._conn().pragma("journal_mode") == "wal"
+    db.close()
