@@ -790,10 +790,11 @@ class QueueDatabase:
         """Put the file in WAL mode (a no-op when it is already), as apsw's best practice does,
         but safe when several processes open a new file at once.
 
-        Switching takes a read lock and then the write lock. When two processes switch at
-        once, SQLite sees the deadlock and answers one of them SQLITE_BUSY at once, without
-        calling the busy handler; that one retries here (the other's switch usually makes its
-        next try a no-op), within ``busy_timeout``.
+        Switching takes a read lock and then the write lock. While another connection holds
+        the write lock (another process creating the schema, or switching too), SQLite sees
+        a possible deadlock and answers SQLITE_BUSY at once, without calling the busy
+        handler; the switch is retried here instead, within ``busy_timeout`` (once the other
+        process has switched, the next try is a no-op).
         """
         deadline = time.monotonic() + self.busy_timeout
         delay = BUSY_FIRST_SLEEP
