@@ -796,17 +796,16 @@ class QueueDatabase:
         handler; the switch is retried here instead, within ``busy_timeout`` (once the other
         process has switched, the next try is a no-op).
         """
-        deadline = time.monotonic() + self.busy_timeout
-        delay = BUSY_FIRST_SLEEP
+        wait = _busy_handler(self.busy_timeout)  # the same sleeps and deadline as SQLite's waits
+        tries = 0
         while True:
             try:
                 mode = conn.pragma("journal_mode", "wal")
                 break
             except apsw.BusyError:
-                if time.monotonic() >= deadline:
+                if not wait(tries):
                     raise
-            time.sleep(delay)
-            delay = min(delay * 2, BUSY_MAX_SLEEP)
+                tries += 1
         if mode != "wal":
             # SQLite keeps the old mode, without an error, where it has no shared memory
             # (some network file systems, VFSes without it). In rollback mode readers block
