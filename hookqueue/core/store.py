@@ -1019,8 +1019,8 @@ class QueueDatabase:
     def insert_one(self, row: InsertRow, now_us: int) -> int:
         """Insert one task without an idempotency key in its own transaction; its id.
 
-        :meth:`insert` for the commonest call, ``Queue.enqueue`` of one task (no key to look
-        up, no list to build): W1 in ``benchmarks/`` runs through here.
+        :meth:`insert` for the commonest write, one task without a key (every plain
+        ``Queue.enqueue``; no key to look up, no list to build): W1 in ``benchmarks/``.
         """
         if row.idempotency_key is not None:
             raise ValueError("insert_one takes rows without an idempotency key; use insert()")
