@@ -38,7 +38,7 @@ from hqbench.raw import RawQueue, create_schema, insert_params, now_us, open_con
 from hookqueue import Queue  # noqa: E402
 from hookqueue.core.models import NewTask, Task  # noqa: E402
 from hookqueue.core.queue import _ENCODE  # noqa: E402
-from hookqueue.core.store import SQL_INSERT_ID  # noqa: E402
+from hookqueue.core.store.statements import SQL_INSERT_ID  # noqa: E402
 
 VARIANTS = ("raw", "floor", "core alone", "as installed")
 
@@ -84,7 +84,7 @@ def _make(
         return rq.insert_many, True, conn.close
     q = Queue(path, durability=durability, load_entrypoints=variant == "as installed")
     if variant == "floor":
-        conn = q.db._conn()
+        conn = q.db._cx.conn()
         return (lambda specs: _floor_insert(conn, specs, q.clock.now_us())), None, q.close
     if batch == 1:
         return (lambda specs: q.enqueue(**specs[0])), None, q.close

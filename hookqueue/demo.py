@@ -23,7 +23,7 @@ from .core.handlers import TaskHandlerRegistry
 from .core.models import Task, TaskStatus
 from .core.plugins import plugin_statuses
 from .core.queue import Queue
-from .core.store import default_database_path
+from .core.store import QueueDatabase
 
 #: The handlers the demo's worker processes run.
 registry = TaskHandlerRegistry()
@@ -124,7 +124,7 @@ def _remove_database(path: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
-    path = Path(args.db) if args.db else default_database_path().parent / "demo.db"
+    path = Path(args.db) if args.db else QueueDatabase.default_path().parent / "demo.db"
     _remove_database(path)  # the demo's own database, started afresh each run
     queue = Queue(path, durability="normal")
     batch = build_batch(args.tasks)

@@ -24,8 +24,10 @@ from typing import Any
 import apsw
 import apsw.bestpractice
 
-from hookqueue.core import store as _store
 from hookqueue.core.models import TASK_COLUMNS
+from hookqueue.core.store import connection as _connection
+from hookqueue.core.store import schema as _schema
+from hookqueue.core.store import statements as _store
 
 from .common import SYNCHRONOUS
 
@@ -38,14 +40,14 @@ def _named(*names: str) -> str:
         if isinstance(value, str):
             return value
     raise RuntimeError(
-        f"hookqueue.core.store defines none of {names}: its statements changed. Fix: update "
+        f"hookqueue.core.store.statements defines none of {names}: its statements changed. Fix: update "
         "benchmarks/hqbench/raw.py (RawQueue) to run what QueueDatabase runs now"
     )
 
 
-APPLICATION_ID: int = _store.APPLICATION_ID
-MIGRATIONS: tuple[str, ...] = _store.MIGRATIONS
-SCHEMA_VERSION: int = _store.SCHEMA_VERSION
+APPLICATION_ID: int = _schema.APPLICATION_ID
+MIGRATIONS: tuple[str, ...] = _schema.MIGRATIONS
+SCHEMA_VERSION: int = _schema.SCHEMA_VERSION
 SQL_INSERT_ID = _named("SQL_INSERT_ID")
 #: The worker completes the tasks it holds in memory (``Settlement.task``) in one statement.
 sql_complete_held: Callable[[int], str] = _store.sql_complete_held
@@ -69,14 +71,14 @@ _LEASE_PREFIX = "UPDATE tasks SET status = 'running', attempts = attempts + 1"
 def open_conn(path: Path | str, durability: str, busy_timeout: float = 10.0) -> apsw.Connection:
     """A connection set up exactly as ``QueueDatabase`` sets up its own."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-    conn.set_busy_handler(_store._busy_handler(busy_timeout))
+    conn.set_busy_handler(_connection.busy_handler(busy_timeout))
     apsw.bestpractice.connection_dqs(conn)
     apsw.bestpractice.connection_recursive_triggers(conn)
     apsw.bestpractice.connection_enable_foreign_keys(conn)
     apsw.bestpractice.connection_wal(conn)
     conn.pragma("synchronous", SYNCHRONOUS[durability])
     conn.transaction_mode = "IMMEDIATE"
-    conn.set_wal_hook(_store._checkpoint_after_commit)
+    conn.set_wal_hook(_connection.checkpoint_after_commit)
     return conn
 
 

@@ -262,7 +262,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with queue_from_args(args) as queue:
         problems = queue.check()
         version = queue.db.schema_version()
-        path = str(queue.db.path)
+        path = queue.db.location
     if args.json:
         _print_json(
             {"ok": not problems, "problems": problems, "path": path, "schema_version": version}
@@ -375,7 +375,7 @@ def _worker_child(args: argparse.Namespace) -> int:
     from .worker import WorkerEngine, describe_stats
 
     app_queue, registry = load_app(args.app) if args.app else (None, None)
-    if app_queue is not None and args.db is not None and str(app_queue.db.path) != str(args.db):
+    if app_queue is not None and args.db is not None and app_queue.db.location != str(args.db):
         queue = Queue(args.db)
         registry = app_queue.handlers
     else:
@@ -389,7 +389,9 @@ def _worker_child(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         shutdown_grace=args.shutdown_grace,
     )
-    log.info("worker %s working %s on %s", worker.worker_id, ",".join(worker.queues), queue.db.path)
+    log.info(
+        "worker %s working %s on %s", worker.worker_id, ",".join(worker.queues), queue.db.location
+    )
     stats = worker.run_until_idle() if args.until_idle else worker.run()
     log.info("worker %s stopped: %s", worker.worker_id, describe_stats(stats))
     queue.close()

@@ -64,13 +64,6 @@ MAX_INLINE_DEPTH = 50
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("hookqueue_inline_depth", default=0)
 
-#: Due queued tasks, and running tasks whose lease has expired, by queue name.
-_SQL_DUE_QUEUES = """
-SELECT DISTINCT queue FROM tasks
-WHERE (status = 'queued' AND run_after <= ?) OR (status = 'running' AND lease_expires_at <= ?)
-ORDER BY queue
-"""
-
 
 @attrs.frozen(kw_only=True)
 class InlineRun:
@@ -297,8 +290,7 @@ async def _reread(queue: Queue, ids: Iterable[int]) -> list[Task]:
 
 
 def _due_queue_names(queue: Queue) -> list[str]:
-    now = queue.clock.now_us()
-    return [row[0] for row in queue.db.query(_SQL_DUE_QUEUES, (now, now))]
+    return queue.db.due_queue_names(queue.clock.now_us())
 
 
 def _due_queues_of(queue: Queue, tasks: Sequence[Task]) -> list[str]:

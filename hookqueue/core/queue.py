@@ -39,7 +39,8 @@ from .models import (
     WorkerInfo,
 )
 from .plugins import Hooks, make_plugin_manager
-from .store import Durability, InsertRow, QueueDatabase, Settlement
+from .storage import Durability, InsertRow, Settlement, TaskStore
+from .store import QueueDatabase
 
 log = logging.getLogger("hookqueue.queue")
 
@@ -179,7 +180,8 @@ def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
 class Queue:
     """A persistent task queue: a store, a plugin manager and a handler registry.
 
-    :param db_or_path: a :class:`QueueDatabase`, a file path, or None for the default path
+    :param db_or_path: a store (:class:`QueueDatabase`, or any
+        :class:`~hookqueue.core.storage.TaskStore`), a file path, or None for the default path
         (``HOOKQUEUE_DB``, else the per-user data directory).
     :param plugins: plugin objects to register after the entry points (a configured
         ``ExponentialBackoff(...)``, your own module of ``@hookimpl`` functions, ...).
@@ -198,7 +200,7 @@ class Queue:
 
     def __init__(
         self,
-        db_or_path: QueueDatabase | str | os.PathLike[str] | None = None,
+        db_or_path: TaskStore | str | os.PathLike[str] | None = None,
         *,
         plugins: Iterable[Any] = (),
         block: Iterable[str] = (),
@@ -211,14 +213,22 @@ class Queue:
         inline: bool = False,
         vfs: str | None = None,
     ) -> None:
-        if isinstance(db_or_path, QueueDatabase):
-            self.db = db_or_path
-            self._owns_db = False
-        else:
+        self.db: TaskStore
+        if db_or_path is None or isinstance(db_or_path, str | os.PathLike):
             self.db = QueueDatabase(
                 db_or_path, durability=durability, busy_timeout=busy_timeout, vfs=vfs
             )
             self._owns_db = True
+        elif isinstance(db_or_path, TaskStore):
+            self.db = db_or_path
+            self._owns_db = False
+        else:
+            raise ValidationError(
+                "db_or_path",
+                db_or_path,
+                "is not a database path or a task store",
+                "pass a file path, QueueDatabase(path), or None for the default database",
+            )
         if (
             isinstance(max_payload_bytes, bool)
             or not isinstance(max_payload_bytes, int)
@@ -251,17 +261,17 @@ class Queue:
         self.hooks.queue_open(self)
 
     @classmethod
-    def for_database(cls, db: QueueDatabase | Queue) -> Queue:
+    def for_database(cls, db: TaskStore | Queue) -> Queue:
         """The queue to use for ``db``: ``db`` itself if it is a Queue, else one shared Queue
-        per QueueDatabase object (so a manager and a worker built from the same database
-        share one handler registry)."""
+        per store object (so a manager and a worker built from the same database share one
+        handler registry)."""
         if isinstance(db, Queue):
             return db
-        if not isinstance(db, QueueDatabase):
+        if not isinstance(db, TaskStore):
             raise ValidationError(
                 "queue_db",
                 db,
-                "is neither a Queue nor a QueueDatabase",
+                "is neither a Queue nor a QueueDatabase (or another task store)",
                 "pass QueueDatabase(path) or Queue(path)",
             )
         existing = getattr(db, "_hookqueue_queue", None)

@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,16 +37,11 @@ from .execution import Execution, set_current_execution
 from .handlers import TaskHandlerRegistry
 from .models import Failure, HandlerSpec, Task, WorkerInfo
 from .queue import Queue, _encode_json
-from .store import QueueDatabase, Settlement
-from .walwatch import WalActivity
+from .storage import ChangeWatcher, Settlement
+from .store import QueueDatabase
 
 log = logging.getLogger("hookqueue.worker")
 
-#: After the write-ahead log was last written, how long the commit watcher keeps polling.
-WAL_ACTIVE_SPAN = 0.05
-#: While the log is quiet, how often the commit watcher looks anyway (a missed event costs
-#: at most this much pickup latency).
-WAL_QUIET_CHECK = 0.05
 
 T = TypeVar("T")
 
@@ -177,7 +171,7 @@ class WorkerEngine:
         self._work_seen = False
         self._started = threading.Event()
         self._own_loop = False
-        self._wal_activity: WalActivity | None = None
+        self._change_watcher: ChangeWatcher | None = None
 
     def __repr__(self) -> str:
         return f"WorkerEngine({self.worker_id!r}, queues={list(self.queues)}, concurrency={self.concurrency})"
@@ -325,9 +319,9 @@ class WorkerEngine:
                     heartbeat.cancel()
                     await asyncio.gather(heartbeat, return_exceptions=True)
                 watcher_stop.set()
-                activity = self._wal_activity
-                if activity is not None:
-                    activity.interrupt()
+                change_watcher = self._change_watcher
+                if change_watcher is not None:
+                    change_watcher.interrupt()
                 if watcher is not None:
                     watcher.join(timeout=5)
                 for sig in installed:
@@ -371,59 +365,40 @@ class WorkerEngine:
         self._request_stop()
 
     def _watch_commits(self, stop: threading.Event) -> None:
-        """Poll ``PRAGMA data_version`` (no table read) to notice other connections' commits.
-
-        Polling runs every ``wake_poll_interval`` while the write-ahead log is being written
-        and for ``WAL_ACTIVE_SPAN`` seconds after; when the log has been quiet that long,
-        the thread sleeps until it is written again (:class:`WalActivity`, Linux inotify),
-        looking anyway every ``WAL_QUIET_CHECK`` seconds in case an event was missed.
-        Without inotify it polls all the time.
-        """
+        """Notice other processes' commits (the store's change watcher) and wake the loop
+        when one brings due work for this worker."""
         db = self.queue.db
         clock = self.queue.clock
-        activity = WalActivity.open(db.path) if self.wake_on_wal_writes else None
-        self._wal_activity = activity
-        monotonic = time.monotonic
+        watcher = db.watch_changes(
+            self.wake_poll_interval, sleep_while_idle=self.wake_on_wal_writes
+        )
+        self._change_watcher = watcher
         try:
-            last = db.data_version()
-            active_until = monotonic() + WAL_ACTIVE_SPAN
             while not stop.is_set():
-                if activity is None or monotonic() < active_until:
-                    if stop.wait(self.wake_poll_interval):
-                        break
-                    written = activity is not None and activity.wait(0)
-                else:
-                    written = activity.wait(WAL_QUIET_CHECK)
-                if written:
-                    # The log is being written: a commit becomes visible after its pages
-                    # are written, so keep looking for a while.
-                    active_until = monotonic() + WAL_ACTIVE_SPAN
-                current = db.data_version()
-                if current != last:
-                    last = current
-                    # Look for due work here, on this thread's own connection: a commit
-                    # with nothing for this worker (another worker's lease, an outcome)
-                    # then costs the event loop nothing, and one that has work saves the
-                    # loop its own look (two hops through the store thread).
-                    if len(self._running) >= self.concurrency:
-                        # No free slot: nothing to lease now; the loop looks when one frees.
-                        self._wake_from_queue("commit")
+                if not watcher.wait(1.0) or stop.is_set():
+                    continue
+                # Look for due work here, on this thread's own connection: a commit with
+                # nothing for this worker (another worker's lease, an outcome) then costs
+                # the event loop nothing, and one that has work saves the loop its own look
+                # (two hops through the store thread).
+                if len(self._running) >= self.concurrency:
+                    # No free slot: nothing to lease now; the loop looks when one frees.
+                    self._wake_from_queue("commit")
+                    continue
+                try:
+                    if not db.has_work(self.queues, clock.now_us()):
                         continue
-                    try:
-                        if not db.has_work(self.queues, clock.now_us()):
-                            continue
-                    except StoreError:
-                        self._wake_from_queue("commit")  # the loop looks, and handles it
-                        continue
-                    self._wake_from_queue("work")
+                except StoreError:
+                    self._wake_from_queue("commit")  # the loop looks, and handles it
+                    continue
+                self._wake_from_queue("work")
         except Exception:
             log.exception(
                 "worker %s: the commit watcher stopped; falling back to polling", self.worker_id
             )
         finally:
-            self._wal_activity = None
-            if activity is not None:
-                activity.close()
+            self._change_watcher = None
+            watcher.close()
 
     async def _work(self, until_idle: bool) -> None:
         assert self._wake is not None
@@ -611,7 +586,7 @@ class WorkerEngine:
                 result_json = None if result is None else _encode_json("result", result)
                 # The common outcome is built once, with its duration (no attrs.evolve).
                 self._running.pop(task.id, None)
-                self._finish(Settlement._completed(task, result_json, clock.monotonic() - started))
+                self._finish(Settlement.completed(task, result_json, clock.monotonic() - started))
                 return
             except ValidationError as exc:
                 failure = Failure(

@@ -12,9 +12,10 @@ Two sources, for two questions:
   (:func:`default_event_metrics`) through the ``metrics`` entry point; the Prometheus and
   OpenTelemetry exporters read it.
 
-The database is read through ``Queue.counts()``, ``Queue.workers()`` and read-only,
-parameterised ``queue.db.query`` statements that the store's indexes answer: the cost of a
-summary is bounded by ``HealthThresholds.sample_size``, not by the size of the history.
+The database is read through ``Queue.counts()``, ``Queue.workers()`` and the store's named
+report reads (``queue_gauges``, ``finished_count_since``, ``recent_finished`` …, see
+:class:`~hookqueue.core.storage.TaskStore`), which its indexes answer: the cost of a summary
+is bounded by ``HealthThresholds.sample_size``, not by the size of the history.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from hookqueue.core.errors import ValidationError
 from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import CliCommand, EventKind, TaskEvent, TaskStatus, WorkerInfo
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import QueueDatabase
+from hookqueue.core.storage import FinishedSample, TaskStore
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",
@@ -467,34 +468,6 @@ class DatabaseGauges:
     workers: Mapping[str, int]
 
 
-# The store's partial index over queued tasks (queue, run_after, id) covers this query; the
-# planner could otherwise pick the other one over queued tasks and read every queued row (15x
-# slower with a backlog of 50,000). If the index is ever renamed, SQLite refuses the statement outright
-# ("no query solution"), so the tests notice.
-SQL_QUEUED_BY_QUEUE = """
-SELECT queue,
-       sum(run_after <= ?) AS due,
-       sum(run_after > ?) AS delayed,
-       min(CASE WHEN run_after <= ? THEN run_after END) AS oldest_due
-FROM tasks INDEXED BY tasks_due
-WHERE status = 'queued'
-GROUP BY queue
-"""
-SQL_OLDEST_DUE = """
-SELECT min(run_after) FROM tasks INDEXED BY tasks_due WHERE status = 'queued' AND run_after <= ?
-"""
-SQL_RUNNING_BY_QUEUE = "SELECT queue, count(*) FROM tasks WHERE status = 'running' GROUP BY queue"
-SQL_FINISHED_SINCE = "SELECT count(*) FROM tasks WHERE finished_at >= ?"
-SQL_RECENT_FINISHED = """
-SELECT status, task_type, attempts, max_attempts, started_at, finished_at
-FROM tasks
-WHERE finished_at >= ?
-ORDER BY finished_at DESC
-LIMIT ?
-"""
-SQL_WAITING_RETRY = "SELECT count(*) FROM tasks WHERE status = 'queued' AND attempts > 0"
-
-
 def _worker_state(worker: WorkerInfo, now: datetime, thresholds: HealthThresholds) -> str:
     if worker.stopped_at is not None:
         return "stopped"
@@ -516,18 +489,13 @@ def read_database_gauges(
     now = from_us(now_us)
     by_type = queue.counts(by_type=True)
     tasks = {(t, s): n for t, statuses in by_type.items() for s, n in statuses.items()}
-    running = dict(queue.db.query(SQL_RUNNING_BY_QUEUE))
     queues: dict[str, tuple[int, int, int]] = {}
     oldest: dict[str, float] = {}
-    for name, due, delayed, oldest_due in queue.db.query(
-        SQL_QUEUED_BY_QUEUE, (now_us, now_us, now_us)
-    ):
-        queues[name] = (int(due or 0), int(delayed or 0), running.get(name, 0))
-        oldest[name] = 0.0 if oldest_due is None else max(0.0, (now_us - oldest_due) / 1e6)
-    for name, n in running.items():
-        if name not in queues:
-            queues[name] = (0, 0, n)
-            oldest[name] = 0.0
+    for g in queue.db.queue_gauges(now_us):
+        queues[g.queue] = (g.due, g.delayed, g.running)
+        oldest[g.queue] = (
+            0.0 if g.oldest_due_us is None else max(0.0, (now_us - g.oldest_due_us) / 1e6)
+        )
     workers = dict.fromkeys(("active", "stale", "lost", "stopped"), 0)
     for w in queue.workers():
         workers[_worker_state(w, now, thresholds)] += 1
@@ -569,7 +537,7 @@ class QueueMetrics:
 
     def __init__(
         self,
-        db_or_queue: QueueDatabase | Queue,
+        db_or_queue: TaskStore | Queue,
         *,
         thresholds: HealthThresholds | None = None,
         **overrides: Any,
@@ -632,7 +600,7 @@ class QueueMetrics:
         retry, is not waiting before its time comes.
         """
         now_us = self.queue.clock.now_us()
-        [(oldest,)] = self.queue.db.query(SQL_OLDEST_DUE, (now_us,))
+        oldest = self.queue.db.oldest_due_queued_us(now_us)
         return 0.0 if oldest is None else max(0.0, (now_us - oldest) / 1e6)
 
     def throughput(self, window_seconds: float | None = None) -> dict[str, float]:
@@ -641,7 +609,7 @@ class QueueMetrics:
         "per_minute"}``. Counts every task in the window (an index-only count)."""
         window = self._window(window_seconds)
         since = self.queue.clock.now_us() - seconds_to_us(window)
-        [(finished,)] = self.queue.db.query(SQL_FINISHED_SINCE, (since,))
+        finished = self.queue.db.finished_count_since(since)
         return {
             "window_seconds": window,
             "finished": finished,
@@ -649,9 +617,9 @@ class QueueMetrics:
             "per_minute": finished * 60.0 / window,
         }
 
-    def _recent(self, window: float) -> list[tuple[Any, ...]]:
+    def _recent(self, window: float) -> list[FinishedSample]:
         since = self.queue.clock.now_us() - seconds_to_us(window)
-        return self.queue.db.query(SQL_RECENT_FINISHED, (since, self.thresholds.sample_size))
+        return self.queue.db.recent_finished(since, self.thresholds.sample_size)
 
     def processing_time_percentiles(
         self, window_seconds: float | None = None, *, task_type: str | None = None
@@ -662,11 +630,11 @@ class QueueMetrics:
         rows = self._recent(self._window(window_seconds))
         return _time_stats(
             [
-                (finished - started) / 1e6
-                for status, ttype, _, _, started, finished in rows
-                if status == "completed"
-                and started is not None
-                and (task_type is None or ttype == task_type)
+                (r.finished_us - r.started_us) / 1e6
+                for r in rows
+                if r.status == "completed"
+                and r.started_us is not None
+                and (task_type is None or r.task_type == task_type)
             ]
         )
 
@@ -720,29 +688,29 @@ class QueueMetrics:
                 depth[status] += n
         due = delayed = 0
         oldest_due: int | None = None
-        for _, d, dl, first in queue.db.query(SQL_QUEUED_BY_QUEUE, (now_us, now_us, now_us)):
-            due += int(d or 0)
-            delayed += int(dl or 0)
-            if first is not None and (oldest_due is None or first < oldest_due):
-                oldest_due = first
+        for g in queue.db.queue_gauges(now_us):
+            due += g.due
+            delayed += g.delayed
+            if g.oldest_due_us is not None and (oldest_due is None or g.oldest_due_us < oldest_due):
+                oldest_due = g.oldest_due_us
         oldest_age = 0.0 if oldest_due is None else max(0.0, (now_us - oldest_due) / 1e6)
         flow = self.throughput(window)
         rows = self._recent(window)
-        [(waiting_retry,)] = queue.db.query(SQL_WAITING_RETRY)
+        waiting_retry = queue.db.waiting_retry_count()
         workers = self.worker_summary()
 
         statuses: collections.Counter[str] = collections.Counter()
         durations: list[float] = []
         retried = exhausted = attempts_total = 0
-        for status, _, attempts, max_attempts, started, finished in rows:
-            statuses[status] += 1
-            attempts_total += attempts
-            if attempts > 1:
+        for r in rows:
+            statuses[r.status] += 1
+            attempts_total += r.attempts
+            if r.attempts > 1:
                 retried += 1
-            if status == "failed" and attempts >= max_attempts:
+            if r.status == "failed" and r.attempts >= r.max_attempts:
                 exhausted += 1
-            if status == "completed" and started is not None:
-                durations.append((finished - started) / 1e6)
+            if r.status == "completed" and r.started_us is not None:
+                durations.append((r.finished_us - r.started_us) / 1e6)
         judged = statuses["completed"] + statuses["failed"]
         success_rate = statuses["completed"] / judged if judged else 0.0
         failure_rate = statuses["failed"] / judged if judged else 0.0
@@ -861,7 +829,7 @@ class WatchedQueues:
     def __len__(self) -> int:
         return len(self.databases())
 
-    def add(self, queue: Queue | QueueDatabase) -> Queue:
+    def add(self, queue: Queue | TaskStore) -> Queue:
         """Watch ``queue`` (a database's shared queue, for a QueueDatabase); returns it."""
         q = Queue.for_database(queue)
         with self._lock:
@@ -883,7 +851,8 @@ class WatchedQueues:
                 if queue is None or queue.db.closed:
                     del self._queues[key]
                     continue
-                path = os.path.abspath(queue.db.path)
+                location = queue.db.location
+                path = location if "://" in location else os.path.abspath(location)
                 if path in seen:
                     continue
                 metrics = self._metrics.get(path)
@@ -1061,7 +1030,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     healthy = True
     with queue_from_args(args) as queue:
         metrics = QueueMetrics(queue, **_thresholds_from_args(args))
-        database = str(queue.db.path)
+        database = queue.db.location
         shown = 0
         try:
             while True:

@@ -56,7 +56,7 @@ from hookqueue.core.execution import current_execution
 from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import EventKind, NewTask, Task, TaskEvent
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import QueueDatabase
+from hookqueue.core.storage import TaskStore
 from hookqueue.plugins.metrics import (
     DEFAULT_DURATION_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
@@ -129,7 +129,7 @@ class OpenTelemetryExporter:
 
     def __init__(
         self,
-        queues: Iterable[Queue | QueueDatabase] = (),
+        queues: Iterable[Queue | TaskStore] = (),
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: otel_metrics.MeterProvider | None = None,

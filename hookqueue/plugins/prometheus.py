@@ -37,7 +37,7 @@ from hookqueue.core.errors import ValidationError
 from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import CliCommand, TaskEvent
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import QueueDatabase
+from hookqueue.core.storage import TaskStore
 from hookqueue.plugins.metrics import (
     DURATION_HELP,
     EVENT_COUNTER_HELP,
@@ -135,7 +135,7 @@ class PrometheusExporter(Collector):
 
     def __init__(
         self,
-        queues: Iterable[Queue | QueueDatabase] = (),
+        queues: Iterable[Queue | TaskStore] = (),
         *,
         events: EventMetrics | None = None,
         registry: CollectorRegistry | None = None,
@@ -173,7 +173,7 @@ class PrometheusExporter(Collector):
 
     # -- queues --------------------------------------------------------------------------------
 
-    def add_queue(self, queue: Queue | QueueDatabase) -> None:
+    def add_queue(self, queue: Queue | TaskStore) -> None:
         """Read this queue's database at each scrape (a database is read once however many
         queues share it)."""
         self.watched.add(queue)
@@ -376,7 +376,7 @@ def hookqueue_queue_open(queue: Queue) -> None:
             "prometheus: the 'metrics' plugin is not active for %s, so the process-wide "
             "exporter's event counters stay at zero; register an EventMetrics or a "
             "PrometheusExporter instance as a plugin instead",
-            queue.db.path,
+            queue.db.location,
         )
 
 
@@ -481,7 +481,7 @@ def _run(args: argparse.Namespace) -> int:
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
             print(
-                f"serving metrics of {queue.db.path} on {server.url} (Ctrl-C to stop)",
+                f"serving metrics of {queue.db.location} on {server.url} (Ctrl-C to stop)",
                 flush=True,
             )
             while not stop.wait(1.0):

@@ -20,7 +20,8 @@ from hookqueue.core.errors import DatabaseBusy
 from hookqueue.core.execution import Execution
 from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import EventKind, NewTask, Task, TaskEvent, TaskStatus
-from hookqueue.core.store import QueueDatabase, Settlement
+from hookqueue.core.storage import Settlement
+from hookqueue.core.store import QueueDatabase
 
 
 def _raw(path: Path) -> apsw.Connection:
@@ -121,7 +122,7 @@ def test_fast_constructors_build_what_init_builds(core_queue: Queue) -> None:
             ),
         ),
         (
-            Settlement._completed(leased, '"x"', 0.25),
+            Settlement.completed(leased, '"x"', 0.25),
             Settlement(
                 task_id=leased.id, kind="complete", result_json='"x"', duration=0.25, task=leased
             ),
@@ -142,7 +143,7 @@ def test_from_row_reuses_a_known_tasks_payload_only_for_the_same_id(core_queue: 
     first, second = core_queue.enqueue_many(
         [{"task_type": "job", "payload": {"n": 1}}, {"task_type": "job", "payload": {"n": 2}}]
     )
-    row = core_queue.db.query("SELECT * FROM tasks WHERE id = ?", (first.id,))[0]
+    row = core_queue.db._cx.conn().execute("SELECT * FROM tasks WHERE id = ?", (first.id,)).get
     assert Task.from_row(row, first).payload is first.payload
     assert Task.from_row(row, second).payload == {"n": 1}
 
@@ -235,7 +236,7 @@ def test_damaged_settled_row_keeps_its_outcome_and_loses_only_its_event(
                 "w",
                 [Settlement(task_id=t.id, kind="complete") for t in (bad, good)],
             )
-        statuses = dict(q.db.query("SELECT id, status FROM tasks"))
+        statuses = dict(q.db._cx.conn().execute("SELECT id, status FROM tasks"))
     assert [t.id for t in settled] == [good.id]
     assert [e.task.id for e in recorder.events] == [good.id]
     assert statuses == {bad.id: "completed", good.id: "completed"}

@@ -216,7 +216,7 @@ def test_idempotency_window_releases_the_key_after_the_task_finished(
     first = q.enqueue("t", idempotency_key="k")
     assert q.enqueue("t", idempotency_key="k").id == first.id
     [leased] = q.lease("w", limit=1)
-    from hookqueue.core.store import Settlement
+    from hookqueue.core.storage import Settlement
 
     q.settle("w", [Settlement(task_id=leased.id, kind="complete")])
     clock.advance(minutes=59)
@@ -343,7 +343,7 @@ def test_events_follow_the_lifecycle_and_a_failing_observer_is_isolated(
     q = Queue(db_path, load_entrypoints=False, clock=clock, plugins=[Broken(), recorder])
     t = q.enqueue("t")
     [leased] = q.lease("w", limit=1)
-    from hookqueue.core.store import Settlement
+    from hookqueue.core.storage import Settlement
 
     q.settle("w", [Settlement(task_id=t.id, kind="complete", result_json="1", duration=0.5)])
     kinds = [e.kind for e in recorder.events]

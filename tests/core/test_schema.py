@@ -15,14 +15,9 @@ from hypothesis import strategies as st
 
 from hookqueue import FakeClock, Queue, QueueDatabase, TaskStatus
 from hookqueue.core.models import from_us
-from hookqueue.core.store import (
-    APPLICATION_ID,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SQL_COUNTS,
-    SQL_COUNTS_BY_TYPE,
-    Settlement,
-)
+from hookqueue.core.storage import Settlement
+from hookqueue.core.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from hookqueue.core.store.statements import SQL_COUNTS, SQL_COUNTS_BY_TYPE
 
 NOW_US = 1_700_000_000_000_000
 
@@ -113,7 +108,7 @@ def _plan(conn: apsw.Connection, sql: str, bindings: Any = ()) -> list[str]:
 
 
 def test_counts_read_indexes_only(core_queue: Queue) -> None:
-    conn = core_queue.db._conn()
+    conn = core_queue.db._cx.conn()
     for sql in (SQL_COUNTS, SQL_COUNTS_BY_TYPE):
         scans = [d for d in _plan(conn, sql) if d.startswith(("SCAN", "SEARCH"))]
         assert len(scans) == 3, scans
@@ -124,7 +119,7 @@ def test_counts_read_indexes_only(core_queue: Queue) -> None:
 
 
 def _listing_plans(q: Queue, **filters: Any) -> list[str]:
-    conn = q.db._conn()
+    conn = q.db._cx.conn()
     seen: list[tuple[str, Any]] = []
 
     def trace(_cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from hookqueue import FakeClock, InvalidTransition, Queue, TaskStatus
 from hookqueue.core.clock import seconds_to_us, to_us
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 WORKERS = ("w1", "w2")
 LEASE_SECONDS = 10

@@ -25,14 +25,10 @@ from hookqueue import (
     StoreError,
     ValidationError,
 )
-from hookqueue.core.store import (
-    APPLICATION_ID,
-    SCHEMA_VERSION,
-    WAL_CHECKPOINT_PAGES,
-    InsertRow,
-    _checkpoint_after_commit,
-    default_database_path,
-)
+from hookqueue.core.storage import InsertRow
+from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
+from hookqueue.core.store.connection import WAL_CHECKPOINT_PAGES, checkpoint_after_commit
+from hookqueue.core.store.schema import verify_identity
 
 
 def _mode(path: Path) -> int:
@@ -165,7 +161,7 @@ def test_several_processes_initialising_a_new_file_at_once(tmp_path: Path) -> No
                     p.wait()
         q = Queue(db, load_entrypoints=False)
         assert q.counts()["queued"] == 6 and q.check() == []
-        assert q.db._conn().pragma("journal_mode") == "wal"
+        assert q.db._cx.conn().pragma("journal_mode") == "wal"
         q.close()
 
 
@@ -186,9 +182,9 @@ def test_the_identity_is_read_in_one_snapshot(tmp_path: Path) -> None:
         return True
 
     checked.exec_trace = initialise_after_the_first_statement
-    other._verify_identity(checked)  # the file was empty when it was read: accepted
+    verify_identity(checked, path)  # the file was empty when it was read: accepted
     checked.exec_trace = None
-    other._verify_identity(checked)  # and initialised now: accepted too
+    verify_identity(checked, path)  # and initialised now: accepted too
     assert other.schema_version() == SCHEMA_VERSION
     checked.close()
     other.close()
@@ -214,7 +210,7 @@ def test_the_switch_to_wal_waits_for_another_connections_write_lock(tmp_path: Pa
         db = QueueDatabase(path, busy_timeout=10)
         db.initialize_schema()
         assert time.monotonic() - started >= 0.15  # it did wait for the lock
-        assert db._conn().pragma("journal_mode") == "wal"
+        assert db._cx.conn().pragma("journal_mode") == "wal"
         assert db.schema_version() == SCHEMA_VERSION
         db.close()
     finally:
@@ -278,14 +274,11 @@ def test_closed_database_refuses_work_clearly(db_path: Path) -> None:
         db.get(1)
 
 
-def test_query_is_read_only(db_path: Path) -> None:
-    q = Queue(db_path, load_entrypoints=False)
-    q.enqueue("t")
-    assert q.db.query("SELECT count(*) FROM tasks WHERE task_type = ?", ("t",)) == [(1,)]
-    with pytest.raises(StoreError):
-        q.db.query("DELETE FROM tasks")
-    assert q.counts()["queued"] == 1
-    q.close()
+def test_the_store_runs_no_statement_it_is_given(db_path: Path) -> None:
+    """Plugins reach data through named store methods only: the old read-only escape hatch
+    (``query``) is gone, so no plugin can depend on the schema."""
+    with QueueDatabase(db_path) as db:
+        assert not hasattr(db, "query")
 
 
 def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path) -> None:
@@ -293,19 +286,19 @@ def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path
 
     db = QueueDatabase(db_path)
     db.initialize_schema()
-    mine = db._conn()
+    mine = db._cx.conn()
     other: list[object] = []
-    th = threading.Thread(target=lambda: other.append(db._conn()))
+    th = threading.Thread(target=lambda: other.append(db._cx.conn()))
     th.start()
     th.join()
     assert other[0] is not mine
-    assert db._conn() is mine
+    assert db._cx.conn() is mine
     Queue(db, load_entrypoints=False).enqueue("t")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without running the parent's cleanup
         try:
-            child = db._conn()
+            child = db._cx.conn()
             Queue(db, load_entrypoints=False).enqueue("t")
             report = f"{child is not mine} {db.counts()['queued']}"
         except BaseException as exc:
@@ -325,7 +318,7 @@ def test_each_thread_and_each_forked_child_gets_its_own_connection(db_path: Path
         assert reader.read() == "True 2"
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection is still its own and still works.
-    assert db._conn() is mine and db.counts()["queued"] == 2
+    assert db._cx.conn() is mine and db.counts()["queued"] == 2
     db.close()
 
 
@@ -359,9 +352,9 @@ def test_a_failed_checkpoint_leaves_the_commit_and_warns_only_about_real_failure
     (one log line per commit was a flood); a disk error is worth a warning."""
     conn = _CheckpointFails(error)
     with caplog.at_level(logging.DEBUG, logger="hookqueue.store"):
-        assert _checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK
+        assert checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK
         assert conn.calls == 0  # under the threshold: no checkpoint
-        assert _checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK
+        assert checkpoint_after_commit(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK
     assert conn.calls == 1
     (record,) = caplog.records
     assert record.levelno == level and "q.db" in record.getMessage()
@@ -373,10 +366,10 @@ def test_a_connection_that_cannot_return_to_full_sync_is_replaced(tmp_path: Path
     one — no later write on the thread commits unsynced."""
     with QueueDatabase(tmp_path / "q.db", durability="full") as db:
         db.initialize_schema()
-        stuck = db._conn()
+        stuck = db._cx.conn()
         stuck.execute("BEGIN")
-        db._restore_full_sync()
-        fresh = db._conn()
+        db._cx._restore_full_sync()
+        fresh = db._cx.conn()
         assert fresh is not stuck
         assert fresh.pragma("synchronous") == 2 and not fresh.in_transaction
         with pytest.raises(apsw.ConnectionClosedError):
@@ -410,7 +403,7 @@ def test_insert_one_writes_one_task_or_nothing(db_path: Path) -> None:
     # is left usable, outside any transaction.
     with pytest.raises(StoreError):
         db.insert_one(_row(max_attempts=0), 1_000_000)
-    assert not db._conn().in_transaction
+    assert not db._cx.conn().in_transaction
     assert db.counts()["queued"] == 1 and db.find_by_key("k") is None
     db.close()
 
@@ -429,5 +422,5 @@ def test_a_file_that_cannot_use_wal_is_refused(tmp_path: Path, vfs: str) -> None
     conn.close()
     db = QueueDatabase(path)
     db.initialize_schema()
-    assert db._conn().pragma("journal_mode") == "wal"
+    assert db._cx.conn().pragma("journal_mode") == "wal"
     db.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hookqueue import Queue, QueueDatabase, WorkerEngine
-from hookqueue.core import worker as worker_module
-from hookqueue.core.walwatch import WalActivity
+from hookqueue.core.store import watch as watch_module
+from hookqueue.core.store.walwatch import WalActivity
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 
@@ -115,7 +115,7 @@ def test_an_idle_worker_sleeps_instead_of_polling(
     wake_poll_interval (1 ms); without it (or switched off), it polls all the time."""
     sleeping = _count_polls(tmp_path / "a.db", monkeypatch)
     polling = _count_polls(tmp_path / "b.db", monkeypatch, wake_on_wal_writes=False)
-    quiet_checks = 0.6 / worker_module.WAL_QUIET_CHECK
+    quiet_checks = 0.6 / watch_module.WAL_QUIET_CHECK
     assert sleeping <= 2 * quiet_checks, sleeping
     assert polling > 5 * quiet_checks, polling
 
@@ -127,7 +127,7 @@ def test_a_sleeping_worker_wakes_for_another_connections_commit(
     """Past the active span the watcher sleeps on the log; a commit by another connection
     (as by another process) wakes it through the log's write event — the quiet check is
     set to 5 s here, so only the event can explain a pickup within a second."""
-    monkeypatch.setattr(worker_module, "WAL_QUIET_CHECK", 5.0)
+    monkeypatch.setattr(watch_module, "WAL_QUIET_CHECK", 5.0)
     path = tmp_path / "q.db"
     with Queue(path, load_entrypoints=False, durability="normal") as q:
         picked = threading.Event()

@@ -21,7 +21,7 @@ from hookqueue import (
     current_execution,
     hookimpl,
 )
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -37,7 +37,7 @@ from typing import Any
 import _faults
 
 from hookqueue import Queue, StoreError
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 WORKER = "child-worker"
 

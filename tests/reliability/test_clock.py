@@ -16,7 +16,7 @@ import pytest
 
 from hookqueue import EventKind, FakeClock, Queue, TaskStatus, WorkerEngine
 from hookqueue.core.models import Task
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 from ._policies import EventRecorder, RetryCrashes
 from .conftest import FaultRecord

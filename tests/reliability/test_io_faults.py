@@ -21,7 +21,7 @@ import pytest
 
 from hookqueue import DatabaseFull, FakeClock, Queue, TaskStatus, WorkerEngine
 from hookqueue.core.models import Task
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 from . import _faults
 from ._policies import RetryCrashes
@@ -171,7 +171,7 @@ def test_full_durability_syncs_every_acknowledgement_and_no_bare_lease(
                 plan.arm()
                 leased = q.lease("w", limit=3)
                 counts["bare lease"] = plan.syncs
-                assert q.db._conn().pragma("synchronous") == (2 if durability == "full" else 1)
+                assert q.db._cx.conn().pragma("synchronous") == (2 if durability == "full" else 1)
                 plan.arm()
                 q.lease(
                     "w",

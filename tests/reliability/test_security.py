@@ -23,7 +23,7 @@ from . import _faults, _sqlscan
 from .conftest import FaultRecord
 
 PACKAGE = Path(hookqueue.__file__).resolve().parent
-STORE = PACKAGE / "core" / "store.py"
+STORE = PACKAGE / "core" / "store"
 
 #: Modules that deserialise code or objects; hookqueue imports none of them.
 UNSAFE_MODULES = {
@@ -187,11 +187,11 @@ def test_pickle_written_into_the_database_is_never_loaded(
 
 
 def test_store_builds_no_sql_from_values(fault: FaultRecord) -> None:
-    """Every execute/executemany/pragma in core/store.py runs a constant statement, or one
-    assembled only from literals, named constants, the ``?`` placeholder list and ORDER BY
-    terms from the closed SortKey vocabulary (the contract in store.py's docstring)."""
-    fault.describe("AST scan of core/store.py for SQL built from values")
-    checker = _sqlscan.Checker(STORE.read_text(), filename="hookqueue/core/store.py")
+    """Every execute/executemany/pragma in the store package runs a constant statement, or
+    one assembled only from literals, named constants, the ``?`` placeholder list and ORDER
+    BY terms from the closed SortKey vocabulary (the contract in store/statements.py)."""
+    fault.describe("AST scan of core/store/ for SQL built from values")
+    checker = _sqlscan.Checker(_sqlscan.store_source(STORE), filename="hookqueue/core/store/")
     calls = [
         n
         for n in ast.walk(checker.tree)
@@ -253,13 +253,12 @@ INJECTIONS = {
         def tune(conn, name):
             conn.pragma(name, 1)
     """,
-    "poisoned ORDER BY cache": """
-        class Poison:
-            def remember(self, keys, term):
-                self._order_sql[keys] = term
+    "ORDER BY helper returning a term it was given": """
+        def order_by(keys, term):
+            return ", ".join(ORDER_TERMS[k] for k in keys) + term
     """,
     "placeholder helper returning a value": """
-        def _placeholders(n, extra):
+        def placeholders(n, extra):
             return ", ".join("?" * n) + extra
     """,
 }
@@ -267,10 +266,10 @@ INJECTIONS = {
 
 @pytest.mark.parametrize("name", list(INJECTIONS))
 def test_sql_scan_catches_injected_code(name: str, fault: FaultRecord) -> None:
-    """The scan is not vacuous: store.py with one string-built statement added (f-string,
+    """The scan is not vacuous: the store with one string-built statement added (f-string,
     %, .format, +, via a variable or a list, a poisoned ORDER BY cache...) is flagged."""
     fault.describe(f"SQL scan self-test: {name}")
-    source = STORE.read_text() + "\n\n" + textwrap.dedent(INJECTIONS[name])
+    source = _sqlscan.store_source(STORE) + "\n\n" + textwrap.dedent(INJECTIONS[name])
     fault.inject()
     findings = _sqlscan.Checker(source).findings()
     assert findings, f"the scan missed: {name}"

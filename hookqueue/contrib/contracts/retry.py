@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from hookqueue import FakeClock, RetryLater, TaskStatus, WorkerEngine
 from hookqueue.contrib.contracts._base import START, QueueContract
 from hookqueue.core.models import Failure, RetryDecision, Task
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 #: The instant the contract's fake clocks start at.
 

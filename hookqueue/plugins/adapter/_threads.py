@@ -22,25 +22,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from hookqueue.core.models import TASK_COLUMNS, Task
+from hookqueue.core.models import Task
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
 
 log = logging.getLogger("hookqueue.adapter")
 
-_COLS = ", ".join(TASK_COLUMNS)
-_READ_CHUNK = 500
-
 
 def read_tasks(queue: Queue, ids: Sequence[int]) -> tuple[list[Task], list[int]]:
-    """The tasks with these ids (read-only, in chunks), and the ids that no longer exist."""
-    found: list[Task] = []
-    for start in range(0, len(ids), _READ_CHUNK):
-        chunk = list(ids[start : start + _READ_CHUNK])
-        placeholders = ", ".join("?" * len(chunk))
-        # Only "?" placeholders are formatted in; every value is bound.
-        sql = f"SELECT {_COLS} FROM tasks WHERE id IN ({placeholders})"  # noqa: S608
-        found += [Task.from_row(row) for row in queue.db.query(sql, chunk)]
+    """The tasks with these ids, and the ids that no longer exist."""
+    found = queue.db.get_many(ids)
     seen = {t.id for t in found}
     return found, [i for i in ids if i not in seen]
 

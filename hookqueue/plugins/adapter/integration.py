@@ -9,10 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from hookqueue import QueueDatabase
 from hookqueue.core.errors import ValidationError
 from hookqueue.core.plugins import plugin_statuses
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import SCHEMA_VERSION, QueueDatabase, default_database_path
 
 from .background import BackgroundTaskManager
 from .queued import QueuedTaskManager
@@ -28,7 +28,7 @@ _databases_lock = threading.Lock()
 
 
 def _resolve(db_path: str | os.PathLike[str] | None) -> Path:
-    path = Path(db_path).expanduser() if db_path is not None else default_database_path()
+    path = Path(db_path).expanduser() if db_path is not None else QueueDatabase.default_path()
     return path.resolve()
 
 
@@ -120,7 +120,7 @@ def validate_queue_integration(db_path: str | os.PathLike[str] | None = None) ->
     result: dict[str, Any] = {
         "success": False,
         "database": {},
-        "schema": {"version": None, "expected": SCHEMA_VERSION},
+        "schema": {"version": None, "expected": QueueDatabase.SCHEMA_VERSION},
         "errors": [],
         "warnings": [],
     }
@@ -139,8 +139,10 @@ def validate_queue_integration(db_path: str | os.PathLike[str] | None = None) ->
         database["size_bytes"] = path.stat().st_size
         version = db.schema_version()
         result["schema"]["version"] = version
-        if version != SCHEMA_VERSION:
-            errors.append(f"schema version {version} is not the expected {SCHEMA_VERSION}")
+        if version != QueueDatabase.SCHEMA_VERSION:
+            errors.append(
+                f"schema version {version} is not the expected {QueueDatabase.SCHEMA_VERSION}"
+            )
         problems = db.check()
         database["integrity"] = problems
         errors += [f"integrity: {p}" for p in problems]

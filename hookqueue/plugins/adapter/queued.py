@@ -49,7 +49,7 @@ from hookqueue.core.errors import (
 from hookqueue.core.handlers import TaskHandlerRegistry, check_task_type
 from hookqueue.core.models import Task, TaskStatus, WorkerInfo
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import QueueDatabase, Settlement
+from hookqueue.core.storage import Settlement, TaskStore
 
 from ._common import (
     check_start_arguments,
@@ -189,7 +189,7 @@ class QueuedTaskManager:
 
     def __init__(
         self,
-        queue_db: QueueDatabase | Queue,
+        queue_db: TaskStore | Queue,
         registry: RunRegistry | None = None,
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,

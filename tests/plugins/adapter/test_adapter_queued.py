@@ -281,7 +281,7 @@ async def test_a_lost_lease_stops_the_coroutine_and_the_run_follows_the_worker(
 
 
 def _complete(task_id: int) -> Any:
-    from hookqueue.core.store import Settlement
+    from hookqueue.core.storage import Settlement
 
     return Settlement(task_id=task_id, kind="complete", result_json='"by worker"')
 

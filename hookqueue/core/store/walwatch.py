@@ -23,7 +23,7 @@ import struct
 import sys
 from pathlib import Path
 
-log = logging.getLogger("hookqueue.worker")
+log = logging.getLogger("hookqueue.store")
 
 # <sys/inotify.h>
 _IN_MODIFY = 0x00000002

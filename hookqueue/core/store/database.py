@@ -1,0 +1,1188 @@
+"""``QueueDatabase``: the SQLite store — the :class:`~hookqueue.core.storage.TaskStore`
+operations, each running named statements (:mod:`.statements`) on the connection layer
+(:mod:`.connection`) in one transaction.
+
+Rows are fetched as tuples inside a transaction and decoded into :class:`Task` records after
+it commits wherever possible, so the write lock every other process waits for is held for the
+statements alone.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import apsw
+
+from ..clock import from_us, to_us
+from ..errors import DamagedRow, InvalidTransition, TaskNotFound, ValidationError
+from ..models import (
+    _STAMP,
+    TASK_COLUMNS,
+    Candidate,
+    LeasePlan,
+    SortKey,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+)
+from ..storage import (
+    ChangeWatcher,
+    Durability,
+    ExpiryDecider,
+    FinishedSample,
+    InsertRow,
+    QueueGauge,
+    Settlement,
+    Transition,
+)
+from .connection import SYNCHRONOUS, Connections, default_database_path
+from .schema import SCHEMA_VERSION, migrate
+from .statements import (
+    FINAL_STATUSES,
+    SQL_ANY_EXPIRED,
+    SQL_ATTEMPTS_OVER,
+    SQL_CANCEL_IF_REQUESTED,
+    SQL_CANCEL_QUEUED,
+    SQL_CANCEL_RUNNING,
+    SQL_CANCELLED_BY_WORKER,
+    SQL_CLAIM_NEW,
+    SQL_COMPLETE,
+    SQL_COUNTS,
+    SQL_COUNTS_BY_TYPE,
+    SQL_DUE_QUEUES,
+    SQL_EXPIRE_FAIL,
+    SQL_EXPIRE_REQUEUE,
+    SQL_EXPIRED_IDS,
+    SQL_FAIL,
+    SQL_FAIL_DAMAGED,
+    SQL_FINISHED_MISMATCH,
+    SQL_FINISHED_SINCE,
+    SQL_FORGET_KEY,
+    SQL_GET,
+    SQL_GET_BY_KEY,
+    SQL_INSERT_ID,
+    SQL_INSERT_KEYED,
+    SQL_INTEGRITY,
+    SQL_LATEST_CREATED,
+    SQL_NEXT_EXPIRY,
+    SQL_OLDEST_QUEUED,
+    SQL_PRUNE_BATCH,
+    SQL_PRUNE_WORKERS,
+    SQL_QUEUED_BY_QUEUE,
+    SQL_RECENT_FINISHED,
+    SQL_RELEASE,
+    SQL_RENEW,
+    SQL_REQUEUE,
+    SQL_RETRY_LATER,
+    SQL_RUNNING_BY_QUEUE,
+    SQL_RUNNING_UNOWNED,
+    SQL_VACUUM,
+    SQL_WAITING_RETRY,
+    SQL_WORKER_BEAT,
+    SQL_WORKER_STOP,
+    SQL_WORKER_UPSERT,
+    SQL_WORKERS,
+    sql_any_due_in_queue,
+    sql_complete_held,
+    sql_get_many,
+    sql_lease,
+    sql_lease_chosen,
+    sql_lease_window,
+    sql_list,
+    sql_next_due,
+)
+
+log = logging.getLogger("hookqueue.store")
+
+#: A context that changes nothing (a lease that carries outcomes commits synced).
+_NO_CHANGE = contextlib.nullcontext()
+
+#: Ids per statement when reading many tasks at once (below SQLite's parameter limit).
+READ_CHUNK = 500
+
+
+def _completes_held(s: Settlement) -> bool:
+    """A completion of a task the worker holds in memory (written by
+    :func:`sql_complete_held`, its event built from that task)."""
+    return s.kind == "complete" and s.task is not None and s.task.id == s.task_id
+
+
+class _HeldComplete(NamedTuple):
+    """A completion of a task the worker holds (:func:`sql_complete_held`), to be applied to
+    that task after COMMIT instead of decoding a whole row."""
+
+    result_json: str | None
+    finished_us: int
+    cancel_requested: int
+
+    def apply(self, held: Task) -> Task:
+        """``held`` as the completion left it in the table."""
+        result = self.result_json
+        return held._replaced(
+            {
+                "status": TaskStatus.COMPLETED,
+                "result": None if result is None else json.loads(result),
+                "finished_at": _STAMP[self.finished_us],
+                "locked_by": None,
+                "lease_expires_at": None,
+                "cancel_requested": bool(self.cancel_requested),
+            }
+        )
+
+
+class QueueDatabase:
+    """The SQLite store: schema, migrations and every statement hookqueue runs.
+
+    :param path: the database file; default :func:`default_database_path`. Parent directories
+        are created; a new file is created readable and writable by its owner only (0600).
+    :param db_path: the same as ``path`` (the migration guide's keyword).
+    :param durability: ``"full"`` (default) makes every acknowledged write (an enqueue, an
+        outcome) survive power loss (``synchronous=FULL``; a lease that carries no outcome
+        is not synced — losing it only runs the task again); ``"normal"`` may lose the last
+        transactions on power loss but never on an application crash, and is several times
+        faster per commit.
+    :param busy_timeout: seconds to wait for another connection's write lock before raising
+        :class:`~hookqueue.core.errors.DatabaseBusy`.
+    :param vfs: the name of a registered SQLite VFS to open the file through (None: default).
+    :param create: create the file when it does not exist (default); False refuses a missing
+        file with a :class:`~hookqueue.core.errors.StoreError` naming the path (tools that only
+        read must not create a database at a mistyped path).
+
+    The schema is created or migrated on first use; :meth:`initialize_schema` does it
+    explicitly and is idempotent. A file that is not a hookqueue database, or was written by
+    a newer hookqueue, is refused and left untouched.
+    """
+
+    #: The schema version this hookqueue writes (older files are migrated to it).
+    SCHEMA_VERSION = SCHEMA_VERSION
+
+    @staticmethod
+    def default_path() -> Path:
+        """Where a store opened without a path lives (see :func:`.default_database_path`)."""
+        return default_database_path()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        db_path: str | os.PathLike[str] | None = None,
+        durability: Durability = "full",
+        busy_timeout: float = 10.0,
+        vfs: str | None = None,
+        create: bool = True,
+    ) -> None:
+        if path is not None and db_path is not None and Path(path) != Path(db_path):
+            raise ValidationError(
+                "db_path", db_path, f"conflicts with path={str(path)!r}", "pass only one of them"
+            )
+        chosen = path if path is not None else db_path
+        if chosen is not None and not isinstance(chosen, str | os.PathLike):
+            raise ValidationError(
+                "path", chosen, "must be a file path (str or os.PathLike)", "pass a file path"
+            )
+        if durability not in SYNCHRONOUS:
+            raise ValidationError(
+                "durability", durability, "is not a durability level", "use 'full' or 'normal'"
+            )
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ValidationError(
+                "busy_timeout", busy_timeout, "must be a number of seconds >= 0", "e.g. 10.0"
+            )
+        self.path = Path(chosen).expanduser() if chosen is not None else default_database_path()
+        if str(self.path) == ":memory:":
+            raise ValidationError(
+                "path",
+                ":memory:",
+                "an in-memory database is private to one connection, and hookqueue uses one "
+                "connection per thread",
+                "use a file (a temporary one in tests: the pytest plugin's hq_queue fixture)",
+            )
+        self.durability: Durability = durability
+        self.busy_timeout = float(busy_timeout)
+        #: The SQLite VFS to open the file through (None: the default), e.g. for tests that
+        #: inject I/O faults or for encryption VFSes.
+        self.vfs = vfs
+        self._schema_ready = False
+        self._cx = Connections(
+            self.path,
+            durability=durability,
+            busy_timeout=self.busy_timeout,
+            vfs=vfs,
+            create=create,
+            prepare=self._prepare_connection,
+        )
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def _task(self, row: Any) -> Task:
+        """Decode a row, turning damage (a payload that is not JSON, an unknown status, a
+        timestamp out of range) into a StoreError naming the database and the task."""
+        try:
+            return Task.from_row(row)
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+            task_id = row[0] if row else "?"
+            raise DamagedRow(
+                f"{self.path}: task {task_id} is damaged and cannot be read "
+                f"({self._task_error(row, exc)}). Fix: run 'hookqueue check', then cancel or "
+                "delete the task, or restore the database from a backup",
+                task_id=task_id,
+            ) from exc
+
+    @staticmethod
+    def _task_error(row: Any, exc: BaseException) -> str:
+        """What was wrong with a row ``Task.from_row`` refused, for logs and errors."""
+        if isinstance(exc, KeyError) and len(row) > 5:
+            return f"ValueError: {row[5]!r} is not a valid TaskStatus"
+        return f"{type(exc).__name__}: {exc}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"QueueDatabase({str(self.path)!r}, durability={self.durability!r})"
+
+    def __enter__(self) -> QueueDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def location(self) -> str:
+        """The database file's path, for messages."""
+        return str(self.path)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._cx.closed
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread). Idempotent."""
+        self._cx.close()
+
+    def _prepare_connection(self, conn: apsw.Connection) -> None:
+        """Bring the schema up to date through the first connection opened."""
+        if not self._schema_ready:
+            self._migrate(conn)
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        with self._cx.errors:
+            if conn.pragma("user_version") < SCHEMA_VERSION:
+                # BEGIN IMMEDIATE takes the write lock, so of several processes initialising
+                # at once, one migrates and the others see the new version when they get it.
+                with self._cx.write() as locked:
+                    migrate(locked, self.path)
+        self._schema_ready = True
+
+    def initialize_schema(self) -> None:
+        """Create or migrate the schema. Idempotent; safe when several processes call it at once."""
+        conn = self._cx.conn()
+        if not self._schema_ready:
+            self._migrate(conn)
+
+    def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        with self._cx.errors:
+            return int(self._cx.conn().pragma("user_version"))
+
+    def check(self) -> builtins.list[str]:
+        """Run SQLite's integrity check and hookqueue's own consistency checks.
+
+        :returns: a list of problems; empty when the database is healthy.
+        """
+        conn = self._cx.conn()
+        with self._cx.errors:
+            problems = [row[0] for row in conn.execute(SQL_INTEGRITY) if row[0] != "ok"]
+            problems += [
+                f"task {tid} is running without a lease owner"
+                for (tid,) in conn.execute(SQL_RUNNING_UNOWNED)
+            ]
+            problems += [
+                f"task {tid} has attempts={a} above max_attempts={m}"
+                for tid, a, m in conn.execute(SQL_ATTEMPTS_OVER)
+            ]
+            # counts() and the history index (tasks_terminal) rely on this.
+            problems += [
+                f"task {tid} is {status} but its finished_at "
+                + ("is missing" if finished is None else "is set")
+                for tid, status, finished in conn.execute(SQL_FINISHED_MISMATCH, FINAL_STATUSES)
+            ]
+        return problems
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    def insert(
+        self,
+        rows: Sequence[InsertRow],
+        now_us: int,
+        *,
+        key_window_us: int | None = None,
+        claim: tuple[str, int] | None = None,
+    ) -> builtins.list[tuple[int, Task | None]]:
+        """Insert tasks in one transaction (all or none).
+
+        :param rows: the tasks, validated and JSON-encoded.
+        :param now_us: the enqueue instant (``created_at``; also ``run_after`` when it is 0).
+        :param key_window_us: how long after it finished a task's idempotency key keeps
+            deduplicating (None: until the task is pruned).
+        :param claim: ``(worker_id, lease_expires_at_us)``: the new tasks start ``running``,
+            leased to that worker with their first attempt counted, in the same transaction
+            (no other worker can lease them first). Existing tasks are returned unchanged.
+        :returns: per row, ``(id, None)`` for a new task, or ``(id, existing task)`` when a
+            task with the same idempotency key exists and is still remembered.
+        """
+        out: builtins.list[tuple[int, Task | None]] = []
+        with self._cx.errors:
+            conn = self._cx.begin()
+            try:
+                self._insert(conn, rows, now_us, key_window_us, claim, out)
+            except BaseException:
+                self._cx.rollback(conn)
+                raise
+            self._cx.commit(conn)
+        return out
+
+    def insert_one(self, row: InsertRow, now_us: int) -> int:
+        """Insert one task without an idempotency key in its own transaction; its id.
+
+        :meth:`insert` for the commonest write, one task without a key (every plain
+        ``Queue.enqueue``; no key to look up, no list to build): W1 in ``benchmarks/``.
+        """
+        if row.idempotency_key is not None:
+            raise ValueError("insert_one takes rows without an idempotency key; use insert()")
+        with self._cx.errors:
+            conn = self._cx.begin()
+            try:
+                conn.execute(SQL_INSERT_ID, row.params(now_us))
+                task_id: int = conn.last_insert_rowid()
+            except BaseException:
+                self._cx.rollback(conn)
+                raise
+            self._cx.commit(conn)
+        return task_id
+
+    def _insert(
+        self,
+        conn: apsw.Connection,
+        rows: Sequence[InsertRow],
+        now_us: int,
+        key_window_us: int | None,
+        claim: tuple[str, int] | None,
+        out: builtins.list[tuple[int, Task | None]],
+    ) -> None:
+        for row in rows:
+            params = row.params(now_us)
+            if row.idempotency_key is None:
+                conn.execute(SQL_INSERT_ID, params)
+                out.append((conn.last_insert_rowid(), None))
+                continue
+            got = conn.execute(SQL_INSERT_KEYED, params).get
+            if got is not None:
+                out.append((got, None))
+                continue
+            existing = self._task(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
+            if (
+                key_window_us is not None
+                and existing.finished_at is not None
+                and _us(existing.finished_at) + key_window_us <= now_us
+            ):
+                # The key's window has passed: the old task keeps its history but lets
+                # go of the key, and the new task takes it.
+                conn.execute(SQL_FORGET_KEY, (existing.id,))
+                conn.execute(SQL_INSERT_ID, params)
+                out.append((conn.last_insert_rowid(), None))
+            else:
+                out.append((existing.id, existing))
+        if claim is not None:
+            worker_id, lease_until = claim
+            for task_id, found in out:
+                if found is None:
+                    conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, task_id: int) -> Task:
+        """The task with this id. :raises TaskNotFound: if there is none."""
+        with self._cx.errors:
+            row = self._cx.conn().execute(SQL_GET, (task_id,)).get
+        if row is None:
+            raise TaskNotFound(task_id)
+        return self._task(row)
+
+    def find_by_key(self, key: str) -> Task | None:
+        """The task holding this idempotency key, or None."""
+        with self._cx.errors:
+            row = self._cx.conn().execute(SQL_GET_BY_KEY, (key,)).get
+        return None if row is None else self._task(row)
+
+    def list(
+        self,
+        *,
+        statuses: Iterable[TaskStatus] = (),
+        task_type: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[Task]:
+        """Tasks matching every given filter, ordered by id, at most ``limit``.
+
+        Paging is by id: pass the last id of a page as ``after_id`` to get the next one (with
+        ``newest_first`` the next page holds smaller ids).
+        """
+        filter_params: builtins.list[Any] = [
+            v for v in (task_type, queue, after_id) if v is not None
+        ]
+        wanted = dict.fromkeys(TaskStatus(s) for s in statuses)
+        final = [s.value for s in wanted if s.is_terminal]
+        queued, running = TaskStatus.QUEUED in wanted, TaskStatus.RUNNING in wanted
+        params = (
+            (filter_params if queued else [])
+            + (filter_params if running else [])
+            + ((final + filter_params) if final else [])
+            + (filter_params if not wanted else [])
+            + [limit]
+        )
+        shape = {
+            "queued": queued,
+            "running": running,
+            "n_final": len(final),
+            "any_status": not wanted,
+            "by_type": task_type is not None,
+            "by_queue": queue is not None,
+            "after_id": after_id is not None,
+            "newest": newest_first,
+        }
+        conn = self._cx.conn()
+        with self._cx.errors:
+            try:
+                rows = conn.execute(sql_list(**shape), params).fetchall()
+            except UnicodeDecodeError:  # a row whose text is not UTF-8: find it by id
+                ids = [r[0] for r in conn.execute(sql_list(**shape, ids_only=True), params)]
+                rows = self._fetch_one_by_one(conn, ids)
+        return self._decode_tolerant(rows)
+
+    def _decode_tolerant(self, rows: Iterable[Any]) -> builtins.list[Task]:
+        """Fetched rows as tasks, leaving out (and logging) those that cannot be decoded,
+        so one damaged task never hides the others."""
+        tasks: builtins.list[Task] = []
+        for row in rows:
+            try:
+                tasks.append(self._task(row))
+            except DamagedRow as exc:
+                log.error("%s; it is left out", exc)
+        return tasks
+
+    def _fetch_one_by_one(self, conn: apsw.Connection, ids: Iterable[int]) -> builtins.list[Any]:
+        """The rows with these ids fetched one at a time, leaving out (and logging) those
+        whose text cannot be decoded."""
+        rows: builtins.list[Any] = []
+        for task_id in ids:
+            try:
+                row = conn.execute(SQL_GET, (task_id,)).get
+            except UnicodeDecodeError as exc:
+                log.error(
+                    "%s: task %d is damaged and cannot be read (%s); it is left out. Fix: run "
+                    "'hookqueue check', then cancel the task or restore a backup",
+                    self.path,
+                    task_id,
+                    exc,
+                )
+                continue
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def counts(self, *, by_type: bool = False) -> dict[str, Any]:
+        """Tasks per status (every status present, zero when none); with ``by_type`` a
+        ``{task_type: {status: n}}`` mapping instead."""
+        conn = self._cx.conn()
+        with self._cx.errors:
+            if not by_type:
+                out = {s.value: 0 for s in TaskStatus}
+                for status, n in conn.execute(SQL_COUNTS):
+                    out[status] = n
+                return out
+            nested: dict[str, dict[str, int]] = {}
+            for task_type, status, n in conn.execute(SQL_COUNTS_BY_TYPE):
+                nested.setdefault(task_type, {s.value: 0 for s in TaskStatus})[status] = n
+            return nested
+
+    def oldest_due_queued_us(self, now_us: int) -> int | None:
+        """``run_after`` of the longest-waiting due queued task, or None."""
+        with self._cx.errors:
+            value: int | None = self._cx.conn().execute(SQL_OLDEST_QUEUED, (now_us,)).get
+        return value
+
+    def get_many(self, task_ids: Sequence[int]) -> builtins.list[Task]:
+        """The tasks with these ids that exist, in the order of ``task_ids``, read in chunks
+        of :data:`READ_CHUNK`; a damaged one is left out and logged."""
+        found: dict[int, Task] = {}
+        ids = list(task_ids)
+        for start in range(0, len(ids), READ_CHUNK):
+            chunk = ids[start : start + READ_CHUNK]
+            conn = self._cx.conn()
+            with self._cx.errors:
+                try:
+                    rows = conn.execute(sql_get_many(len(chunk)), chunk).fetchall()
+                except UnicodeDecodeError:  # a row whose text is not UTF-8: one by one
+                    rows = self._fetch_one_by_one(conn, chunk)
+            for task in self._decode_tolerant(rows):
+                found[task.id] = task
+        return [found[i] for i in ids if i in found]
+
+    def queue_gauges(self, now_us: int) -> builtins.list[QueueGauge]:
+        """Per queue name: due, delayed and running tasks and the oldest due ``run_after``
+        (read in one transaction, so the figures are of one snapshot)."""
+        conn = self._cx.conn()
+        with self._cx.errors, conn:  # a read transaction: one snapshot for both statements
+            running: dict[str, int] = dict(conn.execute(SQL_RUNNING_BY_QUEUE).fetchall())  # type: ignore[arg-type]
+            queued: builtins.list[Any] = conn.execute(
+                SQL_QUEUED_BY_QUEUE, (now_us, now_us, now_us)
+            ).fetchall()
+        gauges: dict[str, QueueGauge] = {}
+        for name, due, delayed, oldest in queued:
+            gauges[name] = QueueGauge(
+                queue=name,
+                due=int(due or 0),
+                delayed=int(delayed or 0),
+                running=running.pop(name, 0),
+                oldest_due_us=oldest,
+            )
+        for name, n in running.items():
+            gauges[name] = QueueGauge(queue=name, due=0, delayed=0, running=n, oldest_due_us=None)
+        return [gauges[name] for name in sorted(gauges)]
+
+    def finished_count_since(self, since_us: int) -> int:
+        """How many tasks reached a final status at or after ``since_us``."""
+        with self._cx.errors:
+            return int(self._cx.conn().execute(SQL_FINISHED_SINCE, (since_us,)).get)
+
+    def recent_finished(self, since_us: int, limit: int) -> builtins.list[FinishedSample]:
+        """The most recently finished tasks since ``since_us``, newest first, at most ``limit``."""
+        with self._cx.errors:
+            rows: builtins.list[Any] = (
+                self._cx.conn().execute(SQL_RECENT_FINISHED, (since_us, limit)).fetchall()
+            )
+        return [
+            FinishedSample(
+                status=status,
+                task_type=task_type,
+                attempts=attempts,
+                max_attempts=max_attempts,
+                started_us=started,
+                finished_us=finished,
+            )
+            for status, task_type, attempts, max_attempts, started, finished in rows
+        ]
+
+    def waiting_retry_count(self) -> int:
+        """Queued tasks that already had an attempt."""
+        with self._cx.errors:
+            return int(self._cx.conn().execute(SQL_WAITING_RETRY).get)
+
+    def due_queue_names(self, now_us: int) -> builtins.list[str]:
+        """Queue names with a due queued task or an expired lease, sorted."""
+        with self._cx.errors:
+            return [row[0] for row in self._cx.conn().execute(SQL_DUE_QUEUES, (now_us, now_us))]
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits (cheap: no table read).
+
+        Per thread: it tells this thread's connection about other connections' commits.
+        """
+        with self._cx.errors:
+            return int(self._cx.conn().pragma("data_version"))
+
+    def watch_changes(
+        self, poll_interval: float = 0.001, *, sleep_while_idle: bool = True
+    ) -> ChangeWatcher:
+        """A watcher of other connections' commits (see :class:`.watch.CommitWatcher`).
+
+        :param poll_interval: how often ``PRAGMA data_version`` is read while the log is
+            being written.
+        :param sleep_while_idle: on Linux, sleep while nobody writes the database and wake
+            when its write-ahead log is written (inotify), instead of polling all the time.
+        """
+        from .watch import CommitWatcher
+
+        return CommitWatcher(self, poll_interval, sleep_while_idle=sleep_while_idle)
+
+    def _due_us(self, conn: apsw.Connection, now_us: int) -> int:
+        """The instant that due times are compared with: ``now``, or the newest task's
+        enqueue instant if that is later — after the wall clock steps back, tasks that were
+        ready stay ready instead of waiting for the clock to catch up. (Leases keep using
+        ``now``; delayed tasks still wait for their own instant.)"""
+        latest: int | None = conn.execute(SQL_LATEST_CREATED).get
+        return now_us if latest is None or latest <= now_us else latest
+
+    def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
+        """Microseconds until a delayed task becomes due or a lease expires, or None."""
+        conn = self._cx.conn()
+        with self._cx.errors:
+            due_us = self._due_us(conn, now_us)
+            due = conn.execute(sql_next_due(len(queues)), (*queues, due_us)).get
+            expiry = conn.execute(SQL_NEXT_EXPIRY).get
+        delays = []
+        if due is not None:
+            delays.append(due - due_us)
+        if expiry is not None:
+            delays.append(max(0, expiry - now_us))
+        return min(delays) if delays else None
+
+    def has_work(
+        self, queues: Sequence[str], now_us: int, task_types: Sequence[str] | None = None
+    ) -> bool:
+        """True if a task (of ``task_types``, None: any) is due in one of ``queues`` or a
+        lease has expired (a read; no lock)."""
+        conn = self._cx.conn()
+        types = () if task_types is None else tuple(task_types)
+        sql = sql_any_due_in_queue(None if task_types is None else len(types))
+        with self._cx.errors:
+            due_us = self._due_us(conn, now_us)
+            for q in queues:
+                if conn.execute(sql, (q, due_us, *types)).get is not None:
+                    return True
+            return conn.execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
+
+    # -- lease ---------------------------------------------------------------------------------
+
+    def _order_params(self, plan: LeasePlan, now_us: int) -> tuple[Any, ...]:
+        if SortKey.AGED_PRIORITY in plan.order:
+            return (now_us, max(1, int(plan.aging_seconds * 1_000_000)))
+        return ()
+
+    def lease(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        lease_us: int,
+        plan: LeasePlan,
+        decide_expired: ExpiryDecider,
+        settlements: Sequence[Settlement] = (),
+        want_transitions: bool = True,
+        task_types: Sequence[str] | None = None,
+    ) -> tuple[builtins.list[Task], builtins.list[Transition]]:
+        """Settle finished attempts, sweep expired leases, and lease new tasks — one transaction.
+
+        :param worker_id: the leasing worker; its id is written to ``locked_by``.
+        :param queues: lease only from these queues.
+        :param limit: lease at most this many (0: only settle and sweep).
+        :param now_us: the current instant.
+        :param lease_us: lease length; ``lease_expires_at = now + lease_us``.
+        :param plan: the scheduler's plan (from ``hookqueue_lease``).
+        :param decide_expired: called for each task whose lease expired; returns
+            ``(requeue_at_us, message)`` to requeue it or ``(None, message)`` to end it.
+        :param settlements: finished attempts to write first (see :meth:`settle`).
+        :param want_transitions: False skips decoding the settled tasks (the caller has no
+            event observer); expired leases are still reported.
+        :param task_types: lease only tasks of these types (None: any type).
+        :returns: ``(leased tasks in plan order, transitions)`` where each transition is
+            ``(event kind, task after the change)``.
+        """
+        # Only SQL runs inside the transaction: the rows are fetched as tuples and decoded
+        # into Tasks after COMMIT, so the write lock (which every other worker process waits
+        # for) is held for the statements alone. The rare paths decode inside: expired leases
+        # (decide_expired needs the task) and damaged rows.
+        settled: builtins.list[tuple[str, Any, Task | None]] = []
+        rows: builtins.list[Any] = []
+        # A lease that carries no outcome is a claim, not an acknowledgement: if a power cut
+        # loses it, the task runs again — exactly what the lease's expiry would bring about.
+        # So at durability="full" it commits without waiting for the disk (the next synced
+        # commit, by any connection, syncs it too); enqueues and outcomes still wait.
+        with self._cx.errors, self._cx.unsynced() if not settlements else _NO_CHANGE:
+            conn = self._cx.begin()
+            try:
+                if settlements:
+                    settled = self._settle(conn, worker_id, settlements, now_us)
+                expired = self._expire(conn, now_us, decide_expired)
+                if limit > 0:
+                    rows = self._lease_rows(
+                        conn, worker_id, queues, limit, now_us, lease_us, plan, task_types
+                    )
+            except BaseException:
+                self._cx.rollback(conn)
+                raise
+            self._cx.commit(conn)
+        leased = self._decode_leased(rows, now_us)
+        transitions = self._decode_settled(settled) if want_transitions else []
+        return leased, transitions + expired
+
+    def _expire(
+        self, conn: apsw.Connection, now_us: int, decide_expired: ExpiryDecider
+    ) -> builtins.list[tuple[str, Task]]:
+        """Requeue or end the tasks whose lease expired (inside the lease transaction)."""
+        transitions: builtins.list[tuple[str, Task]] = []
+        expired_ids = _ids(conn.execute(SQL_EXPIRED_IDS, (now_us,)))
+        for task in self._read_or_fail(conn, expired_ids, now_us):
+            requeue_at, message = decide_expired(task)
+            if requeue_at is not None and task.attempts < task.max_attempts:
+                got = conn.execute(SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)).get
+                if got is not None:
+                    transitions.append(("lease_expired", self._task(got)))
+            else:
+                got = conn.execute(SQL_EXPIRE_FAIL, (message, now_us, task.id, now_us)).get
+                if got is not None:
+                    done = self._task(got)
+                    transitions.append((done.status.value, done))
+        return transitions
+
+    def _decode_leased(self, rows: Sequence[Any], now_us: int) -> builtins.list[Task]:
+        """Leased rows as Tasks (after COMMIT). A row that cannot be decoded (damaged) is
+        ended ``failed`` with the reason in a transaction of its own, so one bad row cannot
+        stop every lease: the queue goes on with the others."""
+        tasks: builtins.list[Task] = []
+        from_row = Task.from_row
+        damaged: builtins.list[tuple[int, str]] = []
+        for row in rows:
+            try:
+                tasks.append(from_row(row))
+            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+                damaged.append(
+                    (
+                        row[0],
+                        f"the stored task is damaged and cannot be read ({self._task_error(row, exc)})",
+                    )
+                )
+        if damaged:
+            for task_id, message in damaged:
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+            with self._cx.write() as conn:
+                for task_id, message in damaged:
+                    conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+        return tasks
+
+    def _decode_settled(
+        self, settled: Sequence[tuple[str, Any, Task | None]]
+    ) -> builtins.list[tuple[str, Task]]:
+        """Settled rows as ``(kind, Task)`` (after COMMIT). The outcome is stored either way;
+        a row that cannot be decoded loses only its event, and says so in the log."""
+        out: builtins.list[tuple[str, Task]] = []
+        from_row = Task.from_row
+        for kind, row, held in settled:
+            if type(row) is _HeldComplete and held is not None:
+                out.append((kind, row.apply(held)))
+                continue
+            try:
+                out.append((kind, from_row(row, held)))
+            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+                log.error(
+                    "%s: task %s was settled (%s) but is damaged and cannot be read (%s); "
+                    "no event is sent for it",
+                    self.path,
+                    row[0],
+                    kind,
+                    self._task_error(row, exc),
+                )
+        return out
+
+    def _lease_rows(
+        self,
+        conn: apsw.Connection,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        lease_us: int,
+        plan: LeasePlan,
+        task_types: Sequence[str] | None,
+    ) -> builtins.list[Any]:
+        """Lease up to ``limit`` rows in the plan's order; returns them as fetched (tuples
+        in ``TASK_COLUMNS`` order), for :meth:`_decode_leased` after COMMIT."""
+        keys = tuple(plan.order)
+        types = () if task_types is None else tuple(task_types)
+        n_types = None if task_types is None else len(types)
+        due_us = self._due_us(conn, now_us)
+        order_params = self._order_params(plan, due_us)
+        set_params = (worker_id, now_us + lease_us, now_us)
+        if plan.rerank is None:
+            sql = sql_lease(keys, len(queues), n_types)
+            params = (*set_params, *queues, due_us, *types, *order_params, limit)
+            rows = self._read_rows(conn, _ids(conn.execute(sql, params)), now_us)
+            rows.sort(key=_row_order(plan, due_us))
+            return rows
+        # A bounded window, re-ranked in Python, leased in the same transaction.
+        part_params: tuple[Any, ...] = (
+            ("$." + json.dumps(plan.partition_key),) if plan.partition_key else ()
+        )
+        window_sql = sql_lease_window(keys, len(queues), n_types, bool(plan.partition_key))
+        window_params = (
+            *part_params,
+            *queues,
+            due_us,
+            *types,
+            *order_params,
+            max(plan.window, limit),
+            *order_params,
+        )
+        window = [
+            Candidate(
+                id=r[0],
+                task_type=r[1],
+                priority=r[2],
+                queue=r[3],
+                created_at_us=r[4],
+                run_after_us=r[5],
+                partition=r[6],
+            )
+            for r in conn.execute(window_sql, window_params)
+        ]
+        if not window:
+            return []
+        offered = {c.id for c in window}
+        chosen = [i for i in plan.rerank(window, limit) if i in offered][:limit]
+        if not chosen:
+            return []
+        chosen_ids = _ids(conn.execute(sql_lease_chosen(len(chosen)), (*set_params, *chosen)))
+        by_id = {r[0]: r for r in self._read_rows(conn, chosen_ids, now_us)}
+        return [by_id[i] for i in chosen if i in by_id]
+
+    def _read_rows(
+        self, conn: apsw.Connection, ids: Sequence[int], now_us: int
+    ) -> builtins.list[Any]:
+        """The rows with these ids, fetched (not decoded) in one statement. A row whose text
+        is not valid UTF-8 cannot even be fetched: it is ended ``failed`` with the reason
+        here, inside the transaction, and the others are fetched one by one."""
+        if not ids:
+            return []
+        sql = sql_get_many(len(ids))
+        try:
+            return conn.execute(sql, ids).fetchall()
+        except UnicodeDecodeError:
+            pass  # find the damaged row(s) one by one
+        rows: builtins.list[Any] = []
+        for task_id in ids:
+            try:
+                row = conn.execute(SQL_GET, (task_id,)).get
+            except UnicodeDecodeError as exc:
+                message = f"the stored task is damaged and cannot be read ({exc})"
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+                conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+                continue
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def _read_or_fail(
+        self, conn: apsw.Connection, ids: Sequence[int], now_us: int
+    ) -> builtins.list[Task]:
+        """The tasks with these ids, read in one statement. A row that cannot be decoded
+        (damaged) is ended ``failed`` with the reason instead, so one bad row cannot stop
+        every lease: the queue goes on with the others."""
+        if not ids:
+            return []
+        sql = sql_get_many(len(ids))
+        try:
+            by_id = {t.id: t for t in (self._task(r) for r in conn.execute(sql, ids))}
+            return [by_id[i] for i in ids if i in by_id]
+        except (DamagedRow, UnicodeDecodeError):
+            pass  # find the damaged row(s) one by one
+        tasks: builtins.list[Task] = []
+        for task_id in ids:
+            try:
+                row = conn.execute(SQL_GET, (task_id,)).get
+                if row is not None:
+                    tasks.append(self._task(row))
+            except (DamagedRow, UnicodeDecodeError) as exc:
+                message = f"the stored task is damaged and cannot be read ({exc})"
+                log.error("%s: task %d: %s; it is ended failed", self.path, task_id, message)
+                conn.execute(SQL_FAIL_DAMAGED, (message[:2000], now_us, task_id))
+        return tasks
+
+    # -- settle --------------------------------------------------------------------------------
+
+    def settle(
+        self, worker_id: str, settlements: Sequence[Settlement], now_us: int
+    ) -> builtins.list[tuple[str, Task]]:
+        """Write the outcome of finished attempts in one transaction.
+
+        An outcome is written only while ``worker_id`` still holds the task's lease; an
+        outcome for a lease that was lost (it expired and another worker took the task) is
+        dropped and logged, so a slow worker can never overwrite a newer attempt.
+
+        :returns: ``(event kind, task after the change)`` for each outcome written.
+        """
+        with self._cx.errors:
+            conn = self._cx.begin()
+            try:
+                settled = self._settle(conn, worker_id, settlements, now_us)
+            except BaseException:
+                self._cx.rollback(conn)
+                raise
+            self._cx.commit(conn)
+        return self._decode_settled(settled)
+
+    def _settle(
+        self,
+        conn: apsw.Connection,
+        worker_id: str,
+        settlements: Sequence[Settlement],
+        now_us: int,
+    ) -> builtins.list[tuple[str, Any, Task | None]]:
+        """Write the outcomes; returns ``(event kind, row after the change, the worker's
+        task)`` per outcome written, rows not yet decoded (see :meth:`_decode_settled`)."""
+        out: builtins.list[tuple[str, Any, Task | None]] = []
+        # Completions of tasks the worker holds (the common outcome) go in one statement.
+        held_params: builtins.list[Any] = [now_us]
+        for s in settlements:
+            if _completes_held(s):
+                held_params += (s.task_id, s.result_json)
+        completed: dict[int, int] = {}
+        if len(held_params) > 1:
+            held_params.append(worker_id)
+            completed = dict(
+                conn.execute(sql_complete_held((len(held_params) - 2) // 2), held_params)
+            )
+        for s in settlements:
+            if s.kind == "complete":
+                if _completes_held(s):
+                    flag = completed.pop(s.task_id, None)
+                    row = None if flag is None else _HeldComplete(s.result_json, now_us, flag)
+                else:
+                    row = conn.execute(
+                        SQL_COMPLETE, (s.result_json, now_us, s.task_id, worker_id)
+                    ).get
+                kind = "completed"
+            elif s.kind == "fail":
+                row = conn.execute(SQL_FAIL, (s.error, now_us, s.task_id, worker_id)).get
+                kind = "failed"
+            elif s.kind == "retry":
+                row = conn.execute(
+                    SQL_RETRY_LATER, (s.error, s.run_after_us, s.task_id, worker_id)
+                ).get
+                kind = "retry_scheduled"
+                if row is None:  # cancel was requested meanwhile: cancelling wins over a retry
+                    row = conn.execute(
+                        SQL_CANCEL_IF_REQUESTED, (s.error, now_us, s.task_id, worker_id)
+                    ).get
+                    kind = "cancelled"
+                if row is None:  # no attempts left: the store keeps attempts <= max_attempts
+                    error = f"{s.error} (gave up: no attempts left)"
+                    row = conn.execute(SQL_FAIL, (error, now_us, s.task_id, worker_id)).get
+                    kind = "failed"
+            elif s.kind == "cancelled":
+                row = conn.execute(
+                    SQL_CANCELLED_BY_WORKER,
+                    (s.error or "cancelled by request", now_us, s.task_id, worker_id),
+                ).get
+                kind = "cancelled"
+            else:
+                row = conn.execute(SQL_RELEASE, (s.task_id, worker_id)).get
+                kind = "released"
+            if row is None:
+                log.warning(
+                    "worker %s no longer holds the lease of task %d; its %s outcome is dropped "
+                    "(the lease expired and the task was taken over or ended)",
+                    worker_id,
+                    s.task_id,
+                    s.kind,
+                )
+                continue
+            out.append((kind, row, s.task))
+        if out:
+            finished = sum(1 for kind, _, _ in out if kind != "released")
+            conn.execute(SQL_WORKER_BEAT, (now_us, finished, worker_id))
+        return out
+
+    def renew(
+        self, worker_id: str, task_ids: Sequence[int], now_us: int, lease_us: int
+    ) -> tuple[set[int], set[int]]:
+        """Extend the leases ``worker_id`` holds and record its heartbeat.
+
+        :returns: ``(ids still held, ids whose cancellation was requested)``; a running id
+            missing from the first set was lost (its lease expired and was taken over).
+        """
+        held: set[int] = set()
+        cancel: set[int] = set()
+        with self._cx.write() as conn:
+            for tid in task_ids:
+                row = conn.execute(SQL_RENEW, (now_us + lease_us, tid, worker_id)).get
+                if row is not None:
+                    held.add(row[0])
+                    if row[1]:
+                        cancel.add(row[0])
+            conn.execute(SQL_WORKER_BEAT, (now_us, 0, worker_id))
+        return held, cancel
+
+    # -- user actions --------------------------------------------------------------------------
+
+    def cancel(self, task_id: int, now_us: int) -> tuple[str, Task]:
+        """Cancel a queued task at once, or mark a running one for cancellation.
+
+        :returns: ``("cancelled" | "cancel_requested", task)``.
+        :raises TaskNotFound: unknown id.
+        :raises InvalidTransition: the task already finished.
+        """
+        with self._cx.errors:
+            conn = self._cx.begin()
+            try:
+                row = conn.execute(SQL_CANCEL_QUEUED, ("cancelled by request", now_us, task_id)).get
+                if row is not None:
+                    kind, task = "cancelled", self._task(row)
+                else:
+                    row = conn.execute(SQL_CANCEL_RUNNING, (task_id,)).get
+                    if row is not None:
+                        kind, task = "cancel_requested", self._task(row)
+                    else:
+                        current = conn.execute(SQL_GET, (task_id,)).get
+            except BaseException:
+                self._cx.rollback(conn)
+                raise
+            self._cx.commit(conn)
+        if row is not None:
+            return kind, task
+        if current is None:
+            raise TaskNotFound(task_id)
+        task = self._task(current)
+        raise InvalidTransition(task.id, task.status.value, "cancel", "a queued or running task")
+
+    def requeue(self, task_id: int, now_us: int) -> Task:
+        """Put a failed or cancelled task back to ``queued`` with a fresh attempt budget."""
+        with self._cx.write() as conn:
+            row = conn.execute(SQL_REQUEUE, (now_us, task_id)).get
+            if row is not None:
+                return self._task(row)
+            current = conn.execute(SQL_GET, (task_id,)).get
+        if current is None:
+            raise TaskNotFound(task_id)
+        task = self._task(current)
+        raise InvalidTransition(task.id, task.status.value, "retry", "a failed or cancelled task")
+
+    def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
+        """Delete tasks in ``statuses`` (terminal only) that finished before ``older_than_us``.
+
+        Deletes in batches of 5,000, each its own transaction, so workers are never locked
+        out for long. Stale worker records (no heartbeat since the cut-off) go too.
+
+        :returns: how many tasks were deleted.
+        """
+        chosen = [TaskStatus(s) for s in statuses]
+        for s in chosen:
+            if not s.is_terminal:
+                raise ValidationError(
+                    "statuses",
+                    s.value,
+                    "only finished tasks can be pruned",
+                    "use completed, failed and/or cancelled",
+                )
+        total = 0
+        for status in chosen:
+            while True:
+                with self._cx.write() as conn:
+                    conn.execute(SQL_PRUNE_BATCH, (older_than_us, status.value))
+                    n = conn.changes()
+                total += n
+                if n < 5000:
+                    break
+        with self._cx.write() as conn:
+            conn.execute(SQL_PRUNE_WORKERS, (older_than_us,))
+        return total
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (takes an exclusive lock)."""
+        with self._cx.errors:
+            self._cx.conn().execute(SQL_VACUUM)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record a starting worker (replacing an earlier record with the same id)."""
+        with self._cx.write() as conn:
+            conn.execute(
+                SQL_WORKER_UPSERT,
+                (
+                    info.worker_id,
+                    info.hostname,
+                    info.pid,
+                    json.dumps(list(info.queues)),
+                    info.concurrency,
+                    _us(info.started_at),
+                    _us(info.heartbeat_at),
+                ),
+            )
+
+    def worker_stopped(self, worker_id: str, now_us: int) -> None:
+        """Record that a worker shut down cleanly."""
+        with self._cx.write() as conn:
+            conn.execute(SQL_WORKER_STOP, (now_us, now_us, worker_id))
+
+    def workers(self) -> builtins.list[WorkerInfo]:
+        """Every recorded worker, oldest first."""
+        with self._cx.errors:
+            rows: builtins.list[Any] = self._cx.conn().execute(SQL_WORKERS).fetchall()
+        return [
+            WorkerInfo(
+                worker_id=r[0],
+                hostname=r[1],
+                pid=r[2],
+                queues=tuple(json.loads(r[3])),
+                concurrency=r[4],
+                started_at=from_us(r[5]),
+                heartbeat_at=from_us(r[6]),
+                stopped_at=None if r[7] is None else from_us(r[7]),
+                processed=r[8],
+            )
+            for r in rows
+        ]
+
+
+def _ids(cursor: Iterable[Any]) -> builtins.list[int]:
+    """The first column of every row, as ints (all of a statement's rows are fetched)."""
+    return [int(row[0]) for row in cursor]
+
+
+def _us(value: Any) -> int:
+    return to_us(value, "timestamp")
+
+
+def _row_order(plan: LeasePlan, now_us: int) -> Callable[[Any], tuple[Any, ...]]:
+    """The plan's order as a Python sort key over fetched rows (``RETURNING`` does not keep
+    the ORDER BY); it reads the integer columns, so rows are sorted before being decoded."""
+    aging = max(1, int(plan.aging_seconds * 1_000_000))
+    order = tuple(plan.order)
+    if order == (SortKey.FIFO,):
+        return _fifo_key
+    if order == (SortKey.PRIORITY,):
+        return _priority_key  # the priority plugin's plan: no loop over the keys per row
+
+    def key(row: Any) -> tuple[Any, ...]:
+        task_id, priority, run_after = row[_ID], row[_PRIORITY], row[_RUN_AFTER]
+        parts: builtins.list[Any] = []
+        for k in order:
+            if k is SortKey.PRIORITY:
+                parts.append(priority)
+            elif k is SortKey.AGED_PRIORITY:
+                parts.append(priority - (now_us - run_after) / aging)
+            elif k is SortKey.DUE:
+                parts.append(run_after)
+            elif k is SortKey.LIFO:
+                parts += [-run_after, -task_id]
+            else:
+                parts += [run_after, task_id]
+        parts += [run_after, task_id]
+        return tuple(parts)
+
+    return key
+
+
+def _priority_key(row: Any) -> tuple[Any, ...]:
+    return (row[_PRIORITY], row[_RUN_AFTER], row[_ID])
+
+
+_ID = TASK_COLUMNS.index("id")
+_PRIORITY = TASK_COLUMNS.index("priority")
+_RUN_AFTER = TASK_COLUMNS.index("run_after")
+
+
+def _fifo_key(row: Any) -> tuple[int, int]:
+    return (row[_RUN_AFTER], row[_ID])

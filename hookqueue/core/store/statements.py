@@ -1,0 +1,402 @@
+"""Every SQL statement the SQLite store runs, by name.
+
+Each is a constant string with ``?`` parameters. The only SQL assembled at run time is built
+by the functions at the end from constant pieces: ``IN (?, ?, …)`` placeholder lists, the
+``VALUES (?, ?), …`` rows of a batched completion, ``ORDER BY`` terms from the closed
+:class:`~hookqueue.core.models.SortKey` vocabulary, and which partial index a listing reads.
+No value is ever formatted into a statement (``tests/reliability`` checks this by AST).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..models import TASK_COLUMNS, SortKey, TaskStatus
+
+#: The task columns in ``Task.from_row`` order.
+COLS = ", ".join(TASK_COLUMNS)
+
+SQL_INSERT_KEYED = """
+INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_attempts,
+                   run_after, idempotency_key, timeout_seconds, headers, created_at)
+VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+SQL_INSERT_ID = """
+INSERT INTO tasks (queue, task_type, payload, priority, status, attempts, max_attempts,
+                   run_after, idempotency_key, timeout_seconds, headers, created_at)
+VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)
+"""
+SQL_CLAIM_NEW = """
+UPDATE tasks SET status = 'running', attempts = 1, locked_by = ?, lease_expires_at = ?,
+                 started_at = ?
+WHERE id = ? AND status = 'queued'
+"""
+SQL_GET = f"SELECT {COLS} FROM tasks WHERE id = ?"
+SQL_GET_BY_KEY = f"SELECT {COLS} FROM tasks WHERE idempotency_key = ?"
+SQL_FORGET_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = ?"
+
+SQL_EXPIRED_IDS = """
+SELECT id FROM tasks
+WHERE status = 'running' AND lease_expires_at <= ?
+ORDER BY lease_expires_at
+LIMIT 256
+"""
+SQL_FAIL_DAMAGED = """
+UPDATE tasks SET status = 'failed', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ?
+"""
+SQL_EXPIRE_REQUEUE = f"""
+UPDATE tasks SET status = 'queued', run_after = ?, error_message = ?, locked_by = NULL,
+                 lease_expires_at = NULL, cancel_requested = 0
+WHERE id = ? AND status = 'running' AND lease_expires_at <= ?
+RETURNING {COLS}
+"""
+SQL_EXPIRE_FAIL = f"""
+UPDATE tasks SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
+                 error_message = ?, finished_at = ?, locked_by = NULL, lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND lease_expires_at <= ?
+RETURNING {COLS}
+"""
+SQL_ANY_DUE_ONE_QUEUE = """
+SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ? LIMIT 1
+"""
+SQL_ANY_EXPIRED = "SELECT 1 FROM tasks WHERE status = 'running' AND lease_expires_at <= ? LIMIT 1"
+SQL_NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE status = 'running'"
+SQL_LATEST_CREATED = "SELECT created_at FROM tasks ORDER BY id DESC LIMIT 1"
+
+SQL_COMPLETE = f"""
+UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {COLS}
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def sql_complete_held(n: int) -> str:
+    """``SQL_COMPLETE`` for ``n`` tasks the worker holds in memory (``Settlement.task``), in
+    one statement: parameters ``finished_at, (id, result) * n, worker_id``. The events' tasks
+    are the held ones with the outcome applied, so only what another process may have
+    changed meanwhile comes back (and nothing is decoded twice). One statement per batch
+    instead of one per task: a worker settles up to ``concurrency`` completions at once."""
+    values = ", ".join("(?, ?)" for _ in range(n))
+    return f"""
+UPDATE tasks SET status = 'completed', result = v.column2, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+FROM (VALUES {values}) AS v
+WHERE tasks.id = v.column1 AND tasks.status = 'running' AND tasks.locked_by = ?
+RETURNING tasks.id, tasks.cancel_requested
+"""
+
+
+SQL_FAIL = f"""
+UPDATE tasks SET status = 'failed', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {COLS}
+"""
+SQL_RETRY_LATER = f"""
+UPDATE tasks SET status = 'queued', error_message = ?, run_after = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ? AND cancel_requested = 0
+      AND attempts < max_attempts
+RETURNING {COLS}
+"""
+SQL_CANCEL_IF_REQUESTED = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ? AND cancel_requested = 1
+RETURNING {COLS}
+"""
+SQL_CANCELLED_BY_WORKER = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?, locked_by = NULL,
+                 lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {COLS}
+"""
+SQL_RELEASE = f"""
+UPDATE tasks SET status = 'queued', attempts = max(attempts - 1, 0), locked_by = NULL,
+                 lease_expires_at = NULL, started_at = NULL
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING {COLS}
+"""
+SQL_RENEW = """
+UPDATE tasks SET lease_expires_at = ?
+WHERE id = ? AND status = 'running' AND locked_by = ?
+RETURNING id, cancel_requested
+"""
+SQL_CANCEL_QUEUED = f"""
+UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ?
+WHERE id = ? AND status = 'queued'
+RETURNING {COLS}
+"""
+SQL_CANCEL_RUNNING = f"""
+UPDATE tasks SET cancel_requested = 1
+WHERE id = ? AND status = 'running'
+RETURNING {COLS}
+"""
+SQL_REQUEUE = f"""
+UPDATE tasks SET status = 'queued', attempts = 0, run_after = ?, finished_at = NULL,
+                 started_at = NULL, cancel_requested = 0, result = NULL
+WHERE id = ? AND status IN ('failed', 'cancelled')
+RETURNING {COLS}
+"""
+SQL_PRUNE_BATCH = """
+DELETE FROM tasks WHERE id IN (
+    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? AND status = ?
+    LIMIT 5000
+)
+"""
+# How ``list`` reaches the tasks of an active status: through its partial index, which holds
+# only them (the planner would read the table in id order, through every finished task kept
+# for history, before finding a queued one). Finished tasks are usually most of the table, so
+# they are read in id order, which stops after ``limit`` matches (an index over them would
+# sort them all first).
+#: The final statuses' values, from the model (``check`` binds them).
+FINAL_STATUSES = tuple(s.value for s in TaskStatus if s.is_terminal)
+SQL_LIST_QUEUED = "FROM tasks INDEXED BY tasks_due WHERE status = 'queued'"
+SQL_LIST_RUNNING = "FROM tasks INDEXED BY tasks_lease WHERE status = 'running'"
+#: The filters a listing may add to each part (each binds one value).
+FILTER_TYPE = " AND task_type = ?"
+FILTER_QUEUE = " AND queue = ?"
+FILTER_AFTER_ID = " AND id > ?"
+FILTER_BEFORE_ID = " AND id < ?"
+
+# Each part reads one index: the active statuses their partial indexes, the final ones
+# ``tasks_terminal`` (one statement, so one snapshot; none reads the table's rows for a count).
+SQL_COUNTS = """
+SELECT 'queued', count(*) FROM tasks WHERE status = 'queued'
+UNION ALL SELECT 'running', count(*) FROM tasks WHERE status = 'running'
+UNION ALL SELECT status, count(*) FROM tasks WHERE finished_at IS NOT NULL GROUP BY status
+"""
+SQL_COUNTS_BY_TYPE = """
+SELECT task_type, 'queued', count(*) FROM tasks WHERE status = 'queued' GROUP BY task_type
+UNION ALL
+SELECT task_type, 'running', count(*) FROM tasks WHERE status = 'running' GROUP BY task_type
+UNION ALL
+SELECT task_type, status, count(*) FROM tasks WHERE finished_at IS NOT NULL
+GROUP BY task_type, status
+"""
+SQL_OLDEST_QUEUED = "SELECT min(run_after) FROM tasks INDEXED BY tasks_due WHERE status = 'queued' AND run_after <= ?"
+
+SQL_WORKER_UPSERT = """
+INSERT INTO workers (worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (worker_id) DO UPDATE SET
+    hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
+    concurrency = excluded.concurrency, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, processed = 0
+"""
+SQL_WORKER_BEAT = (
+    "UPDATE workers SET heartbeat_at = ?, processed = processed + ? WHERE worker_id = ?"
+)
+SQL_WORKER_STOP = "UPDATE workers SET stopped_at = ?, heartbeat_at = ? WHERE worker_id = ?"
+SQL_WORKERS = """
+SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at,
+       processed
+FROM workers ORDER BY started_at
+"""
+SQL_PRUNE_WORKERS = "DELETE FROM workers WHERE heartbeat_at < ?"
+
+#: ``ORDER BY`` terms for each sort key; AGED_PRIORITY binds ``(now, aging_us)``.
+ORDER_TERMS: dict[SortKey, str] = {
+    SortKey.PRIORITY: "priority ASC",
+    SortKey.AGED_PRIORITY: "(priority - (? - run_after) * 1.0 / ?) ASC",
+    SortKey.DUE: "run_after ASC",
+    SortKey.FIFO: "run_after ASC, id ASC",
+    SortKey.LIFO: "run_after DESC, id DESC",
+}
+
+
+# -- reads for reports (metrics, exporters, the health summary) ------------------------------
+
+# The partial index over queued tasks (queue, run_after, id) covers this query; the planner
+# could otherwise pick the other one over queued tasks and read every queued row (15x slower
+# with a backlog of 50,000). If the index is ever renamed, SQLite refuses the statement
+# outright ("no query solution"), so the tests notice.
+SQL_QUEUED_BY_QUEUE = """
+SELECT queue,
+       sum(run_after <= ?) AS due,
+       sum(run_after > ?) AS delayed,
+       min(CASE WHEN run_after <= ? THEN run_after END) AS oldest_due
+FROM tasks INDEXED BY tasks_due
+WHERE status = 'queued'
+GROUP BY queue
+"""
+SQL_RUNNING_BY_QUEUE = "SELECT queue, count(*) FROM tasks WHERE status = 'running' GROUP BY queue"
+SQL_FINISHED_SINCE = "SELECT count(*) FROM tasks WHERE finished_at >= ?"
+SQL_RECENT_FINISHED = """
+SELECT status, task_type, attempts, max_attempts, started_at, finished_at
+FROM tasks
+WHERE finished_at >= ?
+ORDER BY finished_at DESC
+LIMIT ?
+"""
+SQL_WAITING_RETRY = "SELECT count(*) FROM tasks WHERE status = 'queued' AND attempts > 0"
+#: Due queued tasks, and running tasks whose lease has expired, by queue name.
+SQL_DUE_QUEUES = """
+SELECT DISTINCT queue FROM tasks
+WHERE (status = 'queued' AND run_after <= ?) OR (status = 'running' AND lease_expires_at <= ?)
+ORDER BY queue
+"""
+
+# -- consistency checks (``check``) ----------------------------------------------------------
+
+SQL_INTEGRITY = "PRAGMA integrity_check"
+SQL_RUNNING_UNOWNED = (
+    "SELECT id FROM tasks WHERE status = 'running' "
+    "AND (locked_by IS NULL OR lease_expires_at IS NULL)"
+)
+SQL_ATTEMPTS_OVER = "SELECT id, attempts, max_attempts FROM tasks WHERE attempts > max_attempts"
+#: Tasks whose ``finished_at`` disagrees with their status (counts and the history index
+#: rely on it being set exactly for the final statuses); binds ``FINAL_STATUSES``.
+SQL_FINISHED_MISMATCH = (
+    "SELECT id, status, finished_at FROM tasks "
+    f"WHERE (status IN ({', '.join('?' * len(FINAL_STATUSES))})) <> (finished_at IS NOT NULL)"
+)
+SQL_VACUUM = "VACUUM"
+
+
+# -- statements assembled from constant pieces ------------------------------------------------
+
+
+def placeholders(n: int) -> str:
+    """``?, ?, …`` (n of them) for an ``IN (…)`` list."""
+    return ", ".join("?" * n)
+
+
+@functools.lru_cache(maxsize=128)
+def sql_get_many(n: int) -> str:
+    """The rows of ``n`` ids, in one statement."""
+    return f"SELECT {COLS} FROM tasks WHERE id IN ({placeholders(n)})"
+
+
+def _type_filter(n_types: int | None) -> str:
+    return "" if n_types is None else f" AND task_type IN ({placeholders(n_types)})"
+
+
+@functools.lru_cache(maxsize=128)
+def sql_any_due_in_queue(n_types: int | None) -> str:
+    """Is a task (of ``n_types`` bound types, or any) due in one queue? Binds
+    ``queue, due_us[, *types]``."""
+    return (
+        "SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ?"
+        f"{_type_filter(n_types)} LIMIT 1"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def sql_next_due(n_queues: int) -> str:
+    """The earliest future ``run_after`` in ``n_queues`` queues; binds ``*queues, due_us``."""
+    return (
+        "SELECT min(run_after) FROM tasks WHERE status = 'queued' "
+        f"AND queue IN ({placeholders(n_queues)}) AND run_after > ?"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def sql_list(
+    *,
+    queued: bool,
+    running: bool,
+    n_final: int,
+    any_status: bool,
+    by_type: bool,
+    by_queue: bool,
+    after_id: bool,
+    newest: bool,
+    ids_only: bool = False,
+) -> str:
+    """A listing: one part per way in — each active status through its partial index, the
+    final statuses together in id order (see ``SQL_LIST_QUEUED``), or the whole table when
+    no status is asked for — each with the same filters.
+
+    Binds, per part in that order, ``[*final statuses,] [task_type,] [queue,] [after_id,]``,
+    then ``limit``. ``ids_only`` selects only the ids (integers always decode: the way round
+    rows whose text is not valid UTF-8)."""
+    cols = "id" if ids_only else COLS
+    filters = (
+        (FILTER_TYPE if by_type else "")
+        + (FILTER_QUEUE if by_queue else "")
+        + ((FILTER_BEFORE_ID if newest else FILTER_AFTER_ID) if after_id else "")
+    )
+    parts: list[str] = []
+    if queued:
+        parts.append(f"SELECT {cols} {SQL_LIST_QUEUED}{filters}")
+    if running:
+        parts.append(f"SELECT {cols} {SQL_LIST_RUNNING}{filters}")
+    if n_final:
+        parts.append(f"SELECT {cols} FROM tasks WHERE status IN ({placeholders(n_final)}){filters}")
+    if any_status:
+        parts.append(f"SELECT {cols} FROM tasks WHERE 1{filters}")
+    order = " ORDER BY id DESC" if newest else " ORDER BY id ASC"
+    return " UNION ALL ".join(parts) + order + " LIMIT ?"
+
+
+#: The lease's SET clause; binds ``worker_id, lease_expires_at, started_at``.
+_LEASE_SET = (
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = ?, "
+    "lease_expires_at = ?, started_at = ?, cancel_requested = 0 "
+)
+
+
+def order_by(keys: tuple[SortKey, ...]) -> str:
+    """The ``ORDER BY`` terms of a plan's sort keys. Ties go in due order, then enqueue
+    order: "priority, run_after, id" is exactly the ``tasks_ready`` index's order, so a
+    priority lease reads the index in order."""
+    terms = [ORDER_TERMS[SortKey(k)] for k in keys]
+    if not any(k in (SortKey.FIFO, SortKey.LIFO) for k in keys):
+        terms.append(ORDER_TERMS[SortKey.FIFO])
+    return ", ".join(terms)
+
+
+def _due_clause(keys: tuple[SortKey, ...]) -> str:
+    # When the order does not start with time, "+run_after" keeps SQLite from turning the due
+    # filter into an index range (a skip-scan that loses the order and sorts every due task);
+    # the index is then read in order and the filter checked row by row.
+    if keys and keys[0] in (SortKey.FIFO, SortKey.DUE, SortKey.LIFO):
+        return "run_after <= ?"
+    return "+run_after <= ?"
+
+
+@functools.lru_cache(maxsize=256)
+def sql_lease(keys: tuple[SortKey, ...], n_queues: int, n_types: int | None) -> str:
+    """Lease the first ``limit`` due tasks in the plan's order in one statement. Binds
+    ``worker_id, lease_expires_at, started_at, *queues, due_us[, *types], *order params,
+    limit``; returns the leased ids."""
+    return (
+        f"{_LEASE_SET} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
+        f"AND queue IN ({placeholders(n_queues)}) AND {_due_clause(keys)}"
+        f"{_type_filter(n_types)} ORDER BY {order_by(keys)} LIMIT ?) RETURNING id"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def sql_lease_window(
+    keys: tuple[SortKey, ...], n_queues: int, n_types: int | None, partition: bool
+) -> str:
+    """The candidate window of a re-ranking plan: ``id, task_type, priority, queue,
+    created_at, run_after, partition`` of the first ``window`` due tasks in order. Binds
+    ``[partition path,] *queues, due_us[, *types], *order params, window, *order params``.
+
+    The ids are chosen through the same index-friendly subquery as a plain lease, then their
+    columns fetched: selecting the columns directly made SQLite sort every due task (2.6 ms at
+    20,000 due tasks against 0.3 ms at 100,000 this way)."""
+    part = "json_extract(payload, ?)" if partition else "NULL"
+    order = order_by(keys)
+    return (
+        f"SELECT id, task_type, priority, queue, created_at, run_after, {part} "
+        f"FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
+        f"AND queue IN ({placeholders(n_queues)}) AND {_due_clause(keys)}"
+        f"{_type_filter(n_types)} ORDER BY {order} LIMIT ?) ORDER BY {order}"
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def sql_lease_chosen(n: int) -> str:
+    """Lease these ``n`` ids if they are still queued (a re-ranked window's choice). Binds
+    ``worker_id, lease_expires_at, started_at, *ids``; returns the leased ids."""
+    return f"{_LEASE_SET} WHERE status = 'queued' AND id IN ({placeholders(n)}) RETURNING id"

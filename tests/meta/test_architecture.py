@@ -1,0 +1,166 @@
+"""The design's rules (shared/DESIGN.md §1–3), checked on the code itself.
+
+- Only the SQLite store (``hookqueue/core/store/``) imports apsw.
+- No SQL outside a store: plugins, contrib and the rest of the core reach data through the
+  store's named methods (:class:`~hookqueue.core.storage.TaskStore`).
+- Arrows point one way: ``core`` never imports ``plugins`` or ``contrib``.
+- Plugins and contrib never import the SQLite store's modules: they use the public
+  ``hookqueue.QueueDatabase`` and the store contract in ``hookqueue.core.storage``.
+
+Each rule has a test that the scan itself catches a violation, so none passes vacuously.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import hookqueue
+
+PACKAGE = Path(hookqueue.__file__).resolve().parent
+STORE = PACKAGE / "core" / "store"
+
+#: A statement's opening words, as SQL is written here (upper-case keywords).
+SQL_TEXT = re.compile(
+    r"\b(SELECT\s+[\w*(]|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b"
+    r"|CREATE\s+(TABLE|INDEX|UNIQUE\s+INDEX|TRIGGER|VIEW)\b|DROP\s+(TABLE|INDEX)\b"
+    r"|PRAGMA\s+\w+|BEGIN\s+(IMMEDIATE|EXCLUSIVE|DEFERRED)\b|WITH\s+\w+\s+AS\s*\()"
+)
+
+
+def _modules(root: Path) -> Iterator[Path]:
+    if root.is_file():
+        yield root
+        return
+    yield from sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def _imports(tree: ast.AST, module: str) -> Iterator[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in the tree (function-level too)."""
+    package = module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            yield node.lineno, name
+            for alias in node.names:  # "from . import store" imports a module too
+                yield node.lineno, f"{name}.{alias.name}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1] + ["__init__"]
+    return ".".join(parts)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def sql_in_source(source: str, filename: str) -> list[str]:
+    """Every string (not a docstring) in ``source`` that holds SQL text."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            if SQL_TEXT.search(node.value):
+                found.append(f"{filename}:{node.lineno}: {node.value.strip()[:70]!r}")
+    return found
+
+
+def apsw_importers(source: str, filename: str) -> list[str]:
+    tree = ast.parse(source)
+    return [
+        f"{filename}:{line}: imports {name}"
+        for line, name in _imports(tree, "hookqueue.x")
+        if name == "apsw" or name.startswith("apsw.")
+    ]
+
+
+def test_only_the_sqlite_store_imports_apsw() -> None:
+    found = [
+        hit
+        for path in _modules(PACKAGE)
+        if STORE not in path.parents
+        for hit in apsw_importers(path.read_text(), _rel(path))
+    ]
+    assert found == []
+    store_users = [p for p in _modules(STORE) if apsw_importers(p.read_text(), _rel(p))]
+    assert store_users, "the scan found no apsw import even in the store: it is broken"
+
+
+def test_no_sql_outside_a_store() -> None:
+    found = [
+        hit
+        for path in _modules(PACKAGE)
+        if STORE not in path.parents
+        for hit in sql_in_source(path.read_text(), _rel(path))
+    ]
+    assert found == [], "SQL outside the store; give it a named store method instead"
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'SQL = "SELECT queue, count(*) FROM tasks GROUP BY queue"',
+        'def f(db):\n    return db.run(f"UPDATE tasks SET status = {x}")',
+        'X = """\nDELETE FROM tasks WHERE id = ?\n"""',
+        'Y = "PRAGMA user_version"',
+        'import apsw\nZ = apsw.Connection(":memory:")',
+    ],
+)
+def test_the_scans_catch_sql_and_apsw(snippet: str) -> None:
+    assert sql_in_source(snippet, "x.py") or apsw_importers(snippet, "x.py")
+
+
+def test_the_sql_scan_ignores_prose() -> None:
+    prose = '"""Select the tasks to update; delete from the list what is done."""\nA = "select one"'
+    assert sql_in_source(prose, "x.py") == []
+    # Inside the store there is SQL to find: the scan would see it.
+    assert sql_in_source((STORE / "statements.py").read_text(), "statements.py")
+
+
+def _import_violations(root: Path, forbidden: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in _modules(root):
+        tree = ast.parse(path.read_text())
+        for line, name in _imports(tree, _module_name(path)):
+            if name.startswith(forbidden):
+                found.append(f"{_rel(path)}:{line}: imports {name}")
+    return found
+
+
+def test_core_never_imports_plugins_or_contrib() -> None:
+    assert _import_violations(PACKAGE / "core", ("hookqueue.plugins", "hookqueue.contrib")) == []
+
+
+def test_plugins_and_contrib_never_import_the_sqlite_store() -> None:
+    forbidden = ("hookqueue.core.store",)
+    found = _import_violations(PACKAGE / "plugins", forbidden)
+    found += _import_violations(PACKAGE / "contrib", forbidden)
+    assert found == [], "use hookqueue.QueueDatabase and hookqueue.core.storage instead"
+    # The scan sees imports of the store where they are allowed (the core's own).
+    assert _import_violations(PACKAGE / "core" / "queue.py", forbidden)
