@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE))
 from hqbench.raw import RawQueue, create_schema, insert_params, now_us, open_conn  # noqa: E402
 
 from hookqueue import Queue  # noqa: E402
+from hookqueue.core.encoding import _ENCODE  # noqa: E402
 from hookqueue.core.models import NewTask, Task  # noqa: E402
-from hookqueue.core.queue import _ENCODE  # noqa: E402
 from hookqueue.core.store.statements import SQL_INSERT_ID  # noqa: E402
 
 VARIANTS = ("raw", "floor", "core alone", "as installed")

@@ -2,7 +2,7 @@
 
 "The same SQL work" is meant literally. The schema is ``store.MIGRATIONS``; inserts, settles,
 reads and cancels use the store's named statements; the lease statement is captured from a
-real ``Queue.lease`` call (apsw's ``exec_trace``), because the store assembles it at run time.
+real ``QueueRuntime.lease`` call (apsw's ``exec_trace``), because the store assembles it at run time.
 :func:`check_same_sql` replays each operation both ways on scratch databases and compares the
 statement sequences, so the baseline cannot silently drift from what hookqueue executes.
 
@@ -237,9 +237,9 @@ def capture_and_check(
             records.clear()
             q.enqueue_many([{"task_type": "noop", "payload": {"i": i}} for i in (1, 2)])
             hq["enqueue_many"] = _ops_only(records[:])
-            leased = q.lease("raw", limit=2)
+            leased = q.runtime.lease("raw", limit=2)
             records.clear()
-            q.lease(
+            q.runtime.lease(
                 "raw",
                 limit=32,
                 settlements=[Settlement(task_id=t.id, kind="complete", task=t) for t in leased],
@@ -257,9 +257,9 @@ def capture_and_check(
     lease_sql = next((s for s in hq["lease"] if s.startswith(_LEASE_PREFIX)), "")
     if not lease_sql:
         raise RuntimeError(
-            "could not find hookqueue's lease statement in the trace of Queue.lease "
+            "could not find hookqueue's lease statement in the trace of QueueRuntime.lease "
             f"(expected one starting {_LEASE_PREFIX!r}); the store's lease changed shape — "
-            "update hqbench.raw.RawQueue.lease to match"
+            "update hqbench.raw.RawQueueRuntime.lease to match"
         )
 
     raw: dict[str, list[str]] = {}

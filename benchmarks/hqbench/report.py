@@ -552,7 +552,7 @@ def render_docs(data: dict[str, Any]) -> str:
         "hookqueue is measured against the physical limit of the machine it runs on: **raw "
         "apsw doing the same SQL work**, in the same run, at the same `synchronous` setting. "
         "The baseline uses hookqueue's schema (`store.MIGRATIONS`) and its named statements; "
-        "the lease statement is captured from a real `Queue.lease` call, and before measuring, "
+        "the lease statement is captured from a real `QueueRuntime.lease` call, and before measuring, "
         "the script replays each operation both ways and compares the statement sequences "
         f"(this run: {'identical' if data.get('sql_check', {}).get('same_sql') else 'DIFFERENT — see the JSON'}). "
         "So `hq ÷ raw` is the price of hookqueue's Python around the same SQLite work. huey's "
@@ -632,7 +632,7 @@ def render_docs(data: dict[str, Any]) -> str:
         "## Schedulers: lease cost beside FIFO",
         "",
         "Draining 10,000 tasks with mixed priorities, four task types and a tenant key, "
-        "in-process, `Queue.lease(limit=32)` completing each batch in the next lease.",
+        "in-process, `QueueRuntime.lease(limit=32)` completing each batch in the next lease.",
         "",
     ]
     for durability, sched in data.get("schedulers", {}).items():

@@ -790,7 +790,7 @@ def _w6_measure(ctx: Context, system: str, path: Path, durability: str) -> dict[
 
         def lease(i: int) -> None:
             back = [Settlement(task_id=t, kind="release") for t in held]
-            held[:] = [t.id for t in q.lease("w6", limit=limit, settlements=back)]
+            held[:] = [t.id for t in q.runtime.lease("w6", limit=limit, settlements=back)]
 
         enqueue: Callable[[int], Any] = lambda i: q.enqueue("noop", {"i": i})  # noqa: E731
         close: Callable[[], Any] = q.close
@@ -962,7 +962,7 @@ def discover_schedulers() -> tuple[dict[str, Any], dict[str, str]]:
 
 def schedulers(ctx: Context, durability: str) -> dict[str, Any]:
     """Lease cost of each scheduler beside FIFO: drain ``sched`` tasks (mixed priorities,
-    four task types, a tenant key) in-process with ``Queue.lease(limit=32)``, completing each
+    four task types, a tenant key) in-process with ``QueueRuntime.lease(limit=32)``, completing each
     batch in the next lease's transaction."""
     from hookqueue.core.store import Settlement
 
@@ -1004,7 +1004,7 @@ def schedulers(ctx: Context, durability: str) -> dict[str, Any]:
                 plan_name = "?"
                 while True:
                     t0 = clock()
-                    leased = q.lease("sched", limit=limit, settlements=done)
+                    leased = q.runtime.lease("sched", limit=limit, settlements=done)
                     lat.append(clock() - t0)
                     if not leased:
                         break

@@ -19,6 +19,9 @@ from typing import Protocol
 from .errors import ValidationError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The first and last instants a datetime can hold, in microseconds since the epoch (UTC).
+MIN_US = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 class Clock(Protocol):
@@ -110,7 +113,16 @@ def to_us(value: datetime, field: str) -> int:
             "is a naive datetime (no timezone), so the instant it means is ambiguous",
             "pass an aware datetime, e.g. datetime.now(timezone.utc) or dt.replace(tzinfo=...)",
         )
-    return (value - _EPOCH) // timedelta(microseconds=1)
+    us = (value - _EPOCH) // timedelta(microseconds=1)
+    if not MIN_US <= us <= MAX_US:
+        raise ValidationError(
+            field,
+            value,
+            "falls outside the years 1 to 9999 once converted to UTC, which no datetime "
+            "can represent",
+            "pass an instant between 0001-01-01 and 9999-12-31 UTC",
+        )
+    return us
 
 
 def from_us(value: int) -> datetime:

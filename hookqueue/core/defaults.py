@@ -39,6 +39,20 @@ def _check_int(field: str, value: Any, *, minimum: int | None = None, fix: str) 
         raise ValidationError(field, value, f"must be >= {minimum}", fix)
 
 
+#: The longest attempt timeout accepted: a year (anything longer means "no limit": pass None).
+MAX_TIMEOUT_SECONDS = 365 * 86400.0
+
+
+def _positive_seconds(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        seconds = float(value)  # an int too large for a float raises OverflowError
+    except OverflowError:
+        return False
+    return math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_SECONDS
+
+
 def validate_new_task(new_task: NewTask) -> NewTask:
     """Check every field of a task about to be written; raise ValidationError naming the field."""
     check_task_type(new_task.task_type)
@@ -70,13 +84,13 @@ def validate_new_task(new_task: NewTask) -> NewTask:
     if key is not None:
         check_unicode("idempotency_key", key)
     timeout = new_task.timeout
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ValidationError("timeout", timeout, "must be a positive number of seconds", "e.g. 30")
+    if timeout is not None and not _positive_seconds(timeout):
+        raise ValidationError(
+            "timeout",
+            timeout,
+            f"must be a positive, finite number of seconds (at most {MAX_TIMEOUT_SECONDS:g})",
+            "e.g. 30",
+        )
     headers = new_task.headers
     if not (type(headers) is dict or isinstance(headers, Mapping)) or not all(
         isinstance(k, str) for k in new_task.headers

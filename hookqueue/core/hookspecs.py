@@ -215,7 +215,9 @@ def hookqueue_worker_start(worker: WorkerEngine) -> None:
 
     Called on the worker's event loop thread.
 
-    :param worker: the worker (``worker.worker_id``, ``worker.queue``, ``worker.concurrency``).
+    :param worker: the worker: a :class:`~hookqueue.WorkerEngine`, or an
+        :class:`~hookqueue.core.inline.InlineWorker` for an in-process run; both have
+        ``worker_id``, ``queue``, ``runtime``, ``queues``, ``concurrency`` and ``stats``.
     """
 
 

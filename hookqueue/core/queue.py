@@ -1,9 +1,11 @@
-"""``Queue``: the facade over the store, the plugin manager and the handler registry.
+"""``Queue``: the user's API — enqueue, read, cancel, retry, prune.
 
-The queue calls hooks in protocol order and owns no policy: what to validate, which task runs
-next, whether to retry and what to measure are all answered by plugins (the core's own
-defaults included). Every operation has a sync form and an ``*_async`` form; the async forms
-never block the event loop on SQLite.
+A queue owns a store, a plugin manager and a handler registry, held in its
+:class:`~hookqueue.core.runtime.QueueRuntime` (``queue.runtime``), which also carries what
+workers call (lease, settle, heartbeat). The queue calls hooks in protocol order and owns no
+policy: what to validate, which task runs next, whether to retry and what to measure are all
+answered by plugins (the core's own defaults included). Every operation has a sync form and an
+``*_async`` form; the async forms never block the event loop on the store.
 """
 
 from __future__ import annotations
@@ -13,33 +15,26 @@ import builtins
 import json
 import logging
 import os
-import queue as stdlib_queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
 from .clock import Clock, SystemClock, from_us, seconds_to_us, to_us
+from .encoding import IMMUTABLE_JSON, encode_json, flat_copy
 from .errors import TaskNotFound, ValidationError
+from .groupcommit import GroupCommitter
 from .handlers import TaskHandlerRegistry
-from .models import (
-    EventKind,
-    Failure,
-    HandlerSpec,
-    LeaseRequest,
-    NewTask,
-    Task,
-    TaskEvent,
-    TaskStatus,
-    WorkerInfo,
-)
-from .plugins import Hooks, make_plugin_manager
-from .storage import Durability, InsertRow, Settlement, TaskStore
+from .inline import InlineRunner
+from .models import NewTask, Task, TaskStatus, WorkerInfo
+from .plugins import make_plugin_manager
+from .runtime import QueueRuntime
+from .storage import Durability, InsertRow, TaskStore
 from .store import QueueDatabase
 
 log = logging.getLogger("hookqueue.queue")
@@ -53,104 +48,6 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 _DEFAULT = object()
 #: Any delay longer than this ends past datetime's range (year 9999) once added to now.
 _MAX_DELAY_US = 1000 * 365 * 86400 * 1_000_000
-
-_KIND_TO_EVENT = {
-    "completed": EventKind.COMPLETED,
-    "failed": EventKind.FAILED,
-    "retry_scheduled": EventKind.RETRY_SCHEDULED,
-    "cancelled": EventKind.CANCELLED,
-    "released": EventKind.RELEASED,
-    "lease_expired": EventKind.LEASE_EXPIRED,
-    "cancel_requested": EventKind.CANCEL_REQUESTED,
-}
-
-
-#: ``json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)``, with
-#: the encoder built once (json.dumps builds one per call when given options).
-_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
-#: Payload types whose decoded JSON is the value itself (nothing to copy).
-_IMMUTABLE_JSON = frozenset({type(None), str, int, float, bool})
-
-
-#: Transitions whose event carries no error message (the task's last one is history).
-_NO_ERROR_KINDS = frozenset({"completed", "requeued", "cancel_requested"})
-
-
-def _encode_json(field: str, value: Any, limit: int | None = None) -> str:
-    """``value`` as compact JSON text, or a ValidationError naming ``field``.
-
-    Refused: what JSON cannot hold (sets, bytes, objects, NaN and infinities), dict keys that
-    are not strings (``json`` would turn ``1`` into ``"1"`` and silently merge it with a
-    ``"1"`` key), text that is not valid Unicode (lone surrogates), nesting too deep to
-    encode, and text over ``limit`` UTF-8 bytes.
-    """
-    fix = (
-        "pass dicts with string keys, lists, strings, finite numbers, booleans and None only "
-        "(convert datetimes to ISO strings, sets to lists, objects to dicts)"
-    )
-    try:
-        text = _ENCODE(value)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(field, value, f"is not JSON-serialisable ({exc})", fix) from None
-    except RecursionError:
-        raise ValidationError(
-            field, "<deeply nested value>", "is nested too deeply to encode", "flatten it"
-        ) from None
-    if not text.isascii():
-        try:
-            size = len(text.encode())
-        except UnicodeEncodeError as exc:
-            raise ValidationError(
-                field,
-                value,
-                f"contains text that is not valid Unicode ({exc.reason})",
-                "remove lone surrogates (decode bytes with errors='replace')",
-            ) from None
-    else:
-        size = len(text)
-    if size > 2 and _has_non_string_key(value):
-        raise ValidationError(
-            field, value, "has a dict key that is not a string", "convert keys to strings yourself"
-        )
-    if limit is not None and size > limit:
-        raise ValidationError(
-            field,
-            f"<{size} bytes of JSON>",
-            f"is larger than max_payload_bytes={limit}",
-            "store large data elsewhere and put its path or URL in the payload, or raise "
-            "Queue(max_payload_bytes=...)",
-        )
-    return text
-
-
-def _flat_copy(value: Any) -> dict[str, Any] | None:
-    """A copy of ``value`` if it is a dict of str keys and immutable JSON values (exact types:
-    a str or int subclass, such as an enum, is stored as its plain value) — equal to what
-    decoding its JSON gives, for a fraction of the cost; else None."""
-    if type(value) is not dict:
-        return None
-    immutable = _IMMUTABLE_JSON
-    for key, item in value.items():
-        if type(key) is not str or type(item) not in immutable:
-            return None
-    return value.copy()
-
-
-def _has_non_string_key(value: Any) -> bool:
-    """True if any dict inside ``value`` has a key that is not a str (iterative: no recursion
-    limit, and the payload already encoded, so it is finite)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    return True
-                if isinstance(child, dict | list | tuple):
-                    stack.append(child)
-        elif isinstance(item, list | tuple):
-            stack.extend(child for child in item if isinstance(child, dict | list | tuple))
-    return False
 
 
 def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
@@ -175,6 +72,15 @@ def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
             field, value, "is longer than a thousand years", "use a delay that ends before 9999"
         )
     return us
+
+
+class _Prepared(NamedTuple):
+    """A task ready to insert: as the enqueue hooks left it, encoded for the store, and the
+    payload the returned :class:`Task` will own."""
+
+    new_task: NewTask
+    row: InsertRow
+    payload: Any
 
 
 class Queue:
@@ -241,18 +147,20 @@ class Queue:
         self.key_window_us = (
             None if idempotency_window is None else _as_us("idempotency_window", idempotency_window)
         )
-        self.clock: Clock = clock or SystemClock()
-        self.pm = make_plugin_manager(
-            load_entrypoints=load_entrypoints, block=block, plugins=plugins
-        )
-        self.hooks = Hooks(self.pm)
+        pm = make_plugin_manager(load_entrypoints=load_entrypoints, block=block, plugins=plugins)
+        #: The store, hooks, handlers and clock this queue shares with its workers, and the
+        #: worker-facing protocol (lease, settle, heartbeat, retry decisions, wake-ups).
+        self.runtime = QueueRuntime(self, self.db, pm, clock or SystemClock())
+        #: The plugin manager.
+        self.pm = pm
+        #: The typed hook facade (the runtime's).
+        self.hooks = self.runtime.hooks
         #: The handlers workers of this queue run (plugins' ``hookqueue_handlers`` included).
-        self.handlers = TaskHandlerRegistry()
-        for spec in self.hooks.handlers():
-            self.handlers.add(spec)
-        self._wakers: dict[int, Callable[[str], None]] = {}
+        self.handlers = self.runtime.handlers
+        #: Where time comes from.
+        self.clock: Clock = self.runtime.clock
         self._executor: ThreadPoolExecutor | None = None
-        self._committer: _GroupCommitter | None = None
+        self._committer: GroupCommitter[_Prepared, Task] | None = None
         self._lock = threading.Lock()
         self._closed = False
         #: Run tasks in the caller as they are enqueued (see ``hookqueue.core.inline``).
@@ -342,28 +250,44 @@ class Queue:
             )
         return result
 
-    def _row(self, nt: NewTask, now_us: int) -> InsertRow:
-        return InsertRow(
+    def _prepare(self, nt: NewTask, now_us: int) -> _Prepared:
+        """Encode a validated task for the store, and the payload the returned :class:`Task`
+        will own — everything that can refuse the task runs here, before anything is
+        written."""
+        payload_json = encode_json("payload", nt.payload, self.max_payload_bytes)
+        payload = nt.payload
+        if type(payload) not in IMMUTABLE_JSON:
+            # The returned task owns its payload: decoding the JSON about to be written is a
+            # deep copy (and shows what is stored, e.g. tuples as lists). Immutable values
+            # are shared as they are, and a flat dict of them is copied as it is.
+            payload = flat_copy(payload)
+            if payload is None:
+                try:
+                    payload = json.loads(payload_json)
+                except RecursionError:
+                    raise ValidationError(
+                        "payload",
+                        "<deeply nested value>",
+                        "is nested too deeply to be read back on this thread's stack",
+                        "flatten it",
+                    ) from None
+        row = InsertRow(
             queue=nt.queue,
             task_type=nt.task_type,
-            payload_json=_encode_json("payload", nt.payload, self.max_payload_bytes),
+            payload_json=payload_json,
             priority=nt.priority,
             max_attempts=1 if nt.max_attempts is None else nt.max_attempts,
             run_after_us=now_us if nt.run_after is None else to_us(nt.run_after, "run_after"),
             idempotency_key=nt.idempotency_key,
             timeout=None if nt.timeout is None else float(nt.timeout),
-            headers_json=_encode_json("headers", dict(nt.headers)) if nt.headers else None,
+            headers_json=encode_json("headers", dict(nt.headers)) if nt.headers else None,
         )
+        return _Prepared(nt, row, payload)
 
-    def _task_from(self, task_id: int, nt: NewTask, row: InsertRow, now_us: int) -> Task:
-        payload = nt.payload
-        if type(payload) not in _IMMUTABLE_JSON:
-            # The returned task owns its payload: decoding the JSON just written is a deep
-            # copy (and shows what is stored, e.g. tuples as lists). Immutable values are
-            # shared as they are, and a flat dict of them is copied as it is.
-            payload = _flat_copy(payload)
-            if payload is None:
-                payload = json.loads(row.payload_json)
+    @staticmethod
+    def _task_from(task_id: int, item: _Prepared, now_us: int) -> Task:
+        """The just-inserted task (from checked values: nothing here can raise)."""
+        nt, row, payload = item
         return Task._new_queued(
             id=task_id,
             queue=nt.queue,
@@ -378,61 +302,37 @@ class Queue:
             headers=dict(nt.headers),
         )
 
-    def _write_new(
-        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
-    ) -> builtins.list[Task]:
-        if len(items) == 1 and items[0][1].idempotency_key is None:
-            # The commonest write, one task without a key (every plain enqueue()): the same
-            # statement without insert()'s lists and key look-up (~5 us less; W1).
-            nt, row = items[0]
-            task = self._task_from(self.db.insert_one(row, now_us), nt, row, now_us)
-            self._enqueued((task,), now_us)
-            tasks = [task]
-        else:
-            results = self.db.insert(
-                [row for _, row in items], now_us, key_window_us=self.key_window_us
-            )
-            tasks = self._after_insert(items, results, now_us)
+    def _write_new(self, items: Sequence[_Prepared], now_us: int) -> builtins.list[Task]:
+        tasks = self._insert(items, now_us)
         if self.inline:
-            from .inline import run_inline
-
-            return run_inline(self, tasks)
+            return InlineRunner.for_runtime(self.runtime).run(tasks)
         return tasks
 
-    def _insert_only(
-        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
-    ) -> builtins.list[Task]:
+    def _insert(self, items: Sequence[_Prepared], now_us: int) -> builtins.list[Task]:
+        """Write prepared tasks in one transaction; after it committed, build the returned
+        tasks, send ``enqueued`` events and wake this process's workers (none of which can
+        raise: observers' errors are logged)."""
+        if len(items) == 1 and items[0].row.idempotency_key is None:
+            # The commonest write, one task without a key (every plain enqueue()): the same
+            # statement without insert()'s lists and key look-up.
+            task = self._task_from(self.db.insert_one(items[0].row, now_us), items[0], now_us)
+            self.runtime.enqueued((task,), now_us)
+            return [task]
         results = self.db.insert(
-            [row for _, row in items], now_us, key_window_us=self.key_window_us
+            [item.row for item in items], now_us, key_window_us=self.key_window_us
         )
-        return self._after_insert(items, results, now_us)
-
-    def _after_insert(
-        self,
-        items: Sequence[tuple[NewTask, InsertRow]],
-        results: Sequence[tuple[int, Task | None]],
-        now_us: int,
-    ) -> builtins.list[Task]:
         tasks: builtins.list[Task] = []
         created: builtins.list[Task] = []
-        for (nt, row), (task_id, existing) in zip(items, results, strict=True):
+        for item, (task_id, existing) in zip(items, results, strict=True):
             if existing is not None:
                 tasks.append(existing)
             else:
-                task = self._task_from(task_id, nt, row, now_us)
+                task = self._task_from(task_id, item, now_us)
                 tasks.append(task)
                 created.append(task)
         if created:
-            self._enqueued(created, now_us)
+            self.runtime.enqueued(created, now_us)
         return tasks
-
-    def _enqueued(self, created: Sequence[Task], now_us: int) -> None:
-        """After new tasks committed: their ``enqueued`` events, and wake this process's
-        workers."""
-        if self.hooks.has_event_observers():
-            at = from_us(now_us)
-            self.hooks.event([TaskEvent._make(EventKind.ENQUEUED, t, at) for t in created])
-        self._wake()
 
     def enqueue(
         self,
@@ -479,12 +379,12 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
-        return self._write_new([(nt, self._row(nt, now_us))], now_us)[0]
+        return self._write_new([self._prepare(nt, now_us)], now_us)[0]
 
     def _prepare_many(
         self, tasks: Iterable[Mapping[str, Any] | NewTask], now_us: int
-    ) -> builtins.list[tuple[NewTask, InsertRow]]:
-        items: builtins.list[tuple[NewTask, InsertRow]] = []
+    ) -> builtins.list[_Prepared]:
+        items: builtins.list[_Prepared] = []
         defaults = _ENQUEUE_DEFAULTS
         for index, spec in enumerate(tasks):
             if type(spec) is dict:  # the common case, before the slower ABC check
@@ -516,7 +416,7 @@ class Queue:
                 # Every key is one of _build's arguments (checked above): one merge with
                 # the defaults instead of a lookup per argument.
                 nt = self._build(now_us=now_us, **{**defaults, **kwargs})
-                items.append((nt, self._row(nt, now_us)))
+                items.append(self._prepare(nt, now_us))
             except ValidationError as exc:
                 raise ValidationError(
                     f"tasks[{index}].{exc.field}", exc.value, exc.problem, exc.fix
@@ -568,31 +468,30 @@ class Queue:
             return []
         lease_until = now_us + seconds_to_us(lease_seconds)
         results = self.db.insert(
-            [row for _, row in items],
+            [item.row for item in items],
             now_us,
             key_window_us=self.key_window_us,
             claim=(worker_id, lease_until),
         )
         out: builtins.list[Task] = []
-        events: builtins.list[TaskEvent] = []
+        created: builtins.list[Task] = []
         at = from_us(now_us)
-        for (nt, row), (task_id, existing) in zip(items, results, strict=True):
+        for item, (task_id, existing) in zip(items, results, strict=True):
             if existing is not None:
                 out.append(existing)
                 continue
-            task = attrs.evolve(
-                self._task_from(task_id, nt, row, now_us),
-                status=TaskStatus.RUNNING,
-                attempts=1,
-                locked_by=worker_id,
-                lease_expires_at=from_us(lease_until),
-                started_at=at,
+            task = self._task_from(task_id, item, now_us)._replaced(
+                {
+                    "status": TaskStatus.RUNNING,
+                    "attempts": 1,
+                    "locked_by": worker_id,
+                    "lease_expires_at": from_us(lease_until),
+                    "started_at": at,
+                }
             )
             out.append(task)
-            events.append(TaskEvent(kind=EventKind.ENQUEUED, task=task, at=at, worker_id=worker_id))
-            events.append(TaskEvent(kind=EventKind.STARTED, task=task, at=at, worker_id=worker_id))
-        if events and self.hooks.has_event_observers():
-            self.hooks.event(events)
+            created.append(task)
+        self.runtime.enqueued(created, now_us, worker_id=worker_id)
         return out
 
     async def enqueue_async(
@@ -625,14 +524,12 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
-        row = self._row(nt, now_us)
+        item = self._prepare(nt, now_us)
         waiter: asyncio.Future[builtins.list[Task]] = asyncio.get_running_loop().create_future()
-        self._group_committer().submit_async([(nt, row)], now_us, waiter)
+        self._group_committer().submit_async([item], now_us, waiter)
         tasks = await waiter
         if self.inline:
-            from .inline import run_inline_async
-
-            tasks = await run_inline_async(self, tasks)
+            tasks = await InlineRunner.for_runtime(self.runtime).run_async(tasks)
         return tasks[0]
 
     async def enqueue_many_async(
@@ -643,18 +540,16 @@ class Queue:
         items = self._prepare_many(tasks, now_us)
         if not items:
             return []
-        written = await self._in_thread(self._insert_only, items, now_us)
+        written = await self._in_thread(self._insert, items, now_us)
         if self.inline:
-            from .inline import run_inline_async
-
             # on the caller's loop, so async handlers run where the caller's objects live
-            return await run_inline_async(self, written)
+            return await InlineRunner.for_runtime(self.runtime).run_async(written)
         return written
 
-    def _group_committer(self) -> _GroupCommitter:
+    def _group_committer(self) -> GroupCommitter[_Prepared, Task]:
         with self._lock:
             if self._committer is None:
-                self._committer = _GroupCommitter(self)
+                self._committer = GroupCommitter(self._insert, "hookqueue-group-commit")
             return self._committer
 
     # -- reads ---------------------------------------------------------------------------------
@@ -718,9 +613,9 @@ class Queue:
         """
         now_us = self.clock.now_us()
         kind, task = self.db.cancel(_task_id(task_id), now_us)
-        self._emit([(kind, task)], now_us)
+        self.runtime.emit([(kind, task)], now_us)
         if kind == "cancel_requested":
-            self._wake("cancel")
+            self.runtime.wake("cancel")
         return task
 
     def retry(self, task_id: int | str) -> Task:
@@ -731,8 +626,8 @@ class Queue:
         """
         now_us = self.clock.now_us()
         task = self.db.requeue(_task_id(task_id), now_us)
-        self._emit([("requeued", task)], now_us)
-        self._wake()
+        self.runtime.emit([("requeued", task)], now_us)
+        self.runtime.wake()
         return task
 
     def prune(
@@ -746,157 +641,6 @@ class Queue:
         """
         cutoff = self.clock.now_us() - _as_us("older_than", older_than)
         return self.db.prune(older_than_us=cutoff, statuses=[_status(s) for s in statuses])
-
-    # -- what workers call ---------------------------------------------------------------------
-
-    def lease(
-        self,
-        worker_id: str,
-        *,
-        queues: Sequence[str] = ("default",),
-        limit: int = 1,
-        lease_seconds: float = 10.0,
-        settlements: Sequence[Settlement] = (),
-    ) -> builtins.list[Task]:
-        """Write finished attempts, take over expired leases and lease up to ``limit`` tasks,
-        in one transaction; the scheduler (``hookqueue_lease``) picks which.
-
-        Attempts are counted here, at lease time, so a task whose worker dies still runs
-        out of attempts.
-        """
-        now_us = self.clock.now_us()
-        now = from_us(now_us)
-        request = LeaseRequest(
-            worker_id=worker_id,
-            queues=tuple(queues),
-            limit=limit,
-            now=now,
-            lease_seconds=lease_seconds,
-        )
-        plan = self.hooks.lease(self, request)
-        observed = self.hooks.has_event_observers()
-        leased, transitions = self.db.lease(
-            worker_id=worker_id,
-            queues=request.queues,
-            limit=limit,
-            now_us=now_us,
-            lease_us=seconds_to_us(lease_seconds),
-            plan=plan,
-            decide_expired=partial(self._decide_expired, now),
-            settlements=settlements,
-            want_transitions=observed,
-        )
-        self._emit(transitions, now_us, worker_id=worker_id, settlements=settlements)
-        if leased and observed:
-            self.hooks.event(
-                [TaskEvent._make(EventKind.STARTED, t, now, worker_id) for t in leased]
-            )
-        return leased
-
-    def _decide_expired(self, now: datetime, task: Task) -> tuple[int | None, str]:
-        message = (
-            f"worker {task.locked_by} stopped renewing its lease during attempt "
-            f"{task.attempts} of {task.max_attempts} (it died, hung or lost the database)"
-        )
-        if task.cancel_requested:
-            return None, message + "; cancellation had been requested"
-        failure = Failure(kind="crash", message=message)
-        decision = self.hooks.retry(task, failure, self.handlers.find(task.task_type), now)
-        if decision.retry and decision.run_after is not None and task.attempts < task.max_attempts:
-            return to_us(decision.run_after, "run_after"), message
-        return None, message
-
-    def settle(self, worker_id: str, settlements: Sequence[Settlement]) -> builtins.list[Task]:
-        """Write finished attempts (complete, fail, retry, cancelled, release) in one
-        transaction; outcomes for leases this worker no longer holds are dropped."""
-        now_us = self.clock.now_us()
-        transitions = self.db.settle(worker_id, settlements, now_us)
-        self._emit(transitions, now_us, worker_id=worker_id, settlements=settlements)
-        return [t for _, t in transitions]
-
-    def heartbeat(
-        self, worker_id: str, task_ids: Sequence[int], lease_seconds: float
-    ) -> tuple[set[int], set[int]]:
-        """Renew the worker's leases; returns ``(held ids, ids to cancel)``."""
-        return self.db.renew(worker_id, task_ids, self.clock.now_us(), seconds_to_us(lease_seconds))
-
-    def decide_retry(self, task: Task, failure: Failure, handler: HandlerSpec | None) -> Settlement:
-        """Ask ``hookqueue_retry`` about a failed attempt and turn the answer into a settlement.
-
-        A decision to retry is overruled when the task has used all its attempts.
-        """
-        now = self.now()
-        decision = self.hooks.retry(task, failure, handler, now)
-        if decision.retry and task.attempts < task.max_attempts:
-            run_after = decision.run_after or now
-            return Settlement(
-                task_id=task.id,
-                kind="retry",
-                error=failure.message,
-                run_after_us=to_us(run_after, "run_after"),
-                reason=decision.reason,
-            )
-        message = failure.message
-        if decision.retry:
-            message += f" (gave up: all {task.max_attempts} attempts used)"
-        return Settlement(task_id=task.id, kind="fail", error=message, reason=decision.reason)
-
-    def register_worker(self, info: WorkerInfo) -> None:
-        """Record a starting worker."""
-        self.db.register_worker(info)
-
-    def worker_stopped(self, worker_id: str) -> None:
-        """Record a worker's clean shutdown."""
-        self.db.worker_stopped(worker_id, self.clock.now_us())
-
-    def add_waker(self, waker: Callable[[str], None]) -> int:
-        """Call ``waker(reason)`` after each enqueue or retry (``"enqueue"``) and each cancel of
-        a running task (``"cancel"``) made in this process; in-process workers use it to act
-        at once instead of at their next poll. Returns a handle for :meth:`remove_waker`."""
-        handle = id(waker)
-        with self._lock:
-            self._wakers[handle] = waker
-        return handle
-
-    def remove_waker(self, handle: int) -> None:
-        """Stop calling a waker."""
-        with self._lock:
-            self._wakers.pop(handle, None)
-
-    def _wake(self, reason: str = "enqueue") -> None:
-        for waker in list(self._wakers.values()):
-            try:
-                waker(reason)
-            except Exception:  # a worker's loop closed under us: nothing to wake
-                log.debug("waker failed", exc_info=True)
-
-    def _emit(
-        self,
-        transitions: Sequence[tuple[str, Task]],
-        now_us: int,
-        *,
-        worker_id: str | None = None,
-        settlements: Sequence[Settlement] = (),
-    ) -> None:
-        if not transitions or not self.hooks.has_event_observers():
-            return
-        found = {s.task_id: s for s in settlements}.get
-        at = from_us(now_us)
-        events = []
-        for kind, task in transitions:
-            settlement = found(task.id)
-            events.append(
-                TaskEvent._make(
-                    _KIND_TO_EVENT.get(kind) or EventKind(kind),
-                    task,
-                    at,
-                    worker_id if kind != "lease_expired" else task.locked_by,
-                    duration=None if settlement is None else settlement.duration,
-                    error=None if kind in _NO_ERROR_KINDS else task.error_message,
-                    reason=None if settlement is None else settlement.reason,
-                )
-            )
-        self.hooks.event(events)
 
     # -- async forms ---------------------------------------------------------------------------
 
@@ -953,10 +697,7 @@ class Queue:
             return
         self._closed = True
         self.hooks.queue_close(self)
-        if self.inline:
-            from .inline import close_runner
-
-            close_runner(self)
+        InlineRunner.close_for(self.runtime)
         if self._committer is not None:
             self._committer.stop()
         if self._executor is not None:
@@ -1004,119 +745,3 @@ def _status(value: TaskStatus | str) -> TaskStatus:
         raise ValidationError(
             "status", value, "is not a task status", f"use one of {[s.value for s in TaskStatus]}"
         ) from None
-
-
-class _GroupCommitter:
-    """Commits concurrent ``enqueue_async`` calls together: one writer thread takes every
-    request waiting when it is free and writes them in one transaction (one fsync)."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self._requests: stdlib_queue.SimpleQueue[Any] = stdlib_queue.SimpleQueue()
-        self._thread = threading.Thread(
-            target=self._run, name="hookqueue-group-commit", daemon=True
-        )
-        self._thread.start()
-
-    def submit(
-        self, items: Sequence[tuple[NewTask, InsertRow]], now_us: int
-    ) -> Future[builtins.list[Task]]:
-        future: Future[builtins.list[Task]] = Future()
-        self._requests.put((items, now_us, future))
-        return future
-
-    def submit_async(
-        self,
-        items: Sequence[tuple[NewTask, InsertRow]],
-        now_us: int,
-        waiter: asyncio.Future[builtins.list[Task]],
-    ) -> None:
-        """Like :meth:`submit`, resolving an asyncio future of the caller's loop: the writer
-        resolves every waiter of one loop in one ``call_soon_threadsafe`` per batch, where
-        a concurrent Future per request costs a loop wake-up and two locks each."""
-        self._requests.put((items, now_us, waiter))
-
-    def stop(self) -> None:
-        self._requests.put(None)
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while True:
-            first = self._requests.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while True:
-                try:
-                    nxt = self._requests.get_nowait()
-                except stdlib_queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: builtins.list[Any]) -> None:
-        queue = self.queue
-        items = [item for items, _, _ in batch for item in items]
-        now_us = max(n for _, n, _ in batch)
-        try:
-            results = queue.db.insert(
-                [row for _, row in items], now_us, key_window_us=queue.key_window_us
-            )
-        except Exception:
-            if len(batch) == 1:
-                _settle_waiters([(batch[0][2], None, _current_exception())])
-                return
-            # One request spoiled the batch: write each on its own so only it fails.
-            for request in batch:
-                self._commit([request])
-            return
-        tasks = queue._after_insert(items, results, now_us)
-        offset = 0
-        outcomes: builtins.list[tuple[Any, Any, BaseException | None]] = []
-        for request_items, _, future in batch:
-            n = len(request_items)
-            outcomes.append((future, tasks[offset : offset + n], None))
-            offset += n
-        _settle_waiters(outcomes)
-
-
-def _settle_waiters(outcomes: Sequence[tuple[Any, Any, BaseException | None]]) -> None:
-    """Give each request its result or exception: concurrent Futures directly, asyncio
-    futures with one ``call_soon_threadsafe`` per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
-    for future, result, exc in outcomes:
-        if isinstance(future, asyncio.Future):
-            by_loop.setdefault(future.get_loop(), []).append((future, result, exc))
-        elif exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-    for loop, pending in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_resolve_on_loop, pending)
-        except RuntimeError:  # the caller's loop closed: nobody is waiting any more
-            pass
-
-
-def _resolve_on_loop(pending: Sequence[tuple[Any, Any, BaseException | None]]) -> None:
-    for future, result, exc in pending:
-        if future.done():  # the awaiting coroutine was cancelled
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-
-def _current_exception() -> BaseException:
-    import sys
-
-    exc = sys.exc_info()[1]
-    assert exc is not None
-    return exc

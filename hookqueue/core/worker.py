@@ -1,19 +1,27 @@
-"""``WorkerEngine``: an asyncio worker that leases tasks, runs their handlers, renews its leases
+"""``WorkerEngine``: an asyncio worker that leases tasks, runs their handlers, keeps their leases
 and shuts down without losing work.
 
-One worker is one event loop plus two thread pools:
+One worker is one event loop plus a few threads:
 
-- a single *store thread* does every database call of the worker, in order, on its own
-  connection: leasing, settling finished attempts (written in the same transaction as the next
-  lease, so a busy worker commits once per batch, not once per task), heartbeats;
-- a *handler pool* of ``concurrency`` threads runs sync handlers; async handlers run on the
-  loop.
+- a single *store thread* does the worker's leases and settlements, in order, on its own
+  connection (a batch of finished attempts is written in the same transaction as the next
+  lease, so a busy worker commits once per batch, not once per task);
+- a :class:`~hookqueue.core.leasekeeper.LeaseKeeper` renews the leases of running tasks and
+  records the worker's heartbeat from a thread of its own, so an async handler that blocks
+  the loop cannot make its own lease (or its neighbours') expire; the keeper also notices
+  when the loop is blocked and says which tasks are running;
+- :class:`~hookqueue.core.handlerthreads.HandlerThreads` run sync handlers (``concurrency``
+  daemon threads: a handler that never returns cannot keep the process alive after
+  shutdown); async handlers run on the loop.
 
 Waking up: an enqueue in the same process wakes the worker at once; a commit by another
-process is noticed by a watcher thread polling ``PRAGMA data_version`` (a counter in shared
-memory, no table read) every ``wake_poll_interval`` seconds while the database's log is being
-written — on Linux it sleeps while nobody writes (see ``hookqueue.core.walwatch``); a delayed
-task or an expiring lease wakes it by timer at its instant.
+process is noticed by a watcher thread through the store's change watcher
+(:meth:`~hookqueue.core.storage.TaskStore.watch_changes`), which looks for due work on its
+own connection before waking the loop; a delayed task or an expiring lease wakes it by timer
+at its instant.
+
+A worker leases only task types it has handlers for: tasks of other types stay queued for a
+worker that has them.
 """
 
 from __future__ import annotations
@@ -24,43 +32,34 @@ import os
 import signal
 import socket
 import threading
-import traceback
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
-import attrs
-
-from .errors import HandlerNotFound, StoreError, TaskCancelled, ValidationError, WorkerError
-from .execution import Execution, set_current_execution
+from .attempt import WorkerStats, describe_stats, no_handler, run_attempt
+from .errors import StoreError, ValidationError, WorkerError
+from .execution import Execution
 from .handlers import TaskHandlerRegistry
-from .models import Failure, HandlerSpec, Task, WorkerInfo
-from .queue import Queue, _encode_json
-from .storage import ChangeWatcher, Settlement
+from .handlerthreads import HandlerThreads
+from .leasekeeper import LeaseKeeper
+from .models import Task, WorkerInfo
+from .queue import Queue
+from .storage import ChangeWatcher, Settlement, TaskStore
 from .store import QueueDatabase
 
 log = logging.getLogger("hookqueue.worker")
 
-
 T = TypeVar("T")
 
-
-@attrs.define
-class WorkerStats:
-    """Counts of what a worker did since it started."""
-
-    #: attempts finished (any outcome)
-    processed: int = 0
-    completed: int = 0
-    failed: int = 0
-    #: attempts that failed and were scheduled to run again
-    retried: int = 0
-    cancelled: int = 0
-    #: leases given back unfinished at shutdown
-    released: int = 0
-    #: leases lost to another worker (this worker was too slow to renew)
-    lost: int = 0
+#: How often the event loop reports that it is alive to the lease keeper's thread.
+LOOP_TICK = 0.25
+#: A loop that has not run for this long (seconds) is reported as blocked (then every
+#: :data:`BLOCKED_REPEAT` seconds while it stays blocked).
+BLOCKED_AFTER = 1.0
+BLOCKED_REPEAT = 10.0
 
 
 def _default_worker_id() -> str:
@@ -77,9 +76,8 @@ def _check_positive(field: str, value: Any, fix: str, *, allow_none: bool = Fals
 class WorkerEngine:
     """Works tasks from a queue until stopped.
 
-    :param queue_or_db: a :class:`~hookqueue.Queue`, a
-        :class:`~hookqueue.QueueDatabase` (its shared Queue is used) or None (the default
-        database).
+    :param queue_or_db: a :class:`~hookqueue.Queue`, a store (its shared Queue is used) or
+        None (the default database).
     :param worker_id: a unique name for this worker (default ``host-pid-random``).
     :param handler_registry: where handlers are looked up (default: the queue's).
     :param queues: the queue names to lease from.
@@ -94,11 +92,15 @@ class WorkerEngine:
         database is being written.
     :param wake_on_wal_writes: on Linux, sleep while nobody writes the database and wake
         when its write-ahead log is written (inotify), instead of polling all the time.
+
+    Every run method (:meth:`run`, :meth:`run_async`, :meth:`run_until_idle`,
+    :meth:`run_until_idle_async`) may be called again on the same worker once the previous
+    run returned.
     """
 
     def __init__(
         self,
-        queue_or_db: Queue | QueueDatabase | None = None,
+        queue_or_db: Queue | TaskStore | None = None,
         worker_id: str | None = None,
         *,
         handler_registry: TaskHandlerRegistry | None = None,
@@ -114,6 +116,8 @@ class WorkerEngine:
         if queue_or_db is None:
             queue_or_db = QueueDatabase()
         self.queue = Queue.for_database(queue_or_db)
+        #: The queue's runtime: the store, hooks and clock, and the protocol workers call.
+        self.runtime = self.queue.runtime
         if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
             raise ValidationError(
                 "worker_id", worker_id, "must be a non-empty string", "e.g. 'worker-1'"
@@ -158,20 +162,29 @@ class WorkerEngine:
         self.wake_on_wal_writes = bool(wake_on_wal_writes)
         self.idle_poll_interval = float(idle_poll_interval)
         self.stats = WorkerStats()
-        self._running: dict[int, tuple[asyncio.Task[None], Execution]] = {}
-        self._pending: list[Settlement] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._stop_requested = False
+        self._force_requested = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one run (a new run starts from scratch; the stats accumulate)."""
+        self._running: dict[int, tuple[asyncio.Task[Settlement | None], Execution]] = {}
+        self._pending: list[Settlement] = []
         self._wake: asyncio.Event | None = None
-        self._stopping = False
-        self._force = False
+        self._stopping = self._stop_requested
+        self._force = self._force_requested
+        self._stop_requested = self._force_requested = False
         self._maybe_more = True
         self._declined = False
-        self._check_cancels = False
         #: The commit watcher found due work: the next step leases without looking first.
         self._work_seen = False
-        self._started = threading.Event()
         self._own_loop = False
         self._change_watcher: ChangeWatcher | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._loop_seen = time.monotonic()
+        self._blocked_reported = 0.0
 
     def __repr__(self) -> str:
         return f"WorkerEngine({self.worker_id!r}, queues={list(self.queues)}, concurrency={self.concurrency})"
@@ -198,11 +211,12 @@ class WorkerEngine:
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the worker to shut down (thread-safe): stop leasing, let running tasks finish
-        within ``shutdown_grace`` (``force``: at once), release the rest."""
+        within ``shutdown_grace`` (``force``: at once), release the rest. Asked before a run
+        starts, the next run stops at once."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            self._stopping = True
-            self._force = self._force or force
+            self._stop_requested = True
+            self._force_requested = self._force_requested or force
             return
         try:
             loop.call_soon_threadsafe(self._request_stop, force)
@@ -240,23 +254,27 @@ class WorkerEngine:
 
     def _on_wake(self, reason: str) -> None:
         if reason == "cancel":
-            self._check_cancels = True
-        else:
-            self._maybe_more = True
-            if reason == "work":
-                self._work_seen = True
+            if self._keeper is not None:
+                self._keeper.beat_now()
+            return
+        self._maybe_more = True
+        if reason == "work":
+            self._work_seen = True
         if self._wake is not None:
             self._wake.set()
 
+    def _task_types(self) -> list[str]:
+        """The task types this worker leases: those it has handlers for."""
+        return self.handler_registry.get_registered_types()
+
     async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a database call off the event loop (on the store thread) — or, when the worker
+        """Run a store call off the event loop (on the store thread) — or, when the worker
         owns its loop (``run``, ``run_until_idle``) and no task is running, on the loop
         itself. Then nothing can be kept waiting: no handler is running, and nothing else
         runs on a loop the worker created; the worker itself waits for the call's answer
         either way (a stop request, too, takes effect when it returns). That saves two
-        thread hand-offs per batch (about 6 µs per task when a batch of short tasks
-        finishes before the next lease). ``run_async`` shares the caller's loop and always
-        uses the store thread."""
+        thread hand-offs per batch when a batch of short tasks finishes before the next
+        lease. ``run_async`` shares the caller's loop and always uses the store thread."""
         assert self._loop is not None
         if self._own_loop and not self._running:
             return fn(*args, **kwargs)
@@ -269,24 +287,40 @@ class WorkerEngine:
             raise WorkerError(
                 f"worker {self.worker_id} is already running; create another WorkerEngine"
             )
-        self._loop = asyncio.get_running_loop()
+        self._reset()
+        self._loop = loop = asyncio.get_running_loop()
         self._own_loop = own_loop
         self._wake = asyncio.Event()
         self._store_exec = ThreadPoolExecutor(
             1, thread_name_prefix=f"hookqueue-store-{self.worker_id}"
         )
-        self._handler_exec = ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix="hookqueue-handler"
-        )
-        waker = self.queue.add_waker(self._wake_from_queue)
+        self._handler_exec = HandlerThreads(self.concurrency, "hookqueue-handler")
+        if not self._task_types():
+            log.warning(
+                "worker %s has no handlers, so it leases nothing: register handlers on its "
+                "queue (queue.handlers.register_handler) before tasks can run here",
+                self.worker_id,
+            )
+        waker = self.runtime.add_waker(self._wake_from_queue)
         watcher_stop = threading.Event()
         watcher: threading.Thread | None = None
         installed: list[int] = []
-        heartbeat: asyncio.Task[None] | None = None
+        keeper = self._keeper = LeaseKeeper(
+            self.runtime,
+            self.worker_id,
+            lease_seconds=self.lease_seconds,
+            interval=self.heartbeat_interval,
+            on_lost=self._lost_from_thread,
+            on_cancel=self._cancel_from_thread,
+            beat_when_idle=True,
+            on_beat=self._check_loop,
+            name=f"hookqueue-leases-{self.worker_id}",
+        )
+        tick = loop.call_later(LOOP_TICK, self._tick)
         try:
             now = self.queue.now()
             await self._store(
-                self.queue.register_worker,
+                self.runtime.register_worker,
                 WorkerInfo(
                     worker_id=self.worker_id,
                     hostname=socket.gethostname(),
@@ -307,17 +341,16 @@ class WorkerEngine:
                     daemon=True,
                 )
                 watcher.start()
-            self.queue.hooks.worker_start(self)
-            heartbeat = asyncio.create_task(self._heartbeat_loop())
+            self.runtime.hooks.worker_start(self)
+            keeper.start()
             self._started.set()
             await self._work(until_idle)
         finally:
             try:
                 await self._shutdown()
             finally:
-                if heartbeat is not None:
-                    heartbeat.cancel()
-                    await asyncio.gather(heartbeat, return_exceptions=True)
+                tick.cancel()
+                keeper.stop()
                 watcher_stop.set()
                 change_watcher = self._change_watcher
                 if change_watcher is not None:
@@ -325,14 +358,15 @@ class WorkerEngine:
                 if watcher is not None:
                     watcher.join(timeout=5)
                 for sig in installed:
-                    self._loop.remove_signal_handler(sig)
-                self.queue.remove_waker(waker)
+                    loop.remove_signal_handler(sig)
+                self.runtime.remove_waker(waker)
                 try:
-                    await self._store(self.queue.worker_stopped, self.worker_id)
-                    self.queue.hooks.worker_stop(self)
+                    await self._store(self.runtime.worker_stopped, self.worker_id)
+                    self.runtime.hooks.worker_stop(self)
                 finally:
                     self._handler_exec.shutdown(wait=False, cancel_futures=True)
                     self._store_exec.shutdown(wait=True)
+                    self._keeper = None
                     self._loop = None
                     self._started.clear()
         return self.stats
@@ -367,8 +401,8 @@ class WorkerEngine:
     def _watch_commits(self, stop: threading.Event) -> None:
         """Notice other processes' commits (the store's change watcher) and wake the loop
         when one brings due work for this worker."""
-        db = self.queue.db
-        clock = self.queue.clock
+        db = self.runtime.db
+        clock = self.runtime.clock
         watcher = db.watch_changes(
             self.wake_poll_interval, sleep_while_idle=self.wake_on_wal_writes
         )
@@ -386,7 +420,7 @@ class WorkerEngine:
                     self._wake_from_queue("commit")
                     continue
                 try:
-                    if not db.has_work(self.queues, clock.now_us()):
+                    if not db.has_work(self.queues, clock.now_us(), self._task_types()):
                         continue
                 except StoreError:
                     self._wake_from_queue("commit")  # the loop looks, and handles it
@@ -411,8 +445,7 @@ class WorkerEngine:
                 failures = 0
             except StoreError as exc:
                 # The database is locked, full or failing: keep the finished attempts in
-                # memory, back off and try again, like the heartbeat does. The leases of the
-                # running tasks are renewed by the heartbeat meanwhile.
+                # memory (their leases are still renewed), back off and try again.
                 self._pending = settlements + self._pending
                 failures += 1
                 delay = min(5.0, 0.05 * 2**failures)
@@ -432,11 +465,7 @@ class WorkerEngine:
 
     async def _step(self, until_idle: bool, settlements: list[Settlement]) -> bool:
         """One turn of the loop; returns True when ``run_until_idle`` has nothing left to do."""
-        assert self._wake is not None
-        clock = self.queue.clock
-        if self._check_cancels:
-            self._check_cancels = False
-            await self._beat()
+        assert self._wake is not None and self._keeper is not None
         free = self.concurrency - len(self._running)
         want = free if self._maybe_more else 0
         # A wake-up that arrives while we await the store sets _maybe_more again; clearing it
@@ -444,21 +473,25 @@ class WorkerEngine:
         if want > 0:
             self._maybe_more = False
         seen, self._work_seen = self._work_seen, False
+        task_types = self._task_types()
         if want > 0 and not settlements and not seen:
             # A read (no write lock) first: a wake-up from another process's commit
             # often has nothing for us.
-            if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
+            if not await self._store(self.runtime.has_work, self.queues, task_types):
                 want = 0
         if settlements or want > 0:
             leased = await self._store(
-                self.queue.lease,
+                self.runtime.lease,
                 self.worker_id,
                 queues=self.queues,
                 limit=want,
                 lease_seconds=self.lease_seconds,
                 settlements=settlements,
+                task_types=task_types,
             )
-            self._count(settlements)
+            # Written (or dropped as lost): their leases need no more renewing.
+            self._keeper.release(s.task_id for s in settlements)
+            self.stats.count(settlements)
             for task in leased:
                 self._start(task)
             if want > 0:
@@ -467,7 +500,7 @@ class WorkerEngine:
                 self._declined = not leased
             return False
         if until_idle and not self._running and not self._pending:
-            if not await self._store(self.queue.db.has_work, self.queues, clock.now_us()):
+            if not await self._store(self.runtime.has_work, self.queues, task_types):
                 return True
             if self._declined:
                 # Tasks are due but the scheduler's plan leased none of them (a rerank that
@@ -481,11 +514,9 @@ class WorkerEngine:
             return False
         timeout = self.idle_poll_interval
         if free > 0 and not self._maybe_more:
-            delay = await self._store(
-                self.queue.db.next_wakeup_delay_us, self.queues, clock.now_us()
-            )
+            delay = await self._store(self.runtime.next_wakeup_delay, self.queues)
             if delay is not None:
-                timeout = min(timeout, max(0.0, delay / 1e6))
+                timeout = min(timeout, max(0.0, delay))
         try:
             # asyncio.timeout, not wait_for: no extra task per wait (one wait per batch).
             async with asyncio.timeout(timeout):
@@ -494,21 +525,6 @@ class WorkerEngine:
             self._maybe_more = True
         return False
 
-    def _count(self, settlements: Sequence[Settlement]) -> None:
-        for s in settlements:
-            if s.kind == "release":
-                self.stats.released += 1
-                continue
-            self.stats.processed += 1
-            if s.kind == "complete":
-                self.stats.completed += 1
-            elif s.kind == "fail":
-                self.stats.failed += 1
-            elif s.kind == "retry":
-                self.stats.retried += 1
-            elif s.kind == "cancelled":
-                self.stats.cancelled += 1
-
     def _finish(self, settlement: Settlement | None) -> None:
         if settlement is not None:
             self._pending.append(settlement)
@@ -516,133 +532,59 @@ class WorkerEngine:
             self._wake.set()
 
     def _start(self, task: Task) -> None:
+        assert self._loop is not None and self._keeper is not None
+        self._keeper.hold([task.id])
         spec = self.handler_registry.find(task.task_type)
-        if spec is None:
-            error = HandlerNotFound(task.task_type, self.handler_registry.get_registered_types())
-            log.error("worker %s: task %d: %s", self.worker_id, task.id, error)
-            failure = Failure(kind="no_handler", message=str(error), exception=error)
-            self._finish(self.queue.decide_retry(task, failure, None))
+        if spec is None:  # unregistered since the lease was asked for
+            self._finish(no_handler(self.runtime, task, self.worker_id))
             return
         execution = Execution(task=task, worker_id=self.worker_id, executor=self._handler_exec)
-        assert self._loop is not None
-        atask = self._loop.create_task(self._run_one(task, spec, execution))
+        # The attempt is the task's own coroutine (not awaited by another one): an exception
+        # thrown into an awaiting coroutine as GeneratorExit would close the attempt instead
+        # of reaching its handling.
+        atask = self._loop.create_task(run_attempt(self.runtime, task, spec, execution))
+        atask.add_done_callback(partial(self._attempt_done, task))
         self._running[task.id] = (atask, execution)
 
-    async def _run_one(self, task: Task, spec: HandlerSpec, execution: Execution) -> None:
-        set_current_execution(execution)  # this asyncio task's own context
-        clock = self.queue.clock
-        started = clock.monotonic()
-        timeout = task.timeout if task.timeout is not None else spec.timeout
-        settlement: Settlement | None = None
-        failure: Failure | None = None
-        deadline: asyncio.Timeout | None = None
-        try:
-            awaitable = self.queue.hooks.execute(task, spec, self.worker_id)
-            if timeout is None:  # most tasks: no timeout context to enter and leave
-                result = await awaitable
-            else:
-                async with asyncio.timeout(timeout) as deadline:
-                    result = await awaitable
-        except asyncio.CancelledError:
-            reason = execution.cancel_reason or "cancelled"
-            if reason == "shutdown":
-                settlement = Settlement(task_id=task.id, kind="release")
-            elif reason == "lease lost":
-                settlement = None  # another worker owns the task now; write nothing
-            else:
-                settlement = Settlement(
-                    task_id=task.id, kind="cancelled", error=f"cancelled: {reason}"
-                )
-        except TimeoutError as exc:
-            if deadline is not None and deadline.expired() and timeout is not None:
-                execution.cancel("timeout")  # sync handlers can see it through the token
-                failure = Failure(
-                    kind="timeout",
-                    message=f"timed out after {timeout:g}s (attempt {task.attempts} of {task.max_attempts})",
-                    exception=exc,
-                )
-            else:  # the handler's own TimeoutError (a socket, a lock): an ordinary error
-                failure = _error_failure(exc)
-        except TaskCancelled as exc:
-            reason = execution.cancel_reason or str(exc)
-            if reason == "shutdown":
-                settlement = Settlement(task_id=task.id, kind="release")
-            else:
-                settlement = Settlement(
-                    task_id=task.id, kind="cancelled", error=f"cancelled: {reason}"
-                )
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                log.error(
-                    "worker %s: the handler of task %d (%s) raised %s; the task fails and the worker goes on",
-                    self.worker_id,
-                    task.id,
-                    task.task_type,
-                    type(exc).__name__,
-                )
-            failure = _error_failure(exc)
-        else:
-            try:
-                result_json = None if result is None else _encode_json("result", result)
-                # The common outcome is built once, with its duration (no attrs.evolve).
-                self._running.pop(task.id, None)
-                self._finish(Settlement.completed(task, result_json, clock.monotonic() - started))
-                return
-            except ValidationError as exc:
-                failure = Failure(
-                    kind="bad_result",
-                    message=f"the handler returned a value that is not JSON: {exc.problem}",
-                    exception=exc,
-                )
-        if failure is not None:
-            try:
-                settlement = self.queue.decide_retry(task, failure, spec)
-            except Exception as exc:  # a broken retry plugin: fail the task, keep the worker
-                log.exception(
-                    "worker %s: hookqueue_retry raised for task %d", self.worker_id, task.id
-                )
-                settlement = Settlement(
-                    task_id=task.id,
-                    kind="fail",
-                    error=f"{failure.message} (the retry policy raised {type(exc).__name__}: {exc})",
-                )
-            if settlement.kind == "fail":
-                log.warning(
-                    "worker %s: task %d (%s) failed: %s",
-                    self.worker_id,
-                    task.id,
-                    task.task_type,
-                    failure.message,
-                )
-        duration = clock.monotonic() - started
-        if settlement is not None:
-            settlement = attrs.evolve(settlement, duration=duration)
+    def _attempt_done(self, task: Task, atask: asyncio.Task[Settlement | None]) -> None:
         self._running.pop(task.id, None)
+        settlement: Settlement | None
+        if atask.cancelled():  # cancelled before it started: given back unfinished
+            settlement = Settlement(task_id=task.id, kind="release")
+        elif (exc := atask.exception()) is not None:  # pragma: no cover - run_attempt's bug
+            log.error(
+                "worker %s: attempt of task %d crashed", self.worker_id, task.id, exc_info=exc
+            )
+            settlement = Settlement(
+                task_id=task.id,
+                kind="fail",
+                error=f"the worker failed: {type(exc).__name__}: {exc}",
+            )
+        else:
+            settlement = atask.result()
+        if settlement is None and self._keeper is not None:
+            self._keeper.release([task.id])  # the lease was lost: nothing to write
         self._finish(settlement)
 
-    # -- heartbeats ----------------------------------------------------------------------------
+    # -- what the lease keeper reports (on its thread) -------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self._beat()
-            except Exception:
-                log.exception(
-                    "worker %s: heartbeat failed; retrying at the next beat", self.worker_id
-                )
+    def _lost_from_thread(self, task_ids: set[int]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stop_attempts, task_ids, "lease lost")
 
-    async def _beat(self) -> None:
-        ids = list(self._running)
-        held, to_cancel = await self._store(
-            self.queue.heartbeat, self.worker_id, ids, self.lease_seconds
-        )
-        for tid in ids:
+    def _cancel_from_thread(self, task_ids: set[int]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stop_attempts, task_ids, "cancel requested")
+
+    def _stop_attempts(self, task_ids: set[int], reason: str) -> None:
+        for tid in task_ids:
             entry = self._running.get(tid)
             if entry is None:
                 continue
             atask, execution = entry
-            if tid not in held:
+            if reason == "lease lost":
                 log.warning(
                     "worker %s lost the lease of task %d (it expired and was taken over); "
                     "stopping its attempt here",
@@ -650,11 +592,42 @@ class WorkerEngine:
                     tid,
                 )
                 self.stats.lost += 1
-                execution.cancel("lease lost")
-                atask.cancel()
-            elif tid in to_cancel:
-                execution.cancel("cancel requested")
-                atask.cancel()
+            execution.cancel(reason)
+            atask.cancel()
+
+    def _tick(self) -> None:
+        """Runs on the loop every :data:`LOOP_TICK` seconds: the loop is alive."""
+        self._loop_seen = time.monotonic()
+        loop = self._loop
+        if loop is not None:
+            loop.call_later(LOOP_TICK, self._tick)
+
+    def _check_loop(self) -> None:
+        """On the lease keeper's thread: warn when the event loop has not run for a while —
+        an async handler that blocks it (``time.sleep``, heavy CPU work) stops every other
+        task of this worker."""
+        blocked = time.monotonic() - self._loop_seen
+        if blocked < BLOCKED_AFTER or self._loop is None or not self._running:
+            # (With nothing running, the loop may be in a store call of its own.)
+            self._blocked_reported = 0.0
+            return
+        if self._blocked_reported and blocked - self._blocked_reported < BLOCKED_REPEAT:
+            return
+        self._blocked_reported = blocked
+        running = [
+            f"{tid} ({execution.task.task_type})"
+            for tid, (_, execution) in list(self._running.items())
+        ]
+        log.warning(
+            "worker %s: its event loop has been blocked for %.1fs; running: %s. An async "
+            "handler is blocking it (time.sleep or CPU work in 'async def'): every other task "
+            "of this worker waits meanwhile. Their leases are still renewed. Fix: make the "
+            "handler a plain 'def' (it then runs in a thread), or await "
+            "asyncio.to_thread(...) for the blocking part",
+            self.worker_id,
+            blocked,
+            ", ".join(running) or "none",
+        )
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -672,7 +645,7 @@ class WorkerEngine:
         settlements, self._pending = self._pending, []
         if settlements:
             try:
-                await self._store(self.queue.settle, self.worker_id, settlements)
+                await self._store(self.runtime.settle, self.worker_id, settlements)
             except StoreError as exc:
                 log.error(
                     "worker %s: %d finished attempt(s) could not be written at shutdown (%s); "
@@ -682,25 +655,7 @@ class WorkerEngine:
                     exc,
                 )
                 return
-            self._count(settlements)
-
-
-def _error_failure(exc: BaseException) -> Failure:
-    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return Failure(
-        kind="error",
-        message=message,
-        exception=exc,
-        traceback="".join(traceback.format_exception(exc)),
-    )
-
-
-def describe_stats(stats: WorkerStats) -> str:
-    """One line for logs and the CLI."""
-    return (
-        f"{stats.processed} processed: {stats.completed} completed, {stats.failed} failed, "
-        f"{stats.retried} retried, {stats.cancelled} cancelled; {stats.released} released"
-    )
+            self.stats.count(settlements)
 
 
 __all__ = ["WorkerEngine", "WorkerStats", "describe_stats"]

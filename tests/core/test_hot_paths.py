@@ -42,7 +42,7 @@ class _Recorder:
 def test_from_row_reads_what_the_attrs_constructor_would_build(core_queue: Queue) -> None:
     """Task.from_row skips attrs' __init__; the task equals one built field by field."""
     core_queue.enqueue("job", {"a": [1, 2]}, headers={"tenant": "t"}, idempotency_key="k")
-    (task,) = core_queue.lease("w", limit=1)
+    (task,) = core_queue.runtime.lease("w", limit=1)
     rebuilt = Task(**{f: getattr(task, f) for f in task.to_dict() if f != "type"})
     assert rebuilt == task
     assert task.status is TaskStatus.RUNNING and task.lease_expires_at is not None
@@ -53,8 +53,8 @@ def test_held_completion_equals_the_row_for_every_result_shape(core_queue: Queue
     """The held-task completion path decodes the result as a read of the row would."""
     results = [None, 0, "s", [1, {"a": None}], {"nested": {"x": [1.5, True]}}]
     core_queue.enqueue_many([{"task_type": "job", "payload": {"n": n}} for n in range(5)])
-    leased = core_queue.lease("w", limit=5)
-    settled = core_queue.settle(
+    leased = core_queue.runtime.lease("w", limit=5)
+    settled = core_queue.runtime.settle(
         "w",
         [
             Settlement(
@@ -79,13 +79,13 @@ def test_batched_completion_skips_lost_leases_and_keeps_each_result(
     core_queue.enqueue_many(
         [{"task_type": "job", "payload": {"n": n}, "max_attempts": 3} for n in range(4)]
     )
-    a, b, c, d = core_queue.lease("w1", limit=4, lease_seconds=1)
+    a, b, c, d = core_queue.runtime.lease("w1", limit=4, lease_seconds=1)
     clock.advance(2)  # every lease expires ...
-    core_queue.heartbeat("w1", [a.id, c.id, d.id], 10)  # ... but w1 renews three in time
-    taken = core_queue.lease("w2", limit=4)  # w2 takes over b only
+    core_queue.runtime.heartbeat("w1", [a.id, c.id, d.id], 10)  # ... but w1 renews three in time
+    taken = core_queue.runtime.lease("w2", limit=4)  # w2 takes over b only
     assert [t.id for t in taken] == [b.id]
     with caplog.at_level(logging.WARNING, logger="hookqueue.store"):
-        settled = core_queue.settle(
+        settled = core_queue.runtime.settle(
             "w1",
             [
                 Settlement(task_id=a.id, kind="complete", result_json='"a"', task=a),
@@ -106,7 +106,7 @@ def test_fast_constructors_build_what_init_builds(core_queue: Queue) -> None:
     equals the __init__-built record and sets every field (a field added to a class
     without its fast constructor fails here)."""
     task = core_queue.enqueue("job", {"n": 1}, headers={"h": "v"})
-    (leased,) = core_queue.lease("w", limit=1)
+    (leased,) = core_queue.runtime.lease("w", limit=1)
     at = core_queue.now()
     pairs = [
         (
@@ -189,7 +189,7 @@ def test_leased_tasks_come_in_plan_order(core_queue: Queue, clock: FakeClock) ->
     first = core_queue.enqueue("job", {"n": "first"})
     second = core_queue.enqueue("job", {"n": "second"})
     clock.advance(2)
-    leased = core_queue.lease("w", limit=3)
+    leased = core_queue.runtime.lease("w", limit=3)
     assert [t.id for t in leased] == [first.id, second.id, later.id]
 
 
@@ -199,10 +199,10 @@ def test_settle_event_carries_the_stored_outcome(db_path: Path, clock: FakeClock
     recorder = _Recorder()
     with Queue(db_path, load_entrypoints=False, clock=clock, plugins=[recorder]) as q:
         q.enqueue("job", {"n": 1})
-        (task,) = q.lease("w", limit=1)
+        (task,) = q.runtime.lease("w", limit=1)
         q.cancel(task.id)  # marks it; the attempt still completes
         recorder.events.clear()
-        q.lease(
+        q.runtime.lease(
             "w",
             limit=0,
             settlements=[
@@ -226,13 +226,13 @@ def test_damaged_settled_row_keeps_its_outcome_and_loses_only_its_event(
     recorder = _Recorder()
     with Queue(db_path, load_entrypoints=False, clock=clock, plugins=[recorder]) as q:
         q.enqueue_many([{"task_type": "job", "payload": {"n": n}} for n in range(2)])
-        bad, good = q.lease("w", limit=2)
+        bad, good = q.runtime.lease("w", limit=2)
         conn = _raw(db_path)
         conn.execute("UPDATE tasks SET payload = '{broken' WHERE id = ?", (bad.id,))
         conn.close()
         recorder.events.clear()
         with caplog.at_level(logging.ERROR, logger="hookqueue.store"):
-            settled = q.settle(
+            settled = q.runtime.settle(
                 "w",
                 [Settlement(task_id=t.id, kind="complete") for t in (bad, good)],
             )

@@ -39,5 +39,5 @@ def test_enqueue_claimed_many_is_one_transaction(db_path: Path) -> None:
     assert all(q.get(t.id).locked_by == "mgr" and q.get(t.id).attempts == 1 for t in tasks)
     again = q.enqueue_claimed_many("other", tasks=[{"task_type": "a", "idempotency_key": "r1"}])
     assert again[0].id == tasks[0].id and again[0].locked_by == "mgr"
-    assert q.lease("w", limit=5) == [], "claimed tasks are never leased by another worker"
+    assert q.runtime.lease("w", limit=5) == [], "claimed tasks are never leased by another worker"
     q.close()

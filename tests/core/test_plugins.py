@@ -197,7 +197,7 @@ def test_a_lease_plan_from_a_plugin_orders_the_lease(db_path: Path) -> None:
     q = Queue(db_path, load_entrypoints=False, plugins=[ByPriority()])
     for p in (5, 1, 3, 1):
         q.enqueue("t", p, priority=p)
-    assert [t.payload for t in q.lease("w", limit=4)] == [1, 1, 3, 5]
+    assert [t.payload for t in q.runtime.lease("w", limit=4)] == [1, 1, 3, 5]
     q.close()
 
 
@@ -223,7 +223,7 @@ def test_rerank_window_and_partition_key(db_path: Path) -> None:
 
     q = Queue(db_path, load_entrypoints=False, plugins=[RoundRobin()])
     ids = [q.enqueue("t", {"tenant": tenant}).id for tenant in ["a", "a", "a", "b", "c"]]
-    leased = q.lease("w", limit=5)
+    leased = q.runtime.lease("w", limit=5)
     assert [t.id for t in leased] == [ids[0], ids[3], ids[4]]
     assert offered[0] == ["a", "a", "a", "b", "c"]
     q.close()

@@ -215,10 +215,10 @@ def test_idempotency_window_releases_the_key_after_the_task_finished(
     q = Queue(db_path, load_entrypoints=False, clock=clock, idempotency_window=timedelta(hours=1))
     first = q.enqueue("t", idempotency_key="k")
     assert q.enqueue("t", idempotency_key="k").id == first.id
-    [leased] = q.lease("w", limit=1)
+    [leased] = q.runtime.lease("w", limit=1)
     from hookqueue.core.storage import Settlement
 
-    q.settle("w", [Settlement(task_id=leased.id, kind="complete")])
+    q.runtime.settle("w", [Settlement(task_id=leased.id, kind="complete")])
     clock.advance(minutes=59)
     assert q.enqueue("t", idempotency_key="k").id == first.id, "still inside the window"
     clock.advance(minutes=2)
@@ -287,7 +287,7 @@ def test_cancel_queued_running_and_finished(core_queue: Queue) -> None:
     cancelled = core_queue.cancel(queued.id)
     assert cancelled.status is TaskStatus.CANCELLED and cancelled.finished_at is not None
     running = core_queue.enqueue("t")
-    [leased] = core_queue.lease("w", limit=1)
+    [leased] = core_queue.runtime.lease("w", limit=1)
     assert leased.id == running.id
     marked = core_queue.cancel(running.id)
     assert marked.status is TaskStatus.RUNNING and marked.cancel_requested
@@ -342,10 +342,12 @@ def test_events_follow_the_lifecycle_and_a_failing_observer_is_isolated(
     recorder = Recorder()
     q = Queue(db_path, load_entrypoints=False, clock=clock, plugins=[Broken(), recorder])
     t = q.enqueue("t")
-    [leased] = q.lease("w", limit=1)
+    [leased] = q.runtime.lease("w", limit=1)
     from hookqueue.core.storage import Settlement
 
-    q.settle("w", [Settlement(task_id=t.id, kind="complete", result_json="1", duration=0.5)])
+    q.runtime.settle(
+        "w", [Settlement(task_id=t.id, kind="complete", result_json="1", duration=0.5)]
+    )
     kinds = [e.kind for e in recorder.events]
     assert kinds == [EventKind.ENQUEUED, EventKind.STARTED, EventKind.COMPLETED]
     assert recorder.events[-1].duration == 0.5 and recorder.events[-1].worker_id == "w"

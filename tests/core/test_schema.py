@@ -86,7 +86,7 @@ def test_a_version_1_file_is_migrated_with_its_tasks(db_path: Path) -> None:
                 tid for tid, s in statuses.items() if s == status.value
             }
         # The queued tasks are still leasable after the migration.
-        leased = q.lease("w2", limit=10)
+        leased = q.runtime.lease("w2", limit=10)
         assert sorted(t.id for t in leased) == sorted(
             tid for tid, s in statuses.items() if s == "queued"
         )
@@ -181,11 +181,11 @@ def mixed_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
         if kind == "cancel":
             q.cancel(task.id)
         elif kind != "queued":
-            [leased] = q.lease("w", queues=[task.queue], limit=1)
+            [leased] = q.runtime.lease("w", queues=[task.queue], limit=1)
             assert leased.id == task.id
             if kind != "running":
                 outcome = Settlement(task_id=task.id, kind=kind, error="x")
-                q.settle("w", [outcome])
+                q.runtime.settle("w", [outcome])
     yield q
     q.close()
 

@@ -104,7 +104,7 @@ class QueueMachine(RuleBasedStateMachine):
             (t for t in self.model.values() if t.status == "queued" and t.run_after <= now),
             key=lambda t: (t.run_after, t.id),
         )[:limit]
-        leased = self.queue.lease(worker, limit=limit, lease_seconds=LEASE_SECONDS)
+        leased = self.queue.runtime.lease(worker, limit=limit, lease_seconds=LEASE_SECONDS)
         assert [t.id for t in leased] == [t.id for t in due], "FIFO: due time, then id"
         for t in due:
             t.status, t.holder = "running", worker
@@ -118,7 +118,7 @@ class QueueMachine(RuleBasedStateMachine):
         t = data.draw(st.sampled_from(sorted(self.running(), key=lambda t: t.id)))
         later = self.now() + seconds_to_us(data.draw(st.integers(0, 20)))
         assert t.holder is not None
-        self.queue.settle(
+        self.queue.runtime.settle(
             t.holder,
             [Settlement(task_id=t.id, kind=outcome, run_after_us=later, error="e")],  # type: ignore[arg-type]
         )
@@ -169,7 +169,7 @@ class QueueMachine(RuleBasedStateMachine):
     def heartbeat(self, worker: str) -> None:
         mine = self.running(worker)
         now = self.now()
-        held, to_cancel = self.queue.heartbeat(worker, [t.id for t in mine], LEASE_SECONDS)
+        held, to_cancel = self.queue.runtime.heartbeat(worker, [t.id for t in mine], LEASE_SECONDS)
         assert held == {t.id for t in mine}
         assert to_cancel == {t.id for t in mine if t.cancel_requested}
         for t in mine:

@@ -56,14 +56,44 @@ def test_async_and_sync_handlers_store_their_results(core_queue: Queue) -> None:
     assert threads and threads[0].startswith("hookqueue-handler"), "sync handlers run in the pool"
 
 
-def test_a_task_without_handler_fails_naming_the_registered_types(core_queue: Queue) -> None:
+def test_a_worker_leases_only_the_task_types_it_has_handlers_for(core_queue: Queue) -> None:
+    """A task of a type this worker has no handler for stays queued (for a worker that has
+    one) instead of being failed for good; once a handler is there, it runs."""
+    core_queue.handlers.register_handler("known", lambda t: "k")
+    other = core_queue.enqueue("unknown_type")
+    mine = core_queue.enqueue("known")
+    stats = _worker(core_queue).run_until_idle()
+    assert stats.completed == 1 and stats.failed == 0
+    assert core_queue.get(mine.id).status is TaskStatus.COMPLETED
+    waiting = core_queue.get(other.id)
+    assert waiting.status is TaskStatus.QUEUED and waiting.attempts == 0
+    core_queue.handlers.register_handler("unknown_type", lambda t: "now known")
+    assert _worker(core_queue).run_until_idle().completed == 1
+    assert core_queue.get(other.id).result == "now known"
+
+
+def test_a_handler_removed_after_the_lease_fails_the_task_naming_the_registered_types(
+    core_queue: Queue,
+) -> None:
+    """The one way a worker can hold a task it has no handler for: the handler was
+    unregistered between asking for the lease and starting the task (here: by a scheduler
+    plugin, which runs inside the lease). The task fails saying so."""
     core_queue.handlers.register_handler("known", lambda t: None)
-    t = core_queue.enqueue("unknown_type")
+    core_queue.handlers.register_handler("going", lambda t: None)
+
+    class Unregister:
+        @hookimpl
+        def hookqueue_lease(self) -> None:
+            if core_queue.handlers.is_registered("going"):
+                core_queue.handlers.unregister_handler("going")
+
+    core_queue.pm.register(Unregister())
+    t = core_queue.enqueue("going")
     stats = _worker(core_queue).run_until_idle()
     failed = core_queue.get(t.id)
     assert stats.failed == 1
     assert failed.status is TaskStatus.FAILED
-    assert "'unknown_type'" in failed.error_message and "known" in failed.error_message
+    assert "'going'" in failed.error_message and "known" in failed.error_message
 
 
 @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
@@ -284,18 +314,20 @@ def test_an_expired_lease_is_taken_over_and_counts_an_attempt(
 ) -> None:
     t = core_queue.enqueue("t", max_attempts=2)
     once = core_queue.enqueue("t")  # max_attempts 1: a crash ends it
-    [first, only] = core_queue.lease("dead-worker", limit=2, lease_seconds=10)
+    [first, only] = core_queue.runtime.lease("dead-worker", limit=2, lease_seconds=10)
     assert first.attempts == 1
-    assert core_queue.lease("other", limit=1) == [], "a live lease is never taken"
+    assert core_queue.runtime.lease("other", limit=1) == [], "a live lease is never taken"
     clock.advance(11)
-    [second] = core_queue.lease("other", limit=2, lease_seconds=10)
+    [second] = core_queue.runtime.lease("other", limit=2, lease_seconds=10)
     assert second.id == t.id and second.attempts == 2 and second.locked_by == "other"
     assert core_queue.get(once.id).status is TaskStatus.FAILED
     # the dead worker's late outcome is dropped: it no longer holds the lease
-    assert core_queue.settle("dead-worker", [Settlement(task_id=t.id, kind="complete")]) == []
+    assert (
+        core_queue.runtime.settle("dead-worker", [Settlement(task_id=t.id, kind="complete")]) == []
+    )
     assert core_queue.get(t.id).status is TaskStatus.RUNNING
     clock.advance(11)
-    assert core_queue.lease("third", limit=1) == []
+    assert core_queue.runtime.lease("third", limit=1) == []
     failed = core_queue.get(t.id)
     assert failed.status is TaskStatus.FAILED
     assert "stopped renewing its lease" in failed.error_message and "other" in failed.error_message
@@ -307,7 +339,7 @@ def test_heartbeats_keep_a_long_task_leased(db_path: Path) -> None:
 
     async def long(task):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.3)
-        seen_by_other.extend(q.lease("thief", limit=1, lease_seconds=5))
+        seen_by_other.extend(q.runtime.lease("thief", limit=1, lease_seconds=5))
         await asyncio.sleep(0.3)
         return "done"
 
@@ -423,7 +455,7 @@ def test_the_migration_guides_worker_lines_work(db_path: Path) -> None:
 
 
 class _LeaseThreads:
-    """Records the thread each lease runs on (the decision hook runs inside Queue.lease)."""
+    """Records the thread each lease runs on (the decision hook runs inside QueueRuntime.lease)."""
 
     def __init__(self) -> None:
         self.threads: list[str] = []

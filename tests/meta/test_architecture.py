@@ -164,3 +164,63 @@ def test_plugins_and_contrib_never_import_the_sqlite_store() -> None:
     assert found == [], "use hookqueue.QueueDatabase and hookqueue.core.storage instead"
     # The scan sees imports of the store where they are allowed (the core's own).
     assert _import_violations(PACKAGE / "core" / "queue.py", forbidden)
+
+
+def _runtime_imports(tree: ast.Module, module: str) -> Iterator[tuple[int, str]]:
+    """Like :func:`_imports`, leaving out imports under ``if TYPE_CHECKING:`` (they never run)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(n) for child in node.body for n in ast.walk(child))
+    for node in ast.walk(tree):
+        if id(node) in skipped or not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        holder = ast.Module(body=[node], type_ignores=[])
+        yield from _imports(holder, module)
+
+
+def import_cycles(files: dict[str, str]) -> list[list[str]]:
+    """Cycles among modules (``{module name: source}``), counting every import that runs —
+    at module level or inside a function. Packages' ``__init__`` modules are left out: a
+    submodule importing a sibling through its package is not a cycle of the design."""
+    modules = {name for name in files if not name.endswith(".__init__")}
+    graph = {
+        name: sorted(
+            {target for _, target in _runtime_imports(ast.parse(source), name)} & modules - {name}
+        )
+        for name, source in files.items()
+        if name in modules
+    }
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles_in_hookqueue() -> None:
+    files = {_module_name(p): p.read_text() for p in _modules(PACKAGE)}
+    assert import_cycles(files) == []
+
+
+def test_the_cycle_check_finds_a_cycle_even_through_a_function() -> None:
+    files = {
+        "hookqueue.core.a": "from . import b\n",
+        "hookqueue.core.b": "def later():\n    from .a import x\n",
+        "hookqueue.core.c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\n",
+    }
+    assert import_cycles(files) == [["hookqueue.core.a", "hookqueue.core.b", "hookqueue.core.a"]]

@@ -103,7 +103,7 @@ def spend(clock: FakeClock, seconds: float) -> None:
 
 
 def register_worker(queue: Queue, worker_id: str, heartbeat: datetime) -> None:
-    queue.register_worker(
+    queue.runtime.register_worker(
         WorkerInfo(
             worker_id=worker_id, hostname="h", pid=1, queues=("default",), concurrency=1,
             started_at=heartbeat, heartbeat_at=heartbeat,
@@ -234,7 +234,7 @@ def test_depth_by_status_type_and_queue(q: Queue, clock: FakeClock) -> None:
     q.enqueue("b", queue="mail")
     q.enqueue("b", queue="mail", delay=60)
     q.cancel(q.enqueue("a").id)
-    running = q.lease("w", limit=1)  # one "a" is running
+    running = q.runtime.lease("w", limit=1)  # one "a" is running
     assert running[0].task_type == "a"
     m = QueueMetrics(q)
     assert m.queue_depth() == {
@@ -331,7 +331,7 @@ def test_worker_states(q: Queue, clock: FakeClock) -> None:
     register_worker(q, "silent", now - timedelta(seconds=120))
     register_worker(q, "ancient", now - timedelta(hours=3))
     register_worker(q, "done", now)
-    q.worker_stopped("done")
+    q.runtime.worker_stopped("done")
     workers = QueueMetrics(q).worker_summary()
     assert (workers["active"], workers["stale"], workers["lost"], workers["stopped"]) == (
         1,
@@ -530,7 +530,7 @@ def test_unknown_threshold_names_are_refused(q: Queue) -> None:
 def test_database_gauges(q: Queue, clock: FakeClock) -> None:
     q.enqueue("a")
     q.enqueue("a", queue="mail", delay=5)
-    q.lease("w", queues=("default",), limit=1)
+    q.runtime.lease("w", queues=("default",), limit=1)
     q.enqueue("b")
     clock.advance(2)
     register_worker(q, "w", clock.now())

@@ -53,7 +53,7 @@ def queue(db: Path, clock: FakeClock) -> Iterator[Queue]:
 
 def lease_one_by_one(queue: Queue, queues: Sequence[str] = ("default",)) -> list[Task]:
     out: list[Task] = []
-    while batch := queue.lease("w", queues=queues, limit=1):
+    while batch := queue.runtime.lease("w", queues=queues, limit=1):
         out += batch
     return out
 
@@ -206,7 +206,7 @@ def _wait_behind_a_stream(
     for _ in range(steps):
         queue.enqueue("high", priority=0)
         clock.advance(step)
-        [leased] = queue.lease("w", limit=1, lease_seconds=10**6)
+        [leased] = queue.runtime.lease("w", limit=1, lease_seconds=10**6)
         if leased.id == low.id:
             return (clock.now() - low.created_at).total_seconds()
     return None
@@ -249,7 +249,7 @@ def test_weighted_random_picks_in_proportion_to_weight(db: Path, clock: FakeCloc
         queue.enqueue_many([{"task_type": t} for _ in range(700) for t in "abc"])
         counts: collections.Counter[str] = collections.Counter()
         for _ in range(60):
-            counts.update(t.task_type for t in queue.lease("w", limit=20))
+            counts.update(t.task_type for t in queue.runtime.lease("w", limit=20))
     assert sum(counts.values()) == 1200
     assert chi_square(counts, weights) < CHI2_2DF_999
     # Uniform choice would be far outside the bound: the test can tell the two apart.
@@ -286,9 +286,9 @@ def test_weighted_random_takes_each_groups_best_task(db: Path, clock: FakeClock)
     with make_queue(db, clock, WeightedRandom(rng=random.Random(1))) as queue:
         worst = queue.enqueue("a", priority=9)
         best = queue.enqueue("a", priority=1)
-        [first] = queue.lease("w", limit=1)
+        [first] = queue.runtime.lease("w", limit=1)
         assert first.id == best.id
-        assert queue.lease("w", limit=1)[0].id == worst.id
+        assert queue.runtime.lease("w", limit=1)[0].id == worst.id
 
 
 def test_weighted_random_by_queue_and_default_weight(db: Path, clock: FakeClock) -> None:
@@ -301,7 +301,9 @@ def test_weighted_random_by_queue_and_default_weight(db: Path, clock: FakeClock)
         )
         counts: collections.Counter[str] = collections.Counter()
         for _ in range(25):
-            counts.update(t.queue for t in queue.lease("w", queues=("bulk", "mail"), limit=10))
+            counts.update(
+                t.queue for t in queue.runtime.lease("w", queues=("bulk", "mail"), limit=10)
+            )
     share = counts["mail"] / sum(counts.values())
     assert 0.72 < share < 0.88  # 4 / (4 + 1) = 0.8
 
@@ -335,7 +337,7 @@ def test_strict_priority_would_make_them_wait_for_the_burst(db: Path, clock: Fak
 def test_fair_share_weights_divide_the_turns(db: Path, clock: FakeClock) -> None:
     with make_queue(db, clock, FairShare(weights={"a": 3})) as queue:
         queue.enqueue_many([{"task_type": t} for t in "ab" for _ in range(100)])
-        counts = collections.Counter(t.task_type for t in queue.lease("w", limit=40))
+        counts = collections.Counter(t.task_type for t in queue.runtime.lease("w", limit=40))
     assert counts == {"a": 30, "b": 10}
 
 
@@ -343,7 +345,7 @@ def test_fair_share_respects_priority_between_groups(db: Path, clock: FakeClock)
     with make_queue(db, clock, FairShare()) as queue:
         queue.enqueue_many([{"task_type": "a"} for _ in range(3)])
         urgent = queue.enqueue("b", priority=0)
-        assert queue.lease("w", limit=1)[0].id == urgent.id
+        assert queue.runtime.lease("w", limit=1)[0].id == urgent.id
 
 
 def test_fair_share_without_priority_takes_turns_only(db: Path, clock: FakeClock) -> None:
@@ -357,7 +359,7 @@ def test_fair_share_without_priority_takes_turns_only(db: Path, clock: FakeClock
 def test_fair_share_gives_a_returning_group_no_credit(db: Path, clock: FakeClock) -> None:
     with make_queue(db, clock, FairShare()) as queue:
         queue.enqueue_many([{"task_type": "a"} for _ in range(60)])
-        assert {t.task_type for t in queue.lease("w", limit=50)} == {"a"}
+        assert {t.task_type for t in queue.runtime.lease("w", limit=50)} == {"a"}
         queue.enqueue_many([{"task_type": "b"} for _ in range(10)])
         order = [t.task_type for t in lease_one_by_one(queue)]
     # b was idle while a ran 50 times; it now alternates with a instead of running 10 in a row.
@@ -377,7 +379,7 @@ def test_a_window_larger_than_the_burst_keeps_fairness(db: Path, clock: FakeCloc
     with make_queue(db, clock, FairShare(window=2048)) as queue:
         queue.enqueue_many([{"task_type": "burst"} for _ in range(1500)])
         late = queue.enqueue("late")
-        leased = queue.lease("w", limit=2)
+        leased = queue.runtime.lease("w", limit=2)
     assert late.id in {t.id for t in leased}
 
 

@@ -84,8 +84,8 @@ def test_gauges_are_read_from_the_database_at_scrape_time(q: Queue, clock: FakeC
     q.enqueue("email")
     q.enqueue("email", queue="bulk", delay=60)
     q.enqueue("resize")
-    q.lease("w1", limit=1)  # one email runs
-    q.register_worker(
+    q.runtime.lease("w1", limit=1)  # one email runs
+    q.runtime.register_worker(
         WorkerInfo(worker_id="w1", hostname="h", pid=1, queues=("default",), concurrency=1,
                    started_at=clock.now(), heartbeat_at=clock.now())
     )  # fmt: skip

@@ -27,6 +27,7 @@ from hookqueue import (
     WorkerEngine,
 )
 from hookqueue.contrib.contracts.retry import RetryPolicyContract, failure_of, make_task
+from hookqueue.core.inline import run_due
 from hookqueue.core.plugins import plugin_statuses
 from hookqueue.plugins import retry
 from hookqueue.plugins.retry import (
@@ -265,9 +266,9 @@ def test_an_invalid_per_type_option_fails_the_task_without_stopping_the_worker(
 def test_an_invalid_option_does_not_break_the_crash_sweep(queue: Queue, clock: FakeClock) -> None:
     queue.handlers.register_handler("job", lambda t: None, options={"retry": object()})
     task = queue.enqueue("job", max_attempts=3)
-    queue.lease("dies", lease_seconds=1)
+    queue.runtime.lease("dies", lease_seconds=1)
     clock.advance(2)
-    assert queue.lease("sweeper") == []  # the sweep ran without raising
+    assert queue.runtime.lease("sweeper") == []  # the sweep ran without raising
     assert queue.get(task.id).status is TaskStatus.FAILED
 
 
@@ -277,8 +278,10 @@ def test_an_invalid_option_does_not_break_the_crash_sweep(queue: Queue, clock: F
 
 
 def test_no_handler_is_not_retried_by_default(queue: Queue) -> None:
+    # A worker leases only types it has handlers for; an in-process run leases any type and
+    # meets the missing handler.
     task = queue.enqueue("nobody")
-    work(queue)
+    run_due(queue)
     done = queue.get(task.id)
     assert done.status is TaskStatus.FAILED and done.attempts == 1
     assert "no handler" in (done.error_message or "")
@@ -288,7 +291,7 @@ def test_no_handler_is_retried_when_configured(db: Path, clock: FakeClock) -> No
     policy = FixedDelay(delay=5, retry_kinds={"error", "no_handler"})
     with make_queue(db, clock, policy) as queue:
         task = queue.enqueue("nobody")
-        work(queue)
+        run_due(queue)
         assert queue.get(task.id).status is TaskStatus.QUEUED
         clock.advance(5)
         queue.handlers.register_handler("nobody", lambda t: "found")
@@ -330,9 +333,9 @@ def test_a_timeout_is_not_retried_when_its_kind_is_left_out(db: Path, clock: Fak
 def test_a_crash_is_retried_after_the_backoff(db: Path, clock: FakeClock) -> None:
     with make_queue(db, clock, FixedDelay(delay=30)) as queue:
         task = queue.enqueue("job")
-        queue.lease("dies", lease_seconds=10)
+        queue.runtime.lease("dies", lease_seconds=10)
         clock.advance(11)
-        queue.lease("sweeper", limit=0)
+        queue.runtime.lease("sweeper", limit=0)
         after = queue.get(task.id)
         assert after.status is TaskStatus.QUEUED and after.attempts == 1
         assert after.run_after == clock.now() + timedelta(seconds=30)
@@ -574,7 +577,7 @@ def test_the_queue_never_retries_past_max_attempts(
 ) -> None:
     """The policy decides by kind; the queue (here with the default policy) keeps the budget."""
     task = make_task(attempts=attempts, max_attempts=max_attempts)
-    settlement = queue.decide_retry(task, failure_of(kind), None)
+    settlement = queue.runtime.decide_retry(task, failure_of(kind), None)
     if attempts < max_attempts and kind in retry.RETRIED_KINDS:
         assert settlement.kind == "retry"
     else:

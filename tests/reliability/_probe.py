@@ -41,7 +41,7 @@ def perms(parent: str) -> None:
     db = Path(parent) / "fresh" / "nested" / "queue.db"
     q = Queue(db, load_entrypoints=False)
     q.enqueue("job", {"secret": "payload"})
-    q.lease("w", limit=1)
+    q.runtime.lease("w", limit=1)
     modes = {
         "directory": _mode(str(db.parent)),
         "database": _mode(str(db)),
@@ -69,6 +69,7 @@ TASK_TYPES = [
 def imports(db: str) -> None:
     """See the module docstring."""
     from hookqueue import Queue, WorkerEngine
+    from hookqueue.core.inline import run_due
 
     logging.disable(logging.CRITICAL)  # the expected "no handler" errors are not news here
     q = Queue(db)
@@ -81,7 +82,11 @@ def imports(db: str) -> None:
                 {"module": task_type, "callable": "os.system", "args": ["echo pwned"]},
                 headers={"plugin": task_type},
             )
+        # A worker leases only the types it has handlers for (none of these); an in-process
+        # run leases every due task and fails each for want of a handler.
         WorkerEngine(q, worker_id="probe", concurrency=2).run_until_idle()
+        after_worker = sorted({t.status.value for t in q.list(limit=100)})
+        run_due(q)
         tasks = q.list(limit=100)
         [t.to_dict() for t in tasks]
     q.close()
@@ -91,6 +96,7 @@ def imports(db: str) -> None:
             "new_modules": new,
             "decoys_imported": [m for m in DECOYS if m in sys.modules],
             "printed": printed.getvalue(),
+            "statuses_after_worker": after_worker,
             "statuses": sorted({t.status.value for t in tasks}),
             "errors": sorted({(t.error_message or "")[:60] for t in tasks}),
         }

@@ -56,14 +56,14 @@ def _prepare(op: str, q: Queue) -> Callable[[], Any]:
             ]
         )
     if op == "lease":
-        return lambda: q.lease(WORKER, limit=5, lease_seconds=60)
+        return lambda: q.runtime.lease(WORKER, limit=5, lease_seconds=60)
     if op == "complete":
-        held = q.lease(WORKER, limit=5, lease_seconds=60)
+        held = q.runtime.lease(WORKER, limit=5, lease_seconds=60)
         assert len(held) == 5, "the template database must hold at least 5 queued tasks"
         settlements = [
             Settlement(task_id=t.id, kind="complete", result_json='{"done":true}') for t in held
         ]
-        return lambda: q.settle(WORKER, settlements)
+        return lambda: q.runtime.settle(WORKER, settlements)
     raise SystemExit(f"unknown operation {op!r}")
 
 
@@ -140,7 +140,7 @@ def io_errors(db: str) -> None:
         if op == "lease":
 
             def run() -> Any:
-                return q.lease(WORKER, limit=3, lease_seconds=60)
+                return q.runtime.lease(WORKER, limit=3, lease_seconds=60)
 
             def effect(before: dict[int, Any], after: dict[int, Any]) -> str | None:
                 changed = _changed(before, after)
@@ -149,14 +149,14 @@ def io_errors(db: str) -> None:
                 return None
 
             return run, effect
-        held = q.lease(WORKER, limit=3, lease_seconds=60)
+        held = q.runtime.lease(WORKER, limit=3, lease_seconds=60)
         ids = {t.id for t in held}
         settlements = [
             Settlement(task_id=i, kind="complete", result_json=json.dumps({"m": m})) for i in ids
         ]
 
         def run() -> Any:
-            return q.settle(WORKER, settlements)
+            return q.runtime.settle(WORKER, settlements)
 
         def effect(before: dict[int, Any], after: dict[int, Any]) -> str | None:
             changed = _changed(before, after)
@@ -348,11 +348,11 @@ def disk_full(db: str) -> None:
         "enqueue_many",
         lambda: q.enqueue_many([{"task_type": "job", "payload": {"pad": "m" * 2000}}] * 20),
     )
-    attempt("lease", lambda: q.lease("w" * 150, limit=stored, lease_seconds=60))
+    attempt("lease", lambda: q.runtime.lease("w" * 150, limit=stored, lease_seconds=60))
     result["injected"] = plan.injected
     # Space comes back: everything works again, and nothing stored earlier is missing.
     plan.disarm()
-    held = q.lease(WORKER, limit=stored, lease_seconds=60)
+    held = q.runtime.lease(WORKER, limit=stored, lease_seconds=60)
     result["leased_after"] = len(held)
     plan.arm(
         quota_bytes=sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p)),
@@ -361,14 +361,16 @@ def disk_full(db: str) -> None:
     big = "r" * 8000
     attempt(
         "complete",
-        lambda: q.settle(
+        lambda: q.runtime.settle(
             WORKER,
             [Settlement(task_id=t.id, kind="complete", result_json=json.dumps(big)) for t in held],
         ),
     )
     result["injected"] += plan.injected
     plan.disarm()
-    q.settle(WORKER, [Settlement(task_id=t.id, kind="complete", result_json="1") for t in held])
+    q.runtime.settle(
+        WORKER, [Settlement(task_id=t.id, kind="complete", result_json="1") for t in held]
+    )
     q.enqueue("job", {"after": True})
     result["stored_before_full"] = stored
     result["counts"] = q.counts()

@@ -46,15 +46,15 @@ def test_forward_jump_treats_live_leases_as_expired_once(
     dropped, its heartbeat reports the lease lost, and the task ends with one outcome."""
     fault.describe("Wall clock jumps 1 day forward while a task runs")
     task = q.enqueue("job", max_attempts=3)
-    [first] = q.lease("w1", lease_seconds=LEASE)
+    [first] = q.runtime.lease("w1", lease_seconds=LEASE)
     clock.set(clock.now() + timedelta(days=1))
     fault.inject()
-    [second] = q.lease("w2", lease_seconds=LEASE)
+    [second] = q.runtime.lease("w2", lease_seconds=LEASE)
     assert second.id == task.id and second.attempts == 2
-    held, _ = q.heartbeat("w1", [task.id], LEASE)
+    held, _ = q.runtime.heartbeat("w1", [task.id], LEASE)
     assert held == set(), "the first worker still believes it holds the lease"
-    assert q.settle("w1", _done(task.id)) == [], "a lost lease's outcome was written"
-    [done] = q.settle("w2", _done(task.id))
+    assert q.runtime.settle("w1", _done(task.id)) == [], "a lost lease's outcome was written"
+    [done] = q.runtime.settle("w2", _done(task.id))
     assert done.status is TaskStatus.COMPLETED and done.attempts == 2 and done.locked_by is None
     fault.figure("attempts", done.attempts)
 
@@ -67,13 +67,13 @@ def test_forward_jump_makes_delayed_tasks_due(
     fault.describe("Wall clock jumps forward past some delayed tasks")
     soon = q.enqueue("job", delay=timedelta(hours=1))
     later = q.enqueue("job", delay=timedelta(days=2))
-    assert q.lease("w", limit=10) == []
+    assert q.runtime.lease("w", limit=10) == []
     clock.set(clock.now() + timedelta(days=1))
     fault.inject()
-    assert [t.id for t in q.lease("w", limit=10)] == [soon.id]
+    assert [t.id for t in q.runtime.lease("w", limit=10)] == [soon.id]
     clock.set(clock.now() + timedelta(days=1, seconds=1))
     fault.inject()
-    assert [t.id for t in q.lease("w", limit=10)] == [later.id]
+    assert [t.id for t in q.runtime.lease("w", limit=10)] == [later.id]
 
 
 def test_backward_jump_never_expires_a_live_lease(
@@ -85,21 +85,21 @@ def test_backward_jump_never_expires_a_live_lease(
     fault.describe("Wall clock jumps 1 hour backward while tasks run")
     live = q.enqueue("job", max_attempts=3)
     dead = q.enqueue("job", max_attempts=3)
-    q.lease("w-live", limit=1, lease_seconds=LEASE)
-    q.lease("w-dead", limit=1, lease_seconds=LEASE)
+    q.runtime.lease("w-live", limit=1, lease_seconds=LEASE)
+    q.runtime.lease("w-dead", limit=1, lease_seconds=LEASE)
     jumped_from = clock.now()
     clock.set(jumped_from - timedelta(hours=1))
     fault.inject()
     clock.advance(LEASE * 3)
-    assert q.lease("w-other", limit=10, lease_seconds=LEASE) == []
-    held, _ = q.heartbeat("w-live", [live.id], LEASE)
+    assert q.runtime.lease("w-other", limit=10, lease_seconds=LEASE) == []
+    held, _ = q.runtime.heartbeat("w-live", [live.id], LEASE)
     assert held == {live.id}
-    [done] = q.settle("w-live", _done(live.id))
+    [done] = q.runtime.settle("w-live", _done(live.id))
     assert done.status is TaskStatus.COMPLETED and done.attempts == 1
     # The dead worker's lease ends at jumped_from + LEASE on the wall clock: step the clock
     # a minute at a time and see when it is taken over.
     stepped = 0
-    while not (taken := q.lease("w-other", limit=10, lease_seconds=LEASE)):
+    while not (taken := q.runtime.lease("w-other", limit=10, lease_seconds=LEASE)):
         clock.advance(60)
         stepped += 60
         assert stepped < 2 * 3600, "the dead worker's lease was never taken over"
@@ -117,7 +117,7 @@ def test_backward_jump_keeps_ready_tasks_ready(
     ready = q.enqueue("job")
     clock.set(clock.now() - timedelta(hours=1))
     fault.inject()
-    leased = q.lease("w", limit=10)
+    leased = q.runtime.lease("w", limit=10)
     fault.figure("ready tasks leased after the jump", f"{len(leased)}/1")
     assert [t.id for t in leased] == [ready.id]
 
@@ -133,9 +133,9 @@ def test_backward_jump_does_not_run_delayed_tasks_early(
     clock.set(start - timedelta(hours=1))
     fault.inject()
     clock.set(start + timedelta(minutes=4, seconds=59))
-    assert q.lease("w", limit=10) == []
+    assert q.runtime.lease("w", limit=10) == []
     clock.set(start + timedelta(minutes=5))
-    assert [t.id for t in q.lease("w", limit=10)] == [delayed.id]
+    assert [t.id for t in q.runtime.lease("w", limit=10)] == [delayed.id]
 
 
 def test_attempt_durations_and_timeouts_use_the_monotonic_clock(

@@ -199,7 +199,7 @@ def test_damaged_page_is_reported_not_hidden(tmp_path: Path, fault: FaultRecord)
             "counts": q.counts,
             "list": lambda: q.list(limit=1000),
             "find": lambda: q.find("k150"),
-            "lease": lambda: q.lease("w", limit=500),
+            "lease": lambda: q.runtime.lease("w", limit=500),
         }.items():
             try:
                 op()
@@ -297,7 +297,7 @@ def test_random_damage_gives_only_clear_errors(tmp_path: Path, fault: FaultRecor
     fault.describe("Random byte flips anywhere in the database")
     template = _hookqueue_db(tmp_path / "template.db", n=100)
     with Queue(template, load_entrypoints=False) as q:
-        q.lease("w", limit=10)
+        q.runtime.lease("w", limit=10)
     original = template.read_bytes()
     escaped: list[str] = []
     rng = random.Random(2024)
@@ -316,7 +316,7 @@ def test_random_damage_gives_only_clear_errors(tmp_path: Path, fault: FaultRecor
                     lambda: q.get(5),
                     lambda: q.find("k7"),
                     lambda: q.enqueue("job", {"new": 1}),
-                    lambda: q.lease("w2", limit=200),
+                    lambda: q.runtime.lease("w2", limit=200),
                     q.check,
                 ):
                     try:

@@ -169,11 +169,11 @@ def test_full_durability_syncs_every_acknowledgement_and_no_bare_lease(
                 q.enqueue_many([{"task_type": "job"}, {"task_type": "job"}])
                 counts["enqueue"] = plan.syncs
                 plan.arm()
-                leased = q.lease("w", limit=3)
+                leased = q.runtime.lease("w", limit=3)
                 counts["bare lease"] = plan.syncs
                 assert q.db._cx.conn().pragma("synchronous") == (2 if durability == "full" else 1)
                 plan.arm()
-                q.lease(
+                q.runtime.lease(
                     "w",
                     limit=1,
                     settlements=[Settlement(task_id=t.id, kind="complete", task=t) for t in leased],
@@ -280,8 +280,8 @@ OPERATIONS: dict[str, Callable[[Queue], Any]] = {
     "enqueue_many": lambda q: q.enqueue_many(
         [{"task_type": "job", "payload": {"pad": "m" * 3000}}] * 50
     ),
-    "lease": lambda q: q.lease("w" * 180, limit=200, lease_seconds=60),
-    "complete": lambda q: q.settle(
+    "lease": lambda q: q.runtime.lease("w" * 180, limit=200, lease_seconds=60),
+    "complete": lambda q: q.runtime.settle(
         "holder",
         [
             Settlement(task_id=t.id, kind="complete", result_json=json.dumps("r" * 3000))
@@ -303,7 +303,7 @@ def test_disk_full_max_page_count(
     pages = _filled(db, clock)
     if op == "complete":
         with Queue(db, load_entrypoints=False, clock=clock) as q:
-            assert len(q.lease("holder", limit=200, lease_seconds=600)) == 200
+            assert len(q.runtime.lease("holder", limit=200, lease_seconds=600)) == 200
     before = _faults.rows(db, "SELECT * FROM tasks ORDER BY id")
     page_limit.pages = pages
     with Queue(db, load_entrypoints=False, clock=clock, durability="normal") as q:

@@ -72,7 +72,7 @@ def test_write_lock_held_longer_than_busy_timeout(tmp_path: Path, fault: FaultRe
             for name, op in [
                 ("enqueue", lambda: q.enqueue("job", {"i": 99})),
                 ("enqueue_many", lambda: q.enqueue_many([{"task_type": "job"}] * 3)),
-                ("lease", lambda: q.lease("w", limit=5)),
+                ("lease", lambda: q.runtime.lease("w", limit=5)),
                 ("cancel", lambda: q.cancel(1)),
             ]:
                 started = time.monotonic()
@@ -87,7 +87,7 @@ def test_write_lock_held_longer_than_busy_timeout(tmp_path: Path, fault: FaultRe
             assert [t.priority for t in q.list()] == [100] * 20
         assert _faults.rows(db, "SELECT * FROM tasks ORDER BY id") == before
         q.enqueue("job", {"i": 99})
-        assert len(q.lease("w", limit=5)) == 5
+        assert len(q.runtime.lease("w", limit=5)) == 5
         assert q.check() == []
     finally:
         q.close()

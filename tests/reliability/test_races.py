@@ -57,7 +57,7 @@ def _run_race(db_path: Path, target: str, fault: FaultRecord) -> float:
     if target == "has_work":
         q.db.has_work = inject(q.db.has_work)  # type: ignore[method-assign]
     else:
-        q.lease = inject(q.lease)  # type: ignore[method-assign]
+        q.runtime.lease = inject(q.runtime.lease)  # type: ignore[method-assign]
         q.enqueue("job")  # something to lease, fewer than the worker's free slots
     thread = threading.Thread(target=lambda: asyncio.run(worker.run_async()), daemon=True)
     thread.start()

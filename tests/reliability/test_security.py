@@ -288,8 +288,9 @@ def test_database_files_are_owner_only(tmp_path: Path, fault: FaultRecord) -> No
 
 def test_task_types_never_import_modules(tmp_path: Path, fault: FaultRecord) -> None:
     """Tasks whose types, payloads and headers name modules and callables (``os:system``,
-    ``this``, ``antigravity``, ``importlib:import_module``...) fail for want of a handler
-    and import nothing: no module is imported while they are enqueued, worked and read."""
+    ``this``, ``antigravity``, ``importlib:import_module``...) are left queued by a worker
+    (it has no handler for them), fail for want of a handler in an in-process run, and import
+    nothing: no module is imported while they are enqueued, worked and read."""
     fault.describe("Task types that name modules (os:system, this, antigravity...)")
     report = _faults.run_child("_probe.py", "imports", tmp_path / "queue.db")
     fault.inject(10)
@@ -297,6 +298,7 @@ def test_task_types_never_import_modules(tmp_path: Path, fault: FaultRecord) -> 
     assert report["printed"] == ""  # importing `this` prints the Zen of Python
     named = ("this", "antigravity", "webbrowser", "subprocess", "hookqueue.plugins.not_a_module")
     assert not [m for m in report["new_modules"] if m.startswith(named)], report["new_modules"]
+    assert report["statuses_after_worker"] == ["queued"]
     assert report["statuses"] == ["failed"]
     assert all(e.startswith("no handler is registered") for e in report["errors"])
     fault.figure("modules imported while working them", len(report["new_modules"]))

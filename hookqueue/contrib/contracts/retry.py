@@ -275,10 +275,10 @@ class RetryPolicyContract(QueueContract):
         policy = self.make_policy()
         with self.make_queue(tmp_path / "q.db", contract_clock, [policy]) as queue:
             task = queue.enqueue("contract", max_attempts=3)
-            [leased] = queue.lease("dies", lease_seconds=5)
+            [leased] = queue.runtime.lease("dies", lease_seconds=5)
             contract_clock.advance(6)
             expected = policy.decide(leased, failure_of("crash"), contract_clock.now())
-            queue.lease("sweeper", limit=0)
+            queue.runtime.lease("sweeper", limit=0)
             after = queue.get(task.id)
             if expected.retry:
                 assert after.status is TaskStatus.QUEUED and after.attempts == 1
@@ -302,7 +302,7 @@ class RetryPolicyContract(QueueContract):
             task = queue.enqueue("contract", max_attempts=max_attempts)
             steps = iter(outcomes)
             for _ in range(100):
-                leased = queue.lease("w", lease_seconds=5)
+                leased = queue.runtime.lease("w", lease_seconds=5)
                 if not leased:
                     delay = queue.db.next_wakeup_delay_us(["default"], clock.now_us())
                     if delay is None:
@@ -313,11 +313,13 @@ class RetryPolicyContract(QueueContract):
                 assert running.attempts <= running.max_attempts == max_attempts
                 outcome = next(steps, "error")
                 if outcome == "ok":
-                    queue.settle("w", [Settlement(task_id=running.id, kind="complete")])
+                    queue.runtime.settle("w", [Settlement(task_id=running.id, kind="complete")])
                 elif outcome == "crash":
                     clock.advance(6)  # the lease expires; the next lease sweeps it
                 else:
-                    queue.settle("w", [queue.decide_retry(running, failure_of(outcome), None)])
+                    queue.runtime.settle(
+                        "w", [queue.runtime.decide_retry(running, failure_of(outcome), None)]
+                    )
             final = queue.get(task.id)
             assert final.is_terminal
             assert 1 <= final.attempts <= max_attempts

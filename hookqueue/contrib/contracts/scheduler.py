@@ -108,7 +108,7 @@ class SchedulerContract(QueueContract):
         leased: list[Task] = []
         while True:
             limit = next(sizes, 1)
-            batch = queue.lease("contract", queues=queues, limit=limit)
+            batch = queue.runtime.lease("contract", queues=queues, limit=limit)
             assert len(batch) <= limit, f"asked for {limit}, leased {len(batch)}"
             if not batch:
                 return leased

@@ -101,6 +101,10 @@ from .statements import (
 
 log = logging.getLogger("hookqueue.store")
 
+#: What decoding a damaged row raises: text that is not JSON, an unknown status, a timestamp
+#: out of datetime's range, a value nested deeper than the decoder's recursion limit.
+_UNDECODABLE = (ValueError, TypeError, OverflowError, KeyError, IndexError, RecursionError)
+
 #: A context that changes nothing (a lease that carries outcomes commits synced).
 _NO_CHANGE = contextlib.nullcontext()
 
@@ -226,7 +230,7 @@ class QueueDatabase:
         timestamp out of range) into a StoreError naming the database and the task."""
         try:
             return Task.from_row(row)
-        except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+        except _UNDECODABLE as exc:
             task_id = row[0] if row else "?"
             raise DamagedRow(
                 f"{self.path}: task {task_id} is damaged and cannot be read "
@@ -747,7 +751,7 @@ class QueueDatabase:
         for row in rows:
             try:
                 tasks.append(from_row(row))
-            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+            except _UNDECODABLE as exc:
                 damaged.append(
                     (
                         row[0],
@@ -775,7 +779,7 @@ class QueueDatabase:
                 continue
             try:
                 out.append((kind, from_row(row, held)))
-            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+            except _UNDECODABLE as exc:
                 log.error(
                     "%s: task %s was settled (%s) but is damaged and cannot be read (%s); "
                     "no event is sent for it",

@@ -116,7 +116,7 @@ class StoreThread:
 
     def _write_settles(self, settles: list[tuple[Settlement, Future[Any]]]) -> None:
         try:
-            written = self.queue.settle(self.worker_id, [s for s, _ in settles])
+            written = self.queue.runtime.settle(self.worker_id, [s for s, _ in settles])
         except BaseException as exc:
             log.error(
                 "task manager %s: writing %d outcome(s) failed: %s",
@@ -281,7 +281,7 @@ class Watcher:
         if not alive:
             return True
         try:
-            kept, cancel = self.queue.heartbeat(self.worker_id, alive, self.lease_seconds)
+            kept, cancel = self.queue.runtime.heartbeat(self.worker_id, alive, self.lease_seconds)
         except Exception:
             log.exception(
                 "task manager %s: renewing leases failed; retrying at the next beat", self.worker_id

@@ -271,7 +271,9 @@ class QueuedTaskManager:
             on_tasks=partial(_post_to, ref, "_on_tasks"),
             name=f"hookqueue-adapter-watch-{self.worker_id}",
         )
-        self._waker = self.queue.add_waker(partial(_wake_watcher, weakref.ref(self._watcher)))
+        self._waker = self.queue.runtime.add_waker(
+            partial(_wake_watcher, weakref.ref(self._watcher))
+        )
         self._finalizer = weakref.finalize(
             self, _shutdown, self._store, self._watcher, self.queue, self._waker
         )
@@ -989,7 +991,7 @@ async def _quietly(future: Future[Any]) -> None:
 
 def _register_worker(queue: Queue, worker_id: str, queue_name: str) -> None:
     now = queue.now()
-    queue.register_worker(
+    queue.runtime.register_worker(
         WorkerInfo(
             worker_id=worker_id,
             hostname=socket.gethostname(),
@@ -1026,12 +1028,12 @@ def _wake_watcher(ref: weakref.ref[Watcher], reason: str) -> None:
 
 
 def _shutdown(store: StoreThread, watcher: Watcher, queue: Queue, waker: int) -> None:
-    queue.remove_waker(waker)
+    queue.runtime.remove_waker(waker)
     watcher.stop()
     store.stop()
     if store._registered:
         try:
-            queue.worker_stopped(store.worker_id)
+            queue.runtime.worker_stopped(store.worker_id)
         except Exception:  # the database may be closed already at interpreter exit
             log.debug("recording the task manager's stop failed", exc_info=True)
 

@@ -1,7 +1,8 @@
 """Crash recovery with real processes: a process running a run through QueuedTaskManager is
 SIGKILLed mid-coroutine; a WorkerEngine in another process reruns the run from its
-parameters (or fails it, naming the missing handler); and a manager in a third process,
-reading the dead process's run history, sees the outcome flow back into its RunRegistry."""
+parameters (a worker without the handler takes the dead lease over and leaves the task
+queued for one that has it); and a manager in a third process, reading the dead process's
+run history, sees the outcome flow back into its RunRegistry."""
 
 from __future__ import annotations
 
@@ -123,15 +124,31 @@ async def test_a_killed_run_is_rerun_by_a_worker_and_the_result_flows_back(
     assert run.completed_at == task.finished_at and run.started_at == task.started_at
 
 
-async def test_a_killed_run_with_no_handler_anywhere_ends_failed_saying_why(
+async def test_a_killed_run_waits_for_a_worker_that_has_its_handler(
     killed_app: tuple[Path, Path],
 ) -> None:
+    """A worker without a handler for the run's type still takes the dead process's lease
+    over (the task is queued again, saying why), but does not fail it: the task waits, and a
+    worker that has the handler runs it later."""
     db_path, history = killed_app
-    registry, _ = await _recover(db_path, history, "no-handler")
+    worker = await _spawn(WORKER, str(db_path), "no-handler")
+    try:
+        with Queue(db_path, load_entrypoints=False) as q:
+            deadline = asyncio.get_running_loop().time() + 60
+            while (task := q.find("run-1")) is None or task.status is not TaskStatus.QUEUED:
+                assert asyncio.get_running_loop().time() < deadline, "the lease was not taken over"
+                await asyncio.sleep(0.05)
+            assert "stopped renewing its lease" in (task.error_message or "")
+            await asyncio.sleep(1.0)  # the worker has no handler: it leaves the task alone
+            assert q.find("run-1").status is TaskStatus.QUEUED  # type: ignore[union-attr]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = await worker.communicate()
+    assert worker.returncode == 0, err.decode()
+    assert b"has no handlers" in err
+    registry, _ = await _recover(db_path, history, "handler")
     with Queue(db_path, load_entrypoints=False) as q:
         task = q.find("run-1")
-    assert task is not None and task.status is TaskStatus.FAILED
-    assert "no handler is registered for task type 'cleanup'" in (task.error_message or "")
+    assert task is not None and task.status is TaskStatus.COMPLETED
     run = registry.get_run("run-1")
-    assert run is not None and run.status is RunStatus.FAILED
-    assert run.error_message == task.error_message
+    assert run is not None and run.status is RunStatus.COMPLETED

@@ -175,6 +175,6 @@ def test_with_the_adapter_blocked_the_policy_decides(db_path: Path, clock: FakeC
     q = Queue(db_path, plugins=[FixedDelay(delay=3600)], block=["adapter"], clock=clock)
     run_task = _task(q, "adapter-dead", "adapter-dead")
     clock.advance(6)
-    q.lease("w", limit=0)  # the sweep alone
+    q.runtime.lease("w", limit=0)  # the sweep alone
     assert q.get(run_task.id).run_after == clock.now() + timedelta(hours=1)
     q.close()

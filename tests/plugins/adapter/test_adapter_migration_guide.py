@@ -438,7 +438,9 @@ def test_troubleshooting_database_locked() -> None:
 
 def test_troubleshooting_tasks_not_executing(tmp_path: Path) -> None:
     """The snippet runs ``worker.run()``, which blocks until SIGTERM: it runs verbatim in a
-    process of its own, works the queued task, and stops cleanly on SIGTERM."""
+    process of its own and stops cleanly on SIGTERM. It registers no handler (the snippet
+    only says to), so the worker leases nothing, says why in its log, and the queued task is
+    left for a worker that has a handler — not failed for good."""
     snippet = textwrap.dedent(
         """
         from hookqueue import WorkerEngine, QueueDatabase
@@ -459,19 +461,20 @@ def test_troubleshooting_tasks_not_executing(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         with Queue(db_path, load_entrypoints=False) as q:
-            while not q.get(task.id).is_terminal:  # leased (running) first, then failed
-                assert time.monotonic() < deadline, "the worker did not finish the task"
+            while not q.workers():  # registered: it is working (and sees the task)
+                assert time.monotonic() < deadline, "the worker did not start"
                 time.sleep(0.02)
-            done = q.get(task.id)
+            time.sleep(0.5)  # long enough to have leased the task if it would
+            waiting = q.get(task.id)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err.decode()
-    # No handler was registered (the snippet only says to): the task fails saying so.
-    assert done.status is TaskStatus.FAILED
-    assert "no handler is registered for task type 'cleanup'" in (done.error_message or "")
+    assert waiting.status is TaskStatus.QUEUED and waiting.attempts == 0
+    assert "worker-1 has no handlers" in err.decode()
     with Queue(db_path, load_entrypoints=False) as q:
         [record] = q.workers()
+        assert q.get(task.id).status is TaskStatus.QUEUED
     assert record.worker_id == "worker-1" and record.stopped_at is not None
 
 

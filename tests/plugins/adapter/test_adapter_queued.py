@@ -223,7 +223,7 @@ async def test_a_blocked_event_loop_keeps_its_leases(
 
     def thief() -> None:
         while not stop.is_set():
-            stolen.extend(queue.lease("thief", lease_seconds=5))
+            stolen.extend(queue.runtime.lease("thief", lease_seconds=5))
             time.sleep(0.02)
 
     async def blocking() -> str:
@@ -269,13 +269,15 @@ async def test_a_lost_lease_stops_the_coroutine_and_the_run_follows_the_worker(
     manager.start_task(run, work())
     await manager.flush()
     clock.advance(121)  # the lease lapses (as if this process's renewals starved) ...
-    [taken] = aqueue.lease("other-worker", lease_seconds=600)  # ... and a worker takes it over
+    [taken] = aqueue.runtime.lease(
+        "other-worker", lease_seconds=600
+    )  # ... and a worker takes it over
     assert taken.idempotency_key == run.run_id and taken.attempts == 2
     manager._watcher.beat_now()  # the next renewal finds the lease gone
     await asyncio.wait_for(stopped.wait(), 10)
     await eventually(lambda: manager.is_task_active(run.run_id) and not manager.tasks)
     assert run.status is RunStatus.RUNNING  # a worker has it now
-    aqueue.settle("other-worker", [_complete(taken.id)])
+    aqueue.runtime.settle("other-worker", [_complete(taken.id)])
     assert await manager.wait_all(timeout=10)
     assert run.status is RunStatus.COMPLETED and run.exit_code == 0
 
