@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# A real PostgreSQL server, started only when a test first asks for one of these fixtures.
+from _services.postgres import postgres_dsn, postgres_server  # noqa: F401
+
 from hookqueue import FakeClock, Queue
 
 

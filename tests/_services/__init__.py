@@ -1,0 +1,1 @@
+"""Real services (database servers) that tests start for themselves; see ``postgres.py``."""
