@@ -106,7 +106,8 @@ def timeline_chart(timeline: Timeline, *, width: int = 760, height: int = 220) -
                 ),
             )
         )
-        points.append(f"{x + slot / 2:.2f},{bottom - b.failure_rate * (bottom - top):.2f}")
+        if b.finished:  # no rate where nothing finished
+            points.append(f"{x + slot / 2:.2f},{bottom - b.failure_rate * (bottom - top):.2f}")
     ticks = tuple(
         (round(bottom - (peak * k / 4) * scale, 2), f"{int(peak * k / 4):,}") for k in range(5)
     )

@@ -156,6 +156,24 @@ class TaskFilter:
         chosen = tuple(s for s in statuses if not self.statuses or s in self.statuses)
         return attrs.evolve(self, statuses=chosen)
 
+    def describe(self) -> str:
+        """The filter in words, for confirmations: ``status failed; type email``."""
+        parts = []
+        if self.statuses:
+            parts.append("status " + " or ".join(s.value for s in self.statuses))
+        for label, value in (
+            ("type", self.task_type),
+            ("queue", self.queue),
+            ("error contains", self.error_contains),
+            ("enqueued from", self.created_from.isoformat() if self.created_from else None),
+            ("enqueued before", self.created_to.isoformat() if self.created_to else None),
+        ):
+            if value:
+                parts.append(
+                    f"{label} {value!r}" if label == "error contains" else f"{label} {value}"
+                )
+        return "; ".join(parts) or "no filter: every task"
+
     def list_arguments(self) -> dict[str, Any]:
         """The store-side part, as :meth:`Queue.list` keyword arguments."""
         return {
