@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _dashboard import LiveServer, seed
 
-pytest.importorskip("starlette", reason="the dashboard needs: pip install 'hookqueue[web]'")
-
-from _dashboard import LiveServer, seed  # noqa: E402
-
-from hookqueue.contrib.dashboard import create_app  # noqa: E402
+from hookqueue.contrib.dashboard import create_app
 
 #: Read at import time: the autouse fixture of tests/conftest.py clears HOOKQUEUE_* variables
 #: before each test.
