@@ -66,9 +66,32 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
     import socket
+    import threading
+    from collections.abc import Iterator
 
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that SIGINT and SIGTERM end ``run()`` normally (exit
+        code 0, like ``hookqueue metrics serve``) instead of being raised again after the
+        graceful shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     from hookqueue.core.cli import queue_from_args
 
@@ -85,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             access_log=bool(getattr(args, "verbose", False)),
             server_header=False,
         )
-        server = uvicorn.Server(config)
+        server = Server(config)
         # Bind here, so the address printed is the one listening (also with --port 0).
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -101,9 +101,13 @@ def screenshots(
     return shot
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless Chromium for the session, with a fresh user-data-dir."""
+    """One headless Chromium per test module, with a fresh user-data-dir.
+
+    Module-scoped on purpose: Playwright's synchronous API keeps an event loop in the main
+    thread while it runs, and ``asyncio.run`` (``run_until_idle``) cannot start there until
+    it stops."""
     if not os.path.exists(CHROMIUM):
         message = f"Chromium is not installed at {CHROMIUM}: {INSTALL}"
         if REQUIRE_SERVICES:
