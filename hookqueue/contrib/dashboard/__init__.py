@@ -17,21 +17,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Dashboard", "DashboardPage", "PageRequest", "create_app"]
 
-_WHERE = {
-    "Dashboard": ".app",
-    "create_app": ".app",
-    "DashboardPage": ".hookspecs",
-    "PageRequest": ".hookspecs",
-}
-
 
 def __getattr__(name: str) -> Any:
-    """Import ``create_app``, ``Dashboard``, ``DashboardPage`` and ``PageRequest`` lazily."""
-    where = _WHERE.get(name)
-    if where is None:
+    """Import ``create_app``, ``Dashboard``, ``DashboardPage`` and ``PageRequest`` on first
+    use (static imports: nothing is imported by a name that comes from outside)."""
+    if name in ("Dashboard", "create_app"):
+        from . import app as module
+    elif name in ("DashboardPage", "PageRequest"):
+        from . import hookspecs as module  # type: ignore[no-redef]
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(where, __name__), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value
