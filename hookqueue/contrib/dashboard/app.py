@@ -275,10 +275,11 @@ async def overview(request: Request) -> Response:
         window = "1h"
 
     def read() -> dict[str, Any]:
+        health = data.health()
         return {
-            "health": data.health(),
+            "health": health,
             "by_queue": data.depth_by_queue(),
-            "by_type": data.counts_by_type(),
+            "by_type": health["depth_by_type"],
             "timeline": data.timeline(WINDOWS[window], 30),
             "plugins": data.plugins(),
         }
@@ -563,6 +564,7 @@ def create_app(
     page_size: int = 50,
     max_scan: int = 20_000,
     bulk_limit: int = 10_000,
+    cache_seconds: float = 30.0,
     metrics: QueueMetrics | None = None,
     debug: bool = False,
 ) -> Starlette:
@@ -583,6 +585,8 @@ def create_app(
     :param max_scan: the most tasks one list request reads for filters the store cannot
         apply (error text, time range).
     :param bulk_limit: the most tasks one bulk action changes.
+    :param cache_seconds: how long the filter form's suggestions and the chart are reused
+        (the chart at most a tenth of one of its intervals); actions clear them.
     :param metrics: the :class:`QueueMetrics` (and its thresholds) the overview reads.
     :param debug: Starlette's debug tracebacks (never in production).
     :returns: a Starlette app; ``app.state.dashboard`` is its :class:`Dashboard`.
@@ -612,6 +616,7 @@ def create_app(
             metrics or QueueMetrics(queue),
             max_scan=max_scan,
             bulk_limit=bulk_limit,
+            cache_seconds=cache_seconds,
         ),
     )
     routes = [

@@ -26,7 +26,9 @@ module changes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -317,6 +319,30 @@ class WorkerRow:
     silent_seconds: float
 
 
+class _TtlCache:
+    """Remembers results for a while (per key), so figures that cost a scan of the history
+    are not recomputed for every page view and every viewer's refresh. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any, ttl: float, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._values.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = compute()
+        with self._lock:
+            self._values[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
 class DashboardData:
     """The dashboard's access to one queue's database.
 
@@ -327,6 +353,9 @@ class DashboardData:
         equivalent (error text, time range).
     :param bulk_limit: the most tasks one bulk action changes; the rest wait for the next
         request, which the result says.
+    :param cache_seconds: how long the filter form's suggestions (task types, queue names)
+        are reused; the chart is reused for at most this long too, and never longer than a
+        tenth of one of its intervals. 0 reads them on every request.
     """
 
     def __init__(
@@ -336,11 +365,18 @@ class DashboardData:
         *,
         max_scan: int = 20_000,
         bulk_limit: int = 10_000,
+        cache_seconds: float = 30.0,
     ) -> None:
         self.queue = queue
         self.metrics = metrics if metrics is not None else QueueMetrics(queue)
         self.max_scan = max_scan
         self.bulk_limit = bulk_limit
+        self.cache_seconds = cache_seconds
+        self._cache = _TtlCache()
+
+    def forget(self) -> None:
+        """Drop cached figures (after an action, so the next page shows its effect)."""
+        self._cache.clear()
 
     def now(self) -> datetime:
         """The queue clock's current instant."""
@@ -378,6 +414,14 @@ class DashboardData:
         """
         if buckets < 1:
             raise ValidationError("buckets", buckets, "must be >= 1", "e.g. 30")
+        ttl = min(self.cache_seconds, window_seconds / buckets / 10)
+        return self._cache.get(
+            ("timeline", window_seconds, buckets, failure_sample),
+            ttl,
+            lambda: self._timeline(window_seconds, buckets, failure_sample),
+        )
+
+    def _timeline(self, window_seconds: float, buckets: int, failure_sample: int) -> Timeline:
         step = window_seconds / buckets
         now = self.now()
         # finished within the last k steps, k = 0..buckets
@@ -437,12 +481,26 @@ class DashboardData:
         return self.queue.get(task_id)
 
     def task_types(self) -> list[str]:
-        """Every task type with at least one task, sorted (for the filter form)."""
-        return sorted(self.queue.counts(by_type=True))
+        """Every task type with at least one task, sorted (the filter form's suggestions;
+        reused for ``cache_seconds``: counting by type reads the whole history's index).
+
+        **Core candidate** ``task_types() -> list[str]`` (a distinct read of the
+        ``(status, task_type)`` index's keys, without counting rows).
+        """
+        return self._cache.get(
+            "task_types", self.cache_seconds, lambda: sorted(self.queue.counts(by_type=True))
+        )
 
     def queue_names(self) -> list[str]:
-        """Queue names that have queued or running tasks, sorted (for the filter form)."""
-        return sorted(self.metrics.depth_by_queue())
+        """Queue names that have queued or running tasks, sorted (the filter form's
+        suggestions, reused for ``cache_seconds``).
+
+        **Core candidate** ``counts(by_queue=True)``: every queue name, finished tasks
+        included, which the overview also wants (counts per queue and status).
+        """
+        return self._cache.get(
+            "queue_names", self.cache_seconds, lambda: sorted(self.metrics.depth_by_queue())
+        )
 
     def list_tasks(
         self,
@@ -584,6 +642,7 @@ class DashboardData:
                     skipped += 1
                 else:
                     done += 1
+        self.forget()
         return BulkResult(action=action, done=done, skipped=skipped, limited=limited)
 
     def _scoped(self, action: str, flt: TaskFilter) -> TaskFilter:
@@ -600,6 +659,7 @@ class DashboardData:
 
         :raises TaskNotFound: :raises InvalidTransition: it is not failed or cancelled.
         """
+        self.forget()
         return self.queue.retry(task_id)
 
     def cancel_task(self, task_id: int | str) -> Task:
@@ -607,6 +667,7 @@ class DashboardData:
 
         :raises TaskNotFound: :raises InvalidTransition: it already finished.
         """
+        self.forget()
         return self.queue.cancel(task_id)
 
     # -- delete ------------------------------------------------------------------------------
@@ -628,6 +689,7 @@ class DashboardData:
     def prune(self, older_than: timedelta) -> int:
         """Delete finished tasks that finished more than ``older_than`` ago (and stale worker
         records); returns how many tasks were deleted."""
+        self.forget()
         return self.queue.prune(older_than=older_than)
 
     # -- workers and plugins -----------------------------------------------------------------

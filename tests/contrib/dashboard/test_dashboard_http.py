@@ -3,6 +3,7 @@ the auth hook, /healthz, escaping, mounting, plugin pages, the plugin and its co
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -336,3 +337,37 @@ def test_hookqueue_dashboard_serves_the_file(small_db: Path) -> None:
             process.terminate()
             _, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
+
+
+@pytest.mark.parametrize(("require", "outcome"), [("0", "1 skipped"), ("1", "1 error")])
+def test_without_chromium_browser_tests_skip_with_the_fix_unless_required(
+    require: str, outcome: str
+) -> None:
+    """A machine without Chromium skips the browser tests and says how to install it; CI
+    (``HOOKQUEUE_REQUIRE_SERVICES=1`` in ``.ci/run``) fails instead."""
+    browser_tests = Path(__file__).with_name("test_dashboard_browser.py")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HOOKQUEUE_")},
+        "HOOKQUEUE_CHROMIUM": "/nonexistent/chromium",
+        "HOOKQUEUE_REQUIRE_SERVICES": require,
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:randomly",
+            str(browser_tests),
+            "-k",
+            "workers_view",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert outcome in run.stdout, run.stdout + run.stderr
+    assert "apt-get install -y chromium" in run.stdout
