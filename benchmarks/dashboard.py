@@ -117,6 +117,7 @@ class Server:
             time.sleep(0.01)
 
     def close(self) -> None:
+        """Stop the server and wait for its thread."""
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
@@ -143,6 +144,7 @@ def time_page(client: httpx.Client, url: str, loads: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build or reuse the database, time every page, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--loads", type=int, default=7, help="timed loads per page (median)")

@@ -371,3 +371,16 @@ def test_without_chromium_browser_tests_skip_with_the_fix_unless_required(
     )
     assert outcome in run.stdout, run.stdout + run.stderr
     assert "apt-get install -y chromium" in run.stdout
+
+
+def test_the_docs_show_every_view_and_are_linked() -> None:
+    root = Path(__file__).resolve().parents[3]
+    text = (root / "docs" / "dashboard.md").read_text()
+    images = re.findall(r"\]\((images/dashboard/[^)]+\.png)\)", text)
+    shown = {Path(image).stem for image in images}
+    assert {"overview", "tasks", "task", "workers", "plugins", "plugin-page"} <= shown
+    assert {"bulk-retry-confirm", "bulk-retry-done"} <= shown
+    for image in images:
+        assert (root / "docs" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+    assert "(docs/dashboard.md)" in (root / "README.md").read_text()
+    assert "`hookqueue dashboard" in (root / "docs" / "cli.md").read_text()
