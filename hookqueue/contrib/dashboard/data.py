@@ -61,6 +61,10 @@ BULK_ACTIONS: dict[str, tuple[TaskStatus, ...]] = {
     "retry": (TaskStatus.FAILED, TaskStatus.CANCELLED),
     "cancel": (TaskStatus.QUEUED, TaskStatus.RUNNING),
 }
+#: Ids grow with enqueue time, but enqueues of several processes (and group commits) can
+#: commit a little out of their ``created_at`` order. A scan by id stops at a time range's
+#: edge only once it is this far past it.
+ORDER_SLACK = timedelta(seconds=5)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -319,6 +323,14 @@ class WorkerRow:
     silent_seconds: float
 
 
+def _past_range(flt: TaskFilter, task: Task, newest_first: bool) -> bool:
+    """Whether a scan by id in this direction can stop: every later task is outside the
+    filter's time range (by more than :data:`ORDER_SLACK`)."""
+    if newest_first:
+        return flt.created_from is not None and task.created_at < flt.created_from - ORDER_SLACK
+    return flt.created_to is not None and task.created_at >= flt.created_to + ORDER_SLACK
+
+
 class _TtlCache:
     """Remembers results for a while (per key), so figures that cost a scan of the history
     are not recomputed for every page view and every viewer's refresh. Thread-safe."""
@@ -515,7 +527,8 @@ class DashboardData:
         With store filters only this is one :meth:`Queue.list` call of ``limit + 1`` rows.
         Otherwise it pages through the store-filtered list ``SCAN_CHUNK`` rows at a time and
         keeps the matches, reading at most ``max_scan`` tasks; newest first, the scan stops at
-        the first task enqueued before ``created_from`` (ids grow with enqueue time).
+        the first task enqueued well before ``created_from``, and oldest first at the first one
+        enqueued well after ``created_to`` (see :data:`ORDER_SLACK`).
 
         **Core candidate** ``list(..., error_contains=, created_from=, created_to=)``: the
         store filters in SQL (``instr``/``LIKE`` on ``error_message``, a ``created_at`` range
@@ -552,11 +565,7 @@ class DashboardData:
             for task in chunk:
                 scanned += 1
                 cursor = task.id
-                if (
-                    newest_first
-                    and flt.created_from is not None
-                    and task.created_at < flt.created_from
-                ):
+                if _past_range(flt, task, newest_first):
                     exhausted = True
                     break
                 if flt.matches(task):
@@ -592,7 +601,7 @@ class DashboardData:
                 return
             for task in chunk:
                 cursor = task.id
-                if flt.created_from is not None and task.created_at < flt.created_from:
+                if _past_range(flt, task, newest_first=True):
                     return
                 if flt.matches(task):
                     yield task

@@ -181,7 +181,14 @@ def test_a_time_range_newest_first_stops_reading_at_its_start(
     data = DashboardData(q)
     page = data.list_tasks(TaskFilter(created_from=START + timedelta(minutes=290)), limit=100)
     assert [t.id for t in page.tasks] == list(range(300, 290, -1))
+    # one task a minute: the first one more than ORDER_SLACK before the range ends the scan
     assert page.next_after_id is None and page.scanned == 11
+    page = data.list_tasks(
+        TaskFilter(created_to=START + timedelta(minutes=10)), limit=100, newest_first=False
+    )
+    assert [t.id for t in page.tasks] == list(range(1, 11))
+    # task 11 sits on the edge (within ORDER_SLACK), task 12 is past it
+    assert page.next_after_id is None and page.scanned == 12
 
 
 # -- the timeline -----------------------------------------------------------------------------
