@@ -49,3 +49,14 @@ def queue(db_path: Path, clock: FakeClock) -> Iterator[Queue]:
     q = Queue(db_path, clock=clock, durability="normal")
     yield q
     q.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--screenshots-dir``: where the dashboard's browser tests also write their screenshots
+    (they always write them under the run's temporary directory)."""
+    parser.addoption(
+        "--screenshots-dir",
+        default=None,
+        help="also write the dashboard browser tests' screenshots here "
+        "(e.g. docs/images/dashboard)",
+    )

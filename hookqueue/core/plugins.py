@@ -50,7 +50,7 @@ CORE_PLUGIN_NAME = "core"
 _PLAIN_HOOKEXEC = pluggy.PluginManager(PROJECT_NAME)._inner_hookexec
 
 #: Extras that first-party plugins need, for the install hint when their import fails.
-EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel"}
+EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel", "dashboard": "web"}
 
 
 @attrs.frozen(kw_only=True)

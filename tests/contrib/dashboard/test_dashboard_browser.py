@@ -1,0 +1,298 @@
+"""The dashboard in a real browser: headless Chromium, a live uvicorn server, a real file.
+
+Every view is rendered from a seeded database and photographed; every action is clicked
+through its confirmation and then checked in the database.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from _dashboard import TenantsPage, seed
+
+from hookqueue import Queue, TaskStatus
+from hookqueue.contrib.dashboard import create_app
+
+
+def db(server: Any) -> Queue:
+    """A separate connection to the served file, to check what the clicks changed."""
+    return Queue(server.db_path, load_entrypoints=False)
+
+
+def ids_on_page(page: Any) -> list[int]:
+    return [
+        int(x)
+        for x in page.locator("#task-table tbody tr[data-task-id]").evaluate_all(
+            "rows => rows.map(r => r.dataset.taskId)"
+        )
+    ]
+
+
+def test_overview_shows_counts_chart_workers_and_plugins(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    page.goto(dashboard.url + "/")
+    with db(dashboard) as q:
+        counts = q.counts()
+    assert page.locator("[data-figure=failed]").inner_text() == str(counts["failed"])
+    assert page.locator("[data-figure=running]").inner_text() == "1"
+    # the due backlog: 5 + 3 waiting (the delayed task is not due)
+    assert page.locator("[data-figure=due]").inner_text() == "8"
+    assert page.locator("[data-figure=delayed]").inner_text() == "1"
+    assert page.locator("[data-figure=workers]").inner_text() == "1 alive, 1 stale"
+    # one bar per interval; the hour of history puts finished tasks in several of them
+    bars = page.locator("svg.chart rect.finished")
+    assert bars.count() == 30
+    heights = [float(h) for h in bars.evaluate_all("rs => rs.map(r => r.getAttribute('height'))")]
+    assert sum(1 for h in heights if h > 0) >= 8
+    failed_heights = page.locator("svg.chart rect.failed").evaluate_all(
+        "rs => rs.map(r => parseFloat(r.getAttribute('height')))"
+    )
+    assert any(h > 0 for h in failed_heights)
+    legend = page.locator(".legend").inner_text()
+    assert f"{counts['failed']} failed" in legend
+    # counts per queue and per type and status
+    assert page.locator("#queues tbody tr", has_text="images").count() == 1
+    row = page.locator("#by-type tbody tr", has_text="resize_image")
+    with db(dashboard) as q:
+        per_type = q.counts(by_type=True)["resize_image"]
+    assert row.locator("td").nth(4).inner_text() == str(per_type["failed"])
+    assert page.locator(".plugins .pill", has_text="metrics").count() == 1
+    assert page.locator(".plugins .pill", has_text="dashboard").count() == 1
+    # unhealthy: a worker went silent while holding a task
+    assert "batch-7" in page.locator(".verdict").inner_text()
+    screenshots(page, "overview")
+
+
+def test_chart_window_switch(dashboard: Any, page: Any) -> None:
+    page.goto(dashboard.url + "/")
+    page.locator(".windows a", has_text="24h").click()
+    page.wait_for_url(re.compile(r"window=24h"))
+    assert page.locator(".windows a[aria-current]").inner_text() == "24h"
+    assert "last 24h" in page.locator(".legend").inner_text()
+
+
+def test_task_list_newest_first_filters_and_paging(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    page.goto(dashboard.url + "/tasks")
+    shown = ids_on_page(page)
+    with db(dashboard) as q:
+        newest = [t.id for t in q.list(limit=50, newest_first=True)]
+    assert shown == newest  # newest first by default, 50 a page
+    screenshots(page, "tasks")
+    page.locator("#next-page").click()
+    page.wait_for_url(re.compile(r"after=\d+"))
+    second = ids_on_page(page)
+    assert second and max(second) < min(shown)
+    # filter: failed resize_image tasks, through the form
+    page.goto(dashboard.url + "/tasks")
+    page.locator("input[name=status][value=failed]").check()
+    page.locator("input[name=type]").fill("resize_image")
+    page.locator("#filters button[type=submit]").click()
+    page.wait_for_url(re.compile(r"status=failed"))
+    with db(dashboard) as q:
+        expected = [
+            t.id for t in q.list(status="failed", task_type="resize_image", newest_first=True)
+        ]
+    assert ids_on_page(page) == expected
+    assert all(s == "failed" for s in page.locator("#task-table .status").all_inner_texts())
+    screenshots(page, "tasks-filtered")
+    # text search in the error message, and oldest first
+    page.goto(dashboard.url + "/tasks?error=RESET+THE&order=oldest")
+    found = ids_on_page(page)
+    with db(dashboard) as q:
+        expected = [t.id for t in q.list(status="failed") if "reset the" in t.error_message]
+    assert found == expected and found
+
+
+def test_task_detail_shows_payload_result_error_and_timing(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    with db(dashboard) as q:
+        failed = q.list(status="failed", task_type="resize_image", limit=1)[0]
+        done = q.list(status="completed", task_type="resize_image", limit=1)[0]
+    page.goto(dashboard.url + "/tasks?status=failed&type=resize_image&order=oldest")
+    page.locator(f"#task-table a[href$='/tasks/{failed.id}']").click()
+    page.wait_for_url(re.compile(rf"/tasks/{failed.id}$"))
+    assert failed.payload["image"] in page.locator("#task-payload").inner_text()
+    assert "cannot identify image file" in page.locator("#task-error").inner_text()
+    fields = page.locator("#task-fields").inner_text()
+    assert "1 of 1" in fields and "images" in fields
+    screenshots(page, "task")
+    page.goto(f"{dashboard.url}/tasks/{done.id}")
+    assert '"width": 640' in page.locator("#task-result").inner_text()
+
+
+def test_workers_view_shows_every_state(dashboard: Any, page: Any, screenshots: Any) -> None:
+    page.goto(dashboard.url + "/")
+    page.locator("header nav a", has_text="Workers").click()
+    page.wait_for_url(re.compile(r"/workers$"))
+    states = {
+        row.get_attribute("data-worker"): row.locator(".state").inner_text()
+        for row in page.locator("#workers tbody tr").all()
+    }
+    assert states == {"web-1": "active", "batch-7": "stale", "worker-a": "stopped"}
+    screenshots(page, "workers")
+
+
+def test_plugins_view_lists_active_plugins(dashboard: Any, page: Any, screenshots: Any) -> None:
+    page.goto(dashboard.url + "/plugins")
+    rows = {
+        r.get_attribute("data-plugin"): r.locator(".state").inner_text()
+        for r in page.locator("#plugins tbody tr").all()
+    }
+    for name in ("core", "retry", "priority", "metrics", "dashboard"):
+        assert rows.get(name) == "active", (name, rows)
+    assert "hookqueue_cli_commands" in page.locator("tr[data-plugin=dashboard]").inner_text()
+    screenshots(page, "plugins")
+
+
+def test_navigation_is_boosted_by_htmx(dashboard: Any, page: Any) -> None:
+    """htmx (served from /static, under the CSP) swaps pages in place: the window survives."""
+    page.goto(dashboard.url + "/")
+    assert page.evaluate("typeof window.htmx") == "object"
+    page.evaluate("window.__still_here = 1")
+    page.locator("header nav a", has_text="Tasks").click()
+    page.wait_for_url(re.compile(r"/tasks$"))
+    page.locator("#task-table").wait_for()
+    assert page.evaluate("window.__still_here") == 1
+
+
+def test_retry_one_task_after_confirmation(dashboard: Any, page: Any, screenshots: Any) -> None:
+    with db(dashboard) as q:
+        task = q.list(status="failed", task_type="sync_crm", limit=1)[0]
+    page.goto(f"{dashboard.url}/tasks/{task.id}")
+    page.locator(".actions a", has_text="Retry").click()
+    page.wait_for_url(re.compile(rf"/tasks/{task.id}/retry$"))
+    with db(dashboard) as q:
+        assert q.get(task.id).status is TaskStatus.FAILED  # nothing happens before confirming
+    screenshots(page, "confirm-retry")
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(rf"/tasks/{task.id}\?done=retry"))
+    assert page.locator(".flash").inner_text() == "Retried 1 task."
+    with db(dashboard) as q:
+        after = q.get(task.id)
+    assert after.status is TaskStatus.QUEUED and after.attempts == 0
+
+
+def test_cancel_one_task_after_confirmation(dashboard: Any, page: Any) -> None:
+    task_id = dashboard.ids["backlog"][0]
+    page.goto(f"{dashboard.url}/tasks/{task_id}")
+    page.locator(".actions a", has_text="Cancel").click()
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(rf"/tasks/{task_id}\?done=cancel"))
+    with db(dashboard) as q:
+        assert q.get(task_id).status is TaskStatus.CANCELLED
+    # a cancelled task can be retried, not cancelled again
+    assert page.locator(".actions a").all_inner_texts() == ["Retry…"]
+
+
+def test_bulk_retry_of_all_tasks_matching_the_filter(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    with db(dashboard) as q:
+        failed_images = [t.id for t in q.list(status="failed", task_type="resize_image")]
+        other_failed = [t.id for t in q.list(status="failed", task_type="sync_crm")]
+    assert len(failed_images) >= 2 and other_failed
+    page.goto(dashboard.url + "/tasks?status=failed&type=resize_image")
+    page.locator(".bulk a", has_text="Retry all").click()
+    page.wait_for_url(re.compile(r"/bulk/retry\?"))
+    # the count comes first ...
+    assert page.locator("#bulk-count").get_attribute("data-count") == str(len(failed_images))
+    assert page.locator("h1").inner_text() == f"Retry {len(failed_images)} tasks?"
+    with db(dashboard) as q:
+        assert all(q.get(i).status is TaskStatus.FAILED for i in failed_images)
+    screenshots(page, "bulk-retry-confirm")
+    # ... then the confirmation acts on exactly those tasks
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(r"/tasks\?.*done=retry"))
+    assert page.locator(".flash").inner_text() == f"Retried {len(failed_images)} tasks."
+    with db(dashboard) as q:
+        assert all(q.get(i).status is TaskStatus.QUEUED for i in failed_images)
+        assert all(q.get(i).status is TaskStatus.FAILED for i in other_failed)
+    # the list the user comes back to keeps the filter, and shows nothing failed any more
+    assert page.locator("#task-table tbody tr[data-task-id]").count() == 0
+    screenshots(page, "bulk-retry-done")
+
+
+def test_bulk_cancel_by_queue_spares_tasks_enqueued_after_the_preview(
+    dashboard: Any, page: Any
+) -> None:
+    page.goto(dashboard.url + "/tasks?queue=images&status=queued")
+    page.locator(".bulk a", has_text="Cancel all").click()
+    page.wait_for_url(re.compile(r"/bulk/cancel\?"))
+    assert page.locator("#bulk-count").get_attribute("data-count") == "3"
+    with db(dashboard) as q:
+        late = q.enqueue("resize_image", {"image": "after-preview.png"}, queue="images")
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(r"done=cancel"))
+    assert page.locator(".flash").inner_text() == "Cancelled 3 tasks."
+    with db(dashboard) as q:
+        assert q.get(late.id).status is TaskStatus.QUEUED
+        assert not [t for t in q.list(status="queued", queue="images") if t.id != late.id]
+        assert len(q.list(status="queued", queue="default")) == 6  # untouched
+
+
+def test_prune_deletes_history_after_showing_the_count(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    with db(dashboard) as q:
+        old = [
+            t.id
+            for t in q.list(status=["completed", "failed", "cancelled"], limit=1000)
+            if t.finished_at is not None and (q.now() - t.finished_at).total_seconds() > 1800
+        ]
+    assert old
+    page.goto(dashboard.url + "/")
+    page.locator("input[name=older_than]").fill("30m")
+    page.locator(".maintenance button").click()
+    page.wait_for_url(re.compile(r"/prune\?older_than=30m"))
+    assert page.locator("#prune-count").get_attribute("data-count") == str(len(old))
+    screenshots(page, "prune-confirm")
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(r"done=prune"))
+    assert page.locator(".flash").inner_text() == f"Deleted {len(old)} tasks."
+    with db(dashboard) as q:
+        remaining = {t.id for t in q.list(limit=100_000)}
+    assert not remaining & set(old)
+    assert dashboard.ids["running"] in remaining  # unfinished tasks are never deleted
+
+
+def test_read_only_mode_shows_no_action(
+    serve: Any, seeded_db: tuple[Path, dict[str, Any]], page: Any, screenshots: Any
+) -> None:
+    path, ids = seeded_db
+    server = serve(create_app(path, read_only=True))
+    page.goto(server.url + "/tasks?status=failed")
+    assert page.locator(".badge.read-only").inner_text() == "read-only"
+    assert page.locator(".bulk").count() == 0
+    first = ids_on_page(page)[0]
+    page.goto(f"{server.url}/tasks/{first}")
+    assert page.locator(".actions").count() == 0
+    page.goto(server.url + "/")
+    assert page.locator(".maintenance").count() == 0
+    screenshots(page, "read-only")
+
+
+def test_a_plugin_adds_a_page(serve: Any, tmp_path: Path, page: Any, screenshots: Any) -> None:
+    path = tmp_path / "queue.db"
+    seed(path)
+    with Queue(path, load_entrypoints=False) as q:
+        q.enqueue("send_email", {"to": "a@example.com"}, headers={"tenant": "acme"})
+        q.enqueue("send_email", {"to": "b@example.com"}, headers={"tenant": "<globex>"})
+    queue = Queue(path, plugins=[TenantsPage()])
+    try:
+        server = serve(create_app(queue))
+        page.goto(server.url + "/")
+        page.locator("header nav a", has_text="Tenants").click()
+        page.wait_for_url(re.compile(r"/x/tenants$"))
+        assert page.locator("#tenant-count").inner_text() == "3 tenants"
+        items = page.locator(".plugin-page li").all_inner_texts()
+        assert "<globex>: 1 queued" in items  # shown as text: the template autoescapes
+        assert page.locator(".plugin-page globex").count() == 0
+        screenshots(page, "plugin-page")
+    finally:
+        queue.close()
