@@ -20,13 +20,14 @@ Modelled on the design of SQLite's own crash layer (``src/test6.c``), written an
   (shared memory does not survive a power cut), and the database is opened again through
   the ordinary VFS, which recovers it as after a real reboot.
 
-Tearing follows the sector size (512 bytes, test6.c's default unit) and what the device
-claims. With ``powersafe_overwrite`` (what the unix VFS reports, and so what hookqueue runs
-with) a torn write changes only bytes inside its own range: a prefix of its sectors is
-written, or a random subset of them, or some of them get garbage. Without it (test6.c's
-default device) garbage may cover the whole of every sector the write touches, bytes
-outside the write included; the VFS then reports no ``POWERSAFE_OVERWRITE``, so SQLite pads
-each synced WAL commit to a sector boundary, as it must.
+Tearing follows the simulated sector size and what the device claims. With
+``powersafe_overwrite`` (what the unix VFS reports, and so what hookqueue runs with) a torn
+write changes only bytes inside its own range: a prefix of its sectors is written, or a
+random subset of them, or some of them get garbage; 512-byte sectors (the default) tear it
+finely. Without it (test6.c's default device, with its 4096-byte sectors) garbage may cover
+the whole of every sector the write touches, bytes outside the write included; the VFS then
+reports no ``POWERSAFE_OVERWRITE`` and its sector size, so SQLite pads each synced WAL
+commit to a sector boundary, as it must.
 
 Not modelled (neither does test6.c): directory entries. A file's creation and deletion are
 durable at once; hookqueue keeps the database, its WAL and its journal in one directory, and
@@ -47,7 +48,7 @@ from typing import Any
 
 import apsw
 
-#: The simulated sector: the unit a torn write is torn in.
+#: The simulated sector: the unit a torn write is torn in (the smallest real one).
 SECTOR_SIZE = 512
 
 KEEP, DROP, TEAR = "kept", "dropped", "torn"
@@ -85,6 +86,8 @@ class Disk:
         docstring); the VFS reports the matching device characteristics.
     :param honour_syncs: False makes syncs no-ops for durability (a disk whose cache lies):
         only for tests that prove the checker finds the loss that follows.
+    :param claims_powersafe_overwrite: what the VFS reports, when it is not the truth
+        (None: it tells the truth); likewise only for the checker's own tests.
     """
 
     def __init__(
@@ -95,12 +98,18 @@ class Disk:
         sector_size: int = SECTOR_SIZE,
         powersafe_overwrite: bool = True,
         honour_syncs: bool = True,
+        claims_powersafe_overwrite: bool | None = None,
     ) -> None:
         self.rng = rng
         self.cut = cut
         self.sector_size = sector_size
         self.powersafe_overwrite = powersafe_overwrite
         self.honour_syncs = honour_syncs
+        self.claims_powersafe_overwrite = (
+            powersafe_overwrite
+            if claims_powersafe_overwrite is None
+            else claims_powersafe_overwrite
+        )
         self.files: dict[str, _File] = {}
         #: Syncs and writes seen, over every tracked file.
         self.syncs = 0
@@ -306,8 +315,8 @@ class CrashFile(apsw.VFSFile):
         return self.disk.sector_size
 
     def xDeviceCharacteristics(self) -> int:
-        """POWERSAFE_OVERWRITE when the disk promises it, else nothing."""
-        return apsw.SQLITE_IOCAP_POWERSAFE_OVERWRITE if self.disk.powersafe_overwrite else 0
+        """POWERSAFE_OVERWRITE when the disk claims it, else nothing."""
+        return apsw.SQLITE_IOCAP_POWERSAFE_OVERWRITE if self.disk.claims_powersafe_overwrite else 0
 
 
 class CrashVFS(apsw.VFS):
