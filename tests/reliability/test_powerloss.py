@@ -1,8 +1,9 @@
 """Power loss: the machine loses power at a chosen sync or write, unsynced writes are kept, dropped or torn.
 
 Each scenario plays a seeded workload (enqueue, enqueue_many, lease, complete, fail, lease
-with outcomes, retry of a failed task, prune, a clean close and reopen) on a queue opened
-through the crash VFS of ``_crashvfs.py``, cuts the power at one sync or write of the
+with outcomes, retry of a failed task, prune, a clean close and reopen; the worker's calls on
+a thread, and so a connection, of their own) on a queue opened through the crash VFS of
+``_crashvfs.py``, cuts the power at one sync or write of the
 database, its WAL or its journal (or after the last call), reboots (every connection
 closed, the -shm removed, the database opened through the ordinary VFS) and checks the
 database against a reference run of the same workload without a cut.
@@ -29,6 +30,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,9 @@ class Workload:
         #: What the calls acknowledged, by task id: status, payload, result, key.
         self.model: dict[int, dict[str, Any]] = {}
         self.serial = 0
+        #: Worker calls run here: two connections share the WAL, as a producer's and a
+        #: worker's do (a bare lease unsynced on one, the next enqueue synced on the other).
+        self.worker_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pl-worker")
 
     # -- the calls -----------------------------------------------------------------------------
 
@@ -198,17 +203,23 @@ class Workload:
                 if not self.record:
                     self.disk.cut_now()  # a workload that ran to its end: the power goes now
                 self.close()
+                self.worker_thread.shutdown()
         return self.run
 
     def open(self) -> None:
         self.db = QueueDatabase(self.path, vfs=VFS_NAME, durability=self.durability)  # type: ignore[arg-type]
         self.q = Queue(self.db, load_entrypoints=False, clock=self.clock)
 
+    def worker(self, **kwargs: Any) -> list[Task]:
+        """A worker-facing call, made on the worker's own thread (so its own connection, as
+        a worker engine's store thread has), waited for."""
+        return self.worker_thread.submit(_worker_call, self.q, **kwargs).result()
+
     def close(self) -> None:
         if self.q is not None:
             self.q.close()
         if self.db is not None:
-            self.db.close()
+            self.db.close()  # the worker thread's connection too
 
     def call(
         self,
@@ -281,7 +292,7 @@ class Workload:
                 model[t.id] = {"status": "queued", "payload": spec["payload"]}
         elif kind == "lease":
             n = rng.randrange(1, 5)
-            leased = self.call(Step(kind, promised=False), lambda: _worker_call(q, lease=n))
+            leased = self.call(Step(kind, promised=False), lambda: self.worker(lease=n))
             self.lease_done(leased)
         elif kind in ("complete", "fail", "lease_settle"):
             rng.shuffle(self.held)
@@ -298,8 +309,8 @@ class Workload:
             step = Step(kind, completions=sum(1 for o in outcomes if o[1] == "complete"))
             got = self.call(
                 step,
-                lambda: _worker_call(
-                    q, lease=n, outcomes=tuple(outcomes), with_lease=kind == "lease_settle"
+                lambda: self.worker(
+                    lease=n, outcomes=tuple(outcomes), with_lease=kind == "lease_settle"
                 ),
             )
             for tid, how, text in outcomes:
