@@ -1,12 +1,12 @@
-"""Power loss: the machine loses power at a chosen sync or write, unsynced writes are kept, dropped or torn.
+"""Power loss: the power goes at a chosen sync or write; each unsynced write is kept, dropped or torn.
 
 Each scenario plays a seeded workload (enqueue, enqueue_many, lease, complete, fail, lease
 with outcomes, retry of a failed task, prune, a clean close and reopen; the worker's calls on
 a thread, and so a connection, of their own) on a queue opened through the crash VFS of
-``_crashvfs.py``, cuts the power at one sync or write of the
-database, its WAL or its journal (or after the last call), reboots (every connection
-closed, the -shm removed, the database opened through the ordinary VFS) and checks the
-database against a reference run of the same workload without a cut.
+``_crashvfs.py``, cuts the power at one sync or write of the database, its WAL or its
+journal (or after the last call), reboots (every connection closed, the -shm removed, the
+database opened through the ordinary VFS) and checks the database against a reference run
+of the same workload without a cut.
 
 The reference run records the ``tasks`` table after every commit. A recovered database is
 sound only when ``PRAGMA integrity_check`` and ``Queue.check()`` find nothing and its
@@ -213,6 +213,7 @@ class Workload:
     def worker(self, **kwargs: Any) -> list[Task]:
         """A worker-facing call, made on the worker's own thread (so its own connection, as
         a worker engine's store thread has), waited for."""
+        assert self.q is not None
         return self.worker_thread.submit(_worker_call, self.q, **kwargs).result()
 
     def close(self) -> None:
@@ -480,7 +481,7 @@ def _judge(ref: Run, run: Run, problems: list[str], rows: Rows | None, outcome: 
     # durability="full" every acknowledged call that promises durability.
     synced = max((i for i, s in enumerate(run.steps) if s.wal_synced), default=-1)
     required = final[synced - 1] if synced > 0 else 0
-    required_by = f"a WAL sync completed in call {synced} ({run.steps[synced].kind})"
+    required_by = f"a WAL sync completed in call {synced} ({run.steps[synced].kind})" * (synced > 0)
     if outcome.durability == "full":
         # A promised call's own commits (those that changed the table; one that changed
         # nothing wrote nothing, so synced nothing either).
@@ -714,7 +715,7 @@ def test_power_cut_on_a_disk_without_powersafe_overwrite(
 
 
 #: Disks that break their promises, for the checker's own test: (durability, seeds, disk).
-LYING_DISKS = {
+LYING_DISKS: dict[str, tuple[str, range, dict[str, Any]]] = {
     "ignores syncs, durability=full": ("full", range(2), {"honour_syncs": False}),
     "ignores syncs, durability=normal": ("normal", range(1, 4, 2), {"honour_syncs": False}),
     "claims powersafe overwrite but garbles whole 4096-byte sectors": (
