@@ -780,13 +780,13 @@ def test_checker_finds_a_half_there_or_altered_table(
         if s.kind == "enqueue_many" and all(tid in final for tid, _ in s.summary)
     ]
     completed = [tid for tid, r in final.items() if r[_COL["status"]] == "completed"]
-    last_enqueue = max(
-        i for i, s in enumerate(ref.steps) if s.kind in ("enqueue", "enqueue_many") and s.new_tasks
-    )
-    last_enqueued = [
-        tid
-        for tid, _ in (lambda x: x if isinstance(x, list) else [x])(ref.steps[last_enqueue].summary)
+    # The tasks of the last enqueue whose tasks are all still there at the end.
+    enqueued = [
+        [tid for tid, _ in (s.summary if isinstance(s.summary, list) else [s.summary])]
+        for s in ref.steps
+        if s.kind in ("enqueue", "enqueue_many") and s.new_tasks
     ]
+    last_enqueued = [ids for ids in enqueued if all(tid in final for tid in ids)][-1]
     assert batches and completed, "seed 0's workload has no batch or completion left to alter"
     assert sweep.scenario(ref, seed, None).problems == [], "the untouched database is reported"
     tampers = {
