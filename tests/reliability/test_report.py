@@ -76,6 +76,12 @@ def test_render_reports_failures_and_known_problems(fault: FaultRecord) -> None:
         "tests": [
             entry("test_sigkill_workers_while_producer_enqueues", "failed"),
             entry("test_other", "xfailed", known_problem="core: broken because of X"),
+            {
+                **entry("test_power_cut_at_full_durability_loses_nothing_acknowledged", "passed"),
+                "nodeid": "tests/reliability/test_powerloss.py::"
+                "test_power_cut_at_full_durability_loses_nothing_acknowledged",
+                "module": "test_powerloss",
+            },
         ],
     }
     page = report.render(data)
@@ -85,3 +91,7 @@ def test_render_reports_failures_and_known_problems(fault: FaultRecord) -> None:
     assert "core: broken because of X" in page
     assert "a \\| b" in page and "y: p\\|q" in page
     assert "## Crashes" in page
+    # A module's notes follow its table, and only where the module ran.
+    assert page.index("### How the simulation works") > page.index("test_power_cut_at_full")
+    del data["tests"][-1]
+    assert "### How the simulation works" not in report.render(data)
