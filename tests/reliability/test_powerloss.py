@@ -40,9 +40,9 @@ import apsw
 import pytest
 
 from hookqueue import FakeClock, HookqueueError, Queue, QueueDatabase, Task
-from hookqueue.core import store
 from hookqueue.core.models import TASK_COLUMNS
-from hookqueue.core.store import Settlement
+from hookqueue.core.storage import Settlement
+from hookqueue.core.store import connection as store_connection
 
 from ._crashvfs import CrashVFS, CutPoint, Disk
 from .conftest import FaultRecord
@@ -70,10 +70,10 @@ def _worker_call(
         for i, kind, text in outcomes
     ]
     if lease or with_lease or not settlements:
-        return queue.lease(
+        return queue.runtime.lease(
             WORKER, limit=lease, lease_seconds=LEASE_SECONDS, settlements=settlements
         )
-    return queue.settle(WORKER, settlements)
+    return queue.runtime.settle(WORKER, settlements)
 
 
 #: Seeds per durability: the default run, or the sweep asked for (read at import: the root
@@ -92,6 +92,13 @@ SMALL_CHECKPOINT = 12
 VFS_NAME = "hookqueue-powerloss"
 SELECT_TASKS = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks ORDER BY id"
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
+
+
+def _table(q: Queue) -> list[tuple[Any, ...]]:
+    """Every task row as stored, read on the store's own connection of this thread."""
+    return [tuple(r) for r in q.db._cx.conn().execute(SELECT_TASKS)]  # type: ignore[attr-defined]
+
+
 #: The state before the schema exists.
 ABSENT = None
 #: A recovered database whose table cannot be read (matches no state).
@@ -189,8 +196,8 @@ class Workload:
 
     def play(self) -> Run:
         """Run the workload; returns what happened (the cut ends it early)."""
-        pages = SMALL_CHECKPOINT if self.seed % 2 else store.WAL_CHECKPOINT_PAGES
-        with mock.patch.object(store, "WAL_CHECKPOINT_PAGES", pages):
+        pages = SMALL_CHECKPOINT if self.seed % 2 else store_connection.WAL_CHECKPOINT_PAGES
+        with mock.patch.object(store_connection, "WAL_CHECKPOINT_PAGES", pages):
             try:
                 self.call(Step("open"), self.open)
                 for _ in range(STEPS):
@@ -251,7 +258,7 @@ class Workload:
         if self.record:
             assert self.q is not None
             index = len(self.run.steps) - 1
-            after = [tuple(r) for r in self.q.db.query(SELECT_TASKS)]
+            after = _table(self.q)
             if commits is not None:
                 computed = commits(self.run.states[-1][1] or [])
                 assert computed[-1] == after, f"{step.kind} changed other rows than modelled"
@@ -458,7 +465,7 @@ def _read_back(path: Path, durability: str) -> tuple[list[str], Rows | None]:
     try:
         with Queue(path, load_entrypoints=False, durability=durability) as q:  # type: ignore[arg-type]
             problems += [f"Queue.check(): {p}" for p in q.check()]
-            reopened = [tuple(r) for r in q.db.query(SELECT_TASKS)]
+            reopened = _table(q)
         if rows is not UNREADABLE and reopened != (rows or []):
             problems.append("opening the queue changed its tasks")
     except HookqueueError as exc:

@@ -37,7 +37,7 @@ from starlette.templating import Jinja2Templates
 from hookqueue.core.errors import HookqueueError, InvalidTransition, TaskNotFound, ValidationError
 from hookqueue.core.models import TaskStatus
 from hookqueue.core.queue import Queue
-from hookqueue.core.store import QueueDatabase
+from hookqueue.core.storage import TaskStore
 from hookqueue.plugins.metrics import QueueMetrics
 
 from .charts import timeline_chart
@@ -555,7 +555,7 @@ async def healthz(request: Request) -> Response:
 
 
 def create_app(
-    queue_or_path: Queue | QueueDatabase | str | os.PathLike[str],
+    queue_or_path: Queue | TaskStore | str | os.PathLike[str],
     *,
     read_only: bool = False,
     auth: AuthHook | None = None,
@@ -572,7 +572,7 @@ def create_app(
     (``Mount("/queue", app=create_app(queue))``; links follow the mount path).
 
     :param queue_or_path: a :class:`~hookqueue.Queue` (kept open), a
-        :class:`~hookqueue.QueueDatabase`, or a database path (opened now, closed at the app's
+        :class:`~hookqueue.QueueDatabase` (any task store), or a database path (opened now, closed at the app's
         shutdown).
     :param read_only: show no action buttons and refuse every POST with 403.
     :param auth: ``auth(request)`` decides per request: True allows, ``"read-only"`` allows
@@ -593,7 +593,7 @@ def create_app(
     """
     if isinstance(queue_or_path, Queue):
         queue, owns = queue_or_path, False
-    elif isinstance(queue_or_path, QueueDatabase):
+    elif isinstance(queue_or_path, TaskStore):
         queue, owns = Queue.for_database(queue_or_path), False
     else:
         queue, owns = Queue(queue_or_path), True

@@ -92,11 +92,11 @@ def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
     q.cancel(cancelled.id)
     # A worker that leased a task and went silent ten minutes ago, and one alive now.
     clock.set(now - timedelta(minutes=10))
-    q.register_worker(_worker("batch-7", clock.now()))
+    q.runtime.register_worker(_worker("batch-7", clock.now()))
     q.enqueue("sync_crm", {"account": 99}, queue="reports")
-    [held] = q.lease("batch-7", queues=("reports",), limit=1, lease_seconds=3600)
+    [held] = q.runtime.lease("batch-7", queues=("reports",), limit=1, lease_seconds=3600)
     clock.set(now)
-    q.register_worker(_worker("web-1", now))
+    q.runtime.register_worker(_worker("web-1", now))
     q.close()
     return {
         "backlog": [t.id for t in backlog],

@@ -323,9 +323,9 @@ def test_worker_states(small: Queue) -> None:
             heartbeat_at=at,
         )
 
-    small.register_worker(worker("fresh", 5))
-    small.register_worker(worker("silent", 600))
-    small.register_worker(worker("gone", 86400))
+    small.runtime.register_worker(worker("fresh", 5))
+    small.runtime.register_worker(worker("silent", 600))
+    small.runtime.register_worker(worker("gone", 86400))
     rows = DashboardData(small).workers()
     assert [(r.info.worker_id, r.state) for r in rows] == [
         ("fresh", "active"),
