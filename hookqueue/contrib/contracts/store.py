@@ -21,13 +21,14 @@ their window, claiming), the reads, leasing (each order of a plan, limits, queue
 filters, delayed tasks, re-ranking, expired leases, settlements in the lease's transaction),
 settling, renewing, the user actions (cancel, requeue, prune), the lifecycle (schema, check,
 vacuum, close), wake-ups (``has_work``, ``next_wakeup_delay_us``, ``watch_changes``),
-and concurrency (threads and processes never lease one task twice nor store one key twice).
+concurrency (threads and processes never lease one task twice nor store one key twice), and a
+hypothesis state machine that drives the store beside a dict model.
 
 A store that disagrees with a test on purpose, or has a known bug, lists the test in
 :attr:`StoreContract.known_failures`; it then runs as ``xfail(strict=True)``, so fixing the
 store makes the list fail until the entry goes.
 
-Requires pytest (``pip install 'hookqueue[test]'``).
+Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 """
 
 from __future__ import annotations
@@ -36,17 +37,28 @@ import json
 import pickle
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, overload
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from hookqueue.contrib.contracts._base import START
 from hookqueue.core.clock import from_us, to_us
@@ -82,7 +94,9 @@ __all__ = [
     "SECOND",
     "T0",
     "ExpiryRecorder",
+    "ModelTask",
     "StoreContract",
+    "StoreMachine",
     "make_row",
     "plan_sort_key",
     "us",
@@ -272,9 +286,16 @@ class StoreContract:
     - ``known_failures``: ``{test name: reason}`` — tests this store is known to fail (a test
       name as pytest shows it, with ``[parameters]`` for one case of a parametrized test, or
       without them for every case). Each runs as ``xfail(strict=True, reason=reason)``.
+    - ``machine_settings``: the hypothesis settings of the state machine test.
     """
 
     known_failures: ClassVar[dict[str, str]] = {}
+    machine_settings: ClassVar[settings] = settings(
+        max_examples=50,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
     # -- what a subclass provides --------------------------------------------------------------
 
@@ -1947,3 +1968,383 @@ class StoreContract:
             ids = children.go()
         assert len(set(ids)) == 3
         assert store.counts()["queued"] == 3 and store.check() == []
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def test_state_machine(self) -> None:
+        """The store beside a dict model, through random sequences of every operation (see
+        :class:`StoreMachine`)."""
+        run_state_machine_as_test(
+            # hypothesis takes any factory of machines; its annotation says a class.
+            lambda: StoreMachine(self.make_store),  # type: ignore[arg-type]
+            settings=self.machine_settings,
+        )
+
+
+# == the state machine =========================================================================
+
+#: The workers of the state machine.
+WORKERS = ("w1", "w2")
+#: The plans the state machine leases with, by name.
+MACHINE_PLANS = {
+    "fifo": FIFO,
+    "priority": LeasePlan(order=(SortKey.PRIORITY,)),
+    "lifo": LeasePlan(order=(SortKey.LIFO,)),
+}
+
+
+@dataclass
+class ModelTask:
+    """What the state machine expects of one task."""
+
+    id: int
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_after: int
+    key: str | None
+    holder: str | None = None
+    lease_until: int | None = None
+    cancel_requested: bool = False
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """A store driven through random sequences of operations beside a dict model.
+
+    Rules: insert (keys, delays, claims), lease (three orders, sweeping expired leases either
+    way), settle (each kind, by the holder or by another worker, directly or carried by a
+    lease), cancel, requeue, renew, expire (a lease of nothing) and advancing time. After
+    every step: each task in exactly one status, as the model says; held by at most one
+    worker, exactly while running; attempts never decrease except by a release or a requeue,
+    and never exceed ``max_attempts``; nothing lost; ``counts()`` equals the model's.
+
+    :param make_store: the contract's :meth:`StoreContract.make_store`.
+    """
+
+    def __init__(self, make_store: Callable[[Path], TaskStore]) -> None:
+        super().__init__()
+        self._dir = tempfile.TemporaryDirectory()
+        self.store = make_store(Path(self._dir.name))
+        self.now = T0
+        self.model: dict[int, ModelTask] = {}
+        self.keys: dict[str, int] = {}
+        self.last_attempts: dict[int, int] = {}
+        #: Tasks whose attempts may go down in this step (a release, a requeue).
+        self.may_decrease: set[int] = set()
+
+    def teardown(self) -> None:
+        """Check the store's own consistency, then close it and delete its directory."""
+        try:
+            assert self.store.check() == []
+        finally:
+            self.store.close()
+            self._dir.cleanup()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _live(self, worker: str | None = None) -> list[ModelTask]:
+        """Running tasks whose lease has not expired (of ``worker``, if given), by id."""
+        return sorted(
+            (
+                t
+                for t in self.model.values()
+                if t.status is TaskStatus.RUNNING
+                and t.lease_until is not None
+                and t.lease_until > self.now
+                and (worker is None or t.holder == worker)
+            ),
+            key=lambda t: t.id,
+        )
+
+    def _sweep(self, requeue: bool) -> set[int]:
+        """Apply the expiry of every lease that ran out; the ids swept."""
+        swept = set()
+        for t in self.model.values():
+            if t.status is not TaskStatus.RUNNING or t.lease_until is None:
+                continue
+            if t.lease_until > self.now:
+                continue
+            swept.add(t.id)
+            t.holder = t.lease_until = None
+            if requeue and t.attempts < t.max_attempts:
+                t.status, t.run_after, t.cancel_requested = TaskStatus.QUEUED, self.now, False
+            elif t.cancel_requested:
+                t.status = TaskStatus.CANCELLED
+            else:
+                t.status = TaskStatus.FAILED
+        return swept
+
+    def _decider(self, requeue: bool) -> ExpiryRecorder:
+        return ExpiryRecorder(self.now if requeue else None)
+
+    def _settle_model(self, t: ModelTask, kind: str, run_after: int) -> TaskStatus:
+        """Apply a settlement by the holder to the model; the status it leaves."""
+        t.holder = t.lease_until = None
+        if kind == "complete":
+            t.status = TaskStatus.COMPLETED
+        elif kind == "fail":
+            t.status = TaskStatus.FAILED
+        elif kind == "retry":
+            if t.cancel_requested:
+                t.status = TaskStatus.CANCELLED
+            elif t.attempts >= t.max_attempts:
+                t.status = TaskStatus.FAILED
+            else:
+                t.status, t.run_after = TaskStatus.QUEUED, run_after
+        elif kind == "cancelled":
+            t.status = TaskStatus.CANCELLED
+        else:
+            t.status, t.attempts = TaskStatus.QUEUED, t.attempts - 1
+            self.may_decrease.add(t.id)
+        return t.status
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @rule(
+        specs=st.lists(
+            st.tuples(
+                st.sampled_from([0, 0, 5, 30]),
+                st.integers(1, 3),
+                st.integers(0, 2),
+                st.sampled_from([None, None, None, "k1", "k2"]),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        claim=st.sampled_from([None, None, None, "w1", "w2"]),
+    )
+    def insert(self, specs: list[tuple[int, int, int, str | None]], claim: str | None) -> None:
+        """Insert a batch (keys, delays), perhaps claimed by a worker."""
+        rows = [
+            make_row(
+                self.now + delay * SECOND,
+                max_attempts=attempts,
+                priority=priority,
+                idempotency_key=key,
+            )
+            for delay, attempts, priority, key in specs
+        ]
+        lease_until = self.now + LEASE_US
+        results = self.store.insert(
+            rows, self.now, claim=None if claim is None else (claim, lease_until)
+        )
+        assert len(results) == len(rows)
+        for row, (tid, existing) in zip(rows, results, strict=True):
+            key = row.idempotency_key
+            if key is not None and key in self.keys:
+                assert tid == self.keys[key] and existing is not None and existing.id == tid
+                continue
+            assert existing is None
+            assert tid not in self.model and all(tid > i for i in self.model), "ids increase"
+            t = ModelTask(
+                id=tid,
+                status=TaskStatus.QUEUED,
+                attempts=0,
+                max_attempts=row.max_attempts,
+                priority=row.priority,
+                run_after=row.run_after_us,
+                key=key,
+            )
+            if claim is not None:
+                t.status, t.attempts, t.holder, t.lease_until = (
+                    TaskStatus.RUNNING,
+                    1,
+                    claim,
+                    lease_until,
+                )
+            self.model[tid] = t
+            if key is not None:
+                self.keys[key] = tid
+
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        limit=st.integers(0, 3),
+        plan=st.sampled_from(sorted(MACHINE_PLANS)),
+        requeue=st.booleans(),
+    )
+    def lease(self, worker: str, limit: int, plan: str, requeue: bool) -> None:
+        """Lease in one of three orders, sweeping expired leases (requeue or end)."""
+        decide = self._decider(requeue)
+        leased, transitions = StoreContract.lease(
+            self.store, worker, self.now, limit=limit, plan=MACHINE_PLANS[plan], decide=decide
+        )
+        swept = self._sweep(requeue)
+        assert {t.id for t in decide.asked} == swept, "decide_expired asked about each expiry"
+        assert {t.id for _, t in transitions} == swept
+        for kind, task in transitions:
+            expected = self.model[task.id].status
+            assert kind == ("lease_expired" if expected is TaskStatus.QUEUED else expected.value)
+        due = [t for t in self.model.values() if t.status is TaskStatus.QUEUED]
+        due = [t for t in due if t.run_after <= self.now]
+        key = plan_sort_key(MACHINE_PLANS[plan], self.now)
+        got = {t.id: t for t in leased}
+        expected_ids = [t.id for t in sorted((self.store.get(t.id) for t in due), key=key)[:limit]]
+        assert [t.id for t in leased] == expected_ids, "the plan's order, at most limit"
+        for tid in expected_ids:
+            t = self.model[tid]
+            t.status, t.holder, t.lease_until = TaskStatus.RUNNING, worker, self.now + LEASE_US
+            t.attempts += 1
+            t.cancel_requested = False
+            assert got[tid].attempts == t.attempts and got[tid].locked_by == worker
+
+    @precondition(lambda self: self._live())
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["complete", "fail", "retry", "cancelled", "release"]),
+        by_holder=st.sampled_from([True, True, True, False]),
+        via_lease=st.booleans(),
+    )
+    def settle(self, data: st.DataObject, kind: str, by_holder: bool, via_lease: bool) -> None:
+        """Settle a live lease — by its holder, or (dropped) by the other worker — directly or
+        carried by a lease of nothing."""
+        t = data.draw(st.sampled_from(self._live()))
+        assert t.holder is not None
+        worker = t.holder if by_holder else next(w for w in WORKERS if w != t.holder)
+        later = self.now + data.draw(st.integers(0, 20)) * SECOND
+        outcome = Settlement(
+            task_id=t.id,
+            kind=kind,  # type: ignore[arg-type]
+            error="e",
+            result_json='{"ok": true}' if kind == "complete" else None,
+            run_after_us=later if kind == "retry" else None,
+        )
+        if via_lease:
+            decide = self._decider(False)
+            _, transitions = StoreContract.lease(
+                self.store, worker, self.now, limit=0, settlements=[outcome], decide=decide
+            )
+        else:
+            transitions = self.store.settle(worker, [outcome], self.now)
+        settled = [(k, task) for k, task in transitions if task.id == t.id]
+        if worker != t.holder:
+            assert settled == [], "an outcome from a worker without the lease is dropped"
+        else:
+            status = self._settle_model(t, kind, later)
+            kinds = {
+                TaskStatus.COMPLETED: "completed",
+                TaskStatus.FAILED: "failed",
+                TaskStatus.CANCELLED: "cancelled",
+            }
+            expected = kinds.get(status, "released" if kind == "release" else "retry_scheduled")
+            assert [k for k, _ in settled] == [expected]
+        if via_lease:
+            swept = self._sweep(False)
+            assert {task.id for task in decide.asked} == swept
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), unknown=st.sampled_from([False, False, False, True]))
+    def cancel(self, data: st.DataObject, unknown: bool) -> None:
+        """Cancel a task (or an unknown id)."""
+        if unknown:
+            with pytest.raises(TaskNotFound):
+                self.store.cancel(max(self.model) + 1000, self.now)
+            return
+        t = data.draw(st.sampled_from(sorted(self.model.values(), key=lambda t: t.id)))
+        if t.status.is_terminal:
+            with pytest.raises(InvalidTransition):
+                self.store.cancel(t.id, self.now)
+            return
+        kind, task = self.store.cancel(t.id, self.now)
+        if t.status is TaskStatus.QUEUED:
+            assert kind == "cancelled"
+            t.status = TaskStatus.CANCELLED
+        else:
+            assert kind == "cancel_requested"
+            t.cancel_requested = True
+        assert task.status is t.status
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        """Requeue a task (only failed and cancelled ones may be)."""
+        t = data.draw(st.sampled_from(sorted(self.model.values(), key=lambda t: t.id)))
+        if t.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            with pytest.raises(InvalidTransition):
+                self.store.requeue(t.id, self.now)
+            return
+        task = self.store.requeue(t.id, self.now)
+        assert task.status is TaskStatus.QUEUED and task.attempts == 0
+        t.status, t.attempts, t.run_after, t.cancel_requested = (
+            TaskStatus.QUEUED,
+            0,
+            self.now,
+            False,
+        )
+        self.may_decrease.add(t.id)
+
+    @rule(worker=st.sampled_from(WORKERS), data=st.data())
+    def renew(self, worker: str, data: st.DataObject) -> None:
+        """Renew a worker's live leases, asking about some ids it does not hold too."""
+        mine = self._live(worker)
+        others = [t.id for t in self.model.values() if t.holder != worker]
+        extra = data.draw(st.lists(st.sampled_from(others), max_size=2)) if others else []
+        held, cancel = self.store.renew(worker, [t.id for t in mine] + extra, self.now, LEASE_US)
+        assert held == {t.id for t in mine}
+        assert cancel == {t.id for t in mine if t.cancel_requested}
+        for t in mine:
+            t.lease_until = self.now + LEASE_US
+
+    @rule(worker=st.sampled_from(WORKERS), requeue=st.booleans())
+    def expire(self, worker: str, requeue: bool) -> None:
+        """Sweep expired leases only (a lease of nothing)."""
+        decide = self._decider(requeue)
+        leased, _ = StoreContract.lease(self.store, worker, self.now, limit=0, decide=decide)
+        assert leased == []
+        assert {t.id for t in decide.asked} == self._sweep(requeue)
+
+    @rule(seconds=st.sampled_from([1, 4, 9, 11, 25, 31]))
+    def advance(self, seconds: int) -> None:
+        """Move time forward."""
+        self.now += seconds * SECOND
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        """Every task as the model says; held exactly while running; nothing lost."""
+        stored = {t.id: t for t in self.store.list(limit=1_000_000)}
+        assert set(stored) == set(self.model), "nothing lost, nothing invented"
+        for tid, m in self.model.items():
+            s = stored[tid]
+            assert s.status is m.status, (s, m)
+            assert s.attempts == m.attempts, (s, m)
+            assert 0 <= s.attempts <= s.max_attempts == m.max_attempts
+            assert s.locked_by == m.holder, "held by the one worker the model says"
+            if m.status is TaskStatus.RUNNING:
+                assert us(s.lease_expires_at) == m.lease_until
+                assert s.cancel_requested == m.cancel_requested
+            else:
+                assert s.lease_expires_at is None
+            if m.status is TaskStatus.QUEUED:
+                assert us(s.run_after) == m.run_after
+            assert (s.finished_at is not None) == m.status.is_terminal
+            if m.key is not None:
+                assert s.idempotency_key == m.key
+
+    @invariant()
+    def each_task_has_exactly_one_status(self) -> None:
+        """Listing by status partitions the tasks."""
+        seen: list[int] = []
+        for status in TaskStatus:
+            ids = [t.id for t in self.store.list(statuses=[status], limit=1_000_000)]
+            assert all(self.model[i].status is status for i in ids)
+            seen += ids
+        assert sorted(seen) == sorted(self.model)
+
+    @invariant()
+    def attempts_never_decrease(self) -> None:
+        """Attempts go down only by a release or a requeue."""
+        for task in self.store.list(limit=1_000_000):
+            before = self.last_attempts.get(task.id, 0)
+            if task.id not in self.may_decrease:
+                assert task.attempts >= before, (task, before)
+            self.last_attempts[task.id] = task.attempts
+        self.may_decrease.clear()
+
+    @invariant()
+    def counts_agree(self) -> None:
+        """``counts()`` equals the model's."""
+        expected = {s.value: 0 for s in TaskStatus}
+        expected.update(Counter(t.status.value for t in self.model.values()))
+        assert self.store.counts() == expected
