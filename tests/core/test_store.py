@@ -25,6 +25,7 @@ from hookqueue import (
     StoreError,
     ValidationError,
 )
+from hookqueue.core.models import LeasePlan, TaskStatus
 from hookqueue.core.storage import InsertRow
 from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
 from hookqueue.core.store.connection import WAL_CHECKPOINT_PAGES, checkpoint_after_commit
@@ -424,3 +425,38 @@ def test_a_file_that_cannot_use_wal_is_refused(tmp_path: Path, vfs: str) -> None
     db.initialize_schema()
     assert db._cx.conn().pragma("journal_mode") == "wal"
     db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sql_lease_window reads the partition with json_extract(payload, ?), which raises "
+        "'malformed JSON' for a damaged payload: every lease with a partition_key plan "
+        "(FairShare/WeightedRandom by payload key) fails with StoreError while the row is in "
+        "the window, so the queue stops (storage.py: 'one damaged row never stops a worker')"
+    ),
+)
+def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> None:
+    now = 1_900_000_000_000_000
+    db = QueueDatabase(db_path, durability="normal")
+    ids = [
+        db.insert_one(_row(payload_json='{"tenant": "a"}', run_after_us=now), now) for _ in "abc"
+    ]
+    raw = apsw.Connection(str(db_path))
+    raw.execute("UPDATE tasks SET payload = '{not json' WHERE id = ?", (ids[1],))
+    raw.close()
+    plan = LeasePlan(partition_key="tenant", rerank=lambda cands, n: [c.id for c in cands][:n])
+    try:
+        leased, _ = db.lease(
+            worker_id="w",
+            queues=["default"],
+            limit=3,
+            now_us=now,
+            lease_us=30_000_000,
+            plan=plan,
+            decide_expired=lambda task: (None, "expired"),
+        )
+        assert {t.id for t in leased} == {ids[0], ids[2]}
+        assert db.list(statuses=[TaskStatus.RUNNING], limit=10) == leased
+    finally:
+        db.close()
