@@ -499,9 +499,10 @@ class SortKey(enum.StrEnum):
     AGED_PRIORITY = "aged_priority"
     #: earliest ``run_after`` first (due order)
     DUE = "due"
-    #: enqueue order (id ascending)
+    #: first due first (``run_after``), then enqueue order (id): tasks enqueued without a
+    #: delay run in enqueue order
     FIFO = "fifo"
-    #: newest first (id descending)
+    #: last due first, then newest first (``run_after`` and id descending)
     LIFO = "lifo"
 
 
@@ -532,11 +533,13 @@ class LeasePlan:
     ``order`` and leases the ids ``rerank`` returns, in the same transaction.
     """
 
-    #: Sort keys, most significant first; the store breaks ties by enqueue order (id).
+    #: Sort keys, most significant first; the store breaks ties by due time, then enqueue
+    #: order (``run_after``, id).
     order: tuple[SortKey, ...] = (SortKey.FIFO,)
     #: For ``AGED_PRIORITY``: seconds of waiting that improve priority by one.
     aging_seconds: float = 60.0
-    #: Candidate window size for ``rerank`` (ignored without it).
+    #: Candidate window size for ``rerank``: it is offered up to this many due tasks
+    #: (ignored without ``rerank``).
     window: int = 256
     #: Optional Python re-ranking of the window.
     rerank: Rerank | None = None

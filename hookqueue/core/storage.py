@@ -12,7 +12,10 @@ Rules every implementation keeps:
   then writes does both in one transaction that excludes other writers of the same rows, so
   two processes never both act on what they read (two workers never lease one task).
 - **Time comes from the caller.** Instants are integer microseconds since the epoch (UTC),
-  passed in (``now_us``); a store never reads a clock of its own, so tests move time.
+  passed in (``now_us``); a store never reads a clock of its own, so tests move time. A
+  queued task is *due* when its ``run_after`` is at most ``max(now_us, the newest
+  task's created_at)``: after a caller's wall clock steps back, tasks that were ready stay ready
+  (delayed tasks still wait for their instant; leases expire by ``now_us`` alone).
 - **JSON only.** Payloads, results and headers travel as JSON text; nothing is unpickled.
 - **Parameters are bound.** No value is ever formatted into a statement.
 - **Nothing raises after it committed.** An error means the change is not stored — except
@@ -83,14 +86,15 @@ class InsertRow:
     headers_json: str | None
 
     def params(self, now_us: int) -> tuple[Any, ...]:
-        """The values in the order the stores' insert statements bind them."""
+        """The values in the order the stores' insert statements bind them (``run_after_us``
+        0 becomes ``now_us``)."""
         return (
             self.queue,
             self.task_type,
             self.payload_json,
             self.priority,
             self.max_attempts,
-            self.run_after_us,
+            self.run_after_us or now_us,
             self.idempotency_key,
             self.timeout,
             self.headers_json,
@@ -355,7 +359,8 @@ class TaskStore(Protocol):
         self, queues: Sequence[str], now_us: int, task_types: Sequence[str] | None = None
     ) -> bool:
         """True if a task of ``task_types`` (None: any) is due in one of ``queues``, or a
-        lease has expired. A read: takes no write lock."""
+        lease has expired in any queue (a lease takes those over). A read: takes no write
+        lock."""
         ...
 
     def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
@@ -398,7 +403,10 @@ class TaskStore(Protocol):
         :param now_us: the current instant; ``lease_expires_at = now_us + lease_us``.
         :param plan: the scheduler's plan (``hookqueue_lease``): the order, or a window of
             candidates and a ``rerank`` function that picks among them.
-        :param decide_expired: asked about each task whose lease expired.
+        :param decide_expired: asked about each task whose lease expired (at most 256 per
+            call, oldest expiry first; the rest on the next calls). A task whose
+            cancellation was requested ends ``cancelled`` whatever it answers, and one with
+            no attempts left ends ``failed``.
         :param settlements: finished attempts to write first, as :meth:`settle` does.
         :param want_transitions: False: the settled tasks are not decoded for events
             (expired leases are still reported).
@@ -415,8 +423,9 @@ class TaskStore(Protocol):
     ) -> builtins.list[Transition]:
         """Write the outcomes of finished attempts in one transaction.
 
-        An outcome is written only while ``worker_id`` still holds the task's lease; one for
-        a lease that was lost (it expired and was taken over, or the task ended) is dropped
+        An outcome is written only while ``worker_id`` still holds the task (it is running
+        and locked by that worker — also past ``lease_expires_at`` when nobody has taken it
+        over yet); one for a lease that was lost (taken over, or the task ended) is dropped
         and logged, so a slow worker never overwrites a newer attempt. A ``retry`` of a task
         whose cancellation was requested ends it ``cancelled``; one with no attempts left
         ends it ``failed``.

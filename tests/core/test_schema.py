@@ -77,7 +77,7 @@ def test_a_version_1_file_is_migrated_with_its_tasks(db_path: Path) -> None:
     clock = FakeClock(from_us(NOW_US + 1_000_000))  # inside the running task's lease
     q = Queue(db_path, load_entrypoints=False, clock=clock, durability="normal")
     try:
-        assert q.db.schema_version() == SCHEMA_VERSION == 2
+        assert q.db.schema_version() == SCHEMA_VERSION == 3
         assert q.db.check() == []
         assert q.counts() == {s.value: 2 for s in TaskStatus}
         assert q.counts(by_type=True) == {t: {s.value: 1 for s in TaskStatus} for t in "ab"}
@@ -101,6 +101,31 @@ def test_a_new_file_gets_the_same_indexes_as_a_migrated_one(tmp_path: Path) -> N
     QueueDatabase(tmp_path / "old.db").initialize_schema()
     QueueDatabase(tmp_path / "new.db").initialize_schema()
     assert _index_names(tmp_path / "old.db") == _index_names(tmp_path / "new.db")
+    assert _table_sql(tmp_path / "old.db") == _table_sql(tmp_path / "new.db")
+
+
+def _table_sql(path: Path) -> str:
+    conn = apsw.Connection(str(path))
+    try:
+        sql: str = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'tasks'").get
+    finally:
+        conn.close()
+    return " ".join(sql.replace("tasks_v3", "tasks").split())
+
+
+def test_a_migrated_file_never_reuses_the_id_of_a_pruned_task(db_path: Path) -> None:
+    """Schema v3 rebuilt the table with AUTOINCREMENT: after the newest tasks are pruned,
+    the next task still gets a new id (the largest id ever used, plus one)."""
+    statuses = _write_v1_file(db_path)
+    newest = max(statuses)
+    clock = FakeClock(from_us(NOW_US + 30 * 86_400_000_000))
+    with Queue(db_path, load_entrypoints=False, clock=clock, durability="normal") as q:
+        assert statuses[newest] in ("completed", "failed", "cancelled")
+        assert q.prune(older_than=0) == 6
+        assert q.enqueue("after").id == newest + 1
+        q.prune(older_than=0)
+        q.runtime.lease("w", limit=100)
+        assert q.enqueue("again").id == newest + 2
 
 
 def _plan(conn: apsw.Connection, sql: str, bindings: Any = ()) -> list[str]:

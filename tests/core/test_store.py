@@ -427,15 +427,6 @@ def test_a_file_that_cannot_use_wal_is_refused(tmp_path: Path, vfs: str) -> None
     db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sql_lease_window reads the partition with json_extract(payload, ?), which raises "
-        "'malformed JSON' for a damaged payload: every lease with a partition_key plan "
-        "(FairShare/WeightedRandom by payload key) fails with StoreError while the row is in "
-        "the window, so the queue stops (storage.py: 'one damaged row never stops a worker')"
-    ),
-)
 def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> None:
     now = 1_900_000_000_000_000
     db = QueueDatabase(db_path, durability="normal")

@@ -1,9 +1,10 @@
 """The other process of the store contract's multi-process tests; not an API.
 
 :class:`~hookqueue.contrib.contracts.store.StoreContract` starts this module with
-``python -m hookqueue.contrib.contracts._store_child`` and writes two pickles to its stdin: the
-parent's ``sys.path`` (so the store's opener unpickles wherever it was defined), then
-``(opener, job, arguments)``. The child opens the store with ``opener()``, prepares, prints
+``python -m hookqueue.contrib.contracts._store_child`` and writes one JSON line to its stdin:
+the parent's ``sys.path`` (so the store's class imports wherever it was defined), the
+:class:`StoreOpener` (the store class's import path and its arguments), the job's name and its
+arguments (rows as dicts). Nothing is unpickled. The child opens the store, prepares, prints
 ``ready``, waits for a line (``go``) so that several children start the job at the same
 moment, runs the job, prints its result as one JSON line and closes the store.
 
@@ -12,14 +13,65 @@ It imports only hookqueue's core (no pytest), so it starts quickly.
 
 from __future__ import annotations
 
+import importlib
 import json
-import pickle
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+
 from hookqueue.core.models import LeasePlan, Task
 from hookqueue.core.storage import InsertRow, TaskStore
+
+
+@attrs.frozen
+class StoreOpener:
+    """How to open a store again, in this or another process: ``factory`` is the import path
+    of its class or of a function returning it (``"package.module:Name"``), called with
+    ``args`` and ``kwargs`` (JSON values: a path, a DSN, a durability)."""
+
+    factory: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+
+    def __call__(self) -> TaskStore:
+        """Open the store."""
+        module_name, _, name = self.factory.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            target = getattr(target, part)
+        store: TaskStore = target(*self.args, **self.kwargs)
+        return store
+
+    def to_json(self) -> dict[str, Any]:
+        """As a JSON object (for the other process)."""
+        return {"factory": self.factory, "args": list(self.args), "kwargs": self.kwargs}
+
+
+#: Argument names whose values are InsertRow records (sent as dicts).
+_ROW_ARGUMENTS = {"row", "rows"}
+
+
+def encode_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A job's arguments as JSON values (rows as dicts of their fields)."""
+    out: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name == "row":
+            value = attrs.asdict(value)
+        elif name == "rows":
+            value = [attrs.asdict(row) for row in value]
+        out[name] = value
+    return out
+
+
+def _decode_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    out = dict(arguments)
+    if "row" in out:
+        out["row"] = InsertRow(**out["row"])
+    if "rows" in out:
+        out["rows"] = [InsertRow(**row) for row in out["rows"]]
+    return out
 
 
 def insert_each(store: TaskStore, rows: Sequence[InsertRow], now_us: int) -> list[int]:
@@ -74,12 +126,19 @@ UNPREPARED = frozenset({"initialize"})
 
 def main() -> None:
     """Run one job as the parent asks (see the module docs)."""
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin
     stdout = sys.stdout
-    for entry in reversed(pickle.load(stdin)):
+    message = json.loads(stdin.readline())
+    for entry in reversed(message["sys_path"]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    opener, job, arguments = pickle.load(stdin)
+    opener = StoreOpener(
+        message["opener"]["factory"],
+        tuple(message["opener"]["args"]),
+        message["opener"]["kwargs"],
+    )
+    job = message["job"]
+    arguments = _decode_arguments(message["arguments"])
     store: TaskStore = opener()
     try:
         if job not in UNPREPARED:

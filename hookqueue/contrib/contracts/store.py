@@ -4,17 +4,16 @@ A store implements :class:`~hookqueue.core.storage.TaskStore`; the contract chec
 operation and every promise written there, against the store alone (not through
 :class:`~hookqueue.Queue`), with explicit instants (``now_us``; nothing sleeps to move time)::
 
-    import functools
-
     from hookqueue import QueueDatabase
-    from hookqueue.contrib.contracts.store import StoreContract
+    from hookqueue.contrib.contracts.store import StoreContract, StoreOpener
 
     class TestSqliteStore(StoreContract):
         def make_store(self, tmp_path):           # a new, empty store each call
             return QueueDatabase(tmp_path / "q.db", durability="normal")
 
         def store_opener(self, store):           # how another process opens the same store
-            return functools.partial(QueueDatabase, store.location, durability="normal")
+            return StoreOpener("hookqueue:QueueDatabase", (store.location,),
+                               {"durability": "normal"})
 
 What it checks, section by section: inserting (all or none, increasing ids, idempotency keys,
 their window, claiming), the reads, leasing (each order of a plan, limits, queue and type
@@ -34,7 +33,6 @@ Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -61,6 +59,7 @@ from hypothesis.stateful import (
 )
 
 from hookqueue.contrib.contracts._base import START
+from hookqueue.contrib.contracts._store_child import StoreOpener, encode_arguments
 from hookqueue.core.clock import from_us, to_us
 from hookqueue.core.errors import (
     HookqueueError,
@@ -90,6 +89,7 @@ from hookqueue.core.storage import (
 
 __all__ = [
     "FIFO",
+    "StoreOpener",
     "LEASE_US",
     "SECOND",
     "T0",
@@ -303,9 +303,11 @@ class StoreContract:
         """A new, empty store; ``tmp_path`` is a directory of its own it may use."""
         raise NotImplementedError("implement make_store(tmp_path) to return a new, empty store")
 
-    def store_opener(self, store: TaskStore) -> Callable[[], TaskStore] | None:
-        """A picklable zero-argument callable that opens ``store`` again, in another process
-        (e.g. ``functools.partial(MyStore, dsn)``); None skips the multi-process tests."""
+    def store_opener(self, store: TaskStore) -> StoreOpener | None:
+        """How to open ``store`` again, also in another process: a :class:`StoreOpener`
+        naming the store's class by import path, with JSON arguments (e.g.
+        ``StoreOpener("mypkg.store:MyStore", (dsn,))``); None skips the multi-process
+        tests."""
         return None
 
     def bad_row(self, now_us: int) -> InsertRow:
@@ -406,7 +408,17 @@ class StoreContract:
         opener = self.store_opener(store)
         if opener is None:
             pytest.skip("store_opener() gives no way to open the store in another process")
-        message = pickle.dumps(list(sys.path)) + pickle.dumps((opener, job, arguments))
+        message = (
+            json.dumps(
+                {
+                    "sys_path": list(sys.path),
+                    "opener": opener.to_json(),
+                    "job": job,
+                    "arguments": encode_arguments(arguments),
+                }
+            )
+            + "\n"
+        ).encode()
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "hookqueue.contrib.contracts._store_child"],
@@ -1066,19 +1078,20 @@ class StoreContract:
         assert self.lease(store, "w1", due_at - 1)[0] == []
         assert [t.id for t in self.lease(store, "w1", due_at)[0]] == [delayed]
 
-    def test_a_delayed_task_waits_for_its_run_after_whatever_was_enqueued_since(
-        self, store: TaskStore
-    ) -> None:
-        """Time comes from the caller: a task enqueued with a later ``now_us`` (a producer
-        whose clock is ahead) does not make a delayed task due before its ``run_after``."""
-        [delayed] = self.add(store, T0, run_after_us=T0 + 60 * SECOND)
-        ahead = T0 + 120 * SECOND
-        [later] = self.add(store, ahead)
-        now = T0 + 30 * SECOND
-        assert store.has_work(["default"], now) is False
-        assert self.lease(store, "w1", now)[0] == []
+    def test_due_is_judged_by_the_latest_instant_the_store_has_seen(self, store: TaskStore) -> None:
+        """A task is due when its ``run_after`` is at most ``max(now_us, the newest task's
+        created_at)``: after the caller's wall clock steps back, a task that was ready stays
+        ready; a task delayed past every instant the store has seen still waits."""
+        [delayed] = self.add(store, T0, run_after_us=T0 + 600 * SECOND)
+        [ready] = self.add(store, T0 + 120 * SECOND)
+        stepped_back = T0 + 30 * SECOND
+        assert store.has_work(["default"], stepped_back) is True
+        leased, _ = self.lease(store, "w1", stepped_back, limit=10)
+        assert [t.id for t in leased] == [ready]
         assert store.get(delayed).status is TaskStatus.QUEUED
-        assert store.get(later).status is TaskStatus.QUEUED
+        assert store.has_work(["default"], stepped_back) is False
+        delay = store.next_wakeup_delay_us(["default"], stepped_back)
+        assert delay is not None and 0 < delay <= 600 * SECOND
 
     # -- lease: re-ranking ---------------------------------------------------------------------
 

@@ -96,6 +96,12 @@ class ErrorTranslator:
                 f"{self.owner.path}: a row contains text that is not valid UTF-8, so it is "
                 "damaged. Fix: run 'hookqueue check', or restore the database from a backup"
             ) from exc
+        if isinstance(exc, OverflowError):
+            # apsw refuses to bind an int beyond SQLite's 64 bits, before anything is written.
+            raise StoreError(
+                f"{self.owner.path}: a value does not fit SQLite's 64-bit integers ({exc}); "
+                "nothing was written. Fix: keep integers within -2**63 .. 2**63-1"
+            ) from exc
         if exc is None or not isinstance(exc, apsw.Error):
             return
         path = self.owner.path

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import apsw
 
 from ..clock import from_us, to_us
-from ..errors import DamagedRow, InvalidTransition, TaskNotFound, ValidationError
+from ..errors import DamagedRow, InvalidTransition, StoreError, TaskNotFound, ValidationError
 from ..models import (
     _STAMP,
     TASK_COLUMNS,
@@ -385,11 +385,11 @@ class QueueDatabase:
             params = row.params(now_us)
             if row.idempotency_key is None:
                 conn.execute(SQL_INSERT_ID, params)
-                out.append((conn.last_insert_rowid(), None))
+                out.append((self._claimed(conn, conn.last_insert_rowid(), now_us, claim), None))
                 continue
             got = conn.execute(SQL_INSERT_KEYED, params).get
             if got is not None:
-                out.append((got, None))
+                out.append((self._claimed(conn, got, now_us, claim), None))
                 continue
             existing = self._task(conn.execute(SQL_GET_BY_KEY, (row.idempotency_key,)).get)
             if (
@@ -401,14 +401,20 @@ class QueueDatabase:
                 # go of the key, and the new task takes it.
                 conn.execute(SQL_FORGET_KEY, (existing.id,))
                 conn.execute(SQL_INSERT_ID, params)
-                out.append((conn.last_insert_rowid(), None))
+                out.append((self._claimed(conn, conn.last_insert_rowid(), now_us, claim), None))
             else:
                 out.append((existing.id, existing))
+
+    @staticmethod
+    def _claimed(
+        conn: apsw.Connection, task_id: int, now_us: int, claim: tuple[str, int] | None
+    ) -> int:
+        """Lease a just-inserted task to the claiming worker (before a later row of the same
+        batch may read it back as an existing task); returns its id."""
         if claim is not None:
             worker_id, lease_until = claim
-            for task_id, found in out:
-                if found is None:
-                    conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
+            conn.execute(SQL_CLAIM_NEW, (worker_id, lease_until, now_us, task_id))
+        return task_id
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -617,6 +623,8 @@ class QueueDatabase:
         """
         from .watch import CommitWatcher
 
+        if self._cx.closed:
+            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
         return CommitWatcher(self, poll_interval, sleep_while_idle=sleep_while_idle)
 
     def _due_us(self, conn: apsw.Connection, now_us: int) -> int:
@@ -730,7 +738,13 @@ class QueueDatabase:
         expired_ids = _ids(conn.execute(SQL_EXPIRED_IDS, (now_us,)))
         for task in self._read_or_fail(conn, expired_ids, now_us):
             requeue_at, message = decide_expired(task)
-            if requeue_at is not None and task.attempts < task.max_attempts:
+            # A requested cancellation is honoured whatever the decider says; attempts are
+            # never exceeded.
+            if (
+                requeue_at is not None
+                and task.attempts < task.max_attempts
+                and not task.cancel_requested
+            ):
                 got = conn.execute(SQL_EXPIRE_REQUEUE, (requeue_at, message, task.id, now_us)).get
                 if got is not None:
                     transitions.append(("lease_expired", self._task(got)))
@@ -826,7 +840,7 @@ class QueueDatabase:
             due_us,
             *types,
             *order_params,
-            max(plan.window, limit),
+            plan.window,
             *order_params,
         )
         window = [
@@ -837,14 +851,16 @@ class QueueDatabase:
                 queue=r[3],
                 created_at_us=r[4],
                 run_after_us=r[5],
-                partition=r[6],
+                partition=None if r[6] is None else json.loads(r[6]),
             )
             for r in conn.execute(window_sql, window_params)
         ]
         if not window:
             return []
         offered = {c.id for c in window}
-        chosen = [i for i in plan.rerank(window, limit) if i in offered][:limit]
+        # Each id once (a rerank that repeats one must not lease it twice), offered ones only.
+        chosen = list(dict.fromkeys(i for i in plan.rerank(window, limit) if i in offered))
+        chosen = chosen[:limit]
         if not chosen:
             return []
         chosen_ids = _ids(conn.execute(sql_lease_chosen(len(chosen)), (*set_params, *chosen)))

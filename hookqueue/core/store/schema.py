@@ -22,7 +22,7 @@ log = logging.getLogger("hookqueue.store")
 #: recognised and refused instead of being written to.
 APPLICATION_ID = 0x486B5175
 #: The schema version this code writes; older databases are migrated forward.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a database from version n to n + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -83,6 +83,45 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX tasks_status;
     -- Counts by status and type of finished tasks, listing and pruning them.
+    CREATE INDEX tasks_terminal ON tasks (status, task_type) WHERE finished_at IS NOT NULL;
+    """,
+    # v3: ids are never reused. Without AUTOINCREMENT SQLite gives the next task the largest
+    # id in the table plus one, so after the newest tasks were pruned an old id (in a log, a
+    # link, a caller's record) would name a different task. The table is rebuilt with the
+    # same columns, rows and indexes; sqlite_sequence starts at the largest id kept.
+    """
+    CREATE TABLE tasks_v3 (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue            TEXT    NOT NULL,
+        task_type        TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        priority         INTEGER NOT NULL,
+        status           TEXT    NOT NULL
+            CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+        attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        run_after        INTEGER NOT NULL,
+        idempotency_key  TEXT,
+        error_message    TEXT,
+        result           TEXT,
+        locked_by        TEXT,
+        lease_expires_at INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        timeout_seconds  REAL,
+        headers          TEXT,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER
+    ) STRICT;
+    INSERT INTO tasks_v3 SELECT * FROM tasks;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_v3 RENAME TO tasks;
+    CREATE INDEX tasks_ready ON tasks (queue, priority, run_after, id) WHERE status = 'queued';
+    CREATE INDEX tasks_due ON tasks (queue, run_after, id) WHERE status = 'queued';
+    CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE status = 'running';
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX tasks_terminal ON tasks (status, task_type) WHERE finished_at IS NOT NULL;
     """,
 )

@@ -385,7 +385,9 @@ def sql_lease_window(
     The ids are chosen through the same index-friendly subquery as a plain lease, then their
     columns fetched: selecting the columns directly made SQLite sort every due task (2.6 ms at
     20,000 due tasks against 0.3 ms at 100,000 this way)."""
-    part = "json_extract(payload, ?)" if partition else "NULL"
+    # The value as JSON text (``->``: an object stays an object, true stays true), and NULL
+    # for a payload that is not JSON: one damaged row must not fail every lease.
+    part = "CASE WHEN json_valid(payload) THEN payload -> ? END" if partition else "NULL"
     order = order_by(keys)
     return (
         f"SELECT id, task_type, priority, queue, created_at, run_after, {part} "

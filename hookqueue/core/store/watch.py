@@ -32,7 +32,8 @@ WAL_QUIET_CHECK = 0.05
 class CommitWatcher:
     """Waits for another connection's commit; see the module docs.
 
-    Use from one thread (:meth:`wait`, :meth:`close`); :meth:`interrupt` from any thread.
+    Make it and use it on one thread (:meth:`wait`, :meth:`close`); :meth:`interrupt` from
+    any thread.
     ``data_version`` is read on the waiting thread's own connection, which is what makes it
     report the *other* connections' commits.
     """
@@ -44,7 +45,9 @@ class CommitWatcher:
         self._poll_interval = poll_interval
         self._activity = WalActivity.open(db.path) if sleep_while_idle else None
         self._interrupted = threading.Event()
-        self._last: int | None = None
+        # Read now, on the thread that makes (and then waits on) the watcher: a commit made
+        # between now and the first wait() is seen by it.
+        self._last: int = db.data_version()
         self._active_until = time.monotonic() + WAL_ACTIVE_SPAN
 
     def wait(self, timeout: float) -> bool:
@@ -54,8 +57,6 @@ class CommitWatcher:
         activity = self._activity
         monotonic = time.monotonic
         deadline = monotonic() + timeout
-        if self._last is None:
-            self._last = db.data_version()
         while True:
             if self._interrupted.is_set():
                 self._interrupted.clear()
