@@ -29,7 +29,7 @@ from .handlers import TaskHandlerRegistry
 from .models import Task, TaskStatus
 from .plugins import Hooks, make_plugin_manager, plugin_statuses
 from .queue import Queue
-from .store import default_database_path
+from .store import user_database_path
 
 log = logging.getLogger("hookqueue.cli")
 
@@ -533,7 +533,8 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         parser.add_argument(
             "--db",
             default=default,
-            help=f"database file (default: $HOOKQUEUE_DB or {default_database_path()})",
+            help="database file or store URL (default: $HOOKQUEUE_DB, else "
+            f"{user_database_path()})",
         )
         parser.add_argument(
             "--json", action="store_true", default=flag, help="machine-readable output"

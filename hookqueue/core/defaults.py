@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .errors import ValidationError
+from .errors import StoreError, ValidationError
 from .execution import _current
 from .handlers import check_task_type, check_unicode, is_async_handler
 from .hookspecs import hookimpl
 from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
+from .store import QueueDatabase
 
 MAX_NAME_LENGTH = 200
 MAX_KEY_LENGTH = 500
@@ -136,9 +137,53 @@ async def run_handler(task: Task, handler: HandlerSpec) -> Any:
     return await loop.run_in_executor(executor, ctx.run, handler.handler, task)
 
 
+#: URL schemes of stores that ship as extras: scheme -> the extra to install.
+STORE_EXTRAS = {"postgresql": "postgres", "postgres": "postgres"}
+
+
+def open_default_store(location: str, options: Mapping[str, Any]) -> QueueDatabase:
+    """The embedded SQLite store for a file path or ``sqlite:///path``; any other URL is
+    refused, naming the extra that provides it."""
+    scheme, sep, rest = location.partition("://")
+    if sep:
+        if scheme.lower() != "sqlite":
+            extra = STORE_EXTRAS.get(scheme.lower())
+            fix = (
+                f"pip install 'hookqueue[{extra}]' (and check that its plugin is not blocked: "
+                "hookqueue plugins)"
+                if extra
+                else "use a file path, or install the plugin that provides this store"
+            )
+            raise StoreError(
+                f"{_redact(location)}: no store is installed for {scheme}:// locations. Fix: {fix}"
+            )
+        location = rest
+    return QueueDatabase(
+        location,
+        durability=options.get("durability", "full"),
+        busy_timeout=options.get("busy_timeout", 10.0),
+        vfs=options.get("vfs"),
+        create=options.get("create", True),
+    )
+
+
+def _redact(location: str) -> str:
+    """A URL without the password in it (``user:secret@`` becomes ``user:***@``)."""
+    scheme, sep, rest = location.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return location
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 class CoreDefaults:
     """The built-in hook implementations (all ``trylast``). Registered as ``core``; cannot be
     blocked, since the core's calls rely on an answer."""
+
+    @hookimpl(trylast=True)
+    def hookqueue_store(self, location: str, options: Mapping[str, Any]) -> QueueDatabase:
+        return open_default_store(location, options)
 
     @hookimpl(trylast=True)
     def hookqueue_enqueue(self, new_task: NewTask) -> NewTask:

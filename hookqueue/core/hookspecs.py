@@ -20,7 +20,7 @@ take only the arguments they name (pluggy's opt-in arguments).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         TaskEvent,
     )
     from .queue import Queue
+    from .storage import TaskStore
     from .worker import WorkerEngine
 
 #: The project name: used for the markers, the plugin manager and the entry-point group.
@@ -46,6 +47,40 @@ PROJECT_NAME = "hookqueue"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Decorate hook implementations with this (``from hookqueue import hookimpl``).
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# store
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def hookqueue_store(location: str, options: Mapping[str, Any]) -> TaskStore | None:
+    """**decision** — open the store a location names.
+
+    Called once by ``Queue(location)`` (and ``Queue()``, with ``$HOOKQUEUE_DB`` or the default
+    path), before any other hook: the queue's plugin manager is built first, so a store is a
+    plugin like any other. Not called when a store object is passed in.
+
+    The built-in (``trylast``) opens the embedded SQLite store
+    (:class:`~hookqueue.QueueDatabase`) for a file path or a ``sqlite:///path`` URL, and
+    refuses any other URL scheme with an error naming the extra that provides it (a
+    ``postgresql://`` URL needs ``pip install 'hookqueue[postgres]'``).
+
+    :param location: a file path, or a URL (``scheme://...``).
+    :param options: the queue's store options: ``durability`` (``"full"`` / ``"normal"``),
+        ``busy_timeout`` (seconds), ``vfs`` (SQLite only), ``create`` (False: refuse a store
+        that does not exist yet). A store ignores options it has no use for.
+    :returns: an opened :class:`~hookqueue.core.storage.TaskStore`; stops at the first
+        non-None result. Return None for locations that are not yours.
+
+    Example — a store for ``memcache://`` locations::
+
+        @hookimpl
+        def hookqueue_store(location, options):
+            if location.startswith("memcache://"):
+                return MemcacheStore(location, durability=options["durability"])
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +308,7 @@ def hookqueue_cli_commands() -> Sequence[CliCommand]:  # type: ignore[empty-body
 
 #: Each hook's kind, read by the facade and by the meta tests.
 HOOK_KINDS: dict[str, str] = {
+    "hookqueue_store": "decision",
     "hookqueue_enqueue": "around",
     "hookqueue_lease": "decision",
     "hookqueue_execute": "around",

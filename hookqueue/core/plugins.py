@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         Task,
         TaskEvent,
     )
+    from .storage import TaskStore
 
 log = logging.getLogger("hookqueue.plugins")
 
@@ -450,6 +451,13 @@ class Hooks:
                     "plugin %r raised in hookqueue_event; the events are unaffected",
                     impl.plugin_name,
                 )
+
+    # store
+
+    def open_store(self, location: str, options: Mapping[str, Any]) -> TaskStore:
+        """Run ``hookqueue_store``; returns the opened store."""
+        result: TaskStore = self._h.hookqueue_store(location=location, options=options)
+        return result
 
     # lifecycle
 

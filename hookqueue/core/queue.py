@@ -32,10 +32,10 @@ from .groupcommit import GroupCommitter
 from .handlers import TaskHandlerRegistry
 from .inline import InlineRunner
 from .models import NewTask, Task, TaskStatus, WorkerInfo
-from .plugins import make_plugin_manager
+from .plugins import Hooks, make_plugin_manager
 from .runtime import QueueRuntime
 from .storage import Durability, InsertRow, TaskStore
-from .store import QueueDatabase
+from .store import user_database_path
 
 log = logging.getLogger("hookqueue.queue")
 
@@ -87,8 +87,9 @@ class Queue:
     """A persistent task queue: a store, a plugin manager and a handler registry.
 
     :param db_or_path: a store (:class:`QueueDatabase`, or any
-        :class:`~hookqueue.core.storage.TaskStore`), a file path, or None for the default path
-        (``HOOKQUEUE_DB``, else the per-user data directory).
+        :class:`~hookqueue.core.storage.TaskStore`), a file path or a store URL (opened by the
+        ``hookqueue_store`` hook: ``postgresql://...`` with ``hookqueue[postgres]``), or None
+        for ``$HOOKQUEUE_DB``, else the per-user data directory.
     :param plugins: plugin objects to register after the entry points (a configured
         ``ExponentialBackoff(...)``, your own module of ``@hookimpl`` functions, ...).
     :param block: plugin names not to load (added to ``HOOKQUEUE_DISABLE_PLUGINS``).
@@ -99,6 +100,8 @@ class Queue:
         deduplicates (a timedelta or seconds); None (default) keeps the key until the task is
         pruned.
     :param max_payload_bytes: the largest payload, as UTF-8 JSON (default 1 MiB).
+    :param create: create the database when it does not exist (default); False refuses a
+        missing one (tools that only read must not create a database at a mistyped path).
     :param inline: run each task in the caller, through the same hooks, as soon as it is
         enqueued (for unit tests and scripts; see ``hookqueue.core.inline``). Delayed tasks
         wait for an explicit ``run_due()``.
@@ -118,12 +121,24 @@ class Queue:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         inline: bool = False,
         vfs: str | None = None,
+        create: bool = True,
     ) -> None:
         self.db: TaskStore
+        # The plugin manager first: the store itself may come from a plugin (hookqueue_store).
+        pm = make_plugin_manager(load_entrypoints=load_entrypoints, block=block, plugins=plugins)
         if db_or_path is None or isinstance(db_or_path, str | os.PathLike):
-            self.db = QueueDatabase(
-                db_or_path, durability=durability, busy_timeout=busy_timeout, vfs=vfs
+            location = (
+                os.fspath(db_or_path)
+                if db_or_path is not None
+                else os.environ.get("HOOKQUEUE_DB") or str(user_database_path())
             )
+            options = {
+                "durability": durability,
+                "busy_timeout": busy_timeout,
+                "vfs": vfs,
+                "create": create,
+            }
+            self.db = Hooks(pm).open_store(location, options)
             self._owns_db = True
         elif isinstance(db_or_path, TaskStore):
             self.db = db_or_path
@@ -133,7 +148,7 @@ class Queue:
                 "db_or_path",
                 db_or_path,
                 "is not a database path or a task store",
-                "pass a file path, QueueDatabase(path), or None for the default database",
+                "pass a file path, a store URL, QueueDatabase(path), or None for the default",
             )
         if (
             isinstance(max_payload_bytes, bool)
@@ -147,7 +162,6 @@ class Queue:
         self.key_window_us = (
             None if idempotency_window is None else _as_us("idempotency_window", idempotency_window)
         )
-        pm = make_plugin_manager(load_entrypoints=load_entrypoints, block=block, plugins=plugins)
         #: The store, hooks, handlers and clock this queue shares with its workers, and the
         #: worker-facing protocol (lease, settle, heartbeat, retry decisions, wake-ups).
         self.runtime = QueueRuntime(self, self.db, pm, clock or SystemClock())

@@ -73,17 +73,22 @@ def test_every_hook_is_called_by_the_core(db_path: Path) -> None:
     WorkerEngine(q, worker_id="w").run_until_idle()
     q.close()
     undo()
-    assert called >= set(SPECS) - {"hookqueue_queue_open"}
-    # hookqueue_queue_open ran before monitoring could start; check it separately
+    assert called >= set(SPECS) - {"hookqueue_queue_open", "hookqueue_store"}
+    # hookqueue_store and hookqueue_queue_open ran before monitoring could start; check them
+    # separately
     opened: list[object] = []
 
     class Opener:
         from hookqueue import hookimpl
 
         @hookimpl
+        def hookqueue_store(self, location, options):  # type: ignore[no-untyped-def]
+            opened.append(location)  # and leave it to the core's store
+
+        @hookimpl
         def hookqueue_queue_open(self, queue):  # type: ignore[no-untyped-def]
             opened.append(queue)
 
     q2 = Queue(db_path, load_entrypoints=False, plugins=[Opener()])
-    assert opened == [q2]
+    assert opened == [str(db_path), q2]
     q2.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..storage import Durability, InsertRow, Settlement, TaskStore
-from .connection import default_database_path
+from .connection import default_database_path, user_database_path
 from .database import QueueDatabase
 from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
@@ -27,6 +27,7 @@ __all__ = [
     "QueueDatabase",
     "Settlement",
     "default_database_path",
+    "user_database_path",
 ]
 
 

@@ -35,6 +35,7 @@ from ..errors import (
     DatabaseFull,
     NotAHookqueueDatabase,
     StoreError,
+    ValidationError,
 )
 from ..storage import Durability
 from .schema import verify_identity
@@ -59,15 +60,29 @@ os.register_at_fork(after_in_child=_count_fork)
 
 
 def default_database_path() -> Path:
-    """``$HOOKQUEUE_DB``, else ``hookqueue/queue.db`` in the user's data directory.
+    """``$HOOKQUEUE_DB``, else :func:`user_database_path`.
 
-    The data directory is ``$XDG_DATA_HOME`` (else ``~/.local/share``) on Linux and other
-    Unixes, ``~/Library/Application Support`` on macOS and ``%LOCALAPPDATA%`` on Windows —
-    never a temporary directory, which the system may empty.
+    :raises ValidationError: ``$HOOKQUEUE_DB`` is a store URL (``Queue()`` opens those).
     """
     env = os.environ.get("HOOKQUEUE_DB")
+    if env and "://" in env:
+        raise ValidationError(
+            "HOOKQUEUE_DB",
+            env,
+            "is a store URL, and a QueueDatabase is always a SQLite file",
+            "open it with Queue() or the hookqueue command (they read HOOKQUEUE_DB and open "
+            "the store that serves it), or set HOOKQUEUE_DB to a file path",
+        )
     if env:
         return Path(env).expanduser()
+    return user_database_path()
+
+
+def user_database_path() -> Path:
+    """``hookqueue/queue.db`` in the user's data directory: ``$XDG_DATA_HOME`` (else
+    ``~/.local/share``) on Linux and other Unixes, ``~/Library/Application Support`` on macOS
+    and ``%LOCALAPPDATA%`` on Windows — never a temporary directory, which the system may
+    empty."""
     if os.name == "nt":
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     elif os.uname().sysname == "Darwin":

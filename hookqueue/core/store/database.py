@@ -191,6 +191,13 @@ class QueueDatabase:
             raise ValidationError(
                 "path", chosen, "must be a file path (str or os.PathLike)", "pass a file path"
             )
+        if chosen is not None and "://" in os.fspath(chosen):
+            raise ValidationError(
+                "path",
+                chosen,
+                "is a URL, not a file path (a QueueDatabase is always a SQLite file)",
+                "pass the URL to Queue(...) (or --db), which opens the store that serves it",
+            )
         if durability not in SYNCHRONOUS:
             raise ValidationError(
                 "durability", durability, "is not a durability level", "use 'full' or 'normal'"
