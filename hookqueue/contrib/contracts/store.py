@@ -1257,11 +1257,12 @@ class StoreContract:
         assert us(after.finished_at) == later and after.locked_by is None
 
     def test_an_expired_lease_with_cancel_requested_ends_cancelled(self, store: TaskStore) -> None:
-        """A task whose cancellation was requested ends cancelled when its lease expires."""
+        """A task whose cancellation was requested ends cancelled when its lease expires —
+        even when the decider asks to run it again."""
         task = self.running(store, T0, max_attempts=3)
         store.cancel(task.id, T0 + SECOND)
         later = T0 + LEASE_US + SECOND
-        decide = ExpiryRecorder(None)
+        decide = ExpiryRecorder(later)
         _, transitions = self.lease(store, "w2", later, decide=decide)
         assert decide.asked[0].cancel_requested is True
         after = store.get(task.id)
@@ -2080,10 +2081,10 @@ class StoreMachine(RuleBasedStateMachine):
                 continue
             swept.add(t.id)
             t.holder = t.lease_until = None
-            if requeue and t.attempts < t.max_attempts:
-                t.status, t.run_after, t.cancel_requested = TaskStatus.QUEUED, self.now, False
-            elif t.cancel_requested:
+            if t.cancel_requested:  # honoured whatever the decider answers
                 t.status = TaskStatus.CANCELLED
+            elif requeue and t.attempts < t.max_attempts:
+                t.status, t.run_after = TaskStatus.QUEUED, self.now
             else:
                 t.status = TaskStatus.FAILED
         return swept
