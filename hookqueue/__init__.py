@@ -46,7 +46,7 @@ from .core.queue import Queue
 from .core.store import QueueDatabase
 from .core.worker import WorkerEngine
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DatabaseBusy",

@@ -25,9 +25,10 @@ from hookqueue.core.models import CliCommand
 
 
 @hookimpl(wrapper=True)
-def hookqueue_enqueue(new_task):
+def hookqueue_enqueue(new_tasks):
     result = yield
-    return attrs.evolve(result, headers={**result.headers, "enqueued_by": getpass.getuser()})
+    user = getpass.getuser()
+    return [attrs.evolve(t, headers={**t.headers, "enqueued_by": user}) for t in result]
 
 
 @hookimpl

@@ -23,9 +23,11 @@ class StampShop:
         self.shop = shop
 
     @hookimpl(wrapper=True)
-    def hookqueue_enqueue(self, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
+    def hookqueue_enqueue(
+        self, new_tasks: list[NewTask]
+    ) -> Generator[None, list[NewTask], list[NewTask]]:
         result = yield
-        return attrs.evolve(result, headers={**result.headers, "shop": self.shop})
+        return [attrs.evolve(t, headers={**t.headers, "shop": self.shop}) for t in result]
 
 
 @attrs.frozen(kw_only=True, eq=False)

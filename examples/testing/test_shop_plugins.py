@@ -27,7 +27,7 @@ class TestStampShop:
         assert task.headers["shop"] == "acme"
         call = hq_hooks.getcall("hookqueue_enqueue")
         assert "stamp-shop" in call.plugins
-        assert call.result.headers["shop"] == "acme"
+        assert call.result[0].headers["shop"] == "acme"
 
 
 class TestStepBackoffInAQueue:

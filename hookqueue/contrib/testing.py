@@ -408,18 +408,16 @@ class _EventSink:
 
 
 class _Monitor:
-    """One ``add_hookcall_monitoring`` per plugin manager, shared by its recorders, so that
-    recorders can stop in any order without unhooking each other."""
+    """One ``add_hookcall_monitoring`` per plugin manager, shared by its recorders.
+
+    It stays installed for the plugin manager's life: pluggy's undo restores the hook
+    executor as it was when monitoring began, which would also remove any monitoring (another
+    tool's) installed after it. With no recorder attached it records nothing."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
-        # Weak: this object is the value of a WeakKeyDictionary keyed by ``pm``.
-        self._pm = weakref.ref(pm)
         self.recorders: list[HookRecorder] = []
         self.lock = threading.Lock()
-        self.undo = pm.add_hookcall_monitoring(self._before, self._after)
-        # pluggy keeps the current hook executor here; add_hookcall_monitoring replaced it
-        # with its tracer, which lets remove() tell whether someone wrapped it after us.
-        self.installed = pm._inner_hookexec
+        pm.add_hookcall_monitoring(self._before, self._after)
 
     def _before(self, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         for recorder in list(self.recorders):
@@ -435,22 +433,11 @@ class _Monitor:
         with self.lock:
             self.recorders.append(recorder)
 
-    def remove(self, recorder: HookRecorder) -> bool:
-        """Detach a recorder; returns True when the monitor is gone too."""
+    def remove(self, recorder: HookRecorder) -> None:
+        """Detach a recorder."""
         with self.lock:
             if recorder in self.recorders:
                 self.recorders.remove(recorder)
-            if self.recorders:
-                return False
-            pm = self._pm()
-            if pm is None:
-                return True
-            # Unhook only if nobody wrapped the hook executor after us; otherwise undoing
-            # would unhook them too, so stay installed (recording nothing).
-            if pm._inner_hookexec is self.installed:
-                self.undo()
-                return True
-            return False
 
 
 _monitors: weakref.WeakKeyDictionary[pluggy.PluginManager, _Monitor] = weakref.WeakKeyDictionary()
@@ -464,9 +451,8 @@ class HookRecorder:
     sees every call — from the test's thread, a worker's store thread or handler thread —
     with its arguments, the plugins that answered, and the result or exception.
 
-    ``hookqueue_event`` reaches each observer separately (an exporter's error must not stop
-    the next one); the recorder shows that as one call, with every observer in
-    :attr:`RecordedHookCall.plugins`. With ``events=True`` (default) a do-nothing observer is
+    ``hookqueue_event`` is one call reaching every observer, as pluggy calls it; the
+    recorder shows every observer in :attr:`RecordedHookCall.plugins`. With ``events=True`` (default) a do-nothing observer is
     registered while recording, so events are sent even when no plugin observes them.
 
     Usable as a context manager; the pytest fixture ``hq_hooks`` gives one for ``hq_queue``.
@@ -519,9 +505,7 @@ class HookRecorder:
         if self._closed:
             return
         self._closed = True
-        with _monitors_lock:
-            if self._monitor.remove(self):
-                _monitors.pop(self.pm, None)
+        self._monitor.remove(self)
         if self._sink is not None and self.pm.is_registered(self._sink):
             self.pm.unregister(self._sink)
 
@@ -545,8 +529,8 @@ class HookRecorder:
         if stack is None:
             stack = self._stack.calls = []
         with self._lock:
-            # The core sends one hookqueue_event call to each observer in turn, with the same
-            # arguments object: show it as one call.
+            # A call resumed for the observers after one that raised reuses the arguments
+            # object: show it as one call.
             for call in reversed(self._calls[-16:]):
                 if call.name == hook_name and call.kwargs is kwargs:
                     call.plugins += names

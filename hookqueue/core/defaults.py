@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import StoreError, ValidationError
-from .execution import _current
+from .execution import current_execution_or_none
 from .handlers import check_task_type, check_unicode, is_async_handler
 from .hookspecs import hookimpl
 from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
@@ -130,7 +130,7 @@ async def run_handler(task: Task, handler: HandlerSpec) -> Any:
     (so ``current_execution()`` works inside it)."""
     if _is_async(handler.handler):
         return await handler.handler(task)
-    execution = _current.get()
+    execution = current_execution_or_none()
     executor = execution.executor if execution is not None else None
     ctx = contextvars.copy_context()
     loop = asyncio.get_running_loop()
@@ -186,8 +186,8 @@ class CoreDefaults:
         return open_default_store(location, options)
 
     @hookimpl(trylast=True)
-    def hookqueue_enqueue(self, new_task: NewTask) -> NewTask:
-        return validate_new_task(new_task)
+    def hookqueue_enqueue(self, new_tasks: list[NewTask]) -> list[NewTask]:
+        return list(new_tasks)  # the queue validates before and after the hook
 
     @hookimpl(trylast=True)
     def hookqueue_lease(self) -> LeasePlan:

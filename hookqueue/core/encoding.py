@@ -122,7 +122,7 @@ def _has_non_string_key(value: Any) -> bool:
 def flat_copy(value: Any) -> dict[str, Any] | None:
     """A copy of ``value`` if it is a dict of str keys and immutable JSON values (exact types:
     a str or int subclass, such as an enum, is stored as its plain value) — equal to what
-    decoding its JSON gives, for a fraction of the cost; else None."""
+    decoding its JSON gives, without encoding and decoding it; else None."""
     if type(value) is not dict:
         return None
     immutable = IMMUTABLE_JSON

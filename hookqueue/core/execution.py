@@ -77,6 +77,12 @@ _current: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
 )
 
 
+def current_execution_or_none() -> Execution | None:
+    """The attempt running in this context, or None outside a handler (for code, such as an
+    execute hook, that runs both inside and outside one)."""
+    return _current.get()
+
+
 def current_execution() -> Execution:
     """The attempt running in this context (inside a handler, sync or async).
 

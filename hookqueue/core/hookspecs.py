@@ -89,28 +89,35 @@ def hookqueue_store(location: str, options: Mapping[str, Any]) -> TaskStore | No
 
 
 @hookspec(firstresult=True)
-def hookqueue_enqueue(queue: Queue, new_task: NewTask) -> NewTask | None:
-    """**around** — validate or normalise a task before it is written.
+def hookqueue_enqueue(queue: Queue, new_tasks: list[NewTask]) -> list[NewTask] | None:
+    """**around** — normalise or refuse tasks before they are written, a batch at a time.
 
-    Called once per task by ``Queue.enqueue`` and ``Queue.enqueue_many`` (for a batch, once per
-    task, before the one transaction that writes them all), in the caller's thread.
+    Called once per call of ``Queue.enqueue`` (a batch of one), ``Queue.enqueue_many`` (the
+    whole batch, before the one transaction that writes it) and their async forms, in the
+    caller's thread: one pluggy call per batch, however many tasks it holds.
 
-    The built-in (``trylast``) checks every field (type, length, JSON-serialisability of the
-    payload, aware datetimes, ``max_attempts >= 1``) and returns the task unchanged or raises
-    :class:`~hookqueue.core.errors.ValidationError`. A ``max_attempts`` left at None after every
-    wrapper has run becomes 1 (the core alone does not retry).
+    The queue checks every field of the caller's tasks first (type, length, JSON-ability of
+    the payload, aware datetimes, ``max_attempts >= 1``), so implementations see valid tasks,
+    and checks again every task an implementation changed, after the whole call: a plugin
+    that writes an invalid value is refused with a
+    :class:`~hookqueue.core.errors.PluginError` naming it. The built-in (``trylast``) returns
+    the batch unchanged. A ``max_attempts`` left at None becomes 1 (the core alone does not
+    retry).
 
-    :param queue: the queue the task goes into.
-    :param new_task: the task as the caller described it.
-    :returns: the task to write; wrappers return ``attrs.evolve(result, ...)`` to change it,
-        or raise (ideally ``ValidationError``) to refuse it; nothing is then written.
+    :param queue: the queue the tasks go into.
+    :param new_tasks: the tasks as the caller described them, in order.
+    :returns: the tasks to write — a list of as many :class:`~hookqueue.core.models.NewTask`,
+        in the same order; wrappers return ``[attrs.evolve(t, ...) for t in result]`` to
+        change them, or raise (ideally ``ValidationError``) to refuse the batch; nothing is
+        then written.
 
     Example — a wrapper that stamps a tenant header::
 
         @hookimpl(wrapper=True)
-        def hookqueue_enqueue(new_task):
+        def hookqueue_enqueue(new_tasks):
             result = yield
-            return attrs.evolve(result, headers={**result.headers, "tenant": current_tenant()})
+            tenant = current_tenant()
+            return [attrs.evolve(t, headers={**t.headers, "tenant": tenant}) for t in result]
     """
 
 

@@ -262,8 +262,7 @@ class Task:
 
     def _replaced(self, changes: dict[str, Any]) -> Task:
         """A copy with ``changes`` applied, unvalidated: for the store's own transitions,
-        whose values come from SQLite (``attrs.evolve`` runs ``__init__`` and costs ten
-        times more; a completed attempt makes one of these per task)."""
+        whose values come from SQLite (one per completed attempt: no ``__init__``)."""
         return _copy_with(self, changes)
 
     @classmethod
@@ -353,12 +352,6 @@ class NewTask:
     timeout: float | None = None
     #: Plugin metadata (JSON object), e.g. trace context.
     headers: Mapping[str, Any] = attrs.field(factory=dict)
-
-    def _replace(self, **changes: Any) -> NewTask:
-        """``attrs.evolve(self, **changes)`` without re-running ``__init__`` (a fifth of the
-        cost): for the first-party enqueue wrappers, which change fields the core has
-        already checked to values they built themselves."""
-        return _copy_with(self, changes)
 
 
 class EventKind(enum.StrEnum):

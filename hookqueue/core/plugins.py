@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookqueue.plugins")
 
 CORE_PLUGIN_NAME = "core"
-#: A plugin manager's hook executor while no tracing or monitoring is installed.
-_PLAIN_HOOKEXEC = pluggy.PluginManager(PROJECT_NAME)._inner_hookexec
-
 #: Extras that first-party plugins need, for the install hint when their import fails.
 EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel", "dashboard": "web"}
 
@@ -238,152 +235,67 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
     return statuses
 
 
-#: One implementation in a precomputed chain: (function, argument names, new-style wrapper?,
-#: the plugin's "would this wrapper pass the call through unchanged?" or None).
-_Link = tuple[Any, tuple[str, ...], bool, Any]
-
-#: A plugin may define this method, ``(hook_name) -> bool``: True when its new-style wrapper of
-#: that hook would, for the call about to be made, pass the inner result through unchanged.
-#: The precomputed chain then skips the wrapper (saving its generator). Private to hookqueue's
-#: first-party plugins; pluggy's own path (tracing on) always calls the wrapper.
-PASS_THROUGH_ATTR = "_hookqueue_wrapper_passes_through"
-
-
-def _wrapfail(gen: Any, problem: str) -> RuntimeError:
-    """pluggy's error for a misbehaving wrapper, word for word."""
-    code = gen.gi_code
-    return RuntimeError(
-        f"wrap_controller at {code.co_name!r} {code.co_filename}:{code.co_firstlineno} {problem}"
-    )
-
-
-def _call_first_result(chain: Sequence[_Link], kwargs: dict[str, Any], hook_name: str) -> Any:
-    """Call a firstresult hook's chain exactly as pluggy's ``_multicall`` does: wrappers run
-    up to their ``yield`` in call order; plain implementations are called until one returns
-    something other than None; then each wrapper, innermost first, receives the result (or
-    the exception) and returns the result it passes outwards (or raises instead). A wrapper
-    whose plugin says it would pass this call through unchanged (:data:`PASS_THROUGH_ATTR`)
-    is left out."""
-    teardowns: list[Any] = []
-    result: Any = None
-    exception: BaseException | None = None
-    try:
-        for function, argnames, wrapper, passes_through in chain:
-            if passes_through is not None and passes_through(hook_name):
-                continue
-            args = [kwargs[name] for name in argnames]
-            if wrapper:
-                gen = function(*args)
-                try:
-                    next(gen)
-                except StopIteration:
-                    raise _wrapfail(gen, "did not yield") from None
-                teardowns.append(gen)
-            else:
-                answer = function(*args)
-                if answer is not None:
-                    result = answer
-                    break
-    except BaseException as exc:
-        exception = exc
-    for gen in reversed(teardowns):
-        try:
-            if exception is not None:
-                try:
-                    gen.throw(exception)
-                except RuntimeError as error:
-                    # A StopIteration thrown into a generator comes back as RuntimeError.
-                    if isinstance(exception, StopIteration) and error.__cause__ is exception:
-                        gen.close()
-                        continue
-                    raise
-            else:
-                gen.send(result)
-            gen.close()
-        except StopIteration as stop:
-            result = stop.value
-            exception = None
-            continue
-        except BaseException as exc:
-            exception = exc
-            continue
-        raise _wrapfail(gen, "has second yield")
-    if exception is not None:
-        raise exception
-    return result
-
-
-def _pass_through_check(impl: Any) -> Any:
-    """The plugin's :data:`PASS_THROUGH_ATTR` method, made safe: an exception in it means
-    "call the wrapper"."""
-    check = getattr(impl.plugin, PASS_THROUGH_ATTR, None)
-    if check is None:
-        return None
-
-    def passes_through(hook_name: str) -> bool:
-        try:
-            return bool(check(hook_name))
-        except Exception:
-            return False
-
-    return passes_through
+def raising_plugin(caller: Any, exc: BaseException) -> str | None:
+    """The name of the plugin whose implementation of ``caller``'s hook raised ``exc``: the
+    first of its implementations whose code is running in the exception's traceback — for a
+    method, on that very plugin object (public pluggy API only: ``get_hookimpls`` and each
+    implementation's function)."""
+    by_code: dict[Any, list[tuple[Any, str]]] = {}
+    for impl in caller.get_hookimpls():
+        function = getattr(impl.function, "__func__", impl.function)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            owner = getattr(impl.function, "__self__", None)
+            by_code.setdefault(code, []).append((owner, impl.plugin_name))
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        for owner, name in by_code.get(frame.f_code, ()):
+            if owner is None:
+                return name
+            args = frame.f_code.co_varnames[: frame.f_code.co_argcount]
+            if args and frame.f_locals.get(args[0]) is owner:
+                return name
+        tb = tb.tb_next
+    return None
 
 
 class Hooks:
     """The typed facade through which the core calls every hook (keyword arguments only).
 
-    Keeping the calls here gives one place that knows each hook's kind: decisions and arounds
-    return the first result, observations isolate each implementation's errors, registrations
-    merge and refuse duplicates.
+    Every call goes through pluggy's own machinery (``pm.hook.<name>(...)``), so tracing,
+    hook-call monitoring, ``tryfirst``/``trylast`` and wrappers behave exactly as pluggy
+    documents. What the facade adds is each hook kind's error handling: an observer's
+    exception is logged and the other observers still run; a registration's duplicates are
+    refused naming both plugins; a lifecycle hook's exception names its plugin.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._h = pm.hook
-        #: hook name -> (the implementations it was built from, the chain or None)
-        self._chains: dict[str, tuple[list[Any], tuple[_Link, ...] | None]] = {}
+
+    # store
+
+    def open_store(self, location: str, options: Mapping[str, Any]) -> TaskStore:
+        """Run ``hookqueue_store``; returns the opened store."""
+        result: TaskStore = self._h.hookqueue_store(location=location, options=options)
+        return result
 
     # around / decision
 
-    def _chain(self, caller: Any) -> tuple[_Link, ...] | None:
-        """The hook's implementations as a precomputed call chain, or None to go through
-        pluggy. A chain is used while nothing monitors hook calls (tracing is off) and every
-        implementation is a plain one or a new-style wrapper (``wrapper=True``); old-style
-        ``hookwrapper``s and impls with keyword arguments take pluggy's path. The enqueue and
-        execute hooks run once per task: the chain saves pluggy's generic per-call work and
-        gives exactly its answer (``tests/core/test_hook_chain.py`` checks this against
-        pluggy itself). Rebuilt whenever the implementations change."""
-        if self.pm._inner_hookexec is not _PLAIN_HOOKEXEC:
-            return None
-        impls = caller._hookimpls
-        cached = self._chains.get(caller.name)
-        if cached is not None and cached[0] == impls:
-            return cached[1]
-        chain: tuple[_Link, ...] | None = tuple(
-            (
-                impl.function,
-                tuple(impl.argnames),
-                impl.wrapper,
-                _pass_through_check(impl) if impl.wrapper else None,
-            )
-            for impl in reversed(impls)
-        )
-        if any(impl.hookwrapper or impl.kwargnames for impl in impls):
-            chain = None
-        self._chains[caller.name] = (list(impls), chain)
-        return chain
-
-    def enqueue(self, queue: Any, new_task: NewTask) -> NewTask:
-        """Run ``hookqueue_enqueue``; returns the task to write."""
-        caller = self._h.hookqueue_enqueue
-        chain = self._chain(caller)
-        if chain is not None:
-            direct: NewTask = _call_first_result(
-                chain, {"queue": queue, "new_task": new_task}, "hookqueue_enqueue"
-            )
-            return direct
-        result: NewTask = caller(queue=queue, new_task=new_task)
+    def enqueue(self, queue: Any, new_tasks: list[NewTask]) -> list[NewTask]:
+        """Run ``hookqueue_enqueue`` once for a batch; returns the tasks to write."""
+        result: list[NewTask] = self._h.hookqueue_enqueue(queue=queue, new_tasks=new_tasks)
         return result
+
+    def enqueue_plugins(self) -> list[str]:
+        """The plugins other than the core that take part in ``hookqueue_enqueue`` (for
+        errors that must say who changed a task)."""
+        return [
+            impl.plugin_name
+            for impl in reversed(self._h.hookqueue_enqueue.get_hookimpls())
+            if impl.plugin_name != CORE_PLUGIN_NAME
+        ]
 
     def lease(self, queue: Any, request: LeaseRequest) -> LeasePlan:
         """Run ``hookqueue_lease``; returns the plan."""
@@ -392,16 +304,9 @@ class Hooks:
 
     def execute(self, task: Task, handler: HandlerSpec, worker_id: str) -> Awaitable[Any]:
         """Run ``hookqueue_execute``; returns the awaitable the worker awaits."""
-        caller = self._h.hookqueue_execute
-        chain = self._chain(caller)
-        if chain is not None:
-            direct: Awaitable[Any] = _call_first_result(
-                chain,
-                {"task": task, "handler": handler, "worker_id": worker_id},
-                "hookqueue_execute",
-            )
-            return direct
-        result: Awaitable[Any] = caller(task=task, handler=handler, worker_id=worker_id)
+        result: Awaitable[Any] = self._h.hookqueue_execute(
+            task=task, handler=handler, worker_id=worker_id
+        )
         return result
 
     def retry(
@@ -418,85 +323,124 @@ class Hooks:
     def has_event_observers(self) -> bool:
         """True if any plugin implements ``hookqueue_event`` (the core skips building events
         otherwise)."""
-        return bool(self._h.hookqueue_event._hookimpls)
+        return bool(self._h.hookqueue_event.get_hookimpls())
 
     def event(self, events: Sequence[TaskEvent]) -> None:
-        """Send events to every observer; an observer's exception is logged, never raised."""
+        """Send events to every observer, in one call of the hook. An observer's exception
+        is logged naming its plugin, and the observers that had not run yet are called with
+        the same events (again through pluggy); nothing is raised."""
         if not events:
             return
-        caller = self._h.hookqueue_event
-        impls = caller._hookimpls[:]  # a copy: an observer may register plugins
-        if not impls:
-            return
-        # Each implementation is called on its own, in pluggy's call order: one exporter
-        # that raises must not keep the next one from seeing the events. While nothing
-        # monitors hook calls (tracing is off), a plain observer is called directly, which
-        # saves pluggy's per-call machinery for every enqueue, lease and cancel; otherwise
-        # (and for wrappers) through the manager's hook executor, so tracing sees it.
-        direct = self.pm._inner_hookexec is _PLAIN_HOOKEXEC
-        # One arguments object for every observer: a recorder shows the calls as one.
-        kwargs = {"events": events}
-        for impl in reversed(impls):
+        caller: Any = self._h.hookqueue_event
+        remaining: list[str] | None = None  # None: every observer, in pluggy's order
+        while True:
             try:
-                if direct and not (impl.wrapper or impl.hookwrapper or impl.kwargnames):
-                    # The spec's one argument; an implementation may also take none.
-                    if impl.argnames:
-                        impl.function(events)
-                    else:
-                        impl.function()
-                else:
-                    self.pm._hookexec(caller.name, [impl], kwargs, False)
-            except Exception:
-                log.exception(
-                    "plugin %r raised in hookqueue_event; the events are unaffected",
-                    impl.plugin_name,
+                caller(events=events)
+                return
+            except Exception as exc:
+                name = raising_plugin(caller, exc)
+                log.error(
+                    "plugin %r raised in hookqueue_event (%s: %s); the events are unaffected",
+                    name or "?",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                order = self._observer_names() if remaining is None else remaining
+                if name is None or name not in order:
+                    return  # not an observer's own code (a wrapper's?): nothing to resume
+                remaining = order[order.index(name) + 1 :]
+                if not remaining:
+                    return
+                # The observers that had not run yet, with every wrapper, through pluggy.
+                caller = self.pm.subset_hook_caller(
+                    "hookqueue_event",
+                    remove_plugins=[
+                        self.pm.get_plugin(n) for n in self._observer_names() if n not in remaining
+                    ],
                 )
 
-    # store
-
-    def open_store(self, location: str, options: Mapping[str, Any]) -> TaskStore:
-        """Run ``hookqueue_store``; returns the opened store."""
-        result: TaskStore = self._h.hookqueue_store(location=location, options=options)
-        return result
+    def _observer_names(self) -> list[str]:
+        """The plain (non-wrapper) observers, in pluggy's call order."""
+        return [
+            impl.plugin_name
+            for impl in reversed(self._h.hookqueue_event.get_hookimpls())
+            if not (impl.wrapper or impl.hookwrapper)
+        ]
 
     # lifecycle
 
+    def _lifecycle(self, hook_name: str, **kwargs: Any) -> None:
+        caller = getattr(self._h, hook_name)
+        try:
+            caller(**kwargs)
+        except Exception as exc:
+            name = raising_plugin(caller, exc)
+            raise PluginError(
+                f"plugin {name or '?'!r} raised in {hook_name}: {type(exc).__name__}: {exc}. "
+                f"Fix: correct the plugin, or block it (HOOKQUEUE_DISABLE_PLUGINS={name or '...'})"
+            ) from exc
+
     def queue_open(self, queue: Any) -> None:
-        """Run ``hookqueue_queue_open``."""
-        self._h.hookqueue_queue_open(queue=queue)
+        """Run ``hookqueue_queue_open``; a plugin's exception becomes a PluginError naming it."""
+        self._lifecycle("hookqueue_queue_open", queue=queue)
 
     def queue_close(self, queue: Any) -> None:
-        """Run ``hookqueue_queue_close``."""
-        self._h.hookqueue_queue_close(queue=queue)
+        """Run ``hookqueue_queue_close``; a plugin's exception becomes a PluginError naming it."""
+        self._lifecycle("hookqueue_queue_close", queue=queue)
 
     def worker_start(self, worker: Any) -> None:
-        """Run ``hookqueue_worker_start``."""
-        self._h.hookqueue_worker_start(worker=worker)
+        """Run ``hookqueue_worker_start``; a plugin's exception becomes a PluginError naming
+        it."""
+        self._lifecycle("hookqueue_worker_start", worker=worker)
 
     def worker_stop(self, worker: Any) -> None:
-        """Run ``hookqueue_worker_stop``."""
-        self._h.hookqueue_worker_stop(worker=worker)
+        """Run ``hookqueue_worker_stop``; a plugin's exception becomes a PluginError naming
+        it."""
+        self._lifecycle("hookqueue_worker_stop", worker=worker)
 
     # registration
 
     def _merge(self, hook_name: str, key: str) -> list[Any]:
-        caller = getattr(self._h, hook_name)
-        seen: dict[str, str] = {}
+        """Call a registration hook once (wrappers may filter what it returns), then merge the
+        records, refusing a name contributed twice with both plugins named."""
         merged: list[Any] = []
-        for impl in reversed(caller.get_hookimpls()):
-            records: Any = self.pm._hookexec(hook_name, [impl], {}, False)
-            for batch in records:
-                for record in batch or ():
-                    name = getattr(record, key)
-                    if name in seen:
-                        raise PluginError(
-                            f"{hook_name}: {key} {name!r} is contributed by both plugin "
-                            f"{seen[name]!r} and plugin {impl.plugin_name!r}. Fix: block one "
-                            "of them (HOOKQUEUE_DISABLE_PLUGINS) or rename"
-                        )
-                    seen[name] = impl.plugin_name
-                    merged.append(record)
+        seen: set[str] = set()
+        duplicates: set[str] = set()
+        for batch in getattr(self._h, hook_name)():
+            for record in batch or ():
+                name = getattr(record, key)
+                if name in seen:
+                    duplicates.add(name)
+                seen.add(name)
+                merged.append(record)
+        if duplicates:
+            name = sorted(duplicates)[0]
+            owners = self._contributors(hook_name, key, name)
+            raise PluginError(
+                f"{hook_name}: {key} {name!r} is contributed by "
+                + " and ".join(f"plugin {o!r}" for o in owners)
+                + ". Fix: block one of them (HOOKQUEUE_DISABLE_PLUGINS) or rename"
+            )
         return merged
+
+    def _contributors(self, hook_name: str, key: str, name: str) -> list[str]:
+        """Which plugins contribute ``name`` (each plain implementation called alone,
+        through pluggy, on this error path only)."""
+        impls = [
+            i
+            for i in getattr(self._h, hook_name).get_hookimpls()
+            if not (i.wrapper or i.hookwrapper)
+        ]
+        owners = []
+        for impl in reversed(impls):
+            alone = self.pm.subset_hook_caller(
+                hook_name, remove_plugins=[i.plugin for i in impls if i is not impl]
+            )
+            records = [r for batch in alone() for r in (batch or ())]
+            if any(getattr(r, key) == name for r in records):
+                owners.append(impl.plugin_name)
+        return owners
 
     def handlers(self) -> list[HandlerSpec]:
         """Every handler contributed by plugins; duplicates by task type are refused."""

@@ -26,8 +26,9 @@ from typing import Any, NamedTuple, TypeVar
 import attrs
 
 from .clock import Clock, SystemClock, from_us, seconds_to_us, to_us
+from .defaults import validate_new_task
 from .encoding import IMMUTABLE_JSON, encode_json, flat_copy
-from .errors import TaskNotFound, ValidationError
+from .errors import PluginError, TaskNotFound, ValidationError
 from .groupcommit import GroupCommitter
 from .handlers import TaskHandlerRegistry
 from .inline import InlineRunner
@@ -243,26 +244,55 @@ class Queue:
             to_us(run_after, "run_after")
         elif delay is not None:
             run_after = from_us(now_us + _as_us("delay", delay))
-        new_task = NewTask(
-            task_type=task_type,
-            payload=payload,
-            priority=priority,
-            run_after=run_after,
-            max_attempts=max_attempts,
-            idempotency_key=idempotency_key,
-            queue=queue,
-            timeout=timeout,
-            headers=headers if headers is not None else {},
-        )
-        result = self.hooks.enqueue(self, new_task)
-        if not isinstance(result, NewTask):
-            raise ValidationError(
-                "hookqueue_enqueue",
-                result,
-                "a plugin returned something that is not a NewTask",
-                "return attrs.evolve(result, ...) from enqueue wrappers",
+        return validate_new_task(
+            NewTask(
+                task_type=task_type,
+                payload=payload,
+                priority=priority,
+                run_after=run_after,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+                queue=queue,
+                timeout=timeout,
+                headers=headers if headers is not None else {},
             )
+        )
+
+    def _through_hooks(self, new_tasks: list[NewTask], *, batch: bool) -> list[NewTask]:
+        """Run ``hookqueue_enqueue`` once for the batch, then check every task a plugin
+        changed (the caller's were checked already): a plugin that returns an invalid task,
+        or not one task per task, is refused naming it, before anything is written."""
+        result = self.hooks.enqueue(self, new_tasks)
+        if (
+            not isinstance(result, list)
+            or len(result) != len(new_tasks)
+            or not all(isinstance(t, NewTask) for t in result)
+        ):
+            raise PluginError(
+                f"hookqueue_enqueue: {self._enqueue_plugins()} returned {_describe(result)} "
+                f"for a batch of {len(new_tasks)} task(s). Nothing was written. Fix: return a "
+                "list with one NewTask per task, in order: [attrs.evolve(t, ...) for t in "
+                "(yield)]"
+            )
+        for index, (before, after) in enumerate(zip(new_tasks, result, strict=True)):
+            if after is before:
+                continue
+            try:
+                validate_new_task(after)
+            except ValidationError as exc:
+                where = f"tasks[{index}].{exc.field}" if batch else exc.field
+                raise PluginError(
+                    f"hookqueue_enqueue: {self._enqueue_plugins()} set {where}="
+                    f"{_short_repr(exc.value)}, which {exc.problem}. Nothing was written. Fix: "
+                    f"correct the plugin ({exc.fix}), or block it (HOOKQUEUE_DISABLE_PLUGINS)"
+                ) from None
         return result
+
+    def _enqueue_plugins(self) -> str:
+        names = self.hooks.enqueue_plugins()
+        if len(names) == 1:
+            return f"plugin {names[0]!r}"
+        return "one of the plugins " + ", ".join(repr(n) for n in names) if names else "a plugin"
 
     def _prepare(self, nt: NewTask, now_us: int) -> _Prepared:
         """Encode a validated task for the store, and the payload the returned :class:`Task`
@@ -393,12 +423,13 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
+        [nt] = self._through_hooks([nt], batch=False)
         return self._write_new([self._prepare(nt, now_us)], now_us)[0]
 
     def _prepare_many(
         self, tasks: Iterable[Mapping[str, Any] | NewTask], now_us: int
     ) -> builtins.list[_Prepared]:
-        items: builtins.list[_Prepared] = []
+        built: builtins.list[NewTask] = []
         defaults = _ENQUEUE_DEFAULTS
         for index, spec in enumerate(tasks):
             if type(spec) is dict:  # the common case, before the slower ABC check
@@ -429,7 +460,16 @@ class Queue:
             try:
                 # Every key is one of _build's arguments (checked above): one merge with
                 # the defaults instead of a lookup per argument.
-                nt = self._build(now_us=now_us, **{**defaults, **kwargs})
+                built.append(self._build(now_us=now_us, **{**defaults, **kwargs}))
+            except ValidationError as exc:
+                raise ValidationError(
+                    f"tasks[{index}].{exc.field}", exc.value, exc.problem, exc.fix
+                ) from None
+        if not built:
+            return []
+        items: builtins.list[_Prepared] = []
+        for index, nt in enumerate(self._through_hooks(built, batch=True)):
+            try:
                 items.append(self._prepare(nt, now_us))
             except ValidationError as exc:
                 raise ValidationError(
@@ -538,6 +578,7 @@ class Queue:
             headers=headers,
             now_us=now_us,
         )
+        [nt] = self._through_hooks([nt], batch=False)
         item = self._prepare(nt, now_us)
         waiter: asyncio.Future[builtins.list[Task]] = asyncio.get_running_loop().create_future()
         self._group_committer().submit_async([item], now_us, waiter)
@@ -759,3 +800,16 @@ def _status(value: TaskStatus | str) -> TaskStatus:
         raise ValidationError(
             "status", value, "is not a task status", f"use one of {[s.value for s in TaskStatus]}"
         ) from None
+
+
+def _describe(value: Any) -> str:
+    """What a plugin returned, briefly, for an error."""
+    if isinstance(value, list):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"a list of {len(value)} ({', '.join(kinds) or 'nothing'})"
+    return f"a {type(value).__name__}"
+
+
+def _short_repr(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

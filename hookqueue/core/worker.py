@@ -272,9 +272,10 @@ class WorkerEngine:
         owns its loop (``run``, ``run_until_idle``) and no task is running, on the loop
         itself. Then nothing can be kept waiting: no handler is running, and nothing else
         runs on a loop the worker created; the worker itself waits for the call's answer
-        either way (a stop request, too, takes effect when it returns). That saves two
-        thread hand-offs per batch when a batch of short tasks finishes before the next
-        lease. ``run_async`` shares the caller's loop and always uses the store thread."""
+        either way (a stop request, too, takes effect when it returns). ``run_async`` shares
+        the caller's loop and always uses the store thread."""
+        # Two thread hand-offs less per batch when a batch of short tasks finishes before the
+        # next lease (docs/performance.md).
         assert self._loop is not None
         if self._own_loop and not self._running:
             return fn(*args, **kwargs)

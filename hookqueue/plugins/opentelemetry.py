@@ -165,13 +165,6 @@ class OpenTelemetryExporter:
         #: opened yet). Read once there, not for every task (see :meth:`_global_tracer_provider`).
         self._env_tracer_provider: bool | None = None
         self._env_meter_provider: bool | None = None
-        #: The wrappers are this class's own: only then does the pass-through check (which
-        #: checks what they check) speak for them; a subclass that overrides one is called.
-        cls = type(self)
-        self._own_wrappers = (
-            cls.hookqueue_execute is OpenTelemetryExporter.hookqueue_execute
-            and cls.hookqueue_enqueue is OpenTelemetryExporter.hookqueue_enqueue
-        )
 
     def __repr__(self) -> str:
         return f"OpenTelemetryExporter(traces={self.traces}, metrics={self.metrics})"
@@ -443,29 +436,18 @@ class OpenTelemetryExporter:
         added = {k: v for k, v in carrier.items() if k not in headers}
         if not added:
             return new_task
-        return new_task._replace(headers={**headers, **added})
-
-    def _hookqueue_wrapper_passes_through(self, hook_name: str) -> bool:
-        """True when this exporter's wrapper of ``hook_name`` would return the inner result
-        unchanged for the call about to be made — no tracing, no tracer provider, or (for an
-        enqueue) no current span — so the core's hook chain can leave it out (see
-        ``hookqueue.core.plugins.PASS_THROUGH_ATTR``). It checks what the wrappers check."""
-        if not self._own_wrappers:
-            return False
-        if not self.traces:
-            return True
-        if hook_name == "hookqueue_execute":
-            return self._tracer() is None
-        if hook_name == "hookqueue_enqueue":
-            return not trace.get_current_span().get_span_context().is_valid
-        return False
+        return attrs.evolve(new_task, headers={**headers, **added})
 
     @hookimpl(wrapper=True)
-    def hookqueue_enqueue(self, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
-        """Carry the enqueuing span's context in the task's headers."""
+    def hookqueue_enqueue(
+        self, new_tasks: list[NewTask]
+    ) -> Generator[None, list[NewTask], list[NewTask]]:
+        """Carry the enqueuing span's context in the tasks' headers."""
         result = yield
+        if not self.traces or not trace.get_current_span().get_span_context().is_valid:
+            return result  # nothing to carry (the common case: one check per batch)
         try:
-            return self.inject(result)
+            return [self.inject(t) for t in result]
         except Exception:  # tracing never refuses a task
             log.exception("opentelemetry: injecting the trace context failed; enqueued without it")
             return result
@@ -587,8 +569,6 @@ def default_exporter() -> OpenTelemetryExporter:
 hookqueue_enqueue = _default.hookqueue_enqueue
 #: Run each attempt inside a span of the global tracer provider.
 hookqueue_execute = _default.hookqueue_execute
-#: When the wrappers above would pass a call through (see the exporter's method).
-_hookqueue_wrapper_passes_through = _default._hookqueue_wrapper_passes_through
 
 
 #: Record metrics with the global meter provider (the default exporter's own method).

@@ -331,11 +331,13 @@ class RetryPolicy:
         """The global policy's answer (a per-type policy on ``handler`` wins)."""
         return decide(task, failure, handler, now, self)
 
-    # ``trylast`` makes this the innermost wrapper: after the core's validation it fills the
-    # attempt budget before the ``retry`` module's own (plain) wrapper would.
+    # ``trylast`` makes this the innermost wrapper: it fills the attempt budget before the
+    # ``retry`` module's own wrapper would.
     @hookimpl(wrapper=True, trylast=True)
-    def hookqueue_enqueue(self, queue: Any, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
-        """Give a task without ``max_attempts`` this policy's (or its type's policy's)."""
+    def hookqueue_enqueue(
+        self, queue: Any, new_tasks: list[NewTask]
+    ) -> Generator[None, list[NewTask], list[NewTask]]:
+        """Give tasks without ``max_attempts`` this policy's (or their type's policy's)."""
         result = yield
         return with_max_attempts(queue, result, self)
 
@@ -471,20 +473,25 @@ def decide(
     return policy.decide(task, failure, now)
 
 
-def with_max_attempts(queue: Any, new_task: NewTask, fallback: Policy) -> NewTask:
-    """``new_task`` with ``max_attempts`` filled in when the caller left it None.
+def with_max_attempts(queue: Any, new_tasks: list[NewTask], fallback: Policy) -> list[NewTask]:
+    """``new_tasks`` with ``max_attempts`` filled in where the caller left it None (the
+    others are returned as they are).
 
     The value comes from the task type's policy when this process has a handler registered
     for the type (``queue.handlers``), else from ``fallback``.
 
-    :raises ValidationError: the type's ``retry`` option is not a retry policy.
+    :raises ValidationError: a type's ``retry`` option is not a retry policy.
     """
-    if new_task.max_attempts is not None:
-        return new_task
     handlers = getattr(queue, "handlers", None)
-    spec = handlers.find(new_task.task_type) if handlers is not None else None
-    policy = policy_for(spec, fallback)
-    return new_task._replace(max_attempts=policy.max_attempts)
+    out: list[NewTask] = []
+    for new_task in new_tasks:
+        if new_task.max_attempts is not None:
+            out.append(new_task)
+            continue
+        spec = handlers.find(new_task.task_type) if handlers is not None else None
+        policy = policy_for(spec, fallback)
+        out.append(attrs.evolve(new_task, max_attempts=policy.max_attempts))
+    return out
 
 
 @hookimpl
@@ -496,8 +503,10 @@ def hookqueue_retry(
 
 
 @hookimpl(wrapper=True)
-def hookqueue_enqueue(queue: Any, new_task: NewTask) -> Generator[None, NewTask, NewTask]:
-    """Give a task without ``max_attempts`` its type's policy's, else 5."""
+def hookqueue_enqueue(
+    queue: Any, new_tasks: list[NewTask]
+) -> Generator[None, list[NewTask], list[NewTask]]:
+    """Give tasks without ``max_attempts`` their type's policy's, else 5."""
     result = yield
     return with_max_attempts(queue, result, DEFAULT_POLICY)
 

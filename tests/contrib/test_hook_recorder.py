@@ -34,11 +34,11 @@ class Stamp:
     hookqueue_name = "stamp"
 
     @hookimpl(wrapper=True)
-    def hookqueue_enqueue(self, new_task: NewTask) -> Any:
-        if new_task.task_type == "forbidden":
+    def hookqueue_enqueue(self, new_tasks: list[NewTask]) -> Any:
+        if any(t.task_type == "forbidden" for t in new_tasks):
             raise ValidationError("task_type", "forbidden", "is refused by stamp", "pick another")
         result = yield
-        return attrs.evolve(result, headers={**result.headers, "stamped": True})
+        return [attrs.evolve(t, headers={**t.headers, "stamped": True}) for t in result]
 
 
 class Collector:
@@ -70,9 +70,9 @@ def test_records_each_call_with_its_arguments_plugins_thread_and_result(
 
     call = hooks.getcall("hookqueue_enqueue")
     assert isinstance(call, RecordedHookCall)
-    assert call.new_task.task_type == "add" and call.queue is q
+    assert call.new_tasks[0].task_type == "add" and call.queue is q
     assert call.plugins == ["core", "stamp"]
-    assert call.result.headers == {"stamped": True}
+    assert call.result[0].headers == {"stamped": True}
     assert call.exception is None
     assert call.at == hq_clock.now()
     assert call.thread == "MainThread"
@@ -144,7 +144,7 @@ def test_assert_called_matches_arguments_and_counts(
     assert [c.task.payload["n"] for c in calls] == [1, 2]
     (one,) = hq_hooks.assert_called("hookqueue_execute", task={"payload": {"n": 2}, "priority": 7})
     assert one.task.payload == {"n": 2}
-    hq_hooks.assert_called("hookqueue_enqueue", new_task=lambda nt: nt.priority == 7)
+    hq_hooks.assert_called("hookqueue_enqueue", new_tasks=lambda nts: nts[0].priority == 7)
     hq_hooks.assert_not_called("hookqueue_retry")
     hq_hooks.assert_not_called("hookqueue_execute", task={"payload": {"n": 3}})
 
@@ -154,12 +154,12 @@ def test_assert_called_failure_lists_the_recorded_calls(
 ) -> None:
     hq_queue.enqueue("job", {"n": 1})
     with pytest.raises(AssertionError) as excinfo:
-        hq_hooks.assert_called("hookqueue_enqueue", new_task={"task_type": "other"})
+        hq_hooks.assert_called(
+            "hookqueue_enqueue", new_tasks=lambda nts: nts[0].task_type == "other"
+        )
     message = str(excinfo.value)
-    assert (
-        "expected at least 1 call(s) of hookqueue_enqueue(new_task={'task_type': 'other'}); found 0"
-        in message
-    )
+    assert "expected at least 1 call(s) of hookqueue_enqueue(new_tasks=<function" in message
+    assert "); found 0" in message
     assert "  > hookqueue_enqueue(queue=Queue(" in message
     assert "    hookqueue_event(events=[TaskEvent(enqueued, task=1, worker=None)])" in message
 
@@ -207,7 +207,7 @@ def test_closing_stops_recording_and_unregisters_the_sink(hq_queue: Queue) -> No
     hooks.close()
     hooks.close()  # idempotent
     hq_queue.enqueue("b")
-    assert [c.new_task.task_type for c in hooks.getcalls("hookqueue_enqueue")] == ["a"]
+    assert [c.new_tasks[0].task_type for c in hooks.getcalls("hookqueue_enqueue")] == ["a"]
     assert {name for name, _ in hq_queue.pm.list_name_plugin()} == before
     assert "closed" in repr(hooks)
 
@@ -221,11 +221,11 @@ def test_recorders_stop_in_any_order_without_unhooking_each_other(
     first, second = (older, newer) if close_first == "older" else (newer, older)
     first.close()
     hq_queue.enqueue("after")
-    assert [c.new_task.task_type for c in second.getcalls("hookqueue_enqueue")] == ["after"]
+    assert [c.new_tasks[0].task_type for c in second.getcalls("hookqueue_enqueue")] == ["after"]
     assert first.getcalls("hookqueue_enqueue") == []
     second.close()
     hq_queue.enqueue("later")
-    assert second.getcalls("hookqueue_enqueue")[-1].new_task.task_type == "after"
+    assert second.getcalls("hookqueue_enqueue")[-1].new_tasks[0].task_type == "after"
 
 
 def test_a_foreign_monitor_installed_later_survives_our_close(hq_queue: Queue) -> None:

@@ -124,8 +124,8 @@ class Refuser:
     hookqueue_name = "refuser"
 
     @hookimpl(wrapper=True)
-    def hookqueue_enqueue(self, new_task: Any) -> Any:
-        if new_task.task_type == "nope":
+    def hookqueue_enqueue(self, new_tasks: Any) -> Any:
+        if any(t.task_type == "nope" for t in new_tasks):
             raise ValidationError("task_type", "nope", "is refused", "use another type")
         return (yield)
 

@@ -19,7 +19,7 @@ from hookqueue import FakeClock, Queue
 from hookqueue.core.errors import DatabaseBusy
 from hookqueue.core.execution import Execution
 from hookqueue.core.hookspecs import hookimpl
-from hookqueue.core.models import EventKind, NewTask, Task, TaskEvent, TaskStatus
+from hookqueue.core.models import EventKind, Task, TaskEvent, TaskStatus
 from hookqueue.core.storage import Settlement
 from hookqueue.core.store import QueueDatabase
 
@@ -128,10 +128,6 @@ def test_fast_constructors_build_what_init_builds(core_queue: Queue) -> None:
             ),
         ),
         (task._replaced({}), Task(**{f.name: getattr(task, f.name) for f in attrs.fields(Task)})),
-        (
-            NewTask(task_type="job")._replace(priority=5),
-            NewTask(task_type="job", priority=5),
-        ),
     ]
     for fast, built in pairs:
         assert fast == built

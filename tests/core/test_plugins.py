@@ -43,17 +43,17 @@ GOOD = """
 from hookqueue import hookimpl
 import attrs
 @hookimpl(wrapper=True)
-def hookqueue_enqueue(new_task):
+def hookqueue_enqueue(new_tasks):
     result = yield
-    return attrs.evolve(result, headers={**result.headers, "stamped": "yes"})
+    return [attrs.evolve(t, headers={**t.headers, "stamped": "yes"}) for t in result]
 """
 BROKEN_IMPORT = "raise RuntimeError('this plugin is broken on import')\n"
 MISSING_DEP = "import a_module_that_is_not_installed_anywhere\n"
 MISSPELLED = """
 from hookqueue import hookimpl
 @hookimpl
-def hookqueue_enqeue(new_task):
-    return new_task
+def hookqueue_enqeue(new_tasks):
+    return new_tasks
 """
 
 
@@ -154,9 +154,9 @@ def test_plugins_registered_in_code_are_named_and_blockable(db_path: Path) -> No
         hookqueue_name = "named"
 
         @hookimpl(wrapper=True)
-        def hookqueue_enqueue(self, new_task: NewTask):  # type: ignore[no-untyped-def]
+        def hookqueue_enqueue(self, new_tasks: list[NewTask]):  # type: ignore[no-untyped-def]
             result = yield
-            return attrs.evolve(result, priority=1)
+            return [attrs.evolve(t, priority=1) for t in result]
 
     q = Queue(db_path, load_entrypoints=False, plugins=[Named()])
     assert q.enqueue("t").priority == 1
@@ -171,11 +171,12 @@ def test_plugins_registered_in_code_are_named_and_blockable(db_path: Path) -> No
 def test_an_enqueue_wrapper_can_refuse_and_nothing_is_written(db_path: Path) -> None:
     class Refuser:
         @hookimpl(wrapper=True)
-        def hookqueue_enqueue(self, new_task: NewTask):  # type: ignore[no-untyped-def]
-            if new_task.task_type == "forbidden":
-                raise ValidationError(
-                    "task_type", new_task.task_type, "is not allowed here", "use another"
-                )
+        def hookqueue_enqueue(self, new_tasks: list[NewTask]):  # type: ignore[no-untyped-def]
+            for t in new_tasks:
+                if t.task_type == "forbidden":
+                    raise ValidationError(
+                        "task_type", t.task_type, "is not allowed here", "use another"
+                    )
             return (yield)
 
     q = Queue(db_path, load_entrypoints=False, plugins=[Refuser()])

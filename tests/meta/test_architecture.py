@@ -224,3 +224,66 @@ def test_the_cycle_check_finds_a_cycle_even_through_a_function() -> None:
         "hookqueue.core.c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\n",
     }
     assert import_cycles(files) == [["hookqueue.core.a", "hookqueue.core.b", "hookqueue.core.a"]]
+
+
+#: pluggy's private attributes: the core uses pluggy through its public API only.
+PLUGGY_PRIVATES = {"_inner_hookexec", "_hookexec", "_hookimpls", "_multicall", "_nonwrappers"}
+
+
+def _core_private_names() -> set[str]:
+    """Private names the core defines: functions, methods, class attributes and ``self._x``."""
+    names: set[str] = set()
+    for path in _modules(PACKAGE / "core"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def private_doors(source: str, filename: str, core_privates: set[str]) -> list[str]:
+    """Where ``source`` reaches a private name of the core (``obj._name`` on anything but
+    ``self``/``cls``, or ``from hookqueue.core... import _name``), or pluggy's privates."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            receiver = node.value
+            own = isinstance(receiver, ast.Name) and receiver.id in ("self", "cls")
+            if node.attr in PLUGGY_PRIVATES or (node.attr in core_privates and not own):
+                found.append(f"{filename}:{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hookqueue.core"):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{filename}:{node.lineno}: imports {alias.name}")
+    return found
+
+
+def test_plugins_and_contrib_use_no_private_door_of_the_core_or_of_pluggy() -> None:
+    privates = _core_private_names()
+    found = [
+        hit
+        for root in (PACKAGE / "plugins", PACKAGE / "contrib")
+        for path in _modules(root)
+        for hit in private_doors(path.read_text(), _rel(path), privates)
+    ]
+    assert found == [], "make it public and documented for every plugin, or do without"
+
+
+def test_the_core_uses_pluggy_through_its_public_api() -> None:
+    found = [
+        hit
+        for path in _modules(PACKAGE / "core")
+        for hit in private_doors(path.read_text(), _rel(path), set())
+    ]
+    assert found == []
+
+
+def test_the_private_door_scan_sees_one() -> None:
+    privates = {"_in_thread", "_replace"}
+    code = "async def f(queue, t):\n    await queue._in_thread(g)\n    return t._replace(x=1)\n"
+    assert len(private_doors(code, "x.py", privates)) == 2
+    assert private_doors("def f(pm):\n    return pm._inner_hookexec\n", "x.py", set())
+    assert private_doors("def f(self):\n    return self._in_thread\n", "x.py", privates) == []

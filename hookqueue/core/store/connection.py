@@ -188,14 +188,13 @@ BUSY_MAX_SLEEP = 0.002
 
 
 def busy_handler(timeout: float) -> Callable[[int], bool]:
-    """A busy handler that retries a locked database for ``timeout`` seconds, sleeping 50 µs
-    at first and doubling to at most 2 ms.
-
-    SQLite's own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms: a
-    write lock held for 0.3 ms (one lease) can cost a waiting worker 10 ms or more. Short
-    sleeps take the lock soon after it is free. ``time.sleep`` releases the GIL, so other
-    threads of the process (the one holding the lock, perhaps) run meanwhile.
+    """A busy handler that retries a locked database for ``timeout`` seconds, sleeping
+    :data:`BUSY_FIRST_SLEEP` at first and doubling to at most :data:`BUSY_MAX_SLEEP`, so a
+    waiting writer takes the lock soon after it is free. ``time.sleep`` releases the GIL, so
+    other threads of the process (the one holding the lock, perhaps) run meanwhile.
     """
+    # SQLite's own busy timeout sleeps 1, 2, 5, 10 ... 100 ms: a write lock held for a
+    # fraction of a millisecond (one lease) would cost a waiting worker 10 ms or more.
     deadline = 0.0
     monotonic = time.monotonic
     sleep = time.sleep

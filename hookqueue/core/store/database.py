@@ -364,7 +364,7 @@ class QueueDatabase:
         """Insert one task without an idempotency key in its own transaction; its id.
 
         :meth:`insert` for the commonest write, one task without a key (every plain
-        ``Queue.enqueue``; no key to look up, no list to build): W1 in ``benchmarks/``.
+        ``Queue.enqueue``): no key to look up, no list to build.
         """
         if row.idempotency_key is not None:
             raise ValueError("insert_one takes rows without an idempotency key; use insert()")

@@ -383,8 +383,9 @@ def sql_lease_window(
     ``[partition path,] *queues, due_us[, *types], *order params, window, *order params``.
 
     The ids are chosen through the same index-friendly subquery as a plain lease, then their
-    columns fetched: selecting the columns directly made SQLite sort every due task (2.6 ms at
-    20,000 due tasks against 0.3 ms at 100,000 this way)."""
+    columns fetched."""
+    # Selecting the columns directly made SQLite sort every due task first (measured in the
+    # schedulers' benchmark: docs/performance.md).
     # The value as JSON text (``->``: an object stays an object, true stays true), and NULL
     # for a payload that is not JSON: one damaged row must not fail every lease.
     part = "CASE WHEN json_valid(payload) THEN payload -> ? END" if partition else "NULL"

@@ -911,7 +911,9 @@ class QueuedTaskManager:
         self._bind_loop()
         ids = list(self._followed)
         if ids:
-            tasks, missing = await self.queue._in_thread(read_tasks, self.queue, ids)
+            tasks, missing = await asyncio.wrap_future(
+                self._store.call(read_tasks, self.queue, ids)
+            )
             self._on_tasks(tasks, missing)
 
     async def flush(self) -> None:
@@ -922,7 +924,7 @@ class QueuedTaskManager:
         pending += [e.settled for e in self._unsettled if e.done]
         for future in pending:
             await _quietly(future)
-        await self.queue._in_thread(self.registry.flush)
+        await asyncio.to_thread(self.registry.flush)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
