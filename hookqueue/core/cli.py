@@ -16,10 +16,7 @@ import inspect
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -29,7 +26,9 @@ from .handlers import TaskHandlerRegistry
 from .models import Task, TaskStatus
 from .plugins import Hooks, make_plugin_manager, plugin_statuses
 from .queue import Queue
+from .render import error_line, print_json, shorten, table, when
 from .store import user_database_path
+from .supervisor import supervise
 
 log = logging.getLogger("hookqueue.cli")
 
@@ -44,7 +43,6 @@ BUILTIN_COMMANDS = (
     "check",
     "workers",
     "worker",
-    "demo",
 )
 
 
@@ -52,33 +50,6 @@ def queue_from_args(args: argparse.Namespace, **kwargs: Any) -> Queue:
     """Open the queue a subcommand works on (``--db``, else ``HOOKQUEUE_DB``, else the
     per-user default). Plugin subcommands use this too."""
     return Queue(getattr(args, "db", None), **kwargs)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _short(value: Any, width: int = 40) -> str:
-    text = (
-        json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        if not isinstance(value, str)
-        else value
-    )
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _when(value: Any) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -126,10 +97,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     if args.json:
-        _print_json(task.to_dict())
+        print_json(task.to_dict())
     else:
         print(
-            f"enqueued task {task.id} ({task.task_type}) in queue {task.queue!r}, run after {_when(task.run_after)} UTC"
+            f"enqueued task {task.id} ({task.task_type}) in queue {task.queue!r}, run after {when(task.run_after)} UTC"
         )
     return 0
 
@@ -146,7 +117,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             newest_first=not args.oldest_first,
         )
     if args.json:
-        _print_json([t.to_dict() for t in tasks])
+        print_json([t.to_dict() for t in tasks])
         return 0
     rows = [
         (
@@ -155,12 +126,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             t.status.value,
             t.priority,
             f"{t.attempts}/{t.max_attempts}",
-            _when(t.run_after),
-            _short(t.error_message or "", 50),
+            when(t.run_after),
+            shorten(t.error_message or "", 50),
         )
         for t in tasks
     ]
-    print(_table(rows, ["id", "type", "status", "prio", "attempts", "run_after (UTC)", "error"]))
+    print(table(rows, ["id", "type", "status", "prio", "attempts", "run_after (UTC)", "error"]))
     if len(tasks) == args.limit:
         print(f"(more: --after {tasks[-1].id})")
     return 0
@@ -182,7 +153,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with queue_from_args(args) as queue:
         task = queue.get(args.task_id)
     if args.json:
-        _print_json(task.to_dict())
+        print_json(task.to_dict())
     else:
         print(_show(task))
     return 0
@@ -193,7 +164,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with queue_from_args(args) as queue:
         task = queue.cancel(args.task_id)
     if args.json:
-        _print_json(task.to_dict())
+        print_json(task.to_dict())
     elif task.status is TaskStatus.CANCELLED:
         print(f"task {task.id} cancelled")
     else:
@@ -206,7 +177,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     with queue_from_args(args) as queue:
         task = queue.retry(args.task_id)
     if args.json:
-        _print_json(task.to_dict())
+        print_json(task.to_dict())
     else:
         print(f"task {task.id} queued again")
     return 0
@@ -220,7 +191,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.vacuum:
             queue.db.vacuum()
     if args.json:
-        _print_json({"removed": removed})
+        print_json({"removed": removed})
     else:
         print(f"removed {removed} task(s) finished more than {args.older_than} ago")
     return 0
@@ -231,7 +202,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     pm = make_plugin_manager(load_entrypoints=True)
     statuses = plugin_statuses(pm)
     if args.json:
-        _print_json(
+        print_json(
             [
                 {
                     "name": s.name,
@@ -253,7 +224,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         )
         for s in statuses
     ]
-    print(_table(rows, ["plugin", "state", "source", "hooks / reason"]))
+    print(table(rows, ["plugin", "state", "source", "hooks / reason"]))
     return 0
 
 
@@ -264,7 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         version = queue.db.schema_version()
         path = queue.db.location
     if args.json:
-        _print_json(
+        print_json(
             {"ok": not problems, "problems": problems, "path": path, "schema_version": version}
         )
     elif problems:
@@ -282,7 +253,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         workers = queue.workers()
         now = queue.now()
     if args.json:
-        _print_json(
+        print_json(
             [
                 {
                     "worker_id": w.worker_id,
@@ -310,7 +281,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         )
         for w in workers
     ]
-    print(_table(rows, ["worker", "pid", "queues", "concurrency", "processed", "heartbeat"]))
+    print(table(rows, ["worker", "pid", "queues", "concurrency", "processed", "heartbeat"]))
     return 0
 
 
@@ -398,98 +369,6 @@ def _worker_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def _child_command(args: argparse.Namespace, index: int) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "hookqueue",
-        "worker",
-        "--processes",
-        "1",
-        "--concurrency",
-        str(args.concurrency),
-        "--lease-seconds",
-        str(args.lease_seconds),
-        "--shutdown-grace",
-        str(args.shutdown_grace),
-        "--queues",
-        *args.queues,
-    ]
-    if args.app:
-        cmd += ["--app", args.app]
-    if args.db:
-        cmd += ["--db", str(args.db)]
-    if args.until_idle:
-        cmd.append("--until-idle")
-    base = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
-    cmd += ["--worker-id", f"{base}-{index}"]
-    if args.verbose:
-        cmd.append("-v")
-    return cmd
-
-
-def _child_env(args: argparse.Namespace, index: int) -> dict[str, str]:
-    env = dict(os.environ)
-    if getattr(args, "metrics_port", None) is not None:
-        # Read by the prometheus plugin's worker-start hook: each process its own port.
-        env["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port + index)
-    return env
-
-
-def supervise(args: argparse.Namespace) -> int:
-    """Start ``--processes`` worker processes, restart any that dies unexpectedly (with a
-    growing delay), forward SIGINT/SIGTERM to all of them, and wait for them to stop."""
-    children: dict[int, subprocess.Popen[bytes]] = {}
-    restarts: dict[int, int] = {}
-    stopping = False
-
-    def start(i: int) -> None:
-        children[i] = subprocess.Popen(_child_command(args, i), env=_child_env(args, i))
-
-    def forward(sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for i in range(args.processes):
-            start(i)
-        print(
-            f"supervising {args.processes} worker process(es): pids {[c.pid for c in children.values()]}",
-            file=sys.stderr,
-        )
-        while True:
-            alive = False
-            for i, child in list(children.items()):
-                code = child.poll()
-                if code is None:
-                    alive = True
-                    continue
-                if stopping or args.until_idle or code == 0:
-                    continue
-                restarts[i] = restarts.get(i, 0) + 1
-                delay = min(30.0, 0.5 * 2 ** (restarts[i] - 1))
-                print(
-                    f"worker process {child.pid} exited with {code}; restarting in {delay:.1f}s",
-                    file=sys.stderr,
-                )
-                time.sleep(delay)
-                if not stopping:
-                    start(i)
-                    alive = True
-            if not alive:
-                break
-            time.sleep(0.2)
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    codes = [c.returncode for c in children.values()]
-    return 0 if all(c in (0, -signal.SIGTERM, -signal.SIGINT) for c in codes) else 1
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     """``hookqueue worker``: be the worker (one process) or supervise several."""
     if args.processes == 1:
@@ -497,13 +376,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             os.environ["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port)
         return _worker_child(args)
     return supervise(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``hookqueue demo``: the README's main job (see :mod:`hookqueue.demo`)."""
-    from .. import demo
-
-    return demo.main(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,15 +493,6 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser(
-        "demo",
-        parents=[common],
-        help="enqueue a realistic batch and work it with several processes",
-    )
-    p.add_argument("--processes", type=_positive_int, default=3)
-    p.add_argument("--tasks", type=_positive_int, default=600)
-    p.set_defaults(func=cmd_demo)
-
     if hooks is not None:
         for command in hooks.cli_commands():
             if command.name in BUILTIN_COMMANDS:
@@ -648,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         hooks = Hooks(make_plugin_manager(load_entrypoints=True))
     except HookqueueError as exc:
-        print(f"hookqueue: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         hooks = None
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
@@ -659,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except HookqueueError as exc:
-        print(f"hookqueue: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

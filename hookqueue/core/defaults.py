@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from .clock import to_us
 from .errors import StoreError, ValidationError
 from .execution import current_execution_or_none
 from .handlers import check_task_type, check_unicode, is_async_handler
@@ -54,55 +55,97 @@ def _positive_seconds(value: Any) -> bool:
     return math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_SECONDS
 
 
-def validate_new_task(new_task: NewTask) -> NewTask:
-    """Check every field of a task about to be written; raise ValidationError naming the field."""
-    check_task_type(new_task.task_type)
-    _check_int("priority", new_task.priority, fix="use an int; lower runs first, default 100")
-    if new_task.max_attempts is not None:
+def _check_priority(value: Any) -> None:
+    _check_int("priority", value, fix="use an int; lower runs first, default 100")
+
+
+def _check_max_attempts(value: Any) -> None:
+    if value is not None:
         _check_int(
             "max_attempts",
-            new_task.max_attempts,
+            value,
             minimum=1,
             fix="use 1 for a single attempt, or more to allow retries",
         )
-    queue = new_task.queue
-    if not isinstance(queue, str) or not queue or len(queue) > MAX_NAME_LENGTH:
+
+
+def _check_queue(value: Any) -> None:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
         raise ValidationError(
             "queue",
-            queue,
+            value,
             f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
             "use a short name such as 'default' or 'emails'",
         )
-    check_unicode("queue", queue)
-    key = new_task.idempotency_key
-    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH):
+    check_unicode("queue", value)
+
+
+def _check_key(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
         raise ValidationError(
             "idempotency_key",
-            key,
+            value,
             f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters",
             "use a stable string such as f'cleanup-{date}', or None",
         )
-    if key is not None:
-        check_unicode("idempotency_key", key)
-    timeout = new_task.timeout
-    if timeout is not None and not _positive_seconds(timeout):
+    check_unicode("idempotency_key", value)
+
+
+def _check_timeout(value: Any) -> None:
+    if value is not None and not _positive_seconds(value):
         raise ValidationError(
             "timeout",
-            timeout,
+            value,
             f"must be a positive, finite number of seconds (at most {MAX_TIMEOUT_SECONDS:g})",
             "e.g. 30",
         )
-    headers = new_task.headers
-    if not (type(headers) is dict or isinstance(headers, Mapping)) or not all(
-        isinstance(k, str) for k in new_task.headers
+
+
+def _check_headers(value: Any) -> None:
+    if not (type(value) is dict or isinstance(value, Mapping)) or not all(
+        isinstance(k, str) for k in value
     ):
         raise ValidationError(
-            "headers",
-            new_task.headers,
-            "must be a mapping with string keys",
-            "e.g. {'tenant': 'a'}",
+            "headers", value, "must be a mapping with string keys", "e.g. {'tenant': 'a'}"
         )
+
+
+def _check_run_after(value: Any) -> None:
+    if value is not None:
+        to_us(value, "run_after")
+
+
+#: Each field's check (the payload is checked as it is encoded, before the write).
+_FIELD_CHECKS: tuple[tuple[str, Any], ...] = (
+    ("task_type", check_task_type),
+    ("priority", _check_priority),
+    ("max_attempts", _check_max_attempts),
+    ("queue", _check_queue),
+    ("idempotency_key", _check_key),
+    ("timeout", _check_timeout),
+    ("headers", _check_headers),
+    ("run_after", _check_run_after),
+)
+
+
+def validate_new_task(new_task: NewTask) -> NewTask:
+    """Check every field of a task about to be written; raise ValidationError naming the field."""
+    for name, check in _FIELD_CHECKS:
+        check(getattr(new_task, name))
     return new_task
+
+
+def validate_changes(before: NewTask, after: NewTask) -> None:
+    """Check the fields of ``after`` that are not the very objects ``before`` holds (what a
+    plugin changed; ``before`` was checked already); raise ValidationError naming the field."""
+    # NewTask is not slotted: its fields are in __dict__ (two dict reads per field).
+    new, old = after.__dict__, before.__dict__
+    for name, check in _FIELD_CHECKS:
+        value = new[name]
+        if value is not old[name]:
+            check(value)
 
 
 #: ``is_async_handler`` per handler callable (it inspects code flags on every call); weak,

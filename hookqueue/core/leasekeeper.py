@@ -42,6 +42,9 @@ class LeaseKeeper:
     :param beat_when_idle: beat (record the worker's heartbeat) even when no lease is held.
     :param on_beat: called on the keeper's thread after each beat interval, whether or not
         the beat succeeded (the worker checks there that its event loop is not blocked).
+    :param still_running: given the held ids before each beat, returns those whose attempts
+        can still finish; the others are released unrenewed, so their leases lapse and a
+        worker takes them over (the adapter: a coroutine whose event loop closed).
     :param name: the thread's name.
 
     The thread starts on the first :meth:`hold` (or :meth:`start`); :meth:`stop` ends it.
@@ -58,6 +61,7 @@ class LeaseKeeper:
         on_cancel: Callable[[set[int]], None],
         beat_when_idle: bool = False,
         on_beat: Callable[[], None] | None = None,
+        still_running: Callable[[list[int]], list[int]] | None = None,
         name: str = "hookqueue-lease-keeper",
     ) -> None:
         self.runtime = runtime
@@ -68,6 +72,7 @@ class LeaseKeeper:
         self._on_cancel = on_cancel
         self._beat_when_idle = beat_when_idle
         self._on_beat = on_beat
+        self._still_running = still_running
         self._name = name
         self._held: set[int] = set()
         self._lock = threading.Lock()
@@ -152,6 +157,14 @@ class LeaseKeeper:
                     log.debug("lease keeper on_beat failed", exc_info=True)
 
     def _beat(self, held: list[int]) -> bool:
+        if self._still_running is not None and held:
+            alive = self._still_running(held)
+            dropped = set(held) - set(alive)
+            if dropped:
+                self.release(dropped)
+            held = alive
+            if not held and not self._beat_when_idle:
+                return True
         try:
             kept, cancel = self.runtime.heartbeat(self.worker_id, held, self.lease_seconds)
         except Exception as exc:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 import attrs
 
 from .clock import Clock, SystemClock, from_us, seconds_to_us, to_us
-from .defaults import validate_new_task
+from .defaults import validate_changes, validate_new_task
 from .encoding import IMMUTABLE_JSON, encode_json, flat_copy
 from .errors import PluginError, TaskNotFound, ValidationError
 from .groupcommit import GroupCommitter
@@ -240,9 +240,7 @@ class Queue:
                 "cannot be combined with run_after",
                 "pass one of run_after or delay",
             )
-        if run_after is not None:
-            to_us(run_after, "run_after")
-        elif delay is not None:
+        if run_after is None and delay is not None:
             run_after = from_us(now_us + _as_us("delay", delay))
         return validate_new_task(
             NewTask(
@@ -263,22 +261,16 @@ class Queue:
         changed (the caller's were checked already): a plugin that returns an invalid task,
         or not one task per task, is refused naming it, before anything is written."""
         result = self.hooks.enqueue(self, new_tasks)
-        if (
-            not isinstance(result, list)
-            or len(result) != len(new_tasks)
-            or not all(isinstance(t, NewTask) for t in result)
-        ):
-            raise PluginError(
-                f"hookqueue_enqueue: {self._enqueue_plugins()} returned {_describe(result)} "
-                f"for a batch of {len(new_tasks)} task(s). Nothing was written. Fix: return a "
-                "list with one NewTask per task, in order: [attrs.evolve(t, ...) for t in "
-                "(yield)]"
-            )
-        for index, (before, after) in enumerate(zip(new_tasks, result, strict=True)):
+        if type(result) is not list or len(result) != len(new_tasks):
+            raise self._bad_enqueue_answer(result, len(new_tasks))
+        for index, after in enumerate(result):
+            before = new_tasks[index]
             if after is before:
                 continue
+            if not isinstance(after, NewTask):
+                raise self._bad_enqueue_answer(result, len(new_tasks))
             try:
-                validate_new_task(after)
+                validate_changes(before, after)
             except ValidationError as exc:
                 where = f"tasks[{index}].{exc.field}" if batch else exc.field
                 raise PluginError(
@@ -287,6 +279,13 @@ class Queue:
                     f"correct the plugin ({exc.fix}), or block it (HOOKQUEUE_DISABLE_PLUGINS)"
                 ) from None
         return result
+
+    def _bad_enqueue_answer(self, result: Any, n: int) -> PluginError:
+        return PluginError(
+            f"hookqueue_enqueue: {self._enqueue_plugins()} returned {_describe(result)} "
+            f"for a batch of {n} task(s). Nothing was written. Fix: return a list with one "
+            "NewTask per task, in order: [attrs.evolve(t, ...) for t in (yield)]"
+        )
 
     def _enqueue_plugins(self) -> str:
         names = self.hooks.enqueue_plugins()

@@ -30,6 +30,7 @@ from hookqueue.core.cli import main
 from hookqueue.core.models import WorkerInfo
 from hookqueue.core.plugins import make_plugin_manager, plugin_statuses
 from hookqueue.plugins import metrics as metrics_module
+from hookqueue.plugins.metrics import cli as metrics_cli
 from hookqueue.plugins.metrics import (
     EventMetrics,
     HealthThresholds,
@@ -677,6 +678,6 @@ def test_stats_watch_stops_cleanly_on_ctrl_c(
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(metrics_module.time, "sleep", interrupted)
+    monkeypatch.setattr(metrics_cli.time, "sleep", interrupted)
     assert main(["stats", "--db", str(live_db), "--watch", "5", "--check"]) == 1
     assert capsys.readouterr().out.count("hookqueue stats") == 1

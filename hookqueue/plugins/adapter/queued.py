@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 
 from hookqueue.core.clock import Clock, from_us
+from hookqueue.core.encoding import encode_json
 from hookqueue.core.errors import (
     HookqueueError,
     InvalidTransition,
@@ -47,6 +48,7 @@ from hookqueue.core.errors import (
     ValidationError,
 )
 from hookqueue.core.handlers import TaskHandlerRegistry, check_task_type
+from hookqueue.core.leasekeeper import LeaseKeeper
 from hookqueue.core.models import Task, TaskStatus, WorkerInfo
 from hookqueue.core.queue import Queue
 from hookqueue.core.storage import Settlement, TaskStore
@@ -59,7 +61,7 @@ from ._common import (
     mark_started,
     running_loop_for,
 )
-from ._threads import StoreThread, Watcher, read_tasks
+from ._threads import StoreThread, TaskFollower, read_tasks
 from .models import Run, RunAlreadyActive, RunStatus
 from .plugin import ADAPTER_HEADER
 from .registry import RunRegistry
@@ -148,11 +150,13 @@ def apply_task_to_run(run: Run, task: Task) -> bool:
 
 
 def _result_json(value: Any) -> str | None:
+    """A run's result as the task's result JSON (the queue's one encoder and its rules); a
+    result that cannot be stored is left out, as the original manager kept no result."""
     if value is None:
         return None
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
+        return encode_json("result", value)
+    except ValidationError:
         log.debug("a run's result is not JSON; the task records none", exc_info=True)
         return None
 
@@ -260,22 +264,26 @@ class QueuedTaskManager:
         self._store.register = partial(
             _register_worker, self.queue, self.worker_id, self.queue_name
         )
-        self._watcher = Watcher(
-            self.queue,
+        self._leases = LeaseKeeper(
+            self.queue.runtime,
             self.worker_id,
             lease_seconds=self.lease_seconds,
-            heartbeat_interval=self.heartbeat_interval,
+            interval=self.heartbeat_interval,
+            on_lost=partial(_post_to, ref, "_on_lost"),
+            on_cancel=partial(_post_to, ref, "_on_cancel_requested"),
+            still_running=partial(_call_alive, ref),
+            name=f"hookqueue-adapter-leases-{self.worker_id}",
+        )
+        self._follower = TaskFollower(
+            self.queue,
+            self.worker_id,
             watch_interval=self.watch_interval,
-            alive=partial(_call_alive, ref),
-            on_beat=partial(_post_to, ref, "_on_heartbeat"),
             on_tasks=partial(_post_to, ref, "_on_tasks"),
-            name=f"hookqueue-adapter-watch-{self.worker_id}",
+            name=f"hookqueue-adapter-follow-{self.worker_id}",
         )
-        self._waker = self.queue.runtime.add_waker(
-            partial(_wake_watcher, weakref.ref(self._watcher))
-        )
+        self._waker = self.queue.runtime.add_waker(partial(_wake_keeper, weakref.ref(self._leases)))
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._store, self._watcher, self.queue, self._waker
+            self, _shutdown, self._store, self._leases, self._follower, self.queue, self._waker
         )
 
     def __repr__(self) -> str:
@@ -316,7 +324,7 @@ class QueuedTaskManager:
         self._waiters = []
         self._drop_orphans()
         if self._followed:
-            self._watcher.refresh()
+            self._follower.refresh()
         if self._adoption == "pending":
             interrupted = self.registry.interrupted_run_ids()
             if not interrupted:
@@ -388,14 +396,13 @@ class QueuedTaskManager:
             check_task_type(run.module_id, "run.module_id")
             try:
                 # A snapshot: the coroutine may change run.parameters before the record commits.
-                payload = json.loads(json.dumps(run.parameters, allow_nan=False))
-            except (TypeError, ValueError) as exc:
+                payload = json.loads(encode_json("run.parameters", run.parameters))
+            except ValidationError as exc:
                 raise ValidationError(
-                    "run.parameters",
-                    run.parameters,
-                    f"is not JSON ({exc})",
-                    "use dicts, lists, strings, finite numbers, booleans and None: a worker "
-                    "reruns the run from them after a crash",
+                    exc.field,
+                    exc.value,
+                    exc.problem,
+                    f"{exc.fix}; a worker reruns the run from them after a crash",
                 ) from None
         except BaseException:
             close_awaitable(coro)
@@ -495,7 +502,7 @@ class QueuedTaskManager:
             if not entry.done:
                 if task_id is not None and task_id not in self._held:
                     self._held[task_id] = entry
-                    self._watcher.hold(task_id)
+                    self._leases.hold([task_id])
                 return
             entry.settling = True
             outcome = (
@@ -520,7 +527,7 @@ class QueuedTaskManager:
         with self._lock:
             if entry.task_id is not None and self._held.get(entry.task_id) is entry:
                 del self._held[entry.task_id]
-                self._watcher.release(entry.task_id)
+                self._leases.release([entry.task_id])
         if not entry.settled.done():
             entry.settled.set_result(None)
         if self._on_loop_thread() or not self._post(self._finish_local, entry):
@@ -583,7 +590,7 @@ class QueuedTaskManager:
             task_id = entry.task_id
             if task_id is not None and self._held.get(task_id) is entry:
                 del self._held[task_id]
-                self._watcher.release(task_id)
+                self._leases.release([task_id])
         if not entry.settled.done():
             entry.settled.set_result(None)
         self._unsettled.discard(entry)
@@ -604,6 +611,12 @@ class QueuedTaskManager:
                     continue
                 alive.append(task_id)
         return alive
+
+    def _on_lost(self, lost: set[int]) -> None:
+        self._on_heartbeat(lost, set())
+
+    def _on_cancel_requested(self, cancel: set[int]) -> None:
+        self._on_heartbeat(set(), cancel)
 
     def _on_heartbeat(self, lost: set[int], cancel: set[int]) -> None:
         for task_id in lost | cancel:
@@ -628,13 +641,13 @@ class QueuedTaskManager:
         followed = _Followed(task_id=task_id, key=key, run=run, status=status)
         self._followed[task_id] = followed
         self._followed_by_key[key] = followed
-        self._watcher.watch([task_id])
+        self._follower.watch([task_id])
 
     def _unfollow(self, followed: _Followed) -> None:
         self._followed.pop(followed.task_id, None)
         if self._followed_by_key.get(followed.key) is followed:
             del self._followed_by_key[followed.key]
-        self._watcher.unwatch(followed.task_id)
+        self._follower.unwatch(followed.task_id)
 
     def _on_tasks(self, tasks: list[Task], missing: list[int]) -> None:
         for task in tasks:
@@ -1023,15 +1036,18 @@ def _post_future_to(ref: weakref.ref[QueuedTaskManager], method: str, future: Fu
         manager._adoption = "pending"  # the loop is gone; look again on the next one
 
 
-def _wake_watcher(ref: weakref.ref[Watcher], reason: str) -> None:
-    watcher = ref()
-    if watcher is not None and reason == "cancel":
-        watcher.beat_now()
+def _wake_keeper(ref: weakref.ref[LeaseKeeper], reason: str) -> None:
+    keeper = ref()
+    if keeper is not None and reason == "cancel":
+        keeper.beat_now()
 
 
-def _shutdown(store: StoreThread, watcher: Watcher, queue: Queue, waker: int) -> None:
+def _shutdown(
+    store: StoreThread, leases: LeaseKeeper, follower: TaskFollower, queue: Queue, waker: int
+) -> None:
     queue.runtime.remove_waker(waker)
-    watcher.stop()
+    leases.stop()
+    follower.stop()
     store.stop()
     if store._registered:
         try:

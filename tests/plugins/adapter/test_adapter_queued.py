@@ -273,7 +273,7 @@ async def test_a_lost_lease_stops_the_coroutine_and_the_run_follows_the_worker(
         "other-worker", lease_seconds=600
     )  # ... and a worker takes it over
     assert taken.idempotency_key == run.run_id and taken.attempts == 2
-    manager._watcher.beat_now()  # the next renewal finds the lease gone
+    manager._leases.beat_now()  # the next renewal finds the lease gone
     await asyncio.wait_for(stopped.wait(), 10)
     await eventually(lambda: manager.is_task_active(run.run_id) and not manager.tasks)
     assert run.status is RunStatus.RUNNING  # a worker has it now
@@ -652,7 +652,7 @@ async def test_a_followed_task_that_vanished_fails_its_run(
     manager = manager_factory(registry)
     assert await manager.wait_all(timeout=0.05) is False
     assert manager.is_task_active("gone")
-    manager._watcher.stop()  # so the manager does not see the task end before it is pruned
+    manager._follower.stop()  # so the manager does not see the task end before it is pruned
     aqueue.cancel(task.id)
     with Queue(
         aqueue.db.path, load_entrypoints=False, clock=FakeClock(aqueue.now() + timedelta(days=30))

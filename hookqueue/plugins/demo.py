@@ -1,9 +1,14 @@
 """``hookqueue demo``: enqueue a realistic batch and work it with several worker processes.
 
-The handlers below are what the worker processes run (``hookqueue worker --app
-hookqueue.demo:registry``). The batch mixes task types, priorities, delayed tasks, a webhook
-that fails before it succeeds and an import that always fails, so every part of the lifecycle
-shows up in the summary.
+A first-party plugin (entry point ``demo``) that adds the ``demo`` subcommand, the README's
+main job. The handlers below are what the worker processes run (``hookqueue worker --app
+hookqueue.plugins.demo:registry``). The batch mixes task types, priorities, delayed tasks, a
+webhook that fails before it succeeds and an import that always fails, so every part of the
+lifecycle shows up in the summary.
+
+The demo works on a database of its own (``demo.db`` in the user's data directory, or
+``--db``), which it starts afresh each run. It only ever deletes a database it made itself —
+marked by a file beside it (``<db>.hookqueue-demo``) — and refuses any other existing file.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .core.handlers import TaskHandlerRegistry
-from .core.models import Task, TaskStatus
-from .core.plugins import plugin_statuses
-from .core.queue import Queue
-from .core.store import QueueDatabase
+from hookqueue import QueueDatabase
+from hookqueue.core.errors import ValidationError
+from hookqueue.core.handlers import TaskHandlerRegistry
+from hookqueue.core.hookspecs import hookimpl
+from hookqueue.core.models import CliCommand, Task, TaskStatus
+from hookqueue.core.plugins import plugin_statuses
+from hookqueue.core.queue import Queue
 
 #: The handlers the demo's worker processes run.
 registry = TaskHandlerRegistry()
@@ -115,17 +122,35 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "#" * filled + "." * (width - filled)
 
 
-def _remove_database(path: Path) -> None:
+#: The file beside a database the demo made: only such a database is ever deleted.
+MARKER_SUFFIX = ".hookqueue-demo"
+
+
+def _marker(path: Path) -> Path:
+    return Path(f"{path}{MARKER_SUFFIX}")
+
+
+def _start_afresh(path: Path) -> None:
+    """Delete the demo's own previous database (and its -wal/-shm); refuse any other file."""
+    if path.exists() and not _marker(path).exists():
+        raise ValidationError(
+            "--db",
+            str(path),
+            "exists and was not made by the demo, which would delete it",
+            "pass a path that does not exist yet (or one an earlier demo made)",
+        )
     for suffix in ("", "-wal", "-shm"):
         candidate = Path(f"{path}{suffix}")
         if candidate.exists():
             candidate.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _marker(path).touch(mode=0o600)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     path = Path(args.db) if args.db else QueueDatabase.default_path().parent / "demo.db"
-    _remove_database(path)  # the demo's own database, started afresh each run
+    _start_afresh(path)
     queue = Queue(path, durability="normal")
     batch = build_batch(args.tasks)
     started = time.monotonic()
@@ -141,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
         "hookqueue",
         "worker",
         "--app",
-        "hookqueue.demo:registry",
+        "hookqueue.plugins.demo:registry",
         "--db",
         str(path),
         "--concurrency",
@@ -223,3 +248,31 @@ def main(args: argparse.Namespace) -> int:
     )
     queue.close()
     return 0 if by_status.get("completed", 0) + len(failed) == total else 1
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=_positive_int, default=3)
+    parser.add_argument("--tasks", type=_positive_int, default=600)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+@hookimpl
+def hookqueue_cli_commands() -> list[CliCommand]:
+    """``hookqueue demo``."""
+    return [
+        CliCommand(
+            name="demo",
+            help="enqueue a realistic batch and work it with several processes",
+            configure=_configure,
+            run=main,
+        )
+    ]
