@@ -573,6 +573,28 @@ class CliCommand:
 
 
 @attrs.frozen(kw_only=True)
+class AttemptFailure:
+    """One failed attempt of a task, as its history keeps it (``Queue.history``): a retry
+    clears the task's last error, but not this."""
+
+    #: The task.
+    task_id: int
+    #: Which attempt failed (1 for the first).
+    attempt: int
+    #: When it ended.
+    at: datetime
+    #: The worker that ran it (None if unknown).
+    worker_id: str | None
+    #: What the failure led to: ``failed``, ``retry_scheduled``, ``cancelled`` or
+    #: ``lease_expired`` (the worker died; the task ran again or ended).
+    outcome: str
+    #: The error message.
+    error: str
+    #: The formatted traceback, when the handler raised.
+    traceback: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class WorkerInfo:
     """A worker as recorded in the database (for ``active_workers`` and ``hookqueue workers``)."""
 
@@ -586,3 +608,126 @@ class WorkerInfo:
     stopped_at: datetime | None = None
     #: Tasks it has finished (completed, failed or retried) since it started.
     processed: int = 0
+
+
+def _statuses(value: Any) -> tuple[TaskStatus, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | TaskStatus):
+        value = (value,)
+    out = []
+    for item in value:
+        try:
+            out.append(TaskStatus(item))
+        except ValueError:
+            raise ValueError(
+                f"statuses: {item!r} is not a task status; use {[s.value for s in TaskStatus]}"
+            ) from None
+    return tuple(dict.fromkeys(out))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(dict.fromkeys(str(v) for v in value))
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(dict.fromkeys(int(v) for v in value))
+
+
+@attrs.frozen(kw_only=True)
+class TaskFilter:
+    """Which tasks a listing, a count or a bulk action covers; every field given must match,
+    and an empty field matches everything. Strings and single values are accepted where a
+    tuple is expected (``TaskFilter(statuses="failed")``).
+
+    Built by the CLI's filter options (``--status --type --queue --older-than --error``), the
+    dashboard's filter form and ``Queue``'s ``*_matching`` methods; the store turns it into
+    one query.
+    """
+
+    #: Any of these statuses.
+    statuses: tuple[TaskStatus, ...] = attrs.field(default=(), converter=_statuses)
+    #: Any of these task types.
+    task_types: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: Any of these queue names.
+    queues: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: Any of these ids.
+    ids: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    #: Text the task's last error message contains (case-insensitive).
+    error_contains: str | None = None
+    #: Enqueued at or after this instant.
+    created_after: datetime | None = attrs.field(default=None, validator=_aware)
+    #: Enqueued before this instant.
+    created_before: datetime | None = attrs.field(default=None, validator=_aware)
+    #: Finished before this instant (finished tasks only).
+    finished_before: datetime | None = attrs.field(default=None, validator=_aware)
+    #: Ids up to this one: bounds an action to the tasks that existed when it was confirmed.
+    max_id: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the filter matches every task."""
+        return self == TaskFilter()
+
+    def restricted_to(self, statuses: Sequence[TaskStatus]) -> TaskFilter | None:
+        """This filter limited to ``statuses`` (what an action can change): the
+        intersection, or None when it is empty (the action matches nothing)."""
+        chosen = tuple(s for s in statuses if not self.statuses or s in self.statuses)
+        return attrs.evolve(self, statuses=chosen) if chosen else None
+
+    def matches(self, task: Task) -> bool:
+        """Whether ``task`` passes every field (what the store's query does, in Python)."""
+        if self.statuses and task.status not in self.statuses:
+            return False
+        if self.task_types and task.task_type not in self.task_types:
+            return False
+        if self.queues and task.queue not in self.queues:
+            return False
+        if self.ids and task.id not in self.ids:
+            return False
+        if self.error_contains and (
+            task.error_message is None
+            or self.error_contains.casefold() not in task.error_message.casefold()
+        ):
+            return False
+        if self.created_after is not None and task.created_at < self.created_after:
+            return False
+        if self.created_before is not None and task.created_at >= self.created_before:
+            return False
+        if self.finished_before is not None and (
+            task.finished_at is None or task.finished_at >= self.finished_before
+        ):
+            return False
+        return self.max_id is None or task.id <= self.max_id
+
+    def describe(self) -> str:
+        """The filter in words, for confirmations: ``status failed; type email``."""
+        parts = []
+        if self.statuses:
+            parts.append("status " + " or ".join(s.value for s in self.statuses))
+        if self.task_types:
+            parts.append("type " + " or ".join(self.task_types))
+        if self.queues:
+            parts.append("queue " + " or ".join(self.queues))
+        if self.ids:
+            parts.append("id " + ", ".join(str(i) for i in self.ids))
+        if self.error_contains:
+            parts.append(f"error contains {self.error_contains!r}")
+        for label, value in (
+            ("enqueued from", self.created_after),
+            ("enqueued before", self.created_before),
+            ("finished before", self.finished_before),
+        ):
+            if value is not None:
+                parts.append(f"{label} {value.isoformat()}")
+        if self.max_id is not None:
+            parts.append(f"id up to {self.max_id}")
+        return "; ".join(parts) or "every task"

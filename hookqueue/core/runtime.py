@@ -255,11 +255,18 @@ class QueueRuntime:
                 error=failure.message,
                 run_after_us=to_us(run_after, "run_after"),
                 reason=decision.reason,
+                traceback=failure.traceback,
             )
         message = failure.message
         if decision.retry:
             message += f" (gave up: all {task.max_attempts} attempts used)"
-        return Settlement(task_id=task.id, kind="fail", error=message, reason=decision.reason)
+        return Settlement(
+            task_id=task.id,
+            kind="fail",
+            error=message,
+            reason=decision.reason,
+            traceback=failure.traceback,
+        )
 
     def register_worker(self, info: WorkerInfo) -> None:
         """Record a starting worker."""

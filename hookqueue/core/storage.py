@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .models import LeasePlan, Task, TaskStatus, WorkerInfo, _instance
+from .models import AttemptFailure, LeasePlan, Task, TaskFilter, TaskStatus, WorkerInfo, _instance
 
 #: ``"full"``: an acknowledged write survives power loss; ``"normal"``: it survives an
 #: application crash, and power loss may take the last commits (see docs/concepts.md).
@@ -126,6 +127,9 @@ class Settlement:
     duration: float | None = None
     #: Why the retry policy decided as it did (for events; not stored).
     reason: str | None = None
+    #: For ``fail``, ``retry`` and ``cancelled``: the formatted traceback of the failure, kept
+    #: in the task's history of failed attempts.
+    traceback: str | None = None
     #: The task as the worker leased it, when at hand: the event's task then reuses its
     #: decoded payload and headers (they never change after enqueue) instead of decoding
     #: the row's JSON again. Not stored; not compared.
@@ -145,6 +149,7 @@ class Settlement:
                 "run_after_us": None,
                 "duration": duration,
                 "reason": None,
+                "traceback": None,
                 "task": task,
             },
         )
@@ -353,6 +358,40 @@ class TaskStore(Protocol):
         """Every recorded worker, oldest first."""
         ...
 
+    def list_matching(
+        self,
+        flt: TaskFilter,
+        *,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[Task]:
+        """Tasks a :class:`~hookqueue.core.models.TaskFilter` matches, ordered by id, at
+        most ``limit``; page with ``after_id`` (ids above it, or below it with
+        ``newest_first``). Damaged rows are left out and logged."""
+        ...
+
+    def count_matching(self, flt: TaskFilter) -> int:
+        """How many tasks a filter matches (one snapshot)."""
+        ...
+
+    def finished_buckets(
+        self, since_us: int, bucket_us: int
+    ) -> builtins.list[tuple[int, str, int]]:
+        """Tasks that reached a final status since ``since_us``, per ``bucket_us``-long
+        interval and status: ``(bucket start, status, count)``, oldest first."""
+        ...
+
+    def task_failures(self, task_id: int) -> builtins.list[AttemptFailure]:
+        """The failed attempts of a task (each settlement of kind ``fail``, ``retry`` or
+        ``cancelled``, with its traceback, and each expired lease), oldest first; they go
+        when the task goes."""
+        ...
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queue names and when each was paused."""
+        ...
+
     # -- what workers call -------------------------------------------------------------------
 
     def has_work(
@@ -462,10 +501,52 @@ class TaskStore(Protocol):
 
     def requeue(self, task_id: int, now_us: int) -> Task:
         """Put a failed or cancelled task back to ``queued`` at ``now_us`` with a fresh
-        attempt count.
+        attempt count and no error (its history of failed attempts stays).
 
         :raises TaskNotFound: unknown id. :raises InvalidTransition: not failed/cancelled.
         """
+        ...
+
+    def cancel_matching(
+        self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
+    ) -> builtins.list[Transition]:
+        """Cancel the queued tasks a filter matches at once and flag its running ones for
+        their workers (as :meth:`cancel` does one), in batches that each commit, up to the
+        newest task that existed when it started (tasks enqueued meanwhile are left alone;
+        ``flt.max_id`` bounds it explicitly).
+
+        :returns: ``("cancelled" | "cancel_requested", task after the change)`` per task.
+        """
+        ...
+
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+        """Put the failed and cancelled tasks a filter matches back to ``queued`` at
+        ``now_us`` with a fresh attempt count and no error, in batches as
+        :meth:`cancel_matching` does (their history of failed attempts stays).
+
+        :returns: the tasks after the change.
+        """
+        ...
+
+    def delete_matching(self, flt: TaskFilter) -> int:
+        """Delete the queued and finished tasks a filter matches (never a running one), with
+        their history and idempotency keys, in batches as :meth:`cancel_matching` does.
+
+        :returns: how many were deleted.
+        :raises ValidationError: the filter names running tasks only.
+        """
+        ...
+
+    def pause_queue(self, queue: str, now_us: int) -> bool:
+        """Stop every worker of every process leasing from ``queue`` (running tasks finish;
+        leases, ``has_work`` and wake-up delays leave it out). Persisted.
+
+        :returns: False if it was paused already.
+        """
+        ...
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers lease from ``queue`` again. :returns: False if it was not paused."""
         ...
 
     def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:

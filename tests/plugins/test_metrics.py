@@ -30,7 +30,6 @@ from hookqueue.core.cli import main
 from hookqueue.core.models import WorkerInfo
 from hookqueue.core.plugins import make_plugin_manager, plugin_statuses
 from hookqueue.plugins import metrics as metrics_module
-from hookqueue.plugins.metrics import cli as metrics_cli
 from hookqueue.plugins.metrics import (
     EventMetrics,
     HealthThresholds,
@@ -39,6 +38,7 @@ from hookqueue.plugins.metrics import (
     default_event_metrics,
     read_database_gauges,
 )
+from hookqueue.plugins.metrics import cli as metrics_cli
 
 # ---------------------------------------------------------------------------------------------
 # the exporter contract

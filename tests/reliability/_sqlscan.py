@@ -43,6 +43,12 @@ SQL_HELPERS = {
     "sql_lease_chosen",
     "_type_filter",
     "_due_clause",
+    "_filter_conditions",
+    "sql_matching",
+    "sql_cancel_queued_ids",
+    "sql_flag_running_ids",
+    "sql_requeue_ids",
+    "sql_delete_ids",
 }
 #: Names imported from hookqueue.core.models that are tuples of column-name literals
 #: (checked by the test against the real module).

@@ -15,20 +15,24 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import apsw
+import attrs
 
 from ..clock import from_us, to_us
 from ..errors import DamagedRow, InvalidTransition, StoreError, TaskNotFound, ValidationError
 from ..models import (
     _STAMP,
     TASK_COLUMNS,
+    AttemptFailure,
     Candidate,
     LeasePlan,
     SortKey,
     Task,
+    TaskFilter,
     TaskStatus,
     WorkerInfo,
 )
@@ -62,6 +66,7 @@ from .statements import (
     SQL_EXPIRED_IDS,
     SQL_FAIL,
     SQL_FAIL_DAMAGED,
+    SQL_FINISHED_BUCKETS,
     SQL_FINISHED_MISMATCH,
     SQL_FINISHED_SINCE,
     SQL_FORGET_KEY,
@@ -71,18 +76,24 @@ from .statements import (
     SQL_INSERT_KEYED,
     SQL_INTEGRITY,
     SQL_LATEST_CREATED,
+    SQL_NEWEST_ID,
     SQL_NEXT_EXPIRY,
     SQL_OLDEST_QUEUED,
+    SQL_PAUSE_QUEUE,
+    SQL_PAUSED_QUEUES,
     SQL_PRUNE_BATCH,
     SQL_PRUNE_WORKERS,
     SQL_QUEUED_BY_QUEUE,
     SQL_RECENT_FINISHED,
+    SQL_RECORD_FAILURE,
     SQL_RELEASE,
     SQL_RENEW,
     SQL_REQUEUE,
+    SQL_RESUME_QUEUE,
     SQL_RETRY_LATER,
     SQL_RUNNING_BY_QUEUE,
     SQL_RUNNING_UNOWNED,
+    SQL_TASK_FAILURES,
     SQL_VACUUM,
     SQL_WAITING_RETRY,
     SQL_WORKER_BEAT,
@@ -90,13 +101,18 @@ from .statements import (
     SQL_WORKER_UPSERT,
     SQL_WORKERS,
     sql_any_due_in_queue,
+    sql_cancel_queued_ids,
     sql_complete_held,
+    sql_delete_ids,
+    sql_flag_running_ids,
     sql_get_many,
     sql_lease,
     sql_lease_chosen,
     sql_lease_window,
     sql_list,
+    sql_matching,
     sql_next_due,
+    sql_requeue_ids,
 )
 
 log = logging.getLogger("hookqueue.store")
@@ -110,6 +126,8 @@ _NO_CHANGE = contextlib.nullcontext()
 
 #: Ids per statement when reading many tasks at once (below SQLite's parameter limit).
 READ_CHUNK = 500
+#: Tasks changed per transaction by a bulk action (cancel, retry, delete by filter).
+BULK_BATCH = 500
 
 
 def _completes_held(s: Settlement) -> bool:
@@ -517,6 +535,187 @@ class QueueDatabase:
                 rows.append(row)
         return rows
 
+    # -- filters and bulk actions --------------------------------------------------------------
+
+    @staticmethod
+    def _shape(flt: TaskFilter, page: int = 0, page_id: int | None = None) -> tuple[Any, Any]:
+        """The statement shape and bound values of a filter (see ``sql_matching``)."""
+        final = [s.value for s in flt.statuses if s.is_terminal]
+        queued = TaskStatus.QUEUED in flt.statuses
+        running = TaskStatus.RUNNING in flt.statuses
+        any_status = not flt.statuses
+        conditions: builtins.list[Any] = [*flt.task_types, *flt.queues, *flt.ids]
+        if flt.error_contains:
+            conditions.append(flt.error_contains)
+        for instant in (flt.created_after, flt.created_before, flt.finished_before):
+            if instant is not None:
+                conditions.append(_us(instant))
+        if flt.max_id is not None:
+            conditions.append(flt.max_id)
+        if page:
+            conditions.append(page_id)
+        params = (
+            (conditions if queued else [])
+            + (conditions if running else [])
+            + ((final + conditions) if final else [])
+            + (conditions if any_status else [])
+        )
+        shape = (
+            queued,
+            running,
+            len(final),
+            any_status,
+            len(flt.task_types),
+            len(flt.queues),
+            len(flt.ids),
+            bool(flt.error_contains),
+            flt.created_after is not None,
+            flt.created_before is not None,
+            flt.finished_before is not None,
+            flt.max_id is not None,
+            page,
+        )
+        return shape, params
+
+    def list_matching(
+        self,
+        flt: TaskFilter,
+        *,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[Task]:
+        """Tasks a filter matches, ordered by id, at most ``limit``; page with ``after_id``
+        (ids above it, or below it with ``newest_first``). Damaged rows are left out and
+        logged."""
+        page = 0 if after_id is None else (-1 if newest_first else 1)
+        shape, params = self._shape(flt, page, after_id)
+        tail = "newest" if newest_first else "oldest"
+        conn = self._cx.conn()
+        with self._cx.errors:
+            try:
+                rows = conn.execute(sql_matching(shape, "tasks", tail), [*params, limit]).fetchall()
+            except UnicodeDecodeError:  # a row whose text is not UTF-8: find it by id
+                ids = [
+                    r[0] for r in conn.execute(sql_matching(shape, "ids", tail), [*params, limit])
+                ]
+                rows = self._fetch_one_by_one(conn, ids)
+        return self._decode_tolerant(rows)
+
+    def count_matching(self, flt: TaskFilter) -> int:
+        """How many tasks a filter matches (one snapshot)."""
+        shape, params = self._shape(flt)
+        with self._cx.errors:
+            return int(self._cx.conn().execute(sql_matching(shape, "count", ""), params).get)
+
+    def _matching_ids(self, flt: TaskFilter, after_id: int, limit: int) -> builtins.list[int]:
+        shape, params = self._shape(flt, 1, after_id)
+        rows = self._cx.conn().execute(sql_matching(shape, "ids", "oldest"), [*params, limit])
+        return [r[0] for r in rows]
+
+    def _newest_id(self) -> int:
+        return int(self._cx.conn().execute(SQL_NEWEST_ID).get or 0)
+
+    def _in_batches(
+        self,
+        flt: TaskFilter,
+        act: Callable[[apsw.Connection, builtins.list[int]], builtins.list[Any]],
+    ) -> builtins.list[Any]:
+        """Apply ``act`` to the matching ids, :data:`BULK_BATCH` at a time, each batch in its
+        own transaction (so workers are never locked out for long), up to the newest id that
+        existed at the start (tasks enqueued meanwhile are left alone)."""
+        out: builtins.list[Any] = []
+        with self._cx.errors:
+            bounded = flt if flt.max_id is not None else attrs.evolve(flt, max_id=self._newest_id())
+            last = 0
+            while True:
+                ids = self._matching_ids(bounded, last, BULK_BATCH)
+                if not ids:
+                    return out
+                with self._cx.write() as conn:
+                    out += act(conn, ids)
+                last = ids[-1]
+                if len(ids) < BULK_BATCH:
+                    return out
+
+    def cancel_matching(
+        self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
+    ) -> builtins.list[Transition]:
+        """Cancel the queued tasks a filter matches and flag its running ones for their
+        workers, in batches (see :meth:`_in_batches`).
+
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        """
+        scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        if scoped is None:
+            return []
+
+        def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
+            cancelled = conn.execute(
+                sql_cancel_queued_ids(len(ids)), (message, now_us, *ids)
+            ).fetchall()
+            flagged = conn.execute(sql_flag_running_ids(len(ids)), ids).fetchall()
+            return [("cancelled", r) for r in cancelled] + [
+                ("cancel_requested", r) for r in flagged
+            ]
+
+        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+        """Put the failed and cancelled tasks a filter matches back to ``queued`` at
+        ``now_us`` with a fresh attempt count (their last error cleared), in batches.
+
+        :returns: the tasks after the change.
+        """
+        scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
+        if scoped is None:
+            return []
+
+        def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
+            return conn.execute(sql_requeue_ids(len(ids)), (now_us, *ids)).fetchall()
+
+        return [self._task(row) for row in self._in_batches(scoped, act)]
+
+    def delete_matching(self, flt: TaskFilter) -> int:
+        """Delete the tasks a filter matches, in batches — queued and finished ones only (a
+        running task belongs to its worker: cancel it first). Their idempotency keys go
+        with them.
+
+        :returns: how many were deleted.
+        :raises ValidationError: the filter asks for running tasks only.
+        """
+        scoped = flt.restricted_to(
+            (TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+        )
+        if scoped is None:
+            raise ValidationError(
+                "statuses",
+                [s.value for s in flt.statuses],
+                "names only running tasks, which cannot be deleted",
+                "cancel them first (their workers stop them), then delete",
+            )
+
+        def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
+            conn.execute(sql_delete_ids(len(ids)), ids)
+            return [conn.changes()]
+
+        return sum(self._in_batches(scoped, act))
+
+    def finished_buckets(
+        self, since_us: int, bucket_us: int
+    ) -> builtins.list[tuple[int, str, int]]:
+        """Tasks that reached a final status since ``since_us``, per ``bucket_us``-long
+        interval and status: ``(bucket start, status, count)``, oldest first."""
+        if bucket_us <= 0:
+            raise ValidationError("bucket_us", bucket_us, "must be positive", "e.g. 60_000_000")
+        with self._cx.errors:
+            rows: builtins.list[Any] = (
+                self._cx.conn()
+                .execute(SQL_FINISHED_BUCKETS, (since_us, bucket_us, since_us))
+                .fetchall()
+            )
+        return [(since_us + int(b) * bucket_us, str(s), int(n)) for b, s, n in rows]
+
     def counts(self, *, by_type: bool = False) -> dict[str, Any]:
         """Tasks per status (every status present, zero when none); with ``by_type`` a
         ``{task_type: {status: n}}`` mapping instead."""
@@ -760,6 +959,19 @@ class QueueDatabase:
                 if got is not None:
                     done = self._task(got)
                     transitions.append((done.status.value, done))
+            if got is not None:
+                conn.execute(
+                    SQL_RECORD_FAILURE,
+                    (
+                        task.id,
+                        task.attempts,
+                        now_us,
+                        task.locked_by,
+                        "lease_expired",
+                        message,
+                        None,
+                    ),
+                )
         return transitions
 
     def _decode_leased(self, rows: Sequence[Any], now_us: int) -> builtins.list[Task]:
@@ -1016,6 +1228,20 @@ class QueueDatabase:
                 )
                 continue
             out.append((kind, row, s.task))
+            if kind in _FAILURE_KINDS:
+                failed: Any = row  # a fetched row (a held completion is never a failure)
+                conn.execute(
+                    SQL_RECORD_FAILURE,
+                    (
+                        s.task_id,
+                        failed[_ATTEMPTS],
+                        now_us,
+                        worker_id,
+                        kind,
+                        (failed[_ERROR] or s.error or kind)[:10_000],
+                        s.traceback,
+                    ),
+                )
         if out:
             finished = sum(1 for kind, _, _ in out if kind != "released")
             conn.execute(SQL_WORKER_BEAT, (now_us, finished, worker_id))
@@ -1120,6 +1346,48 @@ class QueueDatabase:
         with self._cx.errors:
             self._cx.conn().execute(SQL_VACUUM)
 
+    # -- history and paused queues ------------------------------------------------------------
+
+    def task_failures(self, task_id: int) -> builtins.list[AttemptFailure]:
+        """The failed attempts of a task, oldest first (empty for none, or an unknown id)."""
+        with self._cx.errors:
+            rows: builtins.list[Any] = (
+                self._cx.conn().execute(SQL_TASK_FAILURES, (task_id,)).fetchall()
+            )
+        return [
+            AttemptFailure(
+                task_id=r[0],
+                attempt=r[1],
+                at=from_us(r[2]),
+                worker_id=r[3],
+                outcome=r[4],
+                error=r[5],
+                traceback=r[6],
+            )
+            for r in rows
+        ]
+
+    def pause_queue(self, queue: str, now_us: int) -> bool:
+        """Stop every worker leasing from ``queue`` (running tasks finish). Persisted.
+
+        :returns: False if it was paused already.
+        """
+        with self._cx.write() as conn:
+            conn.execute(SQL_PAUSE_QUEUE, (queue, now_us))
+            return conn.changes() > 0
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers lease from ``queue`` again. :returns: False if it was not paused."""
+        with self._cx.write() as conn:
+            conn.execute(SQL_RESUME_QUEUE, (queue,))
+            return conn.changes() > 0
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queue names and when each was paused."""
+        with self._cx.errors:
+            rows: builtins.list[Any] = self._cx.conn().execute(SQL_PAUSED_QUEUES).fetchall()
+        return {name: from_us(at) for name, at in rows}
+
     # -- workers -------------------------------------------------------------------------------
 
     def register_worker(self, info: WorkerInfo) -> None:
@@ -1207,6 +1475,10 @@ def _priority_key(row: Any) -> tuple[Any, ...]:
 
 
 _ID = TASK_COLUMNS.index("id")
+_ATTEMPTS = TASK_COLUMNS.index("attempts")
+_ERROR = TASK_COLUMNS.index("error_message")
+#: The outcomes of an attempt that enter the history of failed attempts.
+_FAILURE_KINDS = frozenset({"failed", "retry_scheduled", "cancelled"})
 _PRIORITY = TASK_COLUMNS.index("priority")
 _RUN_AFTER = TASK_COLUMNS.index("run_after")
 

@@ -22,7 +22,7 @@ log = logging.getLogger("hookqueue.store")
 #: recognised and refused instead of being written to.
 APPLICATION_ID = 0x486B5175
 #: The schema version this code writes; older databases are migrated forward.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a database from version n to n + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -123,6 +123,25 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE idempotency_key IS NOT NULL;
     CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX tasks_terminal ON tasks (status, task_type) WHERE finished_at IS NOT NULL;
+    """,
+    # v4: what went wrong in each failed attempt stays visible after a retry (the task keeps
+    # only its last error, which a retry clears), with its traceback; and queues can be
+    # paused for every worker at once.
+    """
+    CREATE TABLE task_failures (
+        task_id    INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        attempt    INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        worker_id  TEXT,
+        outcome    TEXT    NOT NULL,
+        error      TEXT    NOT NULL,
+        traceback  TEXT
+    ) STRICT;
+    CREATE INDEX task_failures_task ON task_failures (task_id, attempt);
+    CREATE TABLE paused_queues (
+        queue     TEXT    PRIMARY KEY,
+        paused_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
     """,
 )
 

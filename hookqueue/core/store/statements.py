@@ -66,6 +66,23 @@ SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ? LIM
 SQL_ANY_EXPIRED = "SELECT 1 FROM tasks WHERE status = 'running' AND lease_expires_at <= ? LIMIT 1"
 SQL_NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE status = 'running'"
 SQL_LATEST_CREATED = "SELECT created_at FROM tasks ORDER BY id DESC LIMIT 1"
+SQL_NEWEST_ID = "SELECT max(id) FROM tasks"
+
+# -- the history of failed attempts, and paused queues ----------------------------------------
+
+SQL_RECORD_FAILURE = """
+INSERT INTO task_failures (task_id, attempt, at, worker_id, outcome, error, traceback)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_TASK_FAILURES = """
+SELECT task_id, attempt, at, worker_id, outcome, error, traceback
+FROM task_failures WHERE task_id = ? ORDER BY attempt, at
+"""
+SQL_PAUSE_QUEUE = (
+    "INSERT INTO paused_queues (queue, paused_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+)
+SQL_RESUME_QUEUE = "DELETE FROM paused_queues WHERE queue = ?"
+SQL_PAUSED_QUEUES = "SELECT queue, paused_at FROM paused_queues ORDER BY queue"
 
 SQL_COMPLETE = f"""
 UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = NULL,
@@ -140,7 +157,7 @@ RETURNING {COLS}
 """
 SQL_REQUEUE = f"""
 UPDATE tasks SET status = 'queued', attempts = 0, run_after = ?, finished_at = NULL,
-                 started_at = NULL, cancel_requested = 0, result = NULL
+                 started_at = NULL, cancel_requested = 0, result = NULL, error_message = NULL
 WHERE id = ? AND status IN ('failed', 'cancelled')
 RETURNING {COLS}
 """
@@ -239,7 +256,8 @@ SQL_WAITING_RETRY = "SELECT count(*) FROM tasks WHERE status = 'queued' AND atte
 #: Due queued tasks, and running tasks whose lease has expired, by queue name.
 SQL_DUE_QUEUES = """
 SELECT DISTINCT queue FROM tasks
-WHERE (status = 'queued' AND run_after <= ?) OR (status = 'running' AND lease_expires_at <= ?)
+WHERE (status = 'queued' AND run_after <= ? AND queue NOT IN (SELECT queue FROM paused_queues))
+   OR (status = 'running' AND lease_expires_at <= ?)
 ORDER BY queue
 """
 
@@ -278,13 +296,17 @@ def _type_filter(n_types: int | None) -> str:
     return "" if n_types is None else f" AND task_type IN ({placeholders(n_types)})"
 
 
+#: Leases, wake-ups and due checks leave paused queues alone (read in the same statement).
+NOT_PAUSED = " AND queue NOT IN (SELECT queue FROM paused_queues)"
+
+
 @functools.lru_cache(maxsize=128)
 def sql_any_due_in_queue(n_types: int | None) -> str:
     """Is a task (of ``n_types`` bound types, or any) due in one queue? Binds
     ``queue, due_us[, *types]``."""
     return (
         "SELECT 1 FROM tasks WHERE status = 'queued' AND queue = ? AND run_after <= ?"
-        f"{_type_filter(n_types)} LIMIT 1"
+        f"{_type_filter(n_types)}{NOT_PAUSED} LIMIT 1"
     )
 
 
@@ -293,8 +315,115 @@ def sql_next_due(n_queues: int) -> str:
     """The earliest future ``run_after`` in ``n_queues`` queues; binds ``*queues, due_us``."""
     return (
         "SELECT min(run_after) FROM tasks WHERE status = 'queued' "
-        f"AND queue IN ({placeholders(n_queues)}) AND run_after > ?"
+        f"AND queue IN ({placeholders(n_queues)}) AND run_after > ?{NOT_PAUSED}"
     )
+
+
+#: The shape of a :class:`~hookqueue.core.models.TaskFilter` query: which parts and
+#: conditions it has, and how many values each ``IN`` list binds (see :func:`sql_matching`).
+FilterShape = tuple[bool, bool, int, bool, int, int, int, bool, bool, bool, bool, bool, int]
+
+
+def _filter_conditions(shape: FilterShape) -> str:
+    _, _, _, _, n_types, n_queues, n_ids, error, after, before, finished, max_id, page = shape
+    return (
+        (f" AND task_type IN ({placeholders(n_types)})" if n_types else "")
+        + (f" AND queue IN ({placeholders(n_queues)})" if n_queues else "")
+        + (f" AND id IN ({placeholders(n_ids)})" if n_ids else "")
+        + (" AND instr(lower(error_message), lower(?)) > 0" if error else "")
+        + (" AND created_at >= ?" if after else "")
+        + (" AND created_at < ?" if before else "")
+        + (" AND finished_at < ?" if finished else "")
+        + (" AND id <= ?" if max_id else "")
+        + (" AND id > ?" if page > 0 else " AND id < ?" if page < 0 else "")
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def sql_matching(shape: FilterShape, select: str, tail: str) -> str:
+    """A query over the tasks a filter matches, one part per way in (each active status
+    through its partial index, the final statuses through the history index, or the whole
+    table when no status is asked for), each with the filter's conditions.
+
+    ``select`` is one of :data:`MATCH_SELECTS` (the columns) and ``tail`` one of
+    :data:`MATCH_TAILS` (order and limit). Binds, per part in that order, ``[*final
+    statuses,] [*types,] [*queues,] [*ids,] [error,] [created after,] [created before,]
+    [finished before,] [max id,] [page id,]`` (the page id: ids above it when the shape's
+    last item is 1, below it when -1), then the tail's ``limit``."""
+    queued, running, n_final, any_status = shape[:4]
+    cols = MATCH_SELECTS[select]
+    conditions = _filter_conditions(shape)
+    parts: list[str] = []
+    if queued:
+        parts.append(f"SELECT {cols} {SQL_LIST_QUEUED}{conditions}")
+    if running:
+        parts.append(f"SELECT {cols} {SQL_LIST_RUNNING}{conditions}")
+    if n_final:
+        parts.append(
+            f"SELECT {cols} FROM tasks WHERE finished_at IS NOT NULL "
+            f"AND status IN ({placeholders(n_final)}){conditions}"
+        )
+    if any_status:
+        parts.append(f"SELECT {cols} FROM tasks WHERE 1{conditions}")
+    union = " UNION ALL ".join(parts)
+    if select == "count":
+        return f"SELECT count(*) FROM ({union})"
+    return union + MATCH_TAILS[tail]
+
+
+#: What a filtered query selects.
+MATCH_SELECTS = {"tasks": COLS, "ids": "id", "count": "id"}
+#: How a filtered query ends: nothing (a count), or an order and a limit (binds ``limit``).
+MATCH_TAILS = {"": "", "oldest": " ORDER BY id ASC LIMIT ?", "newest": " ORDER BY id DESC LIMIT ?"}
+
+#: Finished tasks per time bucket and status since an instant: binds ``since, bucket_us,
+#: since`` (``tasks_finished`` answers the range).
+SQL_FINISHED_BUCKETS = """
+SELECT (finished_at - ?) / ? AS bucket, status, count(*)
+FROM tasks INDEXED BY tasks_finished
+WHERE finished_at >= ?
+GROUP BY bucket, status
+ORDER BY bucket
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def sql_cancel_queued_ids(n: int) -> str:
+    """Cancel the queued tasks among ``n`` ids; binds ``error, finished_at, *ids``; returns
+    their rows."""
+    return (
+        "UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ? "
+        f"WHERE status = 'queued' AND id IN ({placeholders(n)}) RETURNING {COLS}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def sql_flag_running_ids(n: int) -> str:
+    """Ask the workers of the running tasks among ``n`` ids to cancel them; binds ``*ids``;
+    returns their rows."""
+    return (
+        "UPDATE tasks SET cancel_requested = 1 "
+        f"WHERE status = 'running' AND id IN ({placeholders(n)}) RETURNING {COLS}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def sql_requeue_ids(n: int) -> str:
+    """Put the failed and cancelled tasks among ``n`` ids back to queued with a fresh
+    attempt count; binds ``run_after, *ids``; returns their rows."""
+    return (
+        "UPDATE tasks SET status = 'queued', attempts = 0, run_after = ?, finished_at = NULL, "
+        "started_at = NULL, cancel_requested = 0, result = NULL, error_message = NULL "
+        f"WHERE status IN ('failed', 'cancelled') AND id IN ({placeholders(n)}) "
+        f"RETURNING {COLS}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def sql_delete_ids(n: int) -> str:
+    """Delete the queued and finished tasks among ``n`` ids (never a running one); binds
+    ``*ids``."""
+    return f"DELETE FROM tasks WHERE status <> 'running' AND id IN ({placeholders(n)})"
 
 
 @functools.lru_cache(maxsize=256)
@@ -370,7 +499,7 @@ def sql_lease(keys: tuple[SortKey, ...], n_queues: int, n_types: int | None) -> 
     return (
         f"{_LEASE_SET} WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
         f"AND queue IN ({placeholders(n_queues)}) AND {_due_clause(keys)}"
-        f"{_type_filter(n_types)} ORDER BY {order_by(keys)} LIMIT ?) RETURNING id"
+        f"{_type_filter(n_types)}{NOT_PAUSED} ORDER BY {order_by(keys)} LIMIT ?) RETURNING id"
     )
 
 
@@ -394,7 +523,7 @@ def sql_lease_window(
         f"SELECT id, task_type, priority, queue, created_at, run_after, {part} "
         f"FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
         f"AND queue IN ({placeholders(n_queues)}) AND {_due_clause(keys)}"
-        f"{_type_filter(n_types)} ORDER BY {order} LIMIT ?) ORDER BY {order}"
+        f"{_type_filter(n_types)}{NOT_PAUSED} ORDER BY {order} LIMIT ?) ORDER BY {order}"
     )
 
 
