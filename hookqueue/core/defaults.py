@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -18,7 +17,12 @@ from typing import Any
 
 from .errors import StoreError, ValidationError
 from .execution import _current
-from .handlers import check_task_type, check_unicode, is_async_handler
+from .handlers import (
+    check_task_type,
+    check_timeout,
+    check_unicode,
+    is_async_handler,
+)
 from .hookspecs import hookimpl
 from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
 from .store import QueueDatabase
@@ -38,20 +42,6 @@ def _check_int(field: str, value: Any, *, minimum: int | None = None, fix: str) 
         raise ValidationError(field, value, "is outside the 64-bit integer range", fix)
     if minimum is not None and value < minimum:
         raise ValidationError(field, value, f"must be >= {minimum}", fix)
-
-
-#: The longest attempt timeout accepted: a year (anything longer means "no limit": pass None).
-MAX_TIMEOUT_SECONDS = 365 * 86400.0
-
-
-def _positive_seconds(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        seconds = float(value)  # an int too large for a float raises OverflowError
-    except OverflowError:
-        return False
-    return math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_SECONDS
 
 
 def validate_new_task(new_task: NewTask) -> NewTask:
@@ -84,14 +74,7 @@ def validate_new_task(new_task: NewTask) -> NewTask:
         )
     if key is not None:
         check_unicode("idempotency_key", key)
-    timeout = new_task.timeout
-    if timeout is not None and not _positive_seconds(timeout):
-        raise ValidationError(
-            "timeout",
-            timeout,
-            f"must be a positive, finite number of seconds (at most {MAX_TIMEOUT_SECONDS:g})",
-            "e.g. 30",
-        )
+    check_timeout(new_task.timeout)
     headers = new_task.headers
     if not (type(headers) is dict or isinstance(headers, Mapping)) or not all(
         isinstance(k, str) for k in new_task.headers
