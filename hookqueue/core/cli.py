@@ -342,10 +342,27 @@ def load_app(spec: str) -> tuple[Queue | None, TaskHandlerRegistry | None]:
     )
 
 
+#: The fix shown when a worker would start without handlers.
+_APP_FIX = (
+    "name the Queue or TaskHandlerRegistry your handlers are registered on, "
+    "e.g. --app myapp.tasks:queue"
+)
+
+
 def _worker_child(args: argparse.Namespace) -> int:
     from .worker import WorkerEngine, describe_stats
 
-    app_queue, registry = load_app(args.app) if args.app else (None, None)
+    app_queue, registry = load_app(args.app)
+    handlers = registry if registry is not None else getattr(app_queue, "handlers", None)
+    # A worker without handlers would lease nothing and look healthy: refuse before it
+    # opens the database or registers itself.
+    if handlers is None or not handlers.get_registered_types():
+        raise ValidationError(
+            "--app",
+            args.app,
+            "has no handlers registered, so the worker would run nothing",
+            _APP_FIX,
+        )
     if app_queue is not None and args.db is not None and app_queue.db.location != str(args.db):
         queue = Queue(args.db)
         registry = app_queue.handlers
@@ -371,6 +388,13 @@ def _worker_child(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``hookqueue worker``: be the worker (one process) or supervise several."""
+    if not args.app:
+        raise ValidationError(
+            "--app",
+            None,
+            "is missing, so the worker would have no handlers and run nothing",
+            _APP_FIX,
+        )
     if args.processes == 1:
         if args.metrics_port is not None:
             os.environ["HOOKQUEUE_METRICS_PORT"] = str(args.metrics_port)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 from .clock import to_us
 from .errors import StoreError, ValidationError
 from .execution import current_execution_or_none
-from .handlers import check_task_type, check_unicode, is_async_handler
+from .handlers import check_task_type, check_timeout, check_unicode, is_async_handler
 from .hookspecs import hookimpl
 from .models import Failure, HandlerSpec, LeasePlan, NewTask, RetryDecision, SortKey, Task
 from .store import QueueDatabase
@@ -39,20 +38,6 @@ def _check_int(field: str, value: Any, *, minimum: int | None = None, fix: str) 
         raise ValidationError(field, value, "is outside the 64-bit integer range", fix)
     if minimum is not None and value < minimum:
         raise ValidationError(field, value, f"must be >= {minimum}", fix)
-
-
-#: The longest attempt timeout accepted: a year (anything longer means "no limit": pass None).
-MAX_TIMEOUT_SECONDS = 365 * 86400.0
-
-
-def _positive_seconds(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        seconds = float(value)  # an int too large for a float raises OverflowError
-    except OverflowError:
-        return False
-    return math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_SECONDS
 
 
 def _check_priority(value: Any) -> None:
@@ -93,16 +78,6 @@ def _check_key(value: Any) -> None:
     check_unicode("idempotency_key", value)
 
 
-def _check_timeout(value: Any) -> None:
-    if value is not None and not _positive_seconds(value):
-        raise ValidationError(
-            "timeout",
-            value,
-            f"must be a positive, finite number of seconds (at most {MAX_TIMEOUT_SECONDS:g})",
-            "e.g. 30",
-        )
-
-
 def _check_headers(value: Any) -> None:
     if not (type(value) is dict or isinstance(value, Mapping)) or not all(
         isinstance(k, str) for k in value
@@ -124,7 +99,7 @@ _FIELD_CHECKS: tuple[tuple[str, Any], ...] = (
     ("max_attempts", _check_max_attempts),
     ("queue", _check_queue),
     ("idempotency_key", _check_key),
-    ("timeout", _check_timeout),
+    ("timeout", check_timeout),
     ("headers", _check_headers),
     ("run_after", _check_run_after),
 )

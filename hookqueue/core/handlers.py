@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ from .errors import HandlerAlreadyRegistered, HandlerNotFound, ValidationError
 from .models import HandlerSpec
 
 MAX_TASK_TYPE_LENGTH = 200
+#: The longest attempt timeout accepted: a year (anything longer means "no limit": pass None).
+MAX_TIMEOUT_SECONDS = 365 * 86400.0
 
 
 def check_task_type(task_type: Any, field: str = "task_type") -> str:
@@ -44,6 +47,26 @@ def check_unicode(field: str, value: str) -> None:
                 f"is not valid Unicode ({exc.reason})",
                 "remove lone surrogates (decode bytes with errors='replace')",
             ) from None
+
+
+def check_timeout(timeout: Any, field: str = "timeout") -> None:
+    """Refuse an attempt timeout that is not a positive, finite number of seconds of at most
+    :data:`MAX_TIMEOUT_SECONDS` (None, no limit, is fine), naming ``field``."""
+    if timeout is None:
+        return
+    if not isinstance(timeout, bool) and isinstance(timeout, int | float):
+        try:
+            seconds = float(timeout)  # an int too large for a float raises OverflowError
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_SECONDS:
+            return
+    raise ValidationError(
+        field,
+        timeout,
+        f"must be a positive, finite number of seconds (at most {MAX_TIMEOUT_SECONDS:g})",
+        "e.g. 30, or None for no limit",
+    )
 
 
 class TaskHandlerRegistry:
@@ -84,10 +107,7 @@ class TaskHandlerRegistry:
             raise ValidationError(
                 "handler", handler, "is not callable", "pass a function: def handler(task): ..."
             )
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise ValidationError(
-                "timeout", timeout, "must be a positive number of seconds", "e.g. 30"
-            )
+        check_timeout(timeout)
         spec = HandlerSpec(
             task_type=task_type,
             handler=handler,

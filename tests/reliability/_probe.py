@@ -3,6 +3,13 @@
 ``perms DIR``
     With umask 000, create a queue in a new directory under DIR, enqueue, and report the
     modes of the directory, the database and its -wal and -shm while they exist.
+``symlink DIR``
+    With umask 000, create a queue through ``DIR/link.db``, a dangling symlink to
+    ``DIR/elsewhere/target.db``, enqueue, and report the modes of the target and its -wal and
+    -shm while they exist, and which files appeared beside the link.
+``readonly DIR``
+    Try to create a queue at ``DIR/queue.db`` and at ``DIR/sub/queue.db`` (``DIR`` is on a
+    read-only file system) and report what each raised, and what exists afterwards.
 ``imports DB``
     Enqueue tasks whose types and payloads name modules (``os:system``, ``this``, ...),
     work them and read them back; report which modules were imported meanwhile.
@@ -50,6 +57,47 @@ def perms(parent: str) -> None:
     }
     q.close()
     _faults.emit(modes)
+
+
+def symlink(parent: str) -> None:
+    """See the module docstring."""
+    os.umask(0)
+    from hookqueue import Queue
+
+    base = Path(parent)
+    target = base / "elsewhere" / "target.db"
+    target.parent.mkdir(mode=0o700)
+    link = base / "link.db"
+    link.symlink_to(target)
+    q = Queue(link, load_entrypoints=False)
+    q.enqueue("job", {"secret": "payload"})
+    q.runtime.lease("w", limit=1)
+    modes = {
+        "target": _mode(str(target)),
+        "wal": _mode(str(target) + "-wal"),
+        "shm": _mode(str(target) + "-shm"),
+        "link is a symlink": link.is_symlink(),
+        "beside the link": sorted(p.name for p in base.iterdir() if p.name != "elsewhere"),
+    }
+    q.close()
+    _faults.emit(modes)
+
+
+def readonly(parent: str) -> None:
+    """See the module docstring."""
+    from hookqueue import Queue
+
+    report = {}
+    for name in ("queue.db", "sub/queue.db"):
+        path = Path(parent) / name
+        try:
+            Queue(path, load_entrypoints=False).close()
+        except Exception as exc:
+            report[name] = {"error": type(exc).__name__, "message": str(exc)}
+        else:
+            report[name] = {"error": None, "message": ""}
+    report["left"] = sorted(str(p.relative_to(parent)) for p in Path(parent).rglob("*"))
+    _faults.emit(report)
 
 
 TASK_TYPES = [
@@ -128,6 +176,10 @@ if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "perms":
         perms(args[0])
+    elif command == "symlink":
+        symlink(args[0])
+    elif command == "readonly":
+        readonly(args[0])
     elif command == "imports":
         imports(args[0])
     elif command == "plugins":

@@ -58,17 +58,19 @@ GUARANTEES: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        "An I/O error or a full disk fails the call with a StoreError (DatabaseFull) naming "
-        "the database; a call that fails changed nothing; the same call succeeds once the "
-        "disk behaves; no acknowledged task is lost.",
+        "An I/O error, a full disk or a read-only file system fails the call with a "
+        "StoreError (DatabaseFull for a full disk) naming the database; a call that fails "
+        "changed nothing; the same call succeeds once the disk behaves; no acknowledged task "
+        "is lost.",
         [
             "test_io_faults.py::test_io_error_at_every_write_and_sync",
             "test_io_faults.py::test_disk_full_through_the_vfs",
             "test_io_faults.py::test_disk_full_max_page_count",
             "test_io_faults.py::test_failed_checkpoints_lose_nothing",
-            "test_io_faults.py::test_worker_stopped_by_a_full_disk_loses_nothing",
+            "test_io_faults.py::test_worker_meets_a_full_disk_and_loses_nothing",
             "test_io_faults.py::test_failed_fsync_is_not_reported_as_rolled_back",
             "test_io_faults.py::test_commit_not_reported_failed_when_only_the_checkpoint_failed",
+            "test_io_faults.py::test_new_database_on_a_read_only_file_system",
         ],
     ),
     (
@@ -100,6 +102,14 @@ GUARANTEES: list[tuple[str, list[str]]] = [
         ["test_races.py::test_wake_up_during_the_workers_read_is_not_lost"],
     ),
     (
+        "A handler's fault costs only its own task: an async handler that blocks the event "
+        "loop longer than its lease still runs once (and the block is logged, naming the "
+        "task); a sync handler that never returns does not keep its worker from exiting on "
+        "SIGTERM, and its lease is released; a worker leases only the task types it has "
+        "handlers for, and the worker command refuses to start with none.",
+        ["test_worker_faults.py::"],
+    ),
+    (
         "A file that is not a hookqueue database (not SQLite, another application's, a newer "
         "schema, truncated) is refused with an error naming the path and is never modified.",
         [
@@ -118,6 +128,7 @@ GUARANTEES: list[tuple[str, list[str]]] = [
             "test_corruption.py::test_torn_write_in_the_wal",
             "test_corruption.py::test_unreadable_row_error_names_database_and_task",
             "test_corruption.py::test_unreadable_row_does_not_stop_the_queue",
+            "test_corruption.py::test_payload_too_deep_to_decode_from_an_older_version",
             "test_corruption.py::test_random_damage_gives_only_clear_errors",
         ],
     ),
@@ -148,6 +159,7 @@ MODULE_ORDER = [
     "test_powerloss",
     "test_locking",
     "test_races",
+    "test_worker_faults",
     "test_corruption",
     "test_clock",
     "test_bad_input",
@@ -250,7 +262,8 @@ MODULE_NOTES: dict[str, list[str]] = {
         "",
         'At `"normal"` a commit does not wait for the disk: the WAL is synced only when a '
         "checkpoint runs (hookqueue's own, once the WAL holds 1,000 pages, about 4 MB) or the "
-        "queue is closed. A power cut loses every acknowledged call since then. In these "
+        "last connection to the file closes (a queue closed while another process has the file "
+        "open syncs nothing). A power cut loses every acknowledged call since then. In these "
         "28-call workloads on a new database that is up to all of them: 77 enqueued tasks and "
         "20 completions at most, and in 1,080 of the 3,500 cuts the database came back "
         "without even its schema, so the next open made a new, empty queue without an error. "

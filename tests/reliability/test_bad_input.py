@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,80 @@ def test_bad_value_refused_with_a_clear_error(
     assert _total(q) == 0
 
 
+#: Aware datetimes whose wall time is a valid datetime but whose UTC instant is not.
+OUT_OF_RANGE_RUN_AFTER = {
+    "datetime.min at +14:00": datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+    "9999-12-31 23:00 at -05:00": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),
+}
+
+
+@pytest.mark.parametrize("label", list(OUT_OF_RANGE_RUN_AFTER))
+def test_run_after_outside_the_datetime_range_in_utc_writes_nothing(
+    label: str, q: Queue, fault: FaultRecord
+) -> None:
+    """An aware `run_after` whose UTC instant falls outside the years 1 to 9999 raises a
+    ValidationError naming `run_after` (`tasks[i].run_after` in `enqueue_many`) and writes
+    nothing — not the task, nor the other tasks of its batch — so `Queue.list()` still
+    works; the first and last representable instants are stored and read back."""
+    fault.describe(f"run_after outside years 1..9999 in UTC: {label}")
+    value = OUT_OF_RANGE_RUN_AFTER[label]
+    fault.inject()
+    with pytest.raises(ValidationError) as info:
+        q.enqueue("job", run_after=value)
+    assert info.value.field == "run_after"
+    assert "Fix:" in str(info.value)
+    fault.inject()
+    with pytest.raises(ValidationError) as many:
+        q.enqueue_many(
+            [{"task_type": "job"}, {"task_type": "job", "run_after": value}, {"task_type": "job"}]
+        )
+    assert many.value.field == "tasks[1].run_after"
+    assert _total(q) == 0
+    assert q.list() == []
+    edges = [datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)]
+    stored = [q.enqueue("job", run_after=edge) for edge in edges]
+    assert [q.get(t.id).run_after for t in stored] == edges
+    assert len(q.list()) == 2
+
+
+#: Timeouts no attempt can mean: beyond a float, beyond the largest accepted (a year).
+ABSURD_TIMEOUTS: dict[str, Any] = {
+    "2**1100": 2**1100,
+    "-(2**1100)": -(2**1100),
+    "2**64": 2**64,
+    "1e300": 1e300,
+    "1.8e308 (float max)": 1.7976931348623157e308,
+    "a year and a second": 365 * 86400 + 1,
+    "nan": math.nan,
+}
+
+
+@pytest.mark.parametrize("label", list(ABSURD_TIMEOUTS))
+def test_absurd_timeouts_refused(label: str, q: Queue, fault: FaultRecord) -> None:
+    """A timeout that is not a positive, finite number of seconds of at most a year
+    (`2**1100`, `1e300`, NaN...) raises a ValidationError naming `timeout` in `enqueue`,
+    `enqueue_many` (`tasks[i].timeout`) and `register_handler`, and nothing is written;
+    a year exactly is stored."""
+    fault.describe(f"Absurd timeout: {label}")
+    value = ABSURD_TIMEOUTS[label]
+    fault.inject()
+    with pytest.raises(ValidationError) as info:
+        q.enqueue("job", timeout=value)
+    assert info.value.field == "timeout"
+    assert "Fix:" in str(info.value)
+    with pytest.raises(ValidationError) as many:
+        q.enqueue_many([{"task_type": "job"}, {"task_type": "job", "timeout": value}])
+    assert many.value.field == "tasks[1].timeout"
+    assert _total(q) == 0
+    fault.inject()
+    with pytest.raises(ValidationError) as handler:
+        q.handlers.register_handler("job", lambda task: None, timeout=value)
+    assert handler.value.field == "timeout"
+    assert not q.handlers.is_registered("job")
+    year = q.enqueue("job", timeout=365 * 86400)
+    assert q.get(year.id).timeout == 365 * 86400
+
+
 def test_non_string_keys_are_not_silently_merged(q: Queue, fault: FaultRecord) -> None:
     """A payload whose object keys are not strings is either stored faithfully or refused
     with a ValidationError — never changed silently."""
@@ -290,6 +364,45 @@ def test_deep_nesting_round_trips(q: Queue, fault: FaultRecord) -> None:
         else:
             low = mid
     fault.figure("deepest payload accepted (levels)", low)
+
+
+def test_nesting_limit_is_exact_and_a_worker_runs_the_deepest(
+    db_path: Path, clock: FakeClock, fault: FaultRecord
+) -> None:
+    """A payload nested one level deeper than `MAX_DEPTH` (lists or objects) raises a
+    ValidationError naming the payload, in `enqueue` and `enqueue_many`, and nothing is
+    written; one nested exactly `MAX_DEPTH` deep is stored, and a worker runs it (its
+    handler returns it as the result) and the task leased with it, and goes on."""
+    from hookqueue.core.encoding import MAX_DEPTH
+
+    fault.describe(f"Payloads nested MAX_DEPTH ({MAX_DEPTH}) and MAX_DEPTH + 1 levels")
+    with Queue(db_path, load_entrypoints=False, clock=clock, durability="normal") as q:
+        for kinds in ([True], [False], [True, False]):
+            too_deep = _nested(MAX_DEPTH + 1, kinds, "leaf")
+            fault.inject()
+            with pytest.raises(ValidationError) as info:
+                q.enqueue("job", too_deep)
+            assert info.value.field == "payload"
+            assert str(MAX_DEPTH) in str(info.value)
+            with pytest.raises(ValidationError) as many:
+                q.enqueue_many([{"task_type": "job"}, {"task_type": "job", "payload": too_deep}])
+            assert many.value.field == "tasks[1].payload"
+        assert _total(q) == 0
+        deepest = _nested(MAX_DEPTH, [True, False], "leaf")
+        q.handlers.register_handler("echo", lambda task: task.payload)
+        deep = q.enqueue("echo", deepest)
+        plain = q.enqueue("echo", {"plain": True})
+        fault.inject()
+        stats = WorkerEngine(q, worker_id="w", concurrency=2).run_until_idle()
+        assert (stats.completed, stats.failed) == (2, 0)
+        done = q.get(deep.id)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.payload == deepest and done.result == deepest
+        assert q.get(plain.id).status is TaskStatus.COMPLETED
+        later = q.enqueue("echo", "after")
+        assert WorkerEngine(q, worker_id="w").run_until_idle().completed == 1
+        assert q.get(later.id).result == "after"
+    fault.figure("MAX_DEPTH", MAX_DEPTH)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from hookqueue import (
     TaskStatus,
     WorkerEngine,
 )
+from hookqueue.core.errors import DamagedRow
 
 from . import _faults
 from .conftest import FaultRecord
@@ -288,6 +291,52 @@ def test_unreadable_row_does_not_stop_the_queue(tmp_path: Path, fault: FaultReco
     fault.figure("tasks completed", sum(1 for s in statuses.values() if s == "completed"))
     assert statuses.pop(3) == TaskStatus.FAILED.value
     assert set(statuses.values()) == {TaskStatus.COMPLETED.value}
+
+
+def test_payload_too_deep_to_decode_from_an_older_version(
+    tmp_path: Path, fault: FaultRecord, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose payload is nested too deeply to decode (100,000 levels: written by a
+    version without the nesting limit) is a damaged row: `Queue.list()` and `get_many`
+    leave it out and log it, `Queue.get` raises DamagedRow naming the database and the
+    task, and a worker that leases it with others in one batch ends it `failed` with the
+    reason and completes the others."""
+    fault.describe("A payload nested 100,000 levels deep, written by an older version")
+    path = _hookqueue_db(tmp_path / "queue.db", n=6)
+    depth = 100_000
+    _write_bad_row(path, 3, "payload", "[" * depth + "]" * depth)
+    fault.inject()
+    with Queue(path, load_entrypoints=False) as q:
+        with caplog.at_level(logging.ERROR, logger="hookqueue.store"):
+            assert sorted(t.id for t in q.list(limit=100)) == [1, 2, 4, 5, 6]
+            assert "task 3 is damaged" in caplog.text
+            caplog.clear()
+            assert [t.id for t in q.db.get_many([1, 2, 3, 4])] == [1, 2, 4]
+            assert "task 3 is damaged" in caplog.text
+        with pytest.raises(DamagedRow) as info:
+            q.get(3)
+        assert str(path) in str(info.value) and "task 3" in str(info.value)
+        batches: list[int] = []
+        q.handlers.register_handler("job", lambda task: task.payload["i"])
+        worker = WorkerEngine(q, worker_id="w", concurrency=10)
+        lease = q.runtime.lease
+
+        def counting_lease(*args: Any, **kwargs: Any) -> Any:
+            leased = lease(*args, **kwargs)
+            if kwargs.get("limit"):
+                batches.append(len(leased))
+            return leased
+
+        q.runtime.lease = counting_lease  # type: ignore[method-assign]
+        stats = worker.run_until_idle()
+    assert batches[0] == 5, "the damaged row was leased with the five others"
+    assert (stats.completed, stats.failed) == (5, 0)
+    statuses = dict(_faults.rows(path, "SELECT id, status FROM tasks"))
+    assert statuses.pop(3) == TaskStatus.FAILED.value
+    assert set(statuses.values()) == {TaskStatus.COMPLETED.value}
+    [(error,)] = _faults.rows(path, "SELECT error_message FROM tasks WHERE id = 3")
+    assert "damaged" in error and "RecursionError" in error
+    fault.figure("other tasks completed", stats.completed)
 
 
 def test_random_damage_gives_only_clear_errors(tmp_path: Path, fault: FaultRecord) -> None:

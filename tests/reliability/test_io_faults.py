@@ -1,4 +1,4 @@
-"""Storage faults: I/O errors at write and sync points, failed checkpoints, a full disk.
+"""Storage faults: I/O errors at write and sync points, failed checkpoints, a full disk, a read-only file system.
 
 I/O errors come from an apsw VFS shim (``_faults.FaultyVFS``) in a subprocess; the size
 limit comes from SQLite's own ``PRAGMA max_page_count``, set on each new connection through
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ from typing import Any
 import apsw
 import pytest
 
-from hookqueue import DatabaseFull, FakeClock, Queue, TaskStatus, WorkerEngine
+from hookqueue import DatabaseFull, FakeClock, Queue, StoreError, TaskStatus, WorkerEngine
 from hookqueue.core.models import Task
 from hookqueue.core.storage import Settlement
 
@@ -383,3 +386,87 @@ def test_worker_meets_a_full_disk_and_loses_nothing(
     fault.figure("finished but unwritable while full", stuck["running"])
     fault.figure("most handler runs of one task", max(calls.values()))
     fault.figure("lost", 200 - len(tasks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a database cannot, or must not, be created
+# ---------------------------------------------------------------------------------------------
+
+#: Ways to run a command with a read-only tmpfs mounted on a directory: a private mount
+#: namespace, as root or as root of a new user namespace.
+READ_ONLY_MOUNTS = [
+    ["unshare", "--mount"],
+    ["unshare", "--user", "--map-root-user", "--mount"],
+]
+
+
+def _on_a_read_only_file_system(directory: Path, *command: str) -> tuple[str, Any]:
+    """Run ``command`` with ``directory`` read-only: a read-only tmpfs mounted on it in a
+    mount namespace of the command's own, or, where no namespace can be made and the user is
+    not root (root ignores permission bits), the directory made 0500. Returns how, and the
+    JSON the command printed."""
+    # Exit 97: the namespace was made but the mount refused; "unshare: ..." on stderr: no
+    # namespace. Anything else is the command's own outcome, and a failure is reported.
+    shell = 'mount -t tmpfs -o ro hookqueue-ro "$1" || exit 97; shift; exec "$@"'
+    for prefix in READ_ONLY_MOUNTS:
+        if shutil.which(prefix[0]) is None:
+            break
+        proc = subprocess.run(
+            [*prefix, "sh", "-c", shell, "sh", str(directory), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode == 97 or proc.stderr.startswith("unshare:"):
+            continue
+        assert proc.returncode == 0, f"{command} failed:\n{proc.stdout}\n{proc.stderr}"
+        return f"read-only tmpfs ({' '.join(prefix)})", json.loads(proc.stdout.splitlines()[-1])
+    if os.geteuid() == 0:
+        pytest.skip("cannot mount a read-only file system here, and root ignores file modes")
+    directory.chmod(0o500)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        directory.chmod(0o700)
+    return "directory without write permission", json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_new_database_on_a_read_only_file_system(tmp_path: Path, fault: FaultRecord) -> None:
+    """Creating a database on a read-only file system — the file itself, or the directory it
+    needs — raises a StoreError naming the path and the fix, not a bare OSError, and
+    creates nothing."""
+    fault.describe("A new database on a read-only file system")
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    how, report = _on_a_read_only_file_system(
+        directory, *_faults.child_command("_probe.py", "readonly", directory)
+    )
+    fault.inject(2)
+    for name in ("queue.db", "sub/queue.db"):
+        assert report[name]["error"] == "StoreError", report[name]
+        message = report[name]["message"]
+        assert str(directory / name) in message and "Fix:" in message, message
+    assert report["left"] == []
+    fault.figure("read-only by", how)
+    error = report["queue.db"]["message"].split(". Fix:")[0]
+    fault.figure("error", error.replace(str(directory), "DIR"))
+
+
+def test_create_false_refuses_a_missing_database_and_creates_nothing(
+    tmp_path: Path, fault: FaultRecord
+) -> None:
+    """`Queue(path, create=False)` on a path where no database exists (nor its directory)
+    raises a StoreError naming the path and creates nothing — no file, no -wal or -shm,
+    no directory; an existing database opens as usual."""
+    fault.describe("Queue(path, create=False) on a missing path")
+    for path in (tmp_path / "typo.db", tmp_path / "missing" / "dir" / "queue.db"):
+        fault.inject()
+        with pytest.raises(StoreError) as info:
+            Queue(path, load_entrypoints=False, create=False)
+        assert str(path) in str(info.value) and "Fix:" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with Queue(tmp_path / "queue.db", load_entrypoints=False) as q:
+        q.enqueue("job")
+    with Queue(tmp_path / "queue.db", load_entrypoints=False, create=False) as q:
+        assert q.counts()["queued"] == 1

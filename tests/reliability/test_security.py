@@ -288,6 +288,25 @@ def test_database_files_are_owner_only(tmp_path: Path, fault: FaultRecord) -> No
     fault.figure("modes", ", ".join(f"{k} {v[2:]}" for k, v in modes.items()))
 
 
+def test_database_through_a_dangling_symlink_is_owner_only(
+    tmp_path: Path, fault: FaultRecord
+) -> None:
+    """Even with umask 000, a database opened through a dangling symlink is created at the
+    symlink's target 0600, and so are its -wal and -shm (SQLite puts them beside the
+    target); the symlink stays a symlink and nothing else appears beside it."""
+    fault.describe("A new database through a dangling symlink (umask 000)")
+    modes = _faults.run_child("_probe.py", "symlink", tmp_path)
+    fault.inject()
+    assert modes == {
+        "target": "0o600",
+        "wal": "0o600",
+        "shm": "0o600",
+        "link is a symlink": True,
+        "beside the link": ["link.db"],
+    }
+    fault.figure("modes", ", ".join(f"{k} {modes[k][2:]}" for k in ("target", "wal", "shm")))
+
+
 def test_task_types_never_import_modules(tmp_path: Path, fault: FaultRecord) -> None:
     """Tasks whose types, payloads and headers name modules and callables (``os:system``,
     ``this``, ``antigravity``, ``importlib:import_module``...) are left queued by a worker
