@@ -22,14 +22,19 @@ from .core.errors import (
     SchemaTooNew,
     StoreError,
     TaskCancelled,
+    TaskDidNotComplete,
+    TaskFailed,
     TaskNotFound,
+    TaskWasCancelled,
     ValidationError,
+    WaitTimeout,
     WorkerError,
 )
 from .core.execution import Execution, current_execution
 from .core.handlers import TaskHandlerRegistry
 from .core.hookspecs import hookimpl
 from .core.models import (
+    AttemptFailure,
     EventKind,
     Failure,
     HandlerSpec,
@@ -40,21 +45,24 @@ from .core.models import (
     SortKey,
     Task,
     TaskEvent,
+    TaskFilter,
     TaskStatus,
 )
 from .core.queue import Queue
 from .core.store import QueueDatabase
+from .core.waiting import TaskHandle
 from .core.worker import WorkerEngine
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "AttemptFailure",
     "DatabaseBusy",
     "DatabaseFull",
     "EventKind",
     "Execution",
-    "FakeClock",
     "Failure",
+    "FakeClock",
     "HandlerAlreadyRegistered",
     "HandlerNotFound",
     "HandlerSpec",
@@ -75,11 +83,17 @@ __all__ = [
     "SystemClock",
     "Task",
     "TaskCancelled",
+    "TaskDidNotComplete",
     "TaskEvent",
+    "TaskFailed",
+    "TaskFilter",
+    "TaskHandle",
     "TaskHandlerRegistry",
     "TaskNotFound",
     "TaskStatus",
+    "TaskWasCancelled",
     "ValidationError",
+    "WaitTimeout",
     "WorkerEngine",
     "WorkerError",
     "__version__",

@@ -150,3 +150,41 @@ class RetryLater(HookqueueError):
         self.delay = delay
         self.run_after = run_after
         super().__init__(message)
+
+
+class TaskDidNotComplete(HookqueueError):
+    """A task someone waits for ended without completing (``Queue.wait``, a handle's
+    ``result``); :attr:`task` is the task as it ended."""
+
+    def __init__(self, task: Any, how: str) -> None:
+        self.task = task
+        error = f": {task.error_message}" if task.error_message else ""
+        super().__init__(
+            f"task {task.id} ({task.task_type}) {how} after {task.attempts} attempt(s){error}"
+        )
+
+
+class TaskFailed(TaskDidNotComplete):
+    """The task waited for ended ``failed``."""
+
+    def __init__(self, task: Any) -> None:
+        super().__init__(task, "failed")
+
+
+class TaskWasCancelled(TaskDidNotComplete):
+    """The task waited for ended ``cancelled``."""
+
+    def __init__(self, task: Any) -> None:
+        super().__init__(task, "was cancelled")
+
+
+class WaitTimeout(HookqueueError, TimeoutError):
+    """A wait for a task ran out of time; the task is left as it is (still queued or
+    running)."""
+
+    def __init__(self, task_id: int, timeout: float, status: str) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"task {task_id} is still {status} after {timeout:g}s of waiting; it was left "
+            "alone. Fix: wait longer, or look at it later (hookqueue show)"
+        )

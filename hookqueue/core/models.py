@@ -173,6 +173,9 @@ class Task:
     started_at: datetime | None = attrs.field(default=None, validator=_aware)
     #: When it reached a terminal status.
     finished_at: datetime | None = attrs.field(default=None, validator=_aware)
+    #: True on the answer to an enqueue whose idempotency key named an existing task: this
+    #: is that task, and nothing new was written. Not stored; not compared.
+    deduplicated: bool = attrs.field(default=False, eq=False)
 
     @property
     def type(self) -> str:
@@ -257,6 +260,7 @@ class Task:
                 "headers": headers_value,
                 "started_at": None if started_at is None else _STAMP[started_at],
                 "finished_at": None if finished_at is None else _STAMP[finished_at],
+                "deduplicated": False,
             },
         )
 
@@ -306,6 +310,7 @@ class Task:
                 "headers": headers,
                 "started_at": None,
                 "finished_at": None,
+                "deduplicated": False,
             },
         )
 

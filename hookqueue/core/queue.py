@@ -32,11 +32,13 @@ from .errors import PluginError, TaskNotFound, ValidationError
 from .groupcommit import GroupCommitter
 from .handlers import TaskHandlerRegistry
 from .inline import InlineRunner
-from .models import NewTask, Task, TaskStatus, WorkerInfo
+from .models import AttemptFailure, NewTask, Task, TaskFilter, TaskStatus, WorkerInfo
 from .plugins import Hooks, make_plugin_manager
 from .runtime import QueueRuntime
 from .storage import Durability, InsertRow, TaskStore
 from .store import user_database_path
+from .waiting import TaskHandle, Waiters, wait_sync
+from .waiting import wait_async as _wait_async
 
 log = logging.getLogger("hookqueue.queue")
 
@@ -100,6 +102,9 @@ class Queue:
     :param idempotency_window: how long after a task finished its idempotency key still
         deduplicates (a timedelta or seconds); None (default) keeps the key until the task is
         pruned.
+    :param retention: how long finished tasks — their results, errors and history — are kept
+        (a timedelta or seconds; default 7 days): what :meth:`prune` and ``hookqueue prune``
+        delete by default.
     :param max_payload_bytes: the largest payload, as UTF-8 JSON (default 1 MiB).
     :param create: create the database when it does not exist (default); False refuses a
         missing one (tools that only read must not create a database at a mistyped path).
@@ -119,6 +124,7 @@ class Queue:
         durability: Durability = "full",
         busy_timeout: float = 10.0,
         idempotency_window: timedelta | float | None = None,
+        retention: timedelta | float = timedelta(days=7),
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         inline: bool = False,
         vfs: str | None = None,
@@ -163,6 +169,9 @@ class Queue:
         self.key_window_us = (
             None if idempotency_window is None else _as_us("idempotency_window", idempotency_window)
         )
+        #: How long finished tasks (their results, errors and history) are kept: what
+        #: :meth:`prune` deletes by default.
+        self.retention = timedelta(microseconds=_as_us("retention", retention))
         #: The store, hooks, handlers and clock this queue shares with its workers, and the
         #: worker-facing protocol (lease, settle, heartbeat, retry decisions, wake-ups).
         self.runtime = QueueRuntime(self, self.db, pm, clock or SystemClock())
@@ -176,6 +185,7 @@ class Queue:
         self.clock: Clock = self.runtime.clock
         self._executor: ThreadPoolExecutor | None = None
         self._committer: GroupCommitter[_Prepared, Task] | None = None
+        self._waiter: Waiters | None = None
         self._lock = threading.Lock()
         self._closed = False
         #: Run tasks in the caller as they are enqueued (see ``hookqueue.core.inline``).
@@ -368,7 +378,7 @@ class Queue:
         created: builtins.list[Task] = []
         for item, (task_id, existing) in zip(items, results, strict=True):
             if existing is not None:
-                tasks.append(existing)
+                tasks.append(existing._replaced({"deduplicated": True}))
             else:
                 task = self._task_from(task_id, item, now_us)
                 tasks.append(task)
@@ -531,7 +541,7 @@ class Queue:
         at = from_us(now_us)
         for item, (task_id, existing) in zip(items, results, strict=True):
             if existing is not None:
-                out.append(existing)
+                out.append(existing._replaced({"deduplicated": True}))
                 continue
             task = self._task_from(task_id, item, now_us)._replaced(
                 {
@@ -625,16 +635,27 @@ class Queue:
         limit: int = 100,
         after_id: int | None = None,
         newest_first: bool = False,
+        filter: TaskFilter | None = None,
     ) -> builtins.list[Task]:
-        """Tasks matching the filters, by id; page with ``after_id`` (the last id seen)."""
+        """Tasks matching the filters, by id; page with ``after_id`` (the last id seen).
+
+        :param filter: a :class:`~hookqueue.core.models.TaskFilter` for anything the other
+            arguments cannot say (error text, an enqueue time range, several types ...);
+            combined with them.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ValidationError("limit", limit, "must be an integer from 1 to 100000", "e.g. 100")
+        if filter is not None:
+            flt = self.filter(filter, status=status, task_type=task_type, queue=queue)
+            return self.db.list_matching(
+                flt, limit=limit, after_id=after_id, newest_first=newest_first
+            )
         if status is None:
             statuses: builtins.list[TaskStatus] = []
         elif isinstance(status, str | TaskStatus):
             statuses = [_status(status)]
         else:
             statuses = [_status(s) for s in status]
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
-            raise ValidationError("limit", limit, "must be an integer from 1 to 100000", "e.g. 100")
         return self.db.list(
             statuses=statuses,
             task_type=task_type,
@@ -686,15 +707,190 @@ class Queue:
 
     def prune(
         self,
-        older_than: timedelta | float = timedelta(days=7),
+        older_than: timedelta | float | None = None,
         statuses: Iterable[TaskStatus | str] = ("completed", "failed", "cancelled"),
     ) -> int:
-        """Delete finished tasks that finished more than ``older_than`` ago.
+        """Delete finished tasks that finished more than ``older_than`` ago (default: the
+        queue's ``retention``), with their results and history.
 
         :returns: how many were deleted. Their idempotency keys are forgotten with them.
         """
-        cutoff = self.clock.now_us() - _as_us("older_than", older_than)
+        keep = self.retention if older_than is None else older_than
+        cutoff = self.clock.now_us() - _as_us("older_than", keep)
         return self.db.prune(older_than_us=cutoff, statuses=[_status(s) for s in statuses])
+
+    # -- many tasks at once --------------------------------------------------------------------
+
+    def filter(
+        self,
+        base: TaskFilter | None = None,
+        *,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        task_type: str | Iterable[str] | None = None,
+        queue: str | Iterable[str] | None = None,
+        ids: int | Iterable[int] | None = None,
+        error_contains: str | None = None,
+        older_than: timedelta | float | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> TaskFilter:
+        """A :class:`~hookqueue.core.models.TaskFilter` from keyword arguments (added to
+        ``base``'s fields): ``older_than`` means enqueued more than that long ago (by the
+        queue's clock).
+
+        :raises ValidationError: naming the argument that is not what it should be.
+        """
+        changes: dict[str, Any] = {}
+        try:
+            if status is not None:
+                changes["statuses"] = status
+            if task_type is not None:
+                changes["task_types"] = task_type
+            if queue is not None:
+                changes["queues"] = queue
+            if ids is not None:
+                changes["ids"] = _filter_ids(ids)
+            if error_contains is not None:
+                changes["error_contains"] = error_contains
+            if created_after is not None:
+                to_us(created_after, "created_after")
+                changes["created_after"] = created_after
+            if created_before is not None:
+                to_us(created_before, "created_before")
+                changes["created_before"] = created_before
+            if older_than is not None:
+                cutoff = from_us(self.clock.now_us() - _as_us("older_than", older_than))
+                before = changes.get("created_before")
+                changes["created_before"] = cutoff if before is None else min(before, cutoff)
+            return attrs.evolve(base, **changes) if base is not None else TaskFilter(**changes)
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise ValidationError("filter", changes, str(exc), "see TaskFilter's fields") from None
+
+    def count(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """How many tasks match (:meth:`filter`'s arguments, or a TaskFilter)."""
+        return self.db.count_matching(self.filter(filter, **fields))
+
+    def cancel_matching(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """Cancel every task that matches (:meth:`filter`'s arguments, or a TaskFilter): the
+        queued ones end ``cancelled`` now, the running ones are flagged for their workers (as
+        :meth:`cancel` does one). Finished tasks are left alone; tasks enqueued while it runs
+        too.
+
+        :returns: how many tasks it cancelled or flagged.
+        """
+        now_us = self.clock.now_us()
+        transitions = self.db.cancel_matching(self.filter(filter, **fields), now_us)
+        self.runtime.emit(transitions, now_us)
+        if any(kind == "cancel_requested" for kind, _ in transitions):
+            self.runtime.wake("cancel")
+        return len(transitions)
+
+    def retry_matching(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """Queue again every failed or cancelled task that matches, now, with a fresh attempt
+        count and no error (their history of failed attempts stays: :meth:`history`).
+
+        :returns: how many tasks were queued again.
+        """
+        now_us = self.clock.now_us()
+        tasks = self.db.requeue_matching(self.filter(filter, **fields), now_us)
+        self.runtime.emit([("requeued", t) for t in tasks], now_us)
+        if tasks:
+            self.runtime.wake()
+        return len(tasks)
+
+    def purge(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """Delete the *queued* tasks that match (they never run). Running and finished tasks
+        are left alone (cancel them, or prune the finished ones).
+
+        :returns: how many were deleted.
+        """
+        flt = self.filter(filter, **fields)
+        scoped = flt.restricted_to([TaskStatus.QUEUED])
+        return 0 if scoped is None else self.db.delete_matching(scoped)
+
+    def delete_matching(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """Delete the queued and finished tasks that match, with their history (never a
+        running task).
+
+        :returns: how many were deleted.
+        """
+        return self.db.delete_matching(self.filter(filter, **fields))
+
+    def history(self, task_id: int | str) -> builtins.list[AttemptFailure]:
+        """The failed attempts of a task, oldest first, each with its error, its traceback
+        and the worker that ran it (kept after a retry clears the task's error).
+
+        :raises TaskNotFound: unknown id.
+        """
+        tid = _task_id(task_id)
+        failures = self.db.task_failures(tid)
+        if not failures:
+            self.db.get(tid)  # an unknown id raises TaskNotFound
+        return failures
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def pause(self, queue: str) -> bool:
+        """Stop every worker (of every process) leasing from ``queue``; running tasks finish.
+        Persisted in the database: it stays paused across restarts until :meth:`resume`.
+
+        :returns: False if it was paused already.
+        """
+        _check_queue_name(queue)
+        return self.db.pause_queue(queue, self.clock.now_us())
+
+    def resume(self, queue: str) -> bool:
+        """Let workers lease from ``queue`` again. :returns: False if it was not paused."""
+        _check_queue_name(queue)
+        resumed = self.db.resume_queue(queue)
+        if resumed:
+            self.runtime.wake()
+        return resumed
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues and when each was paused."""
+        return self.db.paused_queues()
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def _waiters(self) -> Waiters:
+        with self._lock:
+            if self._waiter is None:
+                self._waiter = Waiters(self.db)
+            return self._waiter
+
+    def wait(self, task_id: int | str, timeout: float | None = None) -> Task:
+        """Block until the task finished, woken by the store's change notification (another
+        process's commit wakes it at once; nothing polls the task).
+
+        :param timeout: seconds to wait at most (None: no limit).
+        :returns: the task, if it completed (its ``result`` is the handler's return value).
+        :raises TaskFailed: it ended ``failed`` (``.task`` holds it, with its error).
+        :raises TaskWasCancelled: it ended ``cancelled``.
+        :raises WaitTimeout: it has not finished in time; it is left as it is.
+        :raises TaskNotFound: unknown id (or it was deleted meanwhile).
+        """
+        tid = _task_id(task_id)
+        limit = None if timeout is None else _as_us("timeout", timeout) / 1e6
+        return wait_sync(self._waiters(), tid, limit, lambda: self.get(tid).status.value)
+
+    async def wait_async(self, task_id: int | str, timeout: float | None = None) -> Task:
+        """:meth:`wait` for coroutines: the event loop never blocks, and a thousand waiting
+        coroutines share one thread."""
+        tid = _task_id(task_id)
+        limit = None if timeout is None else _as_us("timeout", timeout) / 1e6
+
+        async def status() -> str:
+            return (await self.get_async(tid)).status.value
+
+        return await _wait_async(self._waiters(), tid, limit, status)
+
+    def handle(self, task: Task | int | str) -> TaskHandle:
+        """A :class:`~hookqueue.core.waiting.TaskHandle` on a task (or an id), to wait for
+        it and read its result: ``queue.handle(queue.enqueue(...)).result(timeout=30)``."""
+        return TaskHandle(self, task.id if isinstance(task, Task) else _task_id(task))
 
     # -- async forms ---------------------------------------------------------------------------
 
@@ -736,11 +932,31 @@ class Queue:
 
     async def prune_async(
         self,
-        older_than: timedelta | float = timedelta(days=7),
+        older_than: timedelta | float | None = None,
         statuses: Iterable[TaskStatus | str] = ("completed", "failed", "cancelled"),
     ) -> int:
         """:meth:`prune` for coroutines."""
         return await self._in_thread(self.prune, older_than, list(statuses))
+
+    async def count_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`count` for coroutines."""
+        return await self._in_thread(self.count, filter, **fields)
+
+    async def cancel_matching_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`cancel_matching` for coroutines."""
+        return await self._in_thread(self.cancel_matching, filter, **fields)
+
+    async def retry_matching_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`retry_matching` for coroutines."""
+        return await self._in_thread(self.retry_matching, filter, **fields)
+
+    async def purge_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`purge` for coroutines."""
+        return await self._in_thread(self.purge, filter, **fields)
+
+    async def history_async(self, task_id: int | str) -> builtins.list[AttemptFailure]:
+        """:meth:`history` for coroutines."""
+        return await self._in_thread(self.history, task_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -752,6 +968,8 @@ class Queue:
         self._closed = True
         self.hooks.queue_close(self)
         InlineRunner.close_for(self.runtime)
+        if self._waiter is not None:
+            self._waiter.close()
         if self._committer is not None:
             self._committer.stop()
         if self._executor is not None:
@@ -812,3 +1030,20 @@ def _describe(value: Any) -> str:
 def _short_repr(value: Any, width: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _filter_ids(ids: Any) -> list[int]:
+    values = [ids] if isinstance(ids, int | str) else list(ids)
+    out = []
+    for value in values:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValidationError("ids", value, "must be task ids (integers >= 1)", "e.g. [12, 13]")
+        out.append(value)
+    return out
+
+
+def _check_queue_name(queue: Any) -> None:
+    if not isinstance(queue, str) or not queue:
+        raise ValidationError("queue", queue, "must be a queue name", "e.g. 'default'")

@@ -392,6 +392,11 @@ class TaskStore(Protocol):
         """The paused queue names and when each was paused."""
         ...
 
+    def queued_queue_names(self) -> builtins.list[str]:
+        """The names of the queues that have queued tasks (due or not), sorted (a worker of
+        every queue leases from these)."""
+        ...
+
     # -- what workers call -------------------------------------------------------------------
 
     def has_work(

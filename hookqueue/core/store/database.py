@@ -84,6 +84,7 @@ from .statements import (
     SQL_PRUNE_BATCH,
     SQL_PRUNE_WORKERS,
     SQL_QUEUED_BY_QUEUE,
+    SQL_QUEUED_QUEUE_NAMES,
     SQL_RECENT_FINISHED,
     SQL_RECORD_FAILURE,
     SQL_RELEASE,
@@ -1381,6 +1382,11 @@ class QueueDatabase:
         with self._cx.write() as conn:
             conn.execute(SQL_RESUME_QUEUE, (queue,))
             return conn.changes() > 0
+
+    def queued_queue_names(self) -> builtins.list[str]:
+        """The names of the queues that have queued tasks (due or not), sorted."""
+        with self._cx.errors:
+            return [r[0] for r in self._cx.conn().execute(SQL_QUEUED_QUEUE_NAMES)]
 
     def paused_queues(self) -> dict[str, datetime]:
         """The paused queue names and when each was paused."""

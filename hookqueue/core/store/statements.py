@@ -83,6 +83,18 @@ SQL_PAUSE_QUEUE = (
 )
 SQL_RESUME_QUEUE = "DELETE FROM paused_queues WHERE queue = ?"
 SQL_PAUSED_QUEUES = "SELECT queue, paused_at FROM paused_queues ORDER BY queue"
+#: The names of the queues with queued tasks, one index seek per name (a skip-scan of
+#: ``tasks_due`` by hand: DISTINCT would read every queued task).
+SQL_QUEUED_QUEUE_NAMES = """
+WITH RECURSIVE names(name) AS (
+    SELECT min(queue) FROM tasks INDEXED BY tasks_due WHERE status = 'queued'
+    UNION ALL
+    SELECT (SELECT min(queue) FROM tasks INDEXED BY tasks_due
+            WHERE status = 'queued' AND queue > names.name)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT name FROM names WHERE name IS NOT NULL
+"""
 
 SQL_COMPLETE = f"""
 UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, locked_by = NULL,
