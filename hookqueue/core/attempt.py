@@ -173,14 +173,6 @@ async def run_attempt(
                 kind="fail",
                 error=f"{failure.message} (the retry policy raised {type(exc).__name__}: {exc})",
             )
-        if settlement.kind == "fail":
-            log.warning(
-                "worker %s: task %d (%s) failed: %s",
-                worker_id,
-                task.id,
-                task.task_type,
-                failure.message,
-            )
     if settlement is not None:
         settlement = attrs.evolve(settlement, duration=clock.monotonic() - started)
     return settlement

@@ -4,8 +4,15 @@ Built on argparse, from the standard library: the core's dependencies stay plugg
 attrs, and plugins add subcommands through ``hookqueue_cli_commands`` with a plain
 ``configure(parser)`` / ``run(args)`` pair that needs no CLI framework of their own.
 
-Every subcommand takes ``--db PATH`` (default ``$HOOKQUEUE_DB``, else the per-user data
-directory) and ``--json`` for machine-readable output; tables are the default.
+Every subcommand takes ``--db PATH|URL`` (default ``$HOOKQUEUE_DB``, else the per-user data
+directory), ``--json`` for machine-readable output, and ``-v`` / ``--log-level`` /
+``--log-format json`` for logs; tables are the default. A subcommand that only reads refuses a
+database that does not exist (a mistyped path must not create one). A refused command prints
+one line — what is wrong and the fix — and exits 2; no traceback reaches a user.
+
+Exit codes: 0 done, 1 the answer is "no" (``check`` found problems, ``wait`` saw the task fail
+or be cancelled, ``stats --check`` unhealthy), 2 a refused command, 4 ``wait`` timed out,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,15 +22,26 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from .errors import HookqueueError, ValidationError
+import attrs
+
+from . import logs
+from .errors import (
+    HookqueueError,
+    TaskDidNotComplete,
+    ValidationError,
+    WaitTimeout,
+)
 from .handlers import TaskHandlerRegistry
-from .models import Task, TaskStatus
+from .models import Task, TaskFilter, TaskStatus
 from .plugins import Hooks, make_plugin_manager, plugin_statuses
 from .queue import Queue
 from .render import error_line, print_json, shorten, table, when
@@ -38,22 +56,34 @@ BUILTIN_COMMANDS = (
     "show",
     "cancel",
     "retry",
+    "purge",
     "prune",
+    "wait",
+    "queues",
+    "pause",
+    "resume",
     "plugins",
     "check",
     "workers",
     "worker",
 )
 
+#: Exit code of ``hookqueue wait`` when the task has not finished in time.
+EXIT_TIMEOUT = 4
 
-def queue_from_args(args: argparse.Namespace, **kwargs: Any) -> Queue:
+
+def queue_from_args(args: argparse.Namespace, *, create: bool = False, **kwargs: Any) -> Queue:
     """Open the queue a subcommand works on (``--db``, else ``HOOKQUEUE_DB``, else the
-    per-user default). Plugin subcommands use this too."""
-    return Queue(getattr(args, "db", None), **kwargs)
+    per-user default). Plugin subcommands use this too.
+
+    :param create: create the database if it does not exist; by default a missing database
+        is refused (a command that reads must not create one at a mistyped path).
+    """
+    return Queue(getattr(args, "db", None), create=create, **kwargs)
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta."""
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     raw = text.strip().lower()
     unit = raw[-1] if raw and raw[-1] in units else "s"
@@ -64,9 +94,125 @@ def parse_duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a duration; use e.g. 90, 30s, 15m, 12h, 7d"
         ) from None
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be finite, e.g. 30s or 7d")
     if seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    if seconds > 1000 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: longer than a thousand years")
     return timedelta(seconds=seconds)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def _task_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (an integer)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (ids start at 1)")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# filters and confirmation (cancel, retry, purge, ls)
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_filter_options(parser: argparse.ArgumentParser, *, statuses: Sequence[str]) -> None:
+    parser.add_argument(
+        "--status", action="append", choices=list(statuses), help="only tasks in this status"
+    )
+    parser.add_argument("--type", action="append", help="only tasks of this type")
+    parser.add_argument("--queue", action="append", help="only tasks in this queue")
+    parser.add_argument(
+        "--older-than", type=parse_duration, help="only tasks enqueued more than this long ago"
+    )
+    parser.add_argument("--error", help="only tasks whose last error contains this text")
+
+
+def _filter(queue: Queue, args: argparse.Namespace, ids: Sequence[int] = ()) -> TaskFilter:
+    return queue.filter(
+        status=args.status,
+        task_type=args.type,
+        queue=args.queue,
+        ids=list(ids) or None,
+        error_contains=args.error,
+        older_than=args.older_than,
+    )
+
+
+def _confirm(args: argparse.Namespace, question: str) -> bool:
+    """Ask ``question`` on the terminal (``--yes`` answers it); a script without a terminal
+    must pass ``--yes``."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ValidationError(
+            "--yes",
+            None,
+            "is needed to confirm when no one is at a terminal",
+            "add --yes (or run it interactively)",
+        )
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def _bulk(
+    args: argparse.Namespace,
+    verb: str,
+    scope: Sequence[TaskStatus],
+    act: Callable[[Queue, TaskFilter], int],
+) -> int:
+    """A filtered action: count what matches, confirm, act; prints the count."""
+    with queue_from_args(args) as queue:
+        flt = _filter(queue, args, args.ids)
+        if flt.is_empty and not args.all:
+            raise ValidationError(
+                "filter",
+                None,
+                f"is empty: {verb} would touch every task",
+                f"name task ids or filters (--status, --type, --queue, --older-than, --error), "
+                f"or pass --all to {verb} every task it applies to",
+            )
+        scoped = flt.restricted_to(scope)
+        what = scoped.describe() if scoped is not None else flt.describe()
+        if scoped is not None:
+            newest = queue.list(limit=1, newest_first=True)
+            if newest:  # tasks enqueued after the confirmation are left alone
+                scoped = attrs.evolve(scoped, max_id=newest[0].id)
+        matching = 0 if scoped is None else queue.count(scoped)
+        if matching == 0:
+            done = 0
+        elif args.json or _confirm(args, f"{verb} {matching} task(s) ({what})?"):
+            done = act(queue, scoped) if scoped is not None else 0
+        else:
+            print("nothing done")
+            return 1
+    if args.json:
+        print_json({"matched": matching, verb.replace(" ", "_"): done, "filter": what})
+    else:
+        print(f"{verb}: {done} task(s) ({what})")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +221,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    """``hookqueue enqueue``: add one task."""
+    """``hookqueue enqueue``: add one task (or answer the existing one for a repeated key)."""
     try:
         payload = json.loads(args.payload) if args.payload is not None else None
     except json.JSONDecodeError as exc:
@@ -85,7 +231,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             f"is not JSON ({exc.msg})",
             'e.g. --payload \'{"to": "a@b.c"}\'',
         ) from None
-    with queue_from_args(args) as queue:
+    with queue_from_args(args, create=True) as queue:
         task = queue.enqueue(
             args.task_type,
             payload,
@@ -98,9 +244,15 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         )
     if args.json:
         print_json(task.to_dict())
+    elif task.deduplicated:
+        print(
+            f"task {task.id} ({task.task_type}) already holds key {task.idempotency_key!r}: "
+            f"nothing new was enqueued (it is {task.status.value})"
+        )
     else:
         print(
-            f"enqueued task {task.id} ({task.task_type}) in queue {task.queue!r}, run after {when(task.run_after)} UTC"
+            f"enqueued task {task.id} ({task.task_type}) in queue {task.queue!r}, "
+            f"run after {when(task.run_after)} UTC"
         )
     return 0
 
@@ -109,19 +261,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """``hookqueue ls``: list tasks, newest first, paged by id."""
     with queue_from_args(args) as queue:
         tasks = queue.list(
-            status=args.status or None,
-            task_type=args.type,
-            queue=args.queue,
+            filter=_filter(queue, args),
             limit=args.limit,
             after_id=args.after,
             newest_first=not args.oldest_first,
         )
+        paused = queue.paused_queues()
     if args.json:
         print_json([t.to_dict() for t in tasks])
         return 0
     rows = [
         (
             t.id,
+            t.queue + (" (paused)" if t.queue in paused else ""),
             t.task_type,
             t.status.value,
             t.priority,
@@ -131,7 +283,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
         for t in tasks
     ]
-    print(table(rows, ["id", "type", "status", "prio", "attempts", "run_after (UTC)", "error"]))
+    print(
+        table(
+            rows, ["id", "queue", "type", "status", "prio", "attempts", "run_after (UTC)", "error"]
+        )
+    )
     if len(tasks) == args.limit:
         print(f"(more: --after {tasks[-1].id})")
     return 0
@@ -140,7 +296,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def _show(task: Task) -> str:
     lines = []
     for key, value in task.to_dict().items():
-        if key == "type":
+        if key in ("type", "deduplicated"):
             continue
         if key in ("payload", "result", "headers"):
             value = json.dumps(value, ensure_ascii=False)
@@ -149,51 +305,180 @@ def _show(task: Task) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """``hookqueue show``: every field of one task."""
+    """``hookqueue show``: every field of one task, and the history of its failed attempts
+    (with their tracebacks)."""
     with queue_from_args(args) as queue:
         task = queue.get(args.task_id)
+        history = queue.history(args.task_id)
     if args.json:
-        print_json(task.to_dict())
-    else:
-        print(_show(task))
+        out = task.to_dict()
+        out["failures"] = [
+            {
+                "attempt": f.attempt,
+                "at": f.at.isoformat(),
+                "worker_id": f.worker_id,
+                "outcome": f.outcome,
+                "error": f.error,
+                "traceback": f.traceback,
+            }
+            for f in history
+        ]
+        print_json(out)
+        return 0
+    print(_show(task))
+    if history:
+        print("\nfailed attempts:")
+        for f in history:
+            print(
+                f"  attempt {f.attempt} at {when(f.at)} UTC on {f.worker_id or '?'}: "
+                f"{f.outcome}: {f.error}"
+            )
+            if f.traceback:
+                print("    " + f.traceback.rstrip().replace("\n", "\n    "))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """``hookqueue cancel``: cancel a queued task or mark a running one."""
-    with queue_from_args(args) as queue:
-        task = queue.cancel(args.task_id)
-    if args.json:
-        print_json(task.to_dict())
-    elif task.status is TaskStatus.CANCELLED:
-        print(f"task {task.id} cancelled")
-    else:
-        print(f"task {task.id} is running; its worker cancels it within a heartbeat")
-    return 0
+    """``hookqueue cancel``: cancel tasks by id or filter (queued ones now, running ones by
+    their workers)."""
+    if len(args.ids) == 1 and not _has_filter(args):
+        with queue_from_args(args) as queue:
+            task = queue.cancel(args.ids[0])
+        if args.json:
+            print_json(task.to_dict())
+        elif task.status is TaskStatus.CANCELLED:
+            print(f"task {task.id} cancelled")
+        else:
+            print(f"task {task.id} is running; its worker cancels it within a heartbeat")
+        return 0
+    return _bulk(
+        args,
+        "cancel",
+        (TaskStatus.QUEUED, TaskStatus.RUNNING),
+        lambda q, f: q.cancel_matching(f),
+    )
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """``hookqueue retry``: queue a failed or cancelled task again."""
-    with queue_from_args(args) as queue:
-        task = queue.retry(args.task_id)
-    if args.json:
-        print_json(task.to_dict())
-    else:
-        print(f"task {task.id} queued again")
-    return 0
+    """``hookqueue retry``: queue failed or cancelled tasks again, by id or filter."""
+    if len(args.ids) == 1 and not _has_filter(args):
+        with queue_from_args(args) as queue:
+            task = queue.retry(args.ids[0])
+        if args.json:
+            print_json(task.to_dict())
+        else:
+            print(f"task {task.id} queued again")
+        return 0
+    return _bulk(
+        args,
+        "retry",
+        (TaskStatus.FAILED, TaskStatus.CANCELLED),
+        lambda q, f: q.retry_matching(f),
+    )
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """``hookqueue purge``: delete queued tasks that match (they never run)."""
+    return _bulk(args, "purge", (TaskStatus.QUEUED,), lambda q, f: q.purge(f))
+
+
+def _has_filter(args: argparse.Namespace) -> bool:
+    return bool(args.status or args.type or args.queue or args.older_than or args.error)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """``hookqueue prune``: delete finished tasks (and optionally vacuum)."""
+    """``hookqueue prune``: delete finished tasks older than the retention (and vacuum)."""
     statuses = args.status or ["completed", "failed", "cancelled"]
     with queue_from_args(args) as queue:
-        removed = queue.prune(older_than=args.older_than, statuses=statuses)
+        older = args.older_than if args.older_than is not None else queue.retention
+        removed = queue.prune(older_than=older, statuses=statuses)
         if args.vacuum:
             queue.db.vacuum()
     if args.json:
-        print_json({"removed": removed})
+        print_json({"removed": removed, "older_than_seconds": older.total_seconds()})
     else:
-        print(f"removed {removed} task(s) finished more than {args.older_than} ago")
+        print(f"removed {removed} task(s) finished more than {older} ago")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """``hookqueue wait``: wait for a task to finish; print its result (exit 0), or why it
+    did not complete (exit 1), or that time ran out (exit 4)."""
+    with queue_from_args(args) as queue:
+        try:
+            task = queue.wait(args.task_id, timeout=args.timeout)
+        except TaskDidNotComplete as exc:
+            if args.json:
+                print_json(exc.task.to_dict())
+            else:
+                print(error_line(exc), file=sys.stderr)
+            return 1
+        except WaitTimeout as exc:
+            print(error_line(exc), file=sys.stderr)
+            return EXIT_TIMEOUT
+    if args.json:
+        print_json(task.to_dict())
+    else:
+        print(json.dumps(task.result, ensure_ascii=False))
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    """``hookqueue queues``: each queue's due, delayed and running tasks, and whether it is
+    paused."""
+    with queue_from_args(args) as queue:
+        gauges = {g.queue: g for g in queue.db.queue_gauges(queue.clock.now_us())}
+        paused = queue.paused_queues()
+    names = sorted(set(gauges) | set(paused))
+    out: list[dict[str, Any]] = []
+    for name in names:
+        g = gauges.get(name)
+        out.append(
+            {
+                "queue": name,
+                "due": g.due if g else 0,
+                "delayed": g.delayed if g else 0,
+                "running": g.running if g else 0,
+                "paused_at": paused[name].isoformat() if name in paused else None,
+            }
+        )
+    if args.json:
+        print_json(out)
+        return 0
+    rows = [
+        (
+            q["queue"],
+            q["due"],
+            q["delayed"],
+            q["running"],
+            "paused since " + when(paused[str(q["queue"])]) if q["paused_at"] else "",
+        )
+        for q in out
+    ]
+    print(table(rows, ["queue", "due", "delayed", "running", "state"]))
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """``hookqueue pause``: stop every worker leasing from a queue (persisted)."""
+    with queue_from_args(args) as queue:
+        changed = queue.pause(args.queue_name)
+    if args.json:
+        print_json({"queue": args.queue_name, "paused": True, "changed": changed})
+    else:
+        state = "paused" if changed else "was paused already"
+        print(f"queue {args.queue_name!r} {state}: workers lease nothing from it")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``hookqueue resume``: let workers lease from a paused queue again."""
+    with queue_from_args(args) as queue:
+        changed = queue.resume(args.queue_name)
+    if args.json:
+        print_json({"queue": args.queue_name, "paused": False, "changed": changed})
+    else:
+        print(f"queue {args.queue_name!r} " + ("resumed" if changed else "was not paused"))
     return 0
 
 
@@ -291,14 +576,18 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def load_app(spec: str) -> tuple[Queue | None, TaskHandlerRegistry | None]:
     """Import ``module:attr`` (the user named it) and return the queue or registry it names.
 
-    ``attr`` may be a :class:`Queue`, a :class:`TaskHandlerRegistry`, or a callable returning
-    one of them.
+    The current directory is searched first (as ``huey_consumer`` does), so ``--app
+    tasks:queue`` finds ``./tasks.py``. ``attr`` may be a :class:`Queue`, a
+    :class:`TaskHandlerRegistry`, or a callable returning one of them.
     """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValidationError(
             "--app", spec, "must be module:attribute", "e.g. --app myapp.tasks:queue"
         )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -306,7 +595,7 @@ def load_app(spec: str) -> tuple[Queue | None, TaskHandlerRegistry | None]:
             "--app",
             spec,
             f"cannot import {module_name!r} ({exc})",
-            "check the module path and PYTHONPATH",
+            "run from the directory that holds it, or add it to PYTHONPATH",
         ) from None
     try:
         obj: Any = module
@@ -349,8 +638,35 @@ _APP_FIX = (
 )
 
 
+def banner(worker: Any, queue: Queue, processes: int) -> str:
+    """What a worker prints as it starts: version, store, queues, concurrency, processes,
+    durability, and every handler with its retry setting and timeout."""
+    from .. import __version__
+
+    queues = "every queue" if worker.all_queues else ", ".join(worker.queues)
+    durability = getattr(queue.db, "durability", "?")
+    lines = [
+        f"hookqueue {__version__} worker {worker.worker_id} (pid {os.getpid()} on "
+        f"{socket.gethostname()})",
+        f"  store:       {queue.db.location} (durability {durability})",
+        f"  queues:      {queues}",
+        f"  concurrency: {worker.concurrency} per process x {processes} process(es), "
+        f"lease {worker.lease_seconds:g}s"
+        + (f", recycled after {worker.max_tasks} tasks" if worker.max_tasks else ""),
+        "  handlers:",
+    ]
+    for task_type in worker.handler_registry.get_registered_types():
+        spec = worker.handler_registry.find(task_type)
+        retry = spec.options.get("retry") if spec is not None else None
+        timeout = f"{spec.timeout:g}s" if spec is not None and spec.timeout else "none"
+        policy = repr(retry) if retry is not None else "the queue's default policy"
+        lines.append(f"    {task_type:<24} retry: {policy}; timeout: {timeout}")
+    return "\n".join(lines)
+
+
 def _worker_child(args: argparse.Namespace) -> int:
-    from .worker import WorkerEngine, describe_stats
+    from .attempt import describe_stats
+    from .worker import WorkerEngine
 
     app_queue, registry = load_app(args.app)
     handlers = registry if registry is not None else getattr(app_queue, "handlers", None)
@@ -367,21 +683,28 @@ def _worker_child(args: argparse.Namespace) -> int:
         queue = Queue(args.db)
         registry = app_queue.handlers
     else:
-        queue = app_queue or queue_from_args(args)
+        queue = app_queue or queue_from_args(args, create=True)
     worker = WorkerEngine(
         queue,
         worker_id=args.worker_id,
         handler_registry=registry,
         queues=args.queues,
+        all_queues=args.all_queues,
         concurrency=args.concurrency,
         lease_seconds=args.lease_seconds,
         shutdown_grace=args.shutdown_grace,
+        max_tasks=args.max_tasks_per_child,
     )
-    log.info(
-        "worker %s working %s on %s", worker.worker_id, ",".join(worker.queues), queue.db.location
-    )
+    if not args.quiet:
+        print(banner(worker, queue, args.total_processes or args.processes), file=sys.stderr)
+    started = time.monotonic()
     stats = worker.run_until_idle() if args.until_idle else worker.run()
-    log.info("worker %s stopped: %s", worker.worker_id, describe_stats(stats))
+    if not args.quiet:
+        print(
+            f"hookqueue worker {worker.worker_id} stopped after "
+            f"{time.monotonic() - started:.1f}s: {describe_stats(stats)}",
+            file=sys.stderr,
+        )
     queue.close()
     return 0
 
@@ -407,18 +730,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
 def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     """The parser with the built-in subcommands and every plugin's."""
+    from .. import __version__
 
     def options(parser: argparse.ArgumentParser, suppress: bool) -> argparse.ArgumentParser:
         # The options are accepted before and after the subcommand. The subcommands' copies
@@ -440,17 +754,34 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
             "--verbose",
             action="store_true",
             default=flag,
-            help="log at INFO level (DEBUG with HOOKQUEUE_TRACE_PLUGINS=1)",
+            help="log at INFO level: one line per task a worker starts and finishes",
+        )
+        parser.add_argument(
+            "--log-level",
+            choices=logs.LEVELS,
+            default=default,
+            help="log level (default warning; info with -v)",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default=default if suppress else "text",
+            help="log lines as text (default) or one JSON object per line",
         )
         return parser
 
-    common = options(argparse.ArgumentParser(add_help=False), suppress=True)
+    common = options(argparse.ArgumentParser(add_help=False, allow_abbrev=False), suppress=True)
     parser = options(
-        argparse.ArgumentParser(prog="hookqueue", description="A persistent task queue on SQLite."),
+        # No abbreviations: a plugin's "--log" must not collide with a prefix of ours.
+        argparse.ArgumentParser(
+            prog="hookqueue", description="A persistent task queue.", allow_abbrev=False
+        ),
         suppress=False,
     )
+    parser.add_argument("--version", action="version", version=f"hookqueue {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    statuses = [s.value for s in TaskStatus]
 
     p = sub.add_parser("enqueue", parents=[common], help="add a task")
     p.add_argument("task_type")
@@ -460,34 +791,61 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=_positive_int)
     p.add_argument("--key", help="idempotency key")
     p.add_argument("--queue", default="default")
-    p.add_argument("--timeout", type=float, help="seconds one attempt may take")
+    p.add_argument("--timeout", type=_positive_seconds, help="seconds one attempt may take")
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("ls", parents=[common], help="list tasks (newest first)")
-    p.add_argument("--status", action="append", choices=[s.value for s in TaskStatus])
-    p.add_argument("--type")
-    p.add_argument("--queue")
+    _add_filter_options(p, statuses=statuses)
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--after", type=int, help="continue after this id")
     p.add_argument("--oldest-first", action="store_true")
     p.set_defaults(func=cmd_ls)
 
-    for name, func, text in (
-        ("show", cmd_show, "show one task"),
-        ("cancel", cmd_cancel, "cancel a queued or running task"),
-        ("retry", cmd_retry, "queue a failed or cancelled task again"),
+    p = sub.add_parser("show", parents=[common], help="show one task and its failed attempts")
+    p.add_argument("task_id", type=_task_id)
+    p.set_defaults(func=cmd_show)
+
+    for name, func, text, scope in (
+        (
+            "cancel",
+            cmd_cancel,
+            "cancel tasks by id or filter (queued now, running by their workers)",
+            ["queued", "running"],
+        ),
+        ("retry", cmd_retry, "queue failed or cancelled tasks again", ["failed", "cancelled"]),
+        ("purge", cmd_purge, "delete queued tasks that match (they never run)", ["queued"]),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("task_id", type=int)
+        p.add_argument("ids", nargs="*", type=_task_id, metavar="ID", help="task ids")
+        _add_filter_options(p, statuses=scope)
+        p.add_argument("--all", action="store_true", help=f"{name} every task it applies to")
+        p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
         p.set_defaults(func=func)
 
     p = sub.add_parser("prune", parents=[common], help="delete finished tasks")
     p.add_argument(
-        "--older-than", type=parse_duration, default=timedelta(days=7), help="default 7d"
+        "--older-than",
+        type=parse_duration,
+        help="finished more than this long ago (default: the queue's retention, 7d)",
     )
     p.add_argument("--status", action="append", choices=["completed", "failed", "cancelled"])
     p.add_argument("--vacuum", action="store_true", help="give the space back to the file system")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("wait", parents=[common], help="wait for a task and print its result")
+    p.add_argument("task_id", type=_task_id)
+    p.add_argument("--timeout", type=_positive_seconds, help="seconds to wait at most")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("queues", parents=[common], help="list queues: tasks, paused or not")
+    p.set_defaults(func=cmd_queues)
+    for name, func, text in (
+        ("pause", cmd_pause, "stop every worker leasing from a queue (persisted)"),
+        ("resume", cmd_resume, "let workers lease from a paused queue again"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("queue_name", metavar="QUEUE")
+        p.set_defaults(func=func)
 
     p = sub.add_parser(
         "plugins", parents=[common], help="list plugins: active, blocked, unavailable"
@@ -505,10 +863,21 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_positive_int, default=1)
     p.add_argument("--concurrency", type=_positive_int, default=10)
     p.add_argument("--queues", nargs="+", default=["default"])
-    p.add_argument("--lease-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--all-queues", action="store_true", help="lease from every queue that has tasks"
+    )
+    p.add_argument("--lease-seconds", type=_positive_seconds, default=10.0)
     p.add_argument("--shutdown-grace", type=float, default=30.0)
     p.add_argument("--worker-id")
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is due")
+    p.add_argument(
+        "--max-tasks-per-child",
+        type=_positive_int,
+        help="restart each worker process after it finished this many tasks",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no start banner and stop line")
+    # Set by the supervisor on its first child, whose banner speaks for all of them.
+    p.add_argument("--total-processes", type=_positive_int, help=argparse.SUPPRESS)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -521,16 +890,27 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         for command in hooks.cli_commands():
             if command.name in BUILTIN_COMMANDS:
                 raise HookqueueError(
-                    f"a plugin's subcommand {command.name!r} clashes with the built-in one; block that plugin or rename"
+                    f"a plugin's subcommand {command.name!r} clashes with the built-in one; "
+                    "block that plugin or rename"
                 )
-            p = sub.add_parser(command.name, parents=[common], help=command.help)
+            p = sub.add_parser(
+                command.name, parents=[common], help=command.help, allow_abbrev=False
+            )
             command.configure(p)
             p.set_defaults(func=command.run)
     return parser
 
 
+def _log_level(args: argparse.Namespace) -> str:
+    if os.environ.get("HOOKQUEUE_TRACE_PLUGINS") == "1":
+        return "debug"
+    if args.log_level:
+        return str(args.log_level)
+    return "info" if args.verbose else "warning"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 failed check, 2 error)."""
+    """Run the command line; returns the exit code (see the module docs)."""
     hooks: Hooks | None
     try:
         hooks = Hooks(make_plugin_manager(load_entrypoints=True))
@@ -539,17 +919,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         hooks = None
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    if os.environ.get("HOOKQUEUE_TRACE_PLUGINS") == "1":
-        level = logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(_log_level(args), args.log_format)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except HookqueueError as exc:
         print(error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``hookqueue ls | head``): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: one line, and the traceback on request
+        if os.environ.get("HOOKQUEUE_DEBUG") == "1":
+            raise
+        print(
+            f"hookqueue: internal error: {type(exc).__name__}: {exc}. Fix: report it with "
+            "the output of the same command run with HOOKQUEUE_DEBUG=1",
+            file=sys.stderr,
+        )
+        return 70
     return code
 
 

@@ -54,6 +54,8 @@ log = logging.getLogger("hookqueue.worker")
 
 T = TypeVar("T")
 
+#: How long an all-queues worker keeps the list of queue names before looking again.
+QUEUE_NAMES_TTL = 1.0
 #: How often the event loop reports that it is alive to the lease keeper's thread.
 LOOP_TICK = 0.25
 #: A loop that has not run for this long (seconds) is reported as blocked (then every
@@ -92,6 +94,10 @@ class WorkerEngine:
         database is being written.
     :param wake_on_wal_writes: on Linux, sleep while nobody writes the database and wake
         when its write-ahead log is written (inotify), instead of polling all the time.
+    :param all_queues: lease from every queue that has tasks (``queues`` is then ignored);
+        the names are looked up again at most every :data:`QUEUE_NAMES_TTL` seconds.
+    :param max_tasks: stop (gracefully) after this many finished attempts — for recycling
+        worker processes (``hookqueue worker --max-tasks-per-child``); None: no limit.
 
     Every run method (:meth:`run`, :meth:`run_async`, :meth:`run_until_idle`,
     :meth:`run_until_idle_async`) may be called again on the same worker once the previous
@@ -112,6 +118,8 @@ class WorkerEngine:
         wake_poll_interval: float = 0.001,
         idle_poll_interval: float = 1.0,
         wake_on_wal_writes: bool = True,
+        all_queues: bool = False,
+        max_tasks: int | None = None,
     ) -> None:
         if queue_or_db is None:
             queue_or_db = QueueDatabase()
@@ -133,6 +141,13 @@ class WorkerEngine:
                 "queues", queues, "must be a non-empty list of queue names", "e.g. ('default',)"
             )
         self.queues = tuple(queues)
+        #: Lease from every queue that has tasks.
+        self.all_queues = bool(all_queues)
+        if max_tasks is not None and (
+            isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1
+        ):
+            raise ValidationError("max_tasks", max_tasks, "must be an integer >= 1", "e.g. 1000")
+        self.max_tasks = max_tasks
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError("concurrency", concurrency, "must be an integer >= 1", "e.g. 10")
         self.concurrency = concurrency
@@ -185,6 +200,7 @@ class WorkerEngine:
         self._keeper: LeaseKeeper | None = None
         self._loop_seen = time.monotonic()
         self._blocked_reported = 0.0
+        self._queue_names: tuple[float, tuple[str, ...]] = (0.0, self.queues)
 
     def __repr__(self) -> str:
         return f"WorkerEngine({self.worker_id!r}, queues={list(self.queues)}, concurrency={self.concurrency})"
@@ -267,6 +283,18 @@ class WorkerEngine:
         """The task types this worker leases: those it has handlers for."""
         return self.handler_registry.get_registered_types()
 
+    def _queues(self) -> tuple[str, ...]:
+        """The queues to lease from now (every queue with tasks, for an all-queues worker;
+        the names are kept :data:`QUEUE_NAMES_TTL` seconds)."""
+        if not self.all_queues:
+            return self.queues
+        fetched, names = self._queue_names
+        now = time.monotonic()
+        if now - fetched > QUEUE_NAMES_TTL or self._work_seen:
+            names = tuple(self.runtime.db.queued_queue_names()) or self.queues
+            self._queue_names = (now, names)
+        return names
+
     async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call off the event loop (on the store thread) — or, when the worker
         owns its loop (``run``, ``run_until_idle``) and no task is running, on the loop
@@ -326,7 +354,7 @@ class WorkerEngine:
                     worker_id=self.worker_id,
                     hostname=socket.gethostname(),
                     pid=os.getpid(),
-                    queues=self.queues,
+                    queues=("*",) if self.all_queues else self.queues,
                     concurrency=self.concurrency,
                     started_at=now,
                     heartbeat_at=now,
@@ -421,7 +449,8 @@ class WorkerEngine:
                     self._wake_from_queue("commit")
                     continue
                 try:
-                    if not db.has_work(self.queues, clock.now_us(), self._task_types()):
+                    queues = db.queued_queue_names() if self.all_queues else self.queues
+                    if not db.has_work(queues, clock.now_us(), self._task_types()):
                         continue
                 except StoreError:
                     self._wake_from_queue("commit")  # the loop looks, and handles it
@@ -473,18 +502,22 @@ class WorkerEngine:
         # before the call (never after) keeps that wake-up from being overwritten and lost.
         if want > 0:
             self._maybe_more = False
+        queues = await self._store(self._queues) if self.all_queues else self.queues
         seen, self._work_seen = self._work_seen, False
         task_types = self._task_types()
+        if self.max_tasks is not None:
+            left = self.max_tasks - self.stats.processed - len(self._running) - len(settlements)
+            want = min(want, max(0, left))
         if want > 0 and not settlements and not seen:
             # A read (no write lock) first: a wake-up from another process's commit
             # often has nothing for us.
-            if not await self._store(self.runtime.has_work, self.queues, task_types):
+            if not await self._store(self.runtime.has_work, queues, task_types):
                 want = 0
         if settlements or want > 0:
             leased = await self._store(
                 self.runtime.lease,
                 self.worker_id,
-                queues=self.queues,
+                queues=queues,
                 limit=want,
                 lease_seconds=self.lease_seconds,
                 settlements=settlements,
@@ -500,8 +533,20 @@ class WorkerEngine:
                     self._maybe_more = True  # a full lease: there may be more
                 self._declined = not leased
             return False
+        if (
+            self.max_tasks is not None
+            and self.stats.processed >= self.max_tasks
+            and not self._running
+            and not self._pending
+        ):
+            log.info(
+                "worker %s finished its %d tasks (max_tasks); stopping",
+                self.worker_id,
+                self.max_tasks,
+            )
+            return True
         if until_idle and not self._running and not self._pending:
-            if not await self._store(self.runtime.has_work, self.queues, task_types):
+            if not await self._store(self.runtime.has_work, queues, task_types):
                 return True
             if self._declined:
                 # Tasks are due but the scheduler's plan leased none of them (a rerank that
@@ -515,7 +560,7 @@ class WorkerEngine:
             return False
         timeout = self.idle_poll_interval
         if free > 0 and not self._maybe_more:
-            delay = await self._store(self.runtime.next_wakeup_delay, self.queues)
+            delay = await self._store(self.runtime.next_wakeup_delay, queues)
             if delay is not None:
                 timeout = min(timeout, max(0.0, delay))
         try:

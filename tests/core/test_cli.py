@@ -65,6 +65,11 @@ def test_errors_are_one_clear_line_and_exit_2(
 ) -> None:
     code, _, err = run(capsys, "enqueue", "t", "--payload", "{not json", "--db", str(db_path))
     assert code == 2 and "--payload" in err and "Fix:" in err
+    # A command that only reads refuses a missing database instead of creating one.
+    code, _, err = run(capsys, "show", "42", "--db", str(db_path))
+    assert code == 2 and "no hookqueue database there" in err and "Fix:" in err
+    assert not db_path.exists()
+    Queue(db_path, load_entrypoints=False).close()
     code, _, err = run(capsys, "show", "42", "--db", str(db_path))
     assert code == 2 and "task 42 does not exist" in err
     foreign = db_path.parent / "notes.txt"
@@ -97,7 +102,7 @@ def test_prune_check_workers_plugins(capsys: pytest.CaptureFixture[str], db_path
     q.cancel(t.id)
     q.close()
     code, out, _ = run(capsys, "prune", "--older-than", "0", "--db", db, "--json")
-    assert code == 0 and json.loads(out) == {"removed": 1}
+    assert code == 0 and json.loads(out) == {"removed": 1, "older_than_seconds": 0.0}
     code, out, _ = run(capsys, "check", "--db", db)
     assert code == 0 and "ok" in out
     code, out, _ = run(capsys, "check", "--db", db, "--json")

@@ -1,0 +1,268 @@
+"""The operator's commands: bulk cancel/retry/purge with filters and confirmation, wait, queues,
+pause/resume, show with history, --version, logs, broken pipes, and the worker's banner,
+all-queues and recycling options."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hookqueue import Queue, TaskStatus, WorkerEngine, __version__
+from hookqueue.core.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _boom(task):  # type: ignore[no-untyped-def]
+    raise ValueError("smtp refused")
+
+
+@pytest.fixture
+def filled(db_path: Path) -> Path:
+    """3 queued 'mail' tasks in queue 'm', 2 queued 'sms', 2 failed 'mail'."""
+    q = Queue(db_path, load_entrypoints=False)
+    q.handlers.register_handler("boom", _boom)
+    q.enqueue_many([{"task_type": "mail", "queue": "m"} for _ in range(3)])
+    q.enqueue_many([{"task_type": "sms"} for _ in range(2)])
+    q.enqueue_many([{"task_type": "boom", "max_attempts": 1} for _ in range(2)])
+    WorkerEngine(q, worker_id="w").run_until_idle()
+    q.close()
+    return db_path
+
+
+def _counts(db: Path) -> dict[str, int]:
+    with Queue(db, load_entrypoints=False) as q:
+        return q.counts()
+
+
+def test_bulk_commands_refuse_an_empty_filter_and_a_script_without_yes(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    db = str(filled)
+    code, _, err = run(capsys, "cancel", "--db", db)
+    assert code == 2 and "--all" in err and "Fix:" in err
+    code, _, err = run(capsys, "purge", "--type", "mail", "--db", db)
+    assert code == 2 and "--yes" in err, "no terminal: confirmation must be explicit"
+    assert _counts(filled)["queued"] == 5, "nothing was touched"
+
+
+def test_cancel_retry_purge_by_filter(capsys: pytest.CaptureFixture[str], filled: Path) -> None:
+    db = str(filled)
+    code, out, _ = run(capsys, "cancel", "--queue", "m", "--yes", "--db", db)
+    assert code == 0 and "cancel: 3 task(s)" in out
+    code, out, _ = run(capsys, "retry", "--error", "SMTP", "--yes", "--db", db, "--json")
+    assert code == 0 and json.loads(out)["retry"] == 2 and json.loads(out)["matched"] == 2
+    code, out, _ = run(capsys, "purge", "--type", "sms", "--type", "boom", "-y", "--db", db)
+    assert code == 0 and "purge: 4 task(s)" in out
+    assert _counts(filled) == {
+        "queued": 0,
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 3,
+    }
+    code, out, _ = run(capsys, "retry", "--all", "--yes", "--db", db)
+    assert code == 0 and "retry: 3 task(s)" in out
+    code, out, _ = run(capsys, "cancel", "1", "2", "--yes", "--db", db)
+    assert code == 0 and "cancel: 2 task(s)" in out
+
+
+def test_a_bulk_command_asks_at_a_terminal(
+    capsys: pytest.CaptureFixture[str], filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    answers = iter(["n", "y"])
+    questions: list[str] = []
+
+    def answer(question: str) -> str:
+        questions.append(question)
+        return next(answers)
+
+    monkeypatch.setattr("builtins.input", answer)
+    code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
+    assert code == 1 and "nothing done" in out
+    assert "purge 2 task(s) (status queued; type sms)?" in questions[0]
+    code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
+    assert code == 0 and "purge: 2 task(s)" in out
+
+
+def test_show_prints_the_failed_attempts_with_tracebacks(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    code, out, _ = run(capsys, "show", "6", "--db", str(filled))
+    assert code == 0 and "failed attempts:" in out
+    assert "attempt 1" in out and "ValueError: smtp refused" in out and "Traceback" in out
+    code, out, _ = run(capsys, "show", "6", "--db", str(filled), "--json")
+    failures = json.loads(out)["failures"]
+    assert failures[0]["worker_id"] == "w" and "_boom" in failures[0]["traceback"]
+
+
+def test_queues_pause_resume(capsys: pytest.CaptureFixture[str], filled: Path) -> None:
+    db = str(filled)
+    code, out, _ = run(capsys, "pause", "m", "--db", db)
+    assert code == 0 and "paused" in out
+    code, out, _ = run(capsys, "queues", "--db", db, "--json")
+    rows = {r["queue"]: r for r in json.loads(out)}
+    assert rows["m"]["due"] == 3 and rows["m"]["paused_at"] is not None
+    assert rows["default"]["due"] == 2 and rows["default"]["paused_at"] is None
+    code, out, _ = run(capsys, "queues", "--db", db)
+    assert "paused since" in out
+    code, out, _ = run(capsys, "ls", "--queue", "m", "--db", db)
+    assert "m (paused)" in out
+    code, out, _ = run(capsys, "resume", "m", "--db", db)
+    assert code == 0 and "resumed" in out
+    code, out, _ = run(capsys, "resume", "m", "--db", db)
+    assert code == 0 and "was not paused" in out
+
+
+def test_wait_exit_codes(capsys: pytest.CaptureFixture[str], filled: Path) -> None:
+    db = str(filled)
+    code, out, err = run(capsys, "wait", "6", "--db", db)
+    assert code == 1 and "failed" in err and "smtp refused" in err
+    code, _, err = run(capsys, "wait", "1", "--timeout", "0.2", "--db", db)
+    assert code == 4 and "still queued" in err
+    q = Queue(filled, load_entrypoints=False)
+    q.handlers.register_handler("mail", lambda task: {"sent": task.id})
+    worker = threading.Thread(
+        target=lambda: WorkerEngine(q, worker_id="w2", queues=["m"]).run_until_idle()
+    )
+    threading.Timer(0.1, worker.start).start()
+    code, out, _ = run(capsys, "wait", "1", "--timeout", "30", "--db", db)
+    assert code == 0 and json.loads(out) == {"sent": 1}
+    worker.join()
+    q.close()
+
+
+def test_version_and_bad_durations(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"hookqueue {__version__}"
+    for bad in ("inf", "nan", "-5", "soon"):
+        with pytest.raises(SystemExit) as info:
+            main(["enqueue", "t", "--delay", bad, "--db", str(db_path)])
+        assert info.value.code == 2
+        assert "--delay" in capsys.readouterr().err
+    assert not db_path.exists()
+
+
+def _cli(
+    args: list[str], cwd: Path | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOOKQUEUE_PLUGIN_AUTOLOAD": "0"}
+    if cwd is not None:
+        env["PYTHONPATH"] = str(cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "hookqueue", *args],
+        capture_output=True, text=True, timeout=120, cwd=cwd, env=env, **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_a_closed_pipe_ends_the_command_quietly(filled: Path) -> None:
+    with Queue(filled, load_entrypoints=False) as q:
+        q.enqueue_many([{"task_type": "t"} for _ in range(3000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hookqueue", "ls", "--limit", "3000", "--db", str(filled)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "HOOKQUEUE_PLUGIN_AUTOLOAD": "0"},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what `hookqueue ls | head -1` does
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 0
+    assert "Traceback" not in err and "Broken pipe" not in err
+
+
+APP = """
+from hookqueue import TaskHandlerRegistry
+registry = TaskHandlerRegistry()
+registry.register_handler("t", lambda task: task.payload)
+"""
+
+
+def test_worker_banner_all_queues_and_json_logs(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    db = tmp_path / "q.db"
+    with Queue(db, load_entrypoints=False) as q:
+        q.enqueue_many([{"task_type": "t", "payload": i, "queue": f"q{i % 3}"} for i in range(30)])
+    result = _cli(
+        ["worker", "--app", "app:registry", "--db", str(db), "--all-queues", "--until-idle",
+         "--log-level", "info", "--log-format", "json"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"hookqueue {__version__} worker" in result.stderr
+    assert "queues:      every queue" in result.stderr
+    assert "t " in result.stderr and "timeout: none" in result.stderr
+    assert "stopped after" in result.stderr and "30 completed" in result.stderr
+    with Queue(db, load_entrypoints=False) as q:
+        assert q.counts()["completed"] == 30
+    quiet = _cli(
+        ["worker", "--app", "app:registry", "--db", str(db), "--until-idle", "-q"], cwd=tmp_path
+    )
+    assert quiet.returncode == 0 and "worker" not in quiet.stderr
+
+
+def test_worker_processes_are_recycled_after_max_tasks(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        APP + "import os\nregistry.register_handler('pid', lambda task: os.getpid())\n"
+    )
+    db = tmp_path / "q.db"
+    with Queue(db, load_entrypoints=False) as q:
+        tasks = q.enqueue_many([{"task_type": "pid"} for _ in range(40)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hookqueue", "worker", "--app", "app:registry", "--db", str(db),
+         "--processes", "2", "--max-tasks-per-child", "5", "--concurrency", "1"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path), "HOOKQUEUE_PLUGIN_AUTOLOAD": "0"},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with Queue(db, load_entrypoints=False) as q:
+            deadline = time.monotonic() + 90
+            while q.count(status="completed") < 40 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            pids = {q.get(t.id).result for t in tasks}
+            assert q.count(status="completed") == 40
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert len(pids) >= 8, f"each process ran at most 5 tasks: {len(pids)} processes seen"
+    assert err.count("hookqueue 0.") == 1, "one banner for the group"
+
+
+def test_the_supervisor_stops_when_its_children_refuse_to_start(tmp_path: Path) -> None:
+    (tmp_path / "empty.py").write_text(
+        "from hookqueue import TaskHandlerRegistry\nregistry = TaskHandlerRegistry()\n"
+    )
+    result = _cli(
+        ["worker", "--app", "empty:registry", "--db", str(tmp_path / "q.db"), "--processes", "2"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "has no handlers registered" in result.stderr
+    assert "refused to start" in result.stderr and "restarting" not in result.stderr
+
+
+def test_read_only_commands_never_create_a_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.db"
+    for argv in (["ls"], ["queues"], ["workers"], ["check"], ["wait", "1"], ["pause", "x"]):
+        code, _, err = run(capsys, *argv, "--db", str(missing))
+        assert code == 2 and "no hookqueue database there" in err, argv
+    assert not missing.exists()
+    assert _cli(["enqueue", "t", "--db", str(missing)]).returncode == 0
+    assert missing.exists()
+    assert TaskStatus.QUEUED.value in run(capsys, "ls", "--db", str(missing))[1]
