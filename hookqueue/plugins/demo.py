@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import queue as stdlib_queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -174,10 +176,23 @@ def main(args: argparse.Namespace) -> int:
         "--lease-seconds",
         "5",
     ]
-    workers = [
-        subprocess.Popen([*cmd, "--worker-id", f"demo-{i}"], stdout=subprocess.DEVNULL)
-        for i in range(args.processes)
-    ]
+    # The first worker prints the banner for all of them; each one's log lines (a failed
+    # task's warning) are read here and printed above the progress bar, not through it.
+    output: stdlib_queue.SimpleQueue[str] = stdlib_queue.SimpleQueue()
+    workers = []
+    readers = []
+    for i in range(args.processes):
+        extra = ["--total-processes", str(args.processes)] if i == 0 else ["--quiet"]
+        worker = subprocess.Popen(
+            [*cmd, *extra, "--worker-id", f"demo-{i}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        reader = threading.Thread(target=_forward_lines, args=(worker, output), daemon=True)
+        reader.start()
+        readers.append(reader)
+        workers.append(worker)
     tty = sys.stdout.isatty()
     last_print = 0.0
     deadline = started + 120
@@ -191,6 +206,10 @@ def main(args: argparse.Namespace) -> int:
                 f"running {counts['running']:>3}  completed {counts['completed']:>4}  "
                 f"failed {counts['failed']:>2}  {done / elapsed if elapsed else 0:7.0f} tasks/s"
             )
+            while not output.empty():
+                text = output.get()
+                print(("\r\033[K" if tty else "") + text, flush=True)
+                last_print = 0.0
             if tty:
                 print("\r" + line, end="", flush=True)
             elif time.monotonic() - last_print >= 1 or done == total:
@@ -214,6 +233,10 @@ def main(args: argparse.Namespace) -> int:
                 w.kill()
     if tty:
         print()
+    for reader in readers:  # the workers have exited: their pipes end
+        reader.join(timeout=5)
+    while not output.empty():
+        print(output.get())
     tasks = queue.list(limit=100_000)
     by_status = Counter(t.status.value for t in tasks)
     by_type = Counter((t.task_type, t.status.value) for t in tasks)
@@ -248,6 +271,14 @@ def main(args: argparse.Namespace) -> int:
     )
     queue.close()
     return 0 if by_status.get("completed", 0) + len(failed) == total else 1
+
+
+def _forward_lines(worker: subprocess.Popen[str], output: stdlib_queue.SimpleQueue[str]) -> None:
+    """Pass a worker's stderr lines to the demo's output queue until the worker ends."""
+    assert worker.stderr is not None
+    with worker.stderr:
+        for line in worker.stderr:
+            output.put(line.rstrip("\n"))
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
