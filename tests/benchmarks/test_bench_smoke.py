@@ -239,3 +239,20 @@ def test_speed_advice_quotes_each_figure_it_gives() -> None:
                    "drained 30,000 tasks/s, four processes 40,000/s"]:  # fmt: skip
         assert figure in text, figure
     assert speed_advice({"normal": {}, "full": {}}) == ""
+
+
+def test_the_wait_benchmark_measures_every_way_of_waiting(tmp_path: Path) -> None:
+    out = tmp_path / "wait.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "wait.py"), "--tasks", "20", "--batch", "20",
+         "--durability", "normal", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    rows = data["results"]
+    assert set(rows) == {"wait (thread)", "wait_async", "20 coroutines at once"}
+    for row in rows.values():
+        assert row["n"] == 20 and _number(row["p50_ms"]) and row["p50_ms"] >= 0
+    assert rows["20 coroutines at once"]["threads"] <= 1, "one waiter thread for all waits"
+    assert "| wait_async | 20 |" in proc.stdout
