@@ -388,6 +388,7 @@ def _worker_child(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         lease_seconds=args.lease_seconds,
         shutdown_grace=args.shutdown_grace,
+        scheduler=not args.no_scheduler,
     )
     log.info(
         "worker %s working %s on %s", worker.worker_id, ",".join(worker.queues), queue.db.location
@@ -421,6 +422,8 @@ def _child_command(args: argparse.Namespace, index: int) -> list[str]:
         cmd += ["--db", str(args.db)]
     if args.until_idle:
         cmd.append("--until-idle")
+    if args.no_scheduler:
+        cmd.append("--no-scheduler")
     base = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
     cmd += ["--worker-id", f"{base}-{index}"]
     if args.verbose:
@@ -613,6 +616,11 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", type=float, default=30.0)
     p.add_argument("--worker-id")
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is due")
+    p.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="take no part in periodic schedules (the periodic plugin): declare none, fire no tick",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -198,7 +198,8 @@ class ScheduleDefinition:
     #: False: a tick is skipped while the task of the schedule's previous tick is queued or
     #: running (see :meth:`TaskStore.fire_ticks`).
     overlap: bool = True
-    #: Who declared it, for listings: ``"code"`` or ``"cli"``.
+    #: Who declared it, for listings: ``"code"`` (a program, at worker start; sets
+    #: ``declared_us``) or ``"added"`` (by hand: the command line or the API).
     source: str = "code"
     #: The first tick after the upsert's instant under this timing (UTC microseconds); None
     #: when the timing has no tick ahead. Stored for a new schedule and when ``timing``

@@ -92,6 +92,10 @@ class WorkerEngine:
         database is being written.
     :param wake_on_wal_writes: on Linux, sleep while nobody writes the database and wake
         when its write-ahead log is written (inotify), instead of polling all the time.
+    :param scheduler: whether this worker takes part in periodic schedules (the
+        ``periodic`` plugin declares its handlers' schedules and fires due ticks in every
+        worker where this is True; ``hookqueue worker --no-scheduler`` sets it False). The
+        core itself only carries the switch, as :attr:`scheduler`, for plugins to read.
 
     Every run method (:meth:`run`, :meth:`run_async`, :meth:`run_until_idle`,
     :meth:`run_until_idle_async`) may be called again on the same worker once the previous
@@ -112,6 +116,7 @@ class WorkerEngine:
         wake_poll_interval: float = 0.001,
         idle_poll_interval: float = 1.0,
         wake_on_wal_writes: bool = True,
+        scheduler: bool = True,
     ) -> None:
         if queue_or_db is None:
             queue_or_db = QueueDatabase()
@@ -161,6 +166,8 @@ class WorkerEngine:
         self.wake_poll_interval = float(wake_poll_interval)
         self.wake_on_wal_writes = bool(wake_on_wal_writes)
         self.idle_poll_interval = float(idle_poll_interval)
+        #: Whether periodic schedules run in this worker (read by the ``periodic`` plugin).
+        self.scheduler = bool(scheduler)
         self.stats = WorkerStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()

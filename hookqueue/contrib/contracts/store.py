@@ -1748,7 +1748,7 @@ class StoreContract:
         """New names are created with revision 1, their next tick, no counts; listed by
         name, or only those named."""
         answers = store.upsert_schedules(
-            [make_schedule("b", T0 + SECOND), make_schedule("a", None, source="cli")], T0
+            [make_schedule("b", T0 + SECOND), make_schedule("a", None, source="added")], T0
         )
         assert answers == ["created", "created"]
         a, b = store.list_schedules()
@@ -1768,7 +1768,7 @@ class StoreContract:
             T0,
             T0,
         )
-        assert a.next_tick_us is None and a.source == "cli" and a.declared_us is None
+        assert a.next_tick_us is None and a.source == "added" and a.declared_us is None
         assert [r.name for r in store.list_schedules(names=["b", "nobody"])] == ["b"]
 
     def test_upsert_of_the_same_definition_changes_only_when_it_was_declared(
