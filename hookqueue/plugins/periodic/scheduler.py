@@ -281,8 +281,13 @@ class Scheduler:
                     o.schedule,
                     tick,
                 )
-        if ids:
-            self.queue.runtime.enqueued(self.db.get_many(ids), now_us)
+        if not ids:
+            return
+        runtime = self.queue.runtime
+        if runtime.hooks.has_event_observers():
+            runtime.enqueued(self.db.get_many(ids), now_us)
+        else:
+            runtime.wake()  # no observer: no need to read the tasks back for events
 
     # -- the thread ----------------------------------------------------------------------------
 
