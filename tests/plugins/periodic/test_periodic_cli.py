@@ -105,3 +105,27 @@ def test_worker_no_scheduler_reaches_the_worker_and_its_children() -> None:
     plain = parser.parse_args(["worker"])
     assert plain.no_scheduler is False and "--no-scheduler" not in _child_command(plain, 0)
     assert isinstance(plain, argparse.Namespace)
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_hookqueue_worker_declares_schedules_unless_no_scheduler(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    opt_out: bool,
+) -> None:
+    module = f"periodic_app_{int(opt_out)}"
+    (tmp_path / f"{module}.py").write_text(
+        "from hookqueue import TaskHandlerRegistry\n"
+        "from hookqueue.plugins.periodic import Schedule\n"
+        "registry = TaskHandlerRegistry()\n"
+        "registry.register_handler('beat', lambda task: None,\n"
+        "                          options={'periodic': Schedule('@hourly')})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    db = str(tmp_path / "q.db")
+    argv = ["worker", "--until-idle", "--app", f"{module}:registry", "--db", db]
+    code, _, err = run(capsys, *argv, *(["--no-scheduler"] if opt_out else []))
+    assert code == 0, err
+    code, out, _ = run(capsys, "schedules", "ls", "--json", "--db", db)
+    assert [s["name"] for s in json.loads(out)] == ([] if opt_out else ["beat"])
