@@ -694,6 +694,7 @@ def _worker_child(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         shutdown_grace=args.shutdown_grace,
         max_tasks=args.max_tasks_per_child,
+        scheduler=not args.no_scheduler,
     )
     if not args.quiet:
         print(banner(worker, queue, args.total_processes or args.processes), file=sys.stderr)
@@ -878,6 +879,11 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no start banner and stop line")
     # Set by the supervisor on its first child, whose banner speaks for all of them.
     p.add_argument("--total-processes", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="take no part in periodic schedules (the periodic plugin): declare none, fire no tick",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,

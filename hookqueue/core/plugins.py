@@ -27,7 +27,7 @@ import pluggy
 
 from . import hookspecs
 from .defaults import CoreDefaults
-from .errors import PluginError
+from .errors import PluginError, ValidationError
 from .hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
@@ -374,6 +374,10 @@ class Hooks:
         caller = getattr(self._h, hook_name)
         try:
             caller(**kwargs)
+        except ValidationError:
+            # The plugin found the user's configuration wrong (a schedule declared on a
+            # handler, say): that error already names the field and the fix.
+            raise
         except Exception as exc:
             name = raising_plugin(caller, exc)
             raise PluginError(

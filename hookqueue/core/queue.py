@@ -486,6 +486,22 @@ class Queue:
                 ) from None
         return items
 
+    def prepare_rows(
+        self, tasks: Iterable[Mapping[str, Any] | NewTask]
+    ) -> builtins.list[InsertRow]:
+        """The rows :meth:`enqueue_many` would write for ``tasks`` — validated, passed through
+        ``hookqueue_enqueue`` and encoded — without writing them.
+
+        For plugins that write tasks inside a store transaction of their own (the periodic
+        plugin's ticks, with their marks): what they write is what an enqueue would have
+        written. Nothing is written and no event is sent; a row's ``run_after_us`` is the
+        queue's now unless the task asked for later.
+
+        :raises ValidationError: naming the index and field of the first bad task.
+        :raises PluginError: an enqueue plugin returned something invalid.
+        """
+        return [item.row for item in self._prepare_many(tasks, self.clock.now_us())]
+
     def enqueue_many(self, tasks: Iterable[Mapping[str, Any] | NewTask]) -> builtins.list[Task]:
         """Add many tasks in one transaction: all are stored, or none.
 

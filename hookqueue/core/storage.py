@@ -31,7 +31,8 @@ Rules every implementation keeps:
   per-thread state its driver needs.
 
 The records that cross this boundary are defined here (:class:`InsertRow`,
-:class:`Settlement`, :class:`QueueGauge`, :class:`FinishedSample`) or in
+:class:`Settlement`, :class:`QueueGauge`, :class:`FinishedSample`, and for periodic schedules
+:class:`ScheduleDefinition`, :class:`ScheduleRow`, :class:`TickFire`, :class:`FireOutcome`) or in
 :mod:`hookqueue.core.models` (:class:`~hookqueue.core.models.Task`,
 :class:`~hookqueue.core.models.LeasePlan`, :class:`~hookqueue.core.models.WorkerInfo`).
 """
@@ -184,6 +185,98 @@ class FinishedSample:
     started_us: int | None
     #: When it reached its final status.
     finished_us: int
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleDefinition:
+    """A periodic schedule as its owner declares it: what :meth:`TaskStore.upsert_schedules`
+    writes. The store keeps ``definition_json`` and ``timing`` as text it compares but never
+    reads inside (the periodic plugin owns their meaning)."""
+
+    #: The schedule's unique name.
+    name: str
+    #: The owner's whole definition (what to enqueue, misfire policy, ...) as JSON text.
+    definition_json: str
+    #: The part of the definition that decides when ticks fall (expression and time zone):
+    #: when it changes, ``next_tick_us`` replaces the stored next tick.
+    timing: str
+    #: False: a tick is skipped while the task of the schedule's previous tick is queued or
+    #: running (see :meth:`TaskStore.fire_ticks`).
+    overlap: bool = True
+    #: Who declared it, for listings: ``"code"`` (a program, at worker start; sets
+    #: ``declared_us``) or ``"added"`` (by hand: the command line or the API).
+    source: str = "code"
+    #: The first tick after the upsert's instant under this timing (UTC microseconds); None
+    #: when the timing has no tick ahead. Stored for a new schedule and when ``timing``
+    #: changed.
+    next_tick_us: int | None
+    #: A new schedule starts paused (an existing one keeps its pause state).
+    paused: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleRow:
+    """A stored schedule: its definition and the state the store keeps for it."""
+
+    name: str
+    definition_json: str
+    timing: str
+    overlap: bool
+    source: str
+    #: True while paused: no tick fires (``fire_ticks`` refuses it).
+    paused: bool
+    #: Increases each time the definition or the pause state changes.
+    revision: int
+    #: The next tick to fire (UTC microseconds); None: no tick ahead.
+    next_tick_us: int | None
+    #: The newest tick that fired, and the task it enqueued (None before the first).
+    last_tick_us: int | None
+    last_task_id: int | None
+    #: Ticks fired, and ticks skipped (misfire policy, or overlap), since it was created.
+    fired: int
+    skipped: int
+    created_us: int
+    #: When the definition or pause state last changed.
+    updated_us: int
+    #: When code last declared it (:meth:`TaskStore.upsert_schedules` with
+    #: ``source="code"``); None if code never did.
+    declared_us: int | None
+
+
+@attrs.frozen(kw_only=True)
+class TickFire:
+    """One step of one schedule for :meth:`TaskStore.fire_ticks`: the due ticks to fire, and
+    where the schedule goes next, computed from the schedule as read (``expect_*``)."""
+
+    #: The schedule's name.
+    schedule: str
+    #: The schedule's ``next_tick_us`` and ``revision`` as read: the step applies only if
+    #: they are unchanged and the schedule is not paused (otherwise another process got
+    #: there first, or the schedule changed).
+    expect_next_tick_us: int
+    expect_revision: int
+    #: ``(tick_us, task row)`` per tick to fire, oldest first.
+    ticks: tuple[tuple[int, InsertRow], ...] = ()
+    #: The schedule's next tick after this step (None: no tick ahead).
+    next_tick_us: int | None
+    #: Due ticks this step passes over without firing (the misfire policy), for the counts.
+    skipped: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class FireOutcome:
+    """What :meth:`TaskStore.fire_ticks` did with one :class:`TickFire`."""
+
+    schedule: str
+    #: False: the schedule was fired, changed, paused or removed since it was read; nothing
+    #: was written for it.
+    applied: bool
+    #: ``(tick_us, task id)`` of each tick that fired, in order.
+    fired: tuple[tuple[int, int], ...] = ()
+    #: Ticks not fired because the previous tick's task was still queued or running.
+    overlapped: tuple[int, ...] = ()
+    #: Ticks not fired because they had fired before (their mark exists).
+    already: tuple[int, ...] = ()
 
 
 @runtime_checkable
@@ -494,6 +587,82 @@ class TaskStore(Protocol):
         """Record that a worker shut down cleanly."""
         ...
 
+    # -- periodic schedules ------------------------------------------------------------------
+
+    def upsert_schedules(
+        self,
+        schedules: Sequence[ScheduleDefinition],
+        now_us: int,
+        *,
+        replace: bool = True,
+    ) -> builtins.list[str]:
+        """Create or update schedules by name, in one transaction (all or none).
+
+        A new name is created (revision 1, paused as asked, next tick ``next_tick_us``). An
+        existing one whose ``definition_json``, ``timing``, ``overlap`` or ``source`` differs
+        is updated and its revision increases; its next tick is replaced only when
+        ``timing`` changed. Its pause state, counts and marks are never changed here.
+        ``source="code"`` records ``now_us`` as the schedule's ``declared_us``.
+
+        :param replace: False leaves an existing schedule untouched (answered ``"exists"``).
+        :returns: per schedule, ``"created"``, ``"updated"``, ``"unchanged"`` or ``"exists"``.
+        """
+        ...
+
+    def list_schedules(
+        self,
+        *,
+        names: Sequence[str] | None = None,
+        due_by_us: int | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Schedules by name (all, or those named), in one snapshot; with ``due_by_us`` only
+        those not paused whose next tick is at or before it, oldest next tick first."""
+        ...
+
+    def next_schedule_tick_us(self) -> int | None:
+        """The earliest next tick of the schedules that are not paused, or None (a read)."""
+        ...
+
+    def set_schedule_paused(
+        self, name: str, paused: bool, now_us: int, *, next_tick_us: int | None = None
+    ) -> ScheduleRow | None:
+        """Pause or resume a schedule, in one transaction; the revision increases when the
+        state changes. Resuming sets the next tick to ``next_tick_us`` (the first tick after
+        now, so ticks that fell while paused never fire; None: no tick ahead). Pausing a
+        paused schedule or resuming a running one changes nothing.
+
+        :returns: the schedule after the call, or None when no schedule has that name.
+        """
+        ...
+
+    def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule and its tick marks in one transaction (tasks it enqueued stay).
+
+        :returns: False when no schedule had that name.
+        """
+        ...
+
+    def fire_ticks(self, fires: Sequence[TickFire], now_us: int) -> builtins.list[FireOutcome]:
+        """Fire due ticks: per tick, its task and its mark in one transaction for the whole
+        call (all or none), so each tick of a schedule enqueues exactly one task however many
+        processes fire at once.
+
+        For each :class:`TickFire`, only if the schedule exists, is not paused and still has
+        the ``expect_next_tick_us`` and ``expect_revision`` it was read with (else nothing is
+        written for it: ``applied=False``): each tick in order gets a mark, unique per
+        (schedule, tick), and its task row is inserted (queued, ``created_at = now_us``). A
+        tick whose mark exists inserts nothing (``already``); with ``overlap`` off, a tick
+        while the schedule's previous task is queued or running inserts nothing
+        (``overlapped``). Then the schedule's next tick becomes ``next_tick_us``, its
+        ``last_tick_us``/``last_task_id`` the newest fired tick, and its counts grow by the
+        ticks fired and the ticks skipped (``skipped``, overlapped).
+
+        :returns: one :class:`FireOutcome` per :class:`TickFire`, in order.
+        :raises ValueError: two steps of one schedule in a call, or a task row with an
+            idempotency key (a tick's mark is what makes it unique); nothing is written.
+        """
+        ...
+
     # -- user actions ------------------------------------------------------------------------
 
     def cancel(self, task_id: int, now_us: int) -> Transition:
@@ -556,8 +725,9 @@ class TaskStore(Protocol):
 
     def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
         """Delete finished tasks in ``statuses`` that finished before ``older_than_us``, in
-        batches that each commit (so workers are never locked out for long), and worker
-        records silent since then. Their idempotency keys go with them.
+        batches that each commit (so workers are never locked out for long), worker records
+        silent since then, and periodic tick marks fired before then. Their idempotency keys
+        go with them.
 
         :returns: how many tasks were deleted.
         :raises ValidationError: a status that is not final.
@@ -574,9 +744,13 @@ __all__ = [
     "Durability",
     "ExpiryDecider",
     "FinishedSample",
+    "FireOutcome",
     "InsertRow",
     "QueueGauge",
+    "ScheduleDefinition",
+    "ScheduleRow",
     "Settlement",
     "TaskStore",
+    "TickFire",
     "Transition",
 ]

@@ -98,6 +98,10 @@ class WorkerEngine:
         the names are looked up again at most every :data:`QUEUE_NAMES_TTL` seconds.
     :param max_tasks: stop (gracefully) after this many finished attempts — for recycling
         worker processes (``hookqueue worker --max-tasks-per-child``); None: no limit.
+    :param scheduler: whether this worker takes part in periodic schedules (the
+        ``periodic`` plugin declares its handlers' schedules and fires due ticks in every
+        worker where this is True; ``hookqueue worker --no-scheduler`` sets it False). The
+        core itself only carries the switch, as :attr:`scheduler`, for plugins to read.
 
     Every run method (:meth:`run`, :meth:`run_async`, :meth:`run_until_idle`,
     :meth:`run_until_idle_async`) may be called again on the same worker once the previous
@@ -120,6 +124,7 @@ class WorkerEngine:
         wake_on_wal_writes: bool = True,
         all_queues: bool = False,
         max_tasks: int | None = None,
+        scheduler: bool = True,
     ) -> None:
         if queue_or_db is None:
             queue_or_db = QueueDatabase()
@@ -176,6 +181,8 @@ class WorkerEngine:
         self.wake_poll_interval = float(wake_poll_interval)
         self.wake_on_wal_writes = bool(wake_on_wal_writes)
         self.idle_poll_interval = float(idle_poll_interval)
+        #: Whether periodic schedules run in this worker (read by the ``periodic`` plugin).
+        self.scheduler = bool(scheduler)
         self.stats = WorkerStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()

@@ -256,3 +256,42 @@ def test_the_wait_benchmark_measures_every_way_of_waiting(tmp_path: Path) -> Non
         assert row["n"] == 20 and _number(row["p50_ms"]) and row["p50_ms"] >= 0
     assert rows["20 coroutines at once"]["threads"] <= 1, "one waiter thread for all waits"
     assert "| wait_async | 20 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_periodic_script_measures_firing_and_the_drain_beside_schedules(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "periodic.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "periodic.py"),
+            "--quick",
+            "--durability",
+            "normal",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    firing = data["firing"]["normal"]
+    assert sorted(firing) == sorted(
+        [
+            "enqueue_us",
+            "one_schedule_us_per_tick",
+            "wide_us_per_tick",
+            "wide_ms_per_pass",
+            "idle_pass_us",
+            "idle_pass_wide_us",
+        ]
+    )
+    assert all(_number(v) and v > 0 for v in firing.values())
+    drains = data["drain"]["normal"]
+    assert len(drains) == 4 and all(_number(v) and v > 0 for v in drains.values())
+    assert "| scheduler off | " in proc.stdout and "(1.00×)" in proc.stdout

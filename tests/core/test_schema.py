@@ -77,7 +77,7 @@ def test_a_version_1_file_is_migrated_with_its_tasks(db_path: Path) -> None:
     clock = FakeClock(from_us(NOW_US + 1_000_000))  # inside the running task's lease
     q = Queue(db_path, load_entrypoints=False, clock=clock, durability="normal")
     try:
-        assert q.db.schema_version() == SCHEMA_VERSION == 4
+        assert q.db.schema_version() == SCHEMA_VERSION == 5
         assert q.db.check() == []
         assert q.counts() == {s.value: 2 for s in TaskStatus}
         assert q.counts(by_type=True) == {t: {s.value: 1 for s in TaskStatus} for t in "ab"}

@@ -50,6 +50,12 @@ GUARANTEES: list[tuple[str, list[str]]] = [
         ["test_kill.py::test_sigkill_workers_while_producer_enqueues"],
     ),
     (
+        "Periodic schedules: each tick enqueues exactly one task whichever worker processes "
+        "fire it and whenever they are SIGKILLed (one at a time, or all at once); with "
+        '`misfire="all"` no tick is missed, those that fell while no worker ran included.',
+        ["test_periodic.py::test_sigkilled_schedulers_fire_every_tick_exactly_once"],
+    ),
+    (
         "`enqueue_many`, lease and complete are all or none whenever the process dies "
         "(random SIGKILL, or SIGKILL at each write and at the fsync of the transaction).",
         [
@@ -155,6 +161,7 @@ GUARANTEES: list[tuple[str, list[str]]] = [
 #: The order of the sections (the rest follow, by name).
 MODULE_ORDER = [
     "test_kill",
+    "test_periodic",
     "test_io_faults",
     "test_powerloss",
     "test_locking",
@@ -183,6 +190,20 @@ NOT_COVERED = [
 #: Prose printed under a module's table: how its tests work and figures of runs larger than
 #: the suite's (each says when and how it was measured).
 MODULE_NOTES: dict[str, list[str]] = {
+    "test_periodic": [
+        "The workers are `tests/reliability/_periodic_worker.py`: a `WorkerEngine` each, "
+        "with the periodic plugin, declaring the same twenty schedules on its handler "
+        '(`every 50ms`, `misfire="all"`), so each restart also declares them again. Ticks '
+        "are real ticks of the wall clock fired by those processes. At the end the test reads "
+        "every task back: each (schedule, tick) from the schedule's first tick to its next "
+        "tick must have exactly one task. A longer run:",
+        "",
+        "```",
+        "HOOKQUEUE_PERIODIC_CHAOS_SECONDS=300 pytest tests/reliability/test_periodic.py "
+        "--timeout=0",
+        "```",
+        "",
+    ],
     "test_powerloss": [
         "### How the simulation works",
         "",

@@ -180,9 +180,10 @@ def test_empty_file_becomes_a_new_queue(tmp_path: Path, fault: FaultRecord) -> N
 
 
 def test_damaged_page_is_reported_not_hidden(tmp_path: Path, fault: FaultRecord) -> None:
-    """Garbage over one interior page: check() reports the damage, every operation that
-    touches it raises NotAHookqueueDatabase (or another StoreError) naming the path, and
-    the file is never replaced by a new one."""
+    """Garbage over one interior page: opening refuses the file (when the page held part of
+    the schema) or check() reports the damage, every operation that touches it raises
+    NotAHookqueueDatabase (or another StoreError) naming the path, and the file is never
+    replaced by a new one."""
     fault.describe("One interior page overwritten with garbage")
     path = _hookqueue_db(tmp_path / "queue.db")
     page = 4096
@@ -192,23 +193,31 @@ def test_damaged_page_is_reported_not_hidden(tmp_path: Path, fault: FaultRecord)
     fault.inject()
     size = path.stat().st_size
     raised: dict[str, str] = {}
-    with Queue(path, load_entrypoints=False) as q:
-        try:
-            problems = q.check()
-        except StoreError as exc:  # integrity_check itself may give up on a malformed file
-            assert str(path) in str(exc)
-            problems = [str(exc)]
-        for name, op in {
-            "counts": q.counts,
-            "list": lambda: q.list(limit=1000),
-            "find": lambda: q.find("k150"),
-            "lease": lambda: q.runtime.lease("w", limit=500),
-        }.items():
+    try:
+        q = Queue(path, load_entrypoints=False)
+    except StoreError as exc:
+        # The page held part of the schema: the file is refused at open, naming it.
+        assert str(path) in str(exc) and "not modified" in str(exc)
+        raised["open"] = type(exc).__name__
+        problems = [str(exc)]
+    else:
+        with q:
             try:
-                op()
-            except StoreError as exc:
+                problems = q.check()
+            except StoreError as exc:  # integrity_check itself may give up on a malformed file
                 assert str(path) in str(exc)
-                raised[name] = type(exc).__name__
+                problems = [str(exc)]
+            for name, op in {
+                "counts": q.counts,
+                "list": lambda: q.list(limit=1000),
+                "find": lambda: q.find("k150"),
+                "lease": lambda: q.runtime.lease("w", limit=500),
+            }.items():
+                try:
+                    op()
+                except StoreError as exc:
+                    assert str(path) in str(exc)
+                    raised[name] = type(exc).__name__
     assert problems, "check() did not notice a page of garbage"
     assert path.stat().st_size >= size
     fault.figure("damaged page", f"{size_pages // 2} of {size_pages}")

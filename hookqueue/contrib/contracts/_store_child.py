@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from hookqueue.core.models import LeasePlan, Task
-from hookqueue.core.storage import InsertRow, TaskStore
+from hookqueue.core.storage import InsertRow, TaskStore, TickFire
 
 
 @attrs.frozen
@@ -112,12 +112,50 @@ def initialize(store: TaskStore, row: InsertRow, now_us: int) -> int:
     return store.insert_one(row, now_us)
 
 
+def fire_steps(
+    store: TaskStore, schedule: str, every_us: int, until_us: int, now_us: int
+) -> list[list[int]]:
+    """Act as a scheduler of an ``every_us`` schedule: read it, fire its next tick, again,
+    until its next tick is past ``until_us``; the ``[tick, task id]`` this process fired."""
+    fired: list[list[int]] = []
+    while True:
+        [row] = store.list_schedules(names=[schedule])
+        if row.next_tick_us is None or row.next_tick_us > until_us:
+            return fired
+        tick = row.next_tick_us
+        task = InsertRow(
+            queue="default",
+            task_type="tick",
+            payload_json=json.dumps({"tick": tick}),
+            priority=100,
+            max_attempts=1,
+            run_after_us=0,
+            idempotency_key=None,
+            timeout=None,
+            headers_json=None,
+        )
+        [outcome] = store.fire_ticks(
+            [
+                TickFire(
+                    schedule=schedule,
+                    expect_next_tick_us=tick,
+                    expect_revision=row.revision,
+                    ticks=((tick, task),),
+                    next_tick_us=tick + every_us,
+                )
+            ],
+            now_us,
+        )
+        fired += [[t, task_id] for t, task_id in outcome.fired]
+
+
 #: The jobs a child can run, by name.
 JOBS: dict[str, Callable[..., Any]] = {
     "insert_each": insert_each,
     "lease_all": lease_all,
     "insert_one": insert_one,
     "initialize": initialize,
+    "fire_steps": fire_steps,
 }
 #: Jobs that start on a store whose schema is not yet created (the others create it while
 #: preparing, so the job itself races only with the other children's jobs).

@@ -82,8 +82,11 @@ from hookqueue.core.storage import (
     FinishedSample,
     InsertRow,
     QueueGauge,
+    ScheduleDefinition,
+    ScheduleRow,
     Settlement,
     TaskStore,
+    TickFire,
     Transition,
 )
 
@@ -98,6 +101,7 @@ __all__ = [
     "StoreContract",
     "StoreMachine",
     "make_row",
+    "make_schedule",
     "plan_sort_key",
     "us",
 ]
@@ -129,6 +133,23 @@ def make_row(run_after_us: int, **changes: Any) -> InsertRow:
     }
     fields.update(changes)
     return InsertRow(**fields)
+
+
+def make_schedule(name: str, next_tick_us: int | None, **changes: Any) -> ScheduleDefinition:
+    """A :class:`ScheduleDefinition` named ``name`` with its next tick at ``next_tick_us``:
+    timing ``"every 60s"``, a definition naming task type ``t``, overlap allowed, declared by
+    code, not paused, unless ``changes`` say otherwise."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "definition_json": json.dumps({"task_type": "t", "every": 60}),
+        "timing": "every 60s",
+        "overlap": True,
+        "source": "code",
+        "next_tick_us": next_tick_us,
+        "paused": False,
+    }
+    fields.update(changes)
+    return ScheduleDefinition(**fields)
 
 
 @overload
@@ -263,6 +284,15 @@ _CALLS: dict[str, Callable[[TaskStore], Any]] = {
     "requeue": lambda s: s.requeue(1, T0),
     "prune": lambda s: s.prune(older_than_us=T0, statuses=[TaskStatus.COMPLETED]),
     "vacuum": lambda s: s.vacuum(),
+    "upsert_schedules": lambda s: s.upsert_schedules([make_schedule("s", T0)], T0),
+    "list_schedules": lambda s: s.list_schedules(),
+    "next_schedule_tick_us": lambda s: s.next_schedule_tick_us(),
+    "set_schedule_paused": lambda s: s.set_schedule_paused("s", True, T0),
+    "delete_schedule": lambda s: s.delete_schedule("s"),
+    "fire_ticks": lambda s: s.fire_ticks(
+        [TickFire(schedule="s", expect_next_tick_us=T0, expect_revision=1, next_tick_us=None)],
+        T0,
+    ),
 }
 
 #: Payload values and the partition a re-ranking plan must offer for each (the value itself).
@@ -1680,6 +1710,364 @@ class StoreContract:
         store.vacuum()
         assert store.list() == before and [t.id for t in before] == kept
         assert store.check() == []
+
+    # -- periodic schedules --------------------------------------------------------------------
+
+    @staticmethod
+    def step(
+        row: ScheduleRow,
+        ticks: Sequence[int],
+        next_tick_us: int | None,
+        *,
+        skipped: int = 0,
+        **task: Any,
+    ) -> TickFire:
+        """The step a scheduler takes after reading ``row``: fire ``ticks`` (each a task of
+        type ``tick`` with the tick in its payload, unless ``task`` says otherwise), then go
+        to ``next_tick_us``."""
+        assert row.next_tick_us is not None
+        return TickFire(
+            schedule=row.name,
+            expect_next_tick_us=row.next_tick_us,
+            expect_revision=row.revision,
+            ticks=tuple(
+                (t, make_row(0, task_type="tick", payload_json=json.dumps({"tick": t}), **task))
+                for t in ticks
+            ),
+            next_tick_us=next_tick_us,
+            skipped=skipped,
+        )
+
+    @staticmethod
+    def schedule(store: TaskStore, name: str) -> ScheduleRow:
+        """The stored schedule named ``name``."""
+        [row] = store.list_schedules(names=[name])
+        return row
+
+    def test_upsert_creates_schedules_and_lists_them_by_name(self, store: TaskStore) -> None:
+        """New names are created with revision 1, their next tick, no counts; listed by
+        name, or only those named."""
+        answers = store.upsert_schedules(
+            [make_schedule("b", T0 + SECOND), make_schedule("a", None, source="added")], T0
+        )
+        assert answers == ["created", "created"]
+        a, b = store.list_schedules()
+        assert (a.name, b.name) == ("a", "b")
+        assert b.definition_json == make_schedule("b", 0).definition_json
+        assert (b.timing, b.overlap, b.source, b.paused) == ("every 60s", True, "code", False)
+        assert (b.revision, b.next_tick_us, b.last_tick_us, b.last_task_id) == (
+            1,
+            T0 + SECOND,
+            None,
+            None,
+        )
+        assert (b.fired, b.skipped, b.created_us, b.updated_us, b.declared_us) == (
+            0,
+            0,
+            T0,
+            T0,
+            T0,
+        )
+        assert a.next_tick_us is None and a.source == "added" and a.declared_us is None
+        assert [r.name for r in store.list_schedules(names=["b", "nobody"])] == ["b"]
+
+    def test_upsert_of_the_same_definition_changes_only_when_it_was_declared(
+        self, store: TaskStore
+    ) -> None:
+        """Declaring an unchanged schedule again keeps its revision and next tick (a restart
+        loses no tick) and records when code declared it."""
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0)
+        later = T0 + 30 * SECOND
+        assert store.upsert_schedules([make_schedule("s", later + SECOND)], later) == ["unchanged"]
+        row = self.schedule(store, "s")
+        assert (row.revision, row.next_tick_us, row.updated_us) == (1, T0 + SECOND, T0)
+        assert row.declared_us == later
+
+    def test_upsert_of_a_new_definition_keeps_the_next_tick_unless_the_timing_changed(
+        self, store: TaskStore
+    ) -> None:
+        """A changed definition raises the revision; the next tick is replaced only when the
+        timing changed."""
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0)
+        changed = make_schedule("s", T0 + 9 * SECOND, definition_json='{"other": 1}')
+        assert store.upsert_schedules([changed], T0 + 2) == ["updated"]
+        row = self.schedule(store, "s")
+        assert (row.revision, row.next_tick_us, row.definition_json) == (
+            2,
+            T0 + SECOND,
+            '{"other": 1}',
+        )
+        assert row.updated_us == T0 + 2
+        store.upsert_schedules([make_schedule("s", T0 + 9 * SECOND, overlap=False)], T0 + 3)
+        row = self.schedule(store, "s")
+        assert (row.revision, row.overlap, row.next_tick_us) == (3, False, T0 + SECOND)
+        retimed = make_schedule("s", T0 + 7 * SECOND, overlap=False, timing="every 5s")
+        assert store.upsert_schedules([retimed], T0 + 4) == ["updated"]
+        row = self.schedule(store, "s")
+        assert (row.revision, row.timing, row.next_tick_us) == (4, "every 5s", T0 + 7 * SECOND)
+
+    def test_upsert_never_changes_the_pause_state(self, store: TaskStore) -> None:
+        """A paused schedule stays paused when code declares it again, changed or not (and
+        ``paused=True`` only applies to a new schedule)."""
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0)
+        store.set_schedule_paused("s", True, T0)
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0 + 1)
+        store.upsert_schedules([make_schedule("s", T0, timing="every 1s")], T0 + 2)
+        assert self.schedule(store, "s").paused is True
+        store.upsert_schedules([make_schedule("p", T0, paused=True)], T0)
+        store.set_schedule_paused("p", False, T0, next_tick_us=T0 + SECOND)
+        store.upsert_schedules([make_schedule("p", T0, paused=True, timing="x")], T0 + 1)
+        assert self.schedule(store, "p").paused is False
+
+    def test_upsert_without_replace_leaves_an_existing_schedule(self, store: TaskStore) -> None:
+        """``replace=False`` answers ``exists`` for a taken name and changes nothing."""
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0)
+        answers = store.upsert_schedules(
+            [make_schedule("s", T0, timing="every 1s"), make_schedule("t", T0)],
+            T0 + 1,
+            replace=False,
+        )
+        assert answers == ["exists", "created"]
+        row = self.schedule(store, "s")
+        assert (row.timing, row.revision, row.declared_us) == ("every 60s", 1, T0)
+
+    def test_due_schedules_and_the_next_tick(self, store: TaskStore) -> None:
+        """``due_by_us`` lists the unpaused schedules whose next tick has come, oldest
+        first; ``next_schedule_tick_us`` is the earliest next tick of the unpaused ones."""
+        assert store.next_schedule_tick_us() is None
+        store.upsert_schedules(
+            [
+                make_schedule("late", T0 + 5 * SECOND),
+                make_schedule("early", T0 + SECOND),
+                make_schedule("never", None),
+                make_schedule("paused", T0, paused=True),
+                make_schedule("future", T0 + 60 * SECOND),
+            ],
+            T0,
+        )
+        assert store.next_schedule_tick_us() == T0 + SECOND
+        due = store.list_schedules(due_by_us=T0 + 5 * SECOND)
+        assert [r.name for r in due] == ["early", "late"]
+        assert store.list_schedules(due_by_us=T0) == []
+        store.set_schedule_paused("early", True, T0)
+        assert store.next_schedule_tick_us() == T0 + 5 * SECOND
+
+    def test_pause_and_resume(self, store: TaskStore) -> None:
+        """Pausing and resuming raise the revision once each; resuming sets the next tick;
+        repeating either changes nothing; an unknown name answers None."""
+        store.upsert_schedules([make_schedule("s", T0 + SECOND)], T0)
+        row = store.set_schedule_paused("s", True, T0 + 1)
+        assert row is not None and row.paused is True and row.revision == 2
+        assert row.updated_us == T0 + 1 and row.next_tick_us == T0 + SECOND
+        again = store.set_schedule_paused("s", True, T0 + 2)
+        assert again is not None and again.revision == 2 and again.updated_us == T0 + 1
+        row = store.set_schedule_paused("s", False, T0 + 3, next_tick_us=T0 + 90 * SECOND)
+        assert row is not None and row.paused is False
+        assert (row.revision, row.next_tick_us) == (3, T0 + 90 * SECOND)
+        again = store.set_schedule_paused("s", False, T0 + 4, next_tick_us=T0)
+        assert again is not None and (again.revision, again.next_tick_us) == (3, T0 + 90 * SECOND)
+        assert store.set_schedule_paused("nobody", True, T0) is None
+        assert store.list_schedules(names=["nobody"]) == []
+
+    def test_delete_schedule(self, store: TaskStore) -> None:
+        """Deleting a schedule removes it and its marks (a new schedule of the same name
+        fires the same tick again); the tasks it enqueued stay."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        [out] = store.fire_ticks([self.step(self.schedule(store, "s"), [T0], T0 + SECOND)], T0)
+        assert store.delete_schedule("s") is True
+        assert store.list_schedules() == [] and store.delete_schedule("s") is False
+        assert store.get(out.fired[0][1]).status is TaskStatus.QUEUED
+        store.upsert_schedules([make_schedule("s", T0)], T0 + SECOND)
+        [again] = store.fire_ticks(
+            [self.step(self.schedule(store, "s"), [T0], T0 + SECOND)], T0 + SECOND
+        )
+        assert [tick for tick, _ in again.fired] == [T0] and again.already == ()
+
+    def test_fire_ticks_enqueues_one_task_per_tick_with_its_mark(self, store: TaskStore) -> None:
+        """Each tick's task is stored as its row says (queued, created now); the schedule
+        moves to its next tick, remembers the newest tick and task, and counts."""
+        store.upsert_schedules([make_schedule("s", T0), make_schedule("u", T0 + SECOND)], T0)
+        now = T0 + 2 * SECOND
+        s, u = store.list_schedules(due_by_us=now)
+        outcomes = store.fire_ticks(
+            [
+                self.step(s, [T0, T0 + SECOND], T0 + 3 * SECOND, skipped=4, queue="cron"),
+                self.step(u, [T0 + SECOND], T0 + 61 * SECOND, priority=5),
+            ],
+            now,
+        )
+        assert [o.schedule for o in outcomes] == ["s", "u"]
+        assert all(o.applied and o.overlapped == () and o.already == () for o in outcomes)
+        assert [tick for tick, _ in outcomes[0].fired] == [T0, T0 + SECOND]
+        tasks = store.get_many([tid for o in outcomes for _, tid in o.fired])
+        ticks = [T0, T0 + SECOND, T0 + SECOND]
+        assert [t.payload for t in tasks] == [{"tick": tick} for tick in ticks]
+        assert [t.queue for t in tasks] == ["cron", "cron", "default"]
+        assert tasks[2].priority == 5
+        assert all(t.status is TaskStatus.QUEUED and us(t.created_at) == now for t in tasks)
+        s, u = store.list_schedules()
+        assert (s.next_tick_us, s.last_tick_us, s.last_task_id) == (
+            T0 + 3 * SECOND,
+            T0 + SECOND,
+            tasks[1].id,
+        )
+        assert (s.fired, s.skipped, s.revision) == (2, 4, 1)
+        assert (u.next_tick_us, u.fired, u.skipped) == (T0 + 61 * SECOND, 1, 0)
+
+    def test_fire_ticks_fires_each_tick_once(self, store: TaskStore) -> None:
+        """A tick whose mark exists enqueues nothing, even when the schedule comes back to it
+        (its timing redefined, a clock behind): the mark is unique per (schedule, tick)."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        [first] = store.fire_ticks([self.step(self.schedule(store, "s"), [T0], T0 + SECOND)], T0)
+        store.upsert_schedules([make_schedule("s", T0, timing="every 30s")], T0 + 1)
+        row = self.schedule(store, "s")
+        assert row.next_tick_us == T0
+        [again] = store.fire_ticks([self.step(row, [T0, T0 + SECOND], T0 + 2 * SECOND)], T0 + 1)
+        assert again.applied and again.already == (T0,)
+        assert [tick for tick, _ in again.fired] == [T0 + SECOND]
+        assert store.counts()["queued"] == 2
+        assert self.schedule(store, "s").fired == 2
+        assert first.fired[0][1] != again.fired[0][1]
+
+    def test_fire_ticks_refuses_a_stale_step(self, store: TaskStore) -> None:
+        """A step read before the schedule was fired, redefined, paused or removed writes
+        nothing for it (``applied=False``); the other steps of the call go on."""
+        store.upsert_schedules(
+            [make_schedule(n, T0) for n in ("fired", "redefined", "paused", "removed", "ok")],
+            T0,
+        )
+        read = {r.name: r for r in store.list_schedules()}
+        store.fire_ticks([self.step(read["fired"], [T0], T0 + SECOND)], T0)
+        store.upsert_schedules([make_schedule("redefined", T0, definition_json="{}")], T0)
+        store.set_schedule_paused("paused", True, T0)
+        store.delete_schedule("removed")
+        before = store.counts()["queued"]
+        outcomes = store.fire_ticks([self.step(read[n], [T0], T0 + SECOND) for n in read], T0)
+        applied = {o.schedule: o.applied for o in outcomes}
+        assert applied == {
+            "fired": False,
+            "redefined": False,
+            "paused": False,
+            "removed": False,
+            "ok": True,
+        }
+        assert all(o.fired == () for o in outcomes if not o.applied)
+        assert store.counts()["queued"] == before + 1
+        assert self.schedule(store, "redefined").next_tick_us == T0
+        assert self.schedule(store, "fired").fired == 1
+
+    def test_fire_ticks_without_overlap_waits_for_the_previous_task(self, store: TaskStore) -> None:
+        """With overlap off, a tick is skipped (and counted) while the previous tick's task
+        is queued or running, and fires once that task finished — also within one step."""
+        store.upsert_schedules([make_schedule("s", T0, overlap=False)], T0)
+        [out] = store.fire_ticks(
+            [self.step(self.schedule(store, "s"), [T0, T0 + SECOND], T0 + 2 * SECOND)], T0
+        )
+        assert [t for t, _ in out.fired] == [T0] and out.overlapped == (T0 + SECOND,)
+        first = out.fired[0][1]
+        now = T0 + 2 * SECOND
+        [out] = store.fire_ticks([self.step(self.schedule(store, "s"), [now], now + SECOND)], now)
+        assert out.fired == () and out.overlapped == (now,)
+        [leased], _ = self.lease(store, "w1", now, task_types=["tick"])
+        assert leased.id == first
+        now += SECOND
+        [out] = store.fire_ticks([self.step(self.schedule(store, "s"), [now], now + SECOND)], now)
+        assert out.overlapped == (now,)
+        store.settle("w1", [Settlement(task_id=first, kind="complete")], now)
+        now += SECOND
+        [out] = store.fire_ticks([self.step(self.schedule(store, "s"), [now], now + SECOND)], now)
+        assert [t for t, _ in out.fired] == [now]
+        row = self.schedule(store, "s")
+        assert (row.fired, row.skipped, row.last_task_id) == (2, 3, out.fired[0][1])
+
+    def test_fire_ticks_is_all_or_none(self, store: TaskStore) -> None:
+        """A task row the store refuses, in any step, fails the call: no task, no mark and
+        no schedule change is stored, and the same ticks fire afterwards."""
+        store.upsert_schedules([make_schedule("a", T0), make_schedule("b", T0)], T0)
+        a, b = store.list_schedules()
+        bad = TickFire(
+            schedule="b",
+            expect_next_tick_us=T0,
+            expect_revision=1,
+            ticks=((T0, self.bad_row(T0)),),
+            next_tick_us=T0 + SECOND,
+        )
+        with pytest.raises(HookqueueError):
+            store.fire_ticks([self.step(a, [T0], T0 + SECOND), bad], T0)
+        assert sum(store.counts().values()) == 0
+        assert store.list_schedules() == [a, b]
+        outcomes = store.fire_ticks(
+            [self.step(a, [T0], T0 + SECOND), self.step(b, [T0], T0 + SECOND)], T0
+        )
+        assert [len(o.fired) for o in outcomes] == [1, 1]
+
+    def test_fire_ticks_refuses_keyed_rows_and_two_steps_of_one_schedule(
+        self, store: TaskStore
+    ) -> None:
+        """A tick's task with an idempotency key, or two steps of one schedule in one call,
+        is a ValueError, and nothing is written."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        row = self.schedule(store, "s")
+        with pytest.raises(ValueError):
+            store.fire_ticks([self.step(row, [T0], T0 + SECOND, idempotency_key="k")], T0)
+        with pytest.raises(ValueError):
+            store.fire_ticks(
+                [self.step(row, [T0], T0 + SECOND), self.step(row, [T0], T0 + SECOND)], T0
+            )
+        assert sum(store.counts().values()) == 0 and self.schedule(store, "s") == row
+
+    def test_prune_forgets_old_tick_marks(self, store: TaskStore) -> None:
+        """``prune`` deletes tick marks fired before its cut-off (and only those)."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        store.fire_ticks([self.step(self.schedule(store, "s"), [T0], T0 + SECOND)], T0)
+        store.fire_ticks(
+            [self.step(self.schedule(store, "s"), [T0 + SECOND], T0 + 2 * SECOND)],
+            T0 + 10 * SECOND,
+        )
+        store.prune(older_than_us=T0 + 5 * SECOND, statuses=[TaskStatus.COMPLETED])
+        store.upsert_schedules([make_schedule("s", T0, timing="again")], T0 + 11 * SECOND)
+        [out] = store.fire_ticks(
+            [self.step(self.schedule(store, "s"), [T0, T0 + SECOND], T0 + 2 * SECOND)],
+            T0 + 11 * SECOND,
+        )
+        assert [t for t, _ in out.fired] == [T0] and out.already == (T0 + SECOND,)
+
+    def test_threads_firing_the_same_ticks_fire_each_once(self, store: TaskStore) -> None:
+        """Threads acting as schedulers of one schedule at once fire every tick exactly once
+        between them."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        last = T0 + 59 * SECOND
+
+        def scheduler(_: int) -> list[tuple[int, int]]:
+            fired: list[tuple[int, int]] = []
+            while True:
+                row = self.schedule(store, "s")
+                assert row.next_tick_us is not None
+                if row.next_tick_us > last:
+                    return fired
+                [out] = store.fire_ticks(
+                    [self.step(row, [row.next_tick_us], row.next_tick_us + SECOND)], T0
+                )
+                fired += out.fired
+
+        results = self._in_threads(4, scheduler)
+        ticks = [tick for r in results for tick, _ in r]
+        assert sorted(ticks) == [T0 + i * SECOND for i in range(60)], "a tick twice, or none"
+        assert store.counts()["queued"] == 60 and self.schedule(store, "s").fired == 60
+
+    def test_processes_firing_the_same_ticks_fire_each_once(self, store: TaskStore) -> None:
+        """Two processes acting as schedulers of one schedule at once fire every tick exactly
+        once between them."""
+        store.upsert_schedules([make_schedule("s", T0)], T0)
+        last = T0 + 99 * SECOND
+        with self.other_processes(
+            store, "fire_steps", schedule="s", every_us=SECOND, until_us=last, now_us=T0
+        ) as children:
+            first, second = children.go()
+        ticks = sorted(tick for tick, _ in first + second)
+        assert ticks == [T0 + i * SECOND for i in range(100)], "a tick twice, or none"
+        ids = [task_id for _, task_id in first + second]
+        assert len(set(ids)) == 100 and store.counts()["queued"] == 100
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -41,9 +41,13 @@ from ..storage import (
     Durability,
     ExpiryDecider,
     FinishedSample,
+    FireOutcome,
     InsertRow,
     QueueGauge,
+    ScheduleDefinition,
+    ScheduleRow,
     Settlement,
+    TickFire,
     Transition,
 )
 from .connection import SYNCHRONOUS, Connections, default_database_path
@@ -82,6 +86,7 @@ from .statements import (
     SQL_PAUSE_QUEUE,
     SQL_PAUSED_QUEUES,
     SQL_PRUNE_BATCH,
+    SQL_PRUNE_TICKS,
     SQL_PRUNE_WORKERS,
     SQL_QUEUED_BY_QUEUE,
     SQL_QUEUED_QUEUE_NAMES,
@@ -94,7 +99,24 @@ from .statements import (
     SQL_RETRY_LATER,
     SQL_RUNNING_BY_QUEUE,
     SQL_RUNNING_UNOWNED,
+    SQL_SCHEDULE_CLAIM,
+    SQL_SCHEDULE_DECLARED,
+    SQL_SCHEDULE_DELETE,
+    SQL_SCHEDULE_FIRED,
+    SQL_SCHEDULE_GET,
+    SQL_SCHEDULE_INSERT,
+    SQL_SCHEDULE_NEXT,
+    SQL_SCHEDULE_PAUSE,
+    SQL_SCHEDULE_REDEFINE,
+    SQL_SCHEDULE_RESUME,
+    SQL_SCHEDULE_STATE,
+    SQL_SCHEDULE_TICKS_DELETE,
+    SQL_SCHEDULES_ALL,
+    SQL_SCHEDULES_DUE,
+    SQL_TASK_ACTIVE,
     SQL_TASK_FAILURES,
+    SQL_TICK_EXISTS,
+    SQL_TICK_INSERT,
     SQL_VACUUM,
     SQL_WAITING_RETRY,
     SQL_WORKER_BEAT,
@@ -1340,6 +1362,7 @@ class QueueDatabase:
                     break
         with self._cx.write() as conn:
             conn.execute(SQL_PRUNE_WORKERS, (older_than_us,))
+            conn.execute(SQL_PRUNE_TICKS, (older_than_us,))
         return total
 
     def vacuum(self) -> None:
@@ -1394,6 +1417,197 @@ class QueueDatabase:
             rows: builtins.list[Any] = self._cx.conn().execute(SQL_PAUSED_QUEUES).fetchall()
         return {name: from_us(at) for name, at in rows}
 
+    # -- periodic schedules --------------------------------------------------------------------
+
+    def upsert_schedules(
+        self,
+        schedules: Sequence[ScheduleDefinition],
+        now_us: int,
+        *,
+        replace: bool = True,
+    ) -> builtins.list[str]:
+        """Create or update schedules by name in one transaction (see
+        :meth:`~hookqueue.core.storage.TaskStore.upsert_schedules`).
+
+        :returns: per schedule, ``"created"``, ``"updated"``, ``"unchanged"`` or ``"exists"``.
+        """
+        out: builtins.list[str] = []
+        with self._cx.write() as conn:
+            for d in schedules:
+                row = conn.execute(SQL_SCHEDULE_GET, (d.name,)).get
+                declared = now_us if d.source == "code" else None
+                if row is None:
+                    conn.execute(
+                        SQL_SCHEDULE_INSERT,
+                        (
+                            d.name,
+                            d.definition_json,
+                            d.timing,
+                            int(d.overlap),
+                            d.source,
+                            int(d.paused),
+                            d.next_tick_us,
+                            now_us,
+                            now_us,
+                            declared,
+                        ),
+                    )
+                    out.append("created")
+                    continue
+                if not replace:
+                    out.append("exists")
+                    continue
+                current = _schedule(row)
+                if (
+                    current.definition_json,
+                    current.timing,
+                    current.overlap,
+                    current.source,
+                ) != (d.definition_json, d.timing, bool(d.overlap), d.source):
+                    next_tick = (
+                        current.next_tick_us if current.timing == d.timing else d.next_tick_us
+                    )
+                    conn.execute(
+                        SQL_SCHEDULE_REDEFINE,
+                        (
+                            d.definition_json,
+                            d.timing,
+                            int(d.overlap),
+                            d.source,
+                            next_tick,
+                            now_us,
+                            d.name,
+                        ),
+                    )
+                    out.append("updated")
+                else:
+                    out.append("unchanged")
+                if declared is not None:
+                    conn.execute(SQL_SCHEDULE_DECLARED, (declared, d.name))
+        return out
+
+    def list_schedules(
+        self,
+        *,
+        names: Sequence[str] | None = None,
+        due_by_us: int | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Schedules by name, or the due ones (not paused, next tick at or before
+        ``due_by_us``) oldest next tick first; one snapshot."""
+        conn = self._cx.conn()
+        with self._cx.errors:  # one statement: one snapshot
+            if due_by_us is not None:
+                rows = conn.execute(SQL_SCHEDULES_DUE, (due_by_us,)).fetchall()
+            else:
+                rows = conn.execute(SQL_SCHEDULES_ALL).fetchall()
+        found = [_schedule(r) for r in rows]
+        if names is not None:
+            wanted = set(names)
+            found = [r for r in found if r.name in wanted]
+        return found
+
+    def next_schedule_tick_us(self) -> int | None:
+        """The earliest next tick of the unpaused schedules, or None."""
+        with self._cx.errors:
+            value: int | None = self._cx.conn().execute(SQL_SCHEDULE_NEXT).get
+        return value
+
+    def set_schedule_paused(
+        self, name: str, paused: bool, now_us: int, *, next_tick_us: int | None = None
+    ) -> ScheduleRow | None:
+        """Pause or resume a schedule (resuming from ``next_tick_us``); the schedule after
+        the change, or None when there is none of that name."""
+        with self._cx.write() as conn:
+            if paused:
+                row = conn.execute(SQL_SCHEDULE_PAUSE, (now_us, name)).get
+            else:
+                row = conn.execute(SQL_SCHEDULE_RESUME, (next_tick_us, now_us, name)).get
+            if row is None:
+                row = conn.execute(SQL_SCHEDULE_GET, (name,)).get
+        return None if row is None else _schedule(row)
+
+    def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule and its tick marks; False when there was none."""
+        with self._cx.write() as conn:
+            conn.execute(SQL_SCHEDULE_DELETE, (name,))
+            deleted = conn.changes() > 0
+            conn.execute(SQL_SCHEDULE_TICKS_DELETE, (name,))
+        return deleted
+
+    def fire_ticks(self, fires: Sequence[TickFire], now_us: int) -> builtins.list[FireOutcome]:
+        """Fire due ticks, each tick's task and mark in one transaction for the whole call
+        (see :meth:`~hookqueue.core.storage.TaskStore.fire_ticks`)."""
+        if len({f.schedule for f in fires}) != len(fires):
+            raise ValueError("fire_ticks takes at most one step per schedule per call")
+        for f in fires:
+            for _, row in f.ticks:
+                if row.idempotency_key is not None:
+                    raise ValueError(
+                        f"schedule {f.schedule!r}: a tick's task row has an idempotency key; "
+                        "a tick's mark is what makes it unique"
+                    )
+        conn = self._cx.conn()
+        # A read first, without the write lock: when several processes fire the same ticks
+        # at once, those that read after the first one committed write nothing. (A hint
+        # only: the claim inside the write transaction decides.)
+        with self._cx.errors:
+            live = [
+                f
+                for f in fires
+                if conn.execute(SQL_SCHEDULE_STATE, (f.schedule,)).get
+                == (f.expect_next_tick_us, f.expect_revision, 0)
+            ]
+        outcomes = {f.schedule: FireOutcome(schedule=f.schedule, applied=False) for f in fires}
+        if live:
+            with self._cx.write() as conn:
+                for f in live:
+                    outcomes[f.schedule] = self._fire_one(conn, f, now_us)
+        return [outcomes[f.schedule] for f in fires]
+
+    @staticmethod
+    def _fire_one(conn: apsw.Connection, f: TickFire, now_us: int) -> FireOutcome:
+        """One schedule's step inside the ``fire_ticks`` transaction."""
+        claimed = conn.execute(
+            SQL_SCHEDULE_CLAIM,
+            (f.next_tick_us, f.schedule, f.expect_next_tick_us, f.expect_revision),
+        ).get
+        if claimed is None:
+            return FireOutcome(schedule=f.schedule, applied=False)
+        overlap, last_task = claimed
+        fired: builtins.list[tuple[int, int]] = []
+        overlapped: builtins.list[int] = []
+        already: builtins.list[int] = []
+        for tick, row in f.ticks:
+            if conn.execute(SQL_TICK_EXISTS, (f.schedule, tick)).get is not None:
+                already.append(tick)
+                continue
+            if (
+                not overlap
+                and last_task is not None
+                and conn.execute(SQL_TASK_ACTIVE, (last_task,)).get is not None
+            ):
+                overlapped.append(tick)
+                continue
+            conn.execute(SQL_INSERT_ID, row.params(now_us))
+            task_id = conn.last_insert_rowid()
+            # The primary key (schedule, tick) refuses a second mark: the transaction, and
+            # with it the task, is then rolled back.
+            conn.execute(SQL_TICK_INSERT, (f.schedule, tick, task_id, now_us))
+            fired.append((tick, task_id))
+            last_task = task_id
+        newest = fired[-1] if fired else (None, None)
+        conn.execute(
+            SQL_SCHEDULE_FIRED,
+            (newest[0], newest[1], len(fired), f.skipped + len(overlapped), f.schedule),
+        )
+        return FireOutcome(
+            schedule=f.schedule,
+            applied=True,
+            fired=tuple(fired),
+            overlapped=tuple(overlapped),
+            already=tuple(already),
+        )
+
     # -- workers -------------------------------------------------------------------------------
 
     def register_worker(self, info: WorkerInfo) -> None:
@@ -1435,6 +1649,27 @@ class QueueDatabase:
             )
             for r in rows
         ]
+
+
+def _schedule(row: Any) -> ScheduleRow:
+    """A schedules row (``SCHEDULE_COLS`` order) as a record."""
+    return ScheduleRow(
+        name=row[0],
+        definition_json=row[1],
+        timing=row[2],
+        overlap=bool(row[3]),
+        source=row[4],
+        paused=bool(row[5]),
+        revision=row[6],
+        next_tick_us=row[7],
+        last_tick_us=row[8],
+        last_task_id=row[9],
+        fired=row[10],
+        skipped=row[11],
+        created_us=row[12],
+        updated_us=row[13],
+        declared_us=row[14],
+    )
 
 
 def _ids(cursor: Iterable[Any]) -> builtins.list[int]:

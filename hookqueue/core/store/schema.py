@@ -22,7 +22,7 @@ log = logging.getLogger("hookqueue.store")
 #: recognised and refused instead of being written to.
 APPLICATION_ID = 0x486B5175
 #: The schema version this code writes; older databases are migrated forward.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a database from version n to n + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -142,6 +142,40 @@ MIGRATIONS: tuple[str, ...] = (
         queue     TEXT    PRIMARY KEY,
         paused_at INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
+    """,
+    # v5: periodic schedules (the periodic plugin's, through the store's named methods). A
+    # tick fires by inserting its mark into schedule_ticks, whose primary key is
+    # (schedule, tick), in the same transaction as its task: each tick enqueues one task
+    # however many processes fire it. The schedules' next ticks are indexed while not paused,
+    # so "what is due" and "when is the next tick" read the index only.
+    """
+    CREATE TABLE schedules (
+        name         TEXT    PRIMARY KEY,
+        definition   TEXT    NOT NULL,
+        timing       TEXT    NOT NULL,
+        overlap      INTEGER NOT NULL DEFAULT 1 CHECK (overlap IN (0, 1)),
+        source       TEXT    NOT NULL,
+        paused       INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+        revision     INTEGER NOT NULL DEFAULT 1,
+        next_tick    INTEGER,
+        last_tick    INTEGER,
+        last_task_id INTEGER,
+        fired        INTEGER NOT NULL DEFAULT 0,
+        skipped      INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        declared_at  INTEGER
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules (next_tick) WHERE paused = 0;
+    CREATE TABLE schedule_ticks (
+        schedule TEXT    NOT NULL,
+        tick     INTEGER NOT NULL,
+        task_id  INTEGER NOT NULL,
+        fired_at INTEGER NOT NULL,
+        PRIMARY KEY (schedule, tick)
+    ) STRICT, WITHOUT ROWID;
+    -- Pruning marks by age.
+    CREATE INDEX schedule_ticks_fired ON schedule_ticks (fired_at);
     """,
 )
 

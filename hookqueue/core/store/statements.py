@@ -544,3 +544,66 @@ def sql_lease_chosen(n: int) -> str:
     """Lease these ``n`` ids if they are still queued (a re-ranked window's choice). Binds
     ``worker_id, lease_expires_at, started_at, *ids``; returns the leased ids."""
     return f"{_LEASE_SET} WHERE status = 'queued' AND id IN ({placeholders(n)}) RETURNING id"
+
+
+# -- periodic schedules ------------------------------------------------------------------------
+
+#: The schedule columns in ``ScheduleRow`` order.
+SCHEDULE_COLS = (
+    "name, definition, timing, overlap, source, paused, revision, next_tick, last_tick, "
+    "last_task_id, fired, skipped, created_at, updated_at, declared_at"
+)
+SQL_SCHEDULE_GET = f"SELECT {SCHEDULE_COLS} FROM schedules WHERE name = ?"
+SQL_SCHEDULES_ALL = f"SELECT {SCHEDULE_COLS} FROM schedules ORDER BY name"
+#: Due schedules, through the partial index over the unpaused ones' next ticks.
+SQL_SCHEDULES_DUE = f"""
+SELECT {SCHEDULE_COLS} FROM schedules INDEXED BY schedules_due
+WHERE paused = 0 AND next_tick <= ?
+ORDER BY next_tick, name
+"""
+SQL_SCHEDULE_NEXT = "SELECT min(next_tick) FROM schedules WHERE paused = 0"
+SQL_SCHEDULE_INSERT = """
+INSERT INTO schedules (name, definition, timing, overlap, source, paused, next_tick,
+                       created_at, updated_at, declared_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_SCHEDULE_REDEFINE = """
+UPDATE schedules SET definition = ?, timing = ?, overlap = ?, source = ?, next_tick = ?,
+                     revision = revision + 1, updated_at = ?
+WHERE name = ?
+"""
+SQL_SCHEDULE_DECLARED = "UPDATE schedules SET declared_at = ? WHERE name = ?"
+SQL_SCHEDULE_PAUSE = f"""
+UPDATE schedules SET paused = 1, revision = revision + 1, updated_at = ?
+WHERE name = ? AND paused = 0
+RETURNING {SCHEDULE_COLS}
+"""
+SQL_SCHEDULE_RESUME = f"""
+UPDATE schedules SET paused = 0, next_tick = ?, revision = revision + 1, updated_at = ?
+WHERE name = ? AND paused = 1
+RETURNING {SCHEDULE_COLS}
+"""
+SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+SQL_SCHEDULE_TICKS_DELETE = "DELETE FROM schedule_ticks WHERE schedule = ?"
+#: What ``fire_ticks`` compares before it takes the write lock (a request read before another
+#: process fired the same ticks needs no write transaction at all).
+SQL_SCHEDULE_STATE = "SELECT next_tick, revision, paused FROM schedules WHERE name = ?"
+#: Take one step of a schedule if it is as the firing process read it; binds
+#: ``new next_tick, name, expected next_tick, expected revision``.
+SQL_SCHEDULE_CLAIM = """
+UPDATE schedules SET next_tick = ?
+WHERE name = ? AND next_tick = ? AND revision = ? AND paused = 0
+RETURNING overlap, last_task_id
+"""
+SQL_SCHEDULE_FIRED = """
+UPDATE schedules SET last_tick = coalesce(?, last_tick), last_task_id = coalesce(?, last_task_id),
+                     fired = fired + ?, skipped = skipped + ?
+WHERE name = ?
+"""
+SQL_TICK_EXISTS = "SELECT 1 FROM schedule_ticks WHERE schedule = ? AND tick = ?"
+#: A tick's mark; the primary key (schedule, tick) refuses a second one.
+SQL_TICK_INSERT = (
+    "INSERT INTO schedule_ticks (schedule, tick, task_id, fired_at) VALUES (?, ?, ?, ?)"
+)
+SQL_TASK_ACTIVE = "SELECT 1 FROM tasks WHERE id = ? AND status IN ('queued', 'running')"
+SQL_PRUNE_TICKS = "DELETE FROM schedule_ticks WHERE fired_at < ?"
