@@ -324,6 +324,22 @@ class PrometheusExporter(Collector):
         """The exposition text (Prometheus text format 0.0.4) of this exporter's registry."""
         return prometheus_client.generate_latest(self.registry).decode("utf-8")
 
+    def samples(self) -> list[dict[str, Any]]:
+        """The same metrics as :meth:`text`, as JSON-ready records: one per family with its
+        ``name``, ``type``, ``help`` and ``samples`` (each ``name``, ``labels``, ``value``)."""
+        return [
+            {
+                "name": family.name,
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [
+                    {"name": s.name, "labels": dict(s.labels), "value": s.value}
+                    for s in family.samples
+                ],
+            }
+            for family in self.registry.collect()
+        ]
+
     def serve(self, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsServer:
         """Serve the registry over HTTP in a daemon thread.
 
@@ -452,6 +468,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         # Also accept --db after the action; SUPPRESS keeps a value given before it.
         p.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="(text) the metrics as JSON records instead of the Prometheus text format",
+        )
+        p.add_argument(
             "--no-health",
             action="store_true",
             help="skip the health summary gauges (cheaper scrapes of very large histories)",
@@ -470,6 +492,11 @@ def _run(args: argparse.Namespace) -> int:
     with queue_from_args(args) as queue:
         exporter = _exporter_for(args, queue)
         if args.metrics_command == "text":
+            if args.json:
+                from hookqueue.core.render import print_json
+
+                print_json(exporter.samples())
+                return 0
             sys.stdout.write(exporter.text())
             sys.stdout.flush()
             return 0

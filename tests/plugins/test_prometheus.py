@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -419,3 +420,28 @@ async def test_asgi_app_serves_the_registry(q: Queue) -> None:
         s.name
         for s in plugin_statuses(make_plugin_manager(load_entrypoints=False, plugins=[exporter]))
     } >= {"asgi-exporter"}
+
+
+def test_metrics_text_as_json(q: Queue, capsys: pytest.CaptureFixture[str]) -> None:
+    q.enqueue("email")
+    assert main(["metrics", "text", "--json", "--db", str(q.db.path)]) == 0
+    families = {f["name"]: f for f in json.loads(capsys.readouterr().out)}
+    queued = [
+        s
+        for s in families["hookqueue_tasks"]["samples"]
+        if s["labels"].get("task_type") == "email" and s["labels"].get("status") == "queued"
+    ]
+    assert [s["value"] for s in queued] == [1.0]
+    assert families["hookqueue_tasks"]["type"] == "gauge" and families["hookqueue_tasks"]["help"]
+
+
+def test_stats_refuses_an_infinite_window_and_a_missing_database(
+    q: Queue, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["stats", "--window", "inf", "--db", str(q.db.path)])
+    assert info.value.code == 2 and "finite" in capsys.readouterr().err
+    missing = tmp_path / "nowhere" / "typo.db"
+    assert main(["stats", "--db", str(missing)]) == 2
+    assert "no hookqueue database there" in capsys.readouterr().err
+    assert not missing.parent.exists()
