@@ -103,7 +103,23 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _positive_int(text: str) -> int:
+def json_option(option: str, text: str | None) -> Any:
+    """The JSON value an option holds (None when it was not given).
+
+    :raises ValidationError: naming ``option`` when the text is not JSON.
+    """
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            option, text, f"is not JSON ({exc.msg})", f'e.g. {option} \'{{"to": "a@b.c"}}\''
+        ) from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count: an integer >= 1. Plugin subcommands use it too."""
     try:
         value = int(text)
     except ValueError:
@@ -222,15 +238,7 @@ def _bulk(
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     """``hookqueue enqueue``: add one task (or answer the existing one for a repeated key)."""
-    try:
-        payload = json.loads(args.payload) if args.payload is not None else None
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            "--payload",
-            args.payload,
-            f"is not JSON ({exc.msg})",
-            'e.g. --payload \'{"to": "a@b.c"}\'',
-        ) from None
+    payload = json_option("--payload", args.payload)
     with queue_from_args(args, create=True) as queue:
         task = queue.enqueue(
             args.task_type,
@@ -789,7 +797,7 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--payload", help="JSON payload")
     p.add_argument("--priority", type=int, default=100, help="lower runs first (default 100)")
     p.add_argument("--delay", type=parse_duration, help="run after this long (e.g. 30s, 15m)")
-    p.add_argument("--max-attempts", type=_positive_int)
+    p.add_argument("--max-attempts", type=positive_int)
     p.add_argument("--key", help="idempotency key")
     p.add_argument("--queue", default="default")
     p.add_argument("--timeout", type=_positive_seconds, help="seconds one attempt may take")
@@ -797,7 +805,7 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", parents=[common], help="list tasks (newest first)")
     _add_filter_options(p, statuses=statuses)
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--after", type=int, help="continue after this id")
     p.add_argument("--oldest-first", action="store_true")
     p.set_defaults(func=cmd_ls)
@@ -861,8 +869,8 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", parents=[common], help="run worker processes")
     p.add_argument("--app", help="module:attribute of your Queue or TaskHandlerRegistry")
-    p.add_argument("--processes", type=_positive_int, default=1)
-    p.add_argument("--concurrency", type=_positive_int, default=10)
+    p.add_argument("--processes", type=positive_int, default=1)
+    p.add_argument("--concurrency", type=positive_int, default=10)
     p.add_argument("--queues", nargs="+", default=["default"])
     p.add_argument(
         "--all-queues", action="store_true", help="lease from every queue that has tasks"
@@ -873,12 +881,12 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is due")
     p.add_argument(
         "--max-tasks-per-child",
-        type=_positive_int,
+        type=positive_int,
         help="restart each worker process after it finished this many tasks",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no start banner and stop line")
     # Set by the supervisor on its first child, whose banner speaks for all of them.
-    p.add_argument("--total-processes", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--total-processes", type=positive_int, help=argparse.SUPPRESS)
     p.add_argument(
         "--no-scheduler",
         action="store_true",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hookqueue import QueueDatabase
+from hookqueue.core.cli import positive_int
 from hookqueue.core.errors import ValidationError
 from hookqueue.core.handlers import TaskHandlerRegistry
 from hookqueue.core.hookspecs import hookimpl
@@ -282,18 +283,8 @@ def _forward_lines(worker: subprocess.Popen[str], output: stdlib_queue.SimpleQue
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--processes", type=_positive_int, default=3)
-    parser.add_argument("--tasks", type=_positive_int, default=600)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
+    parser.add_argument("--processes", type=positive_int, default=3)
+    parser.add_argument("--tasks", type=positive_int, default=600)
 
 
 @hookimpl

@@ -11,7 +11,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from hookqueue.core.errors import ValidationError
 from hookqueue.core.models import CliCommand
 
 from .manage import (
@@ -77,14 +76,9 @@ def _queue(args: argparse.Namespace) -> Any:
 
 
 def _payload(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            "--payload", text, f"is not JSON ({exc.msg})", "e.g. --payload '{\"days\": 7}'"
-        ) from None
+    from hookqueue.core.cli import json_option
+
+    return json_option("--payload", text)
 
 
 def _duration(text: str) -> float:
