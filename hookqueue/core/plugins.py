@@ -51,7 +51,12 @@ CORE_PLUGIN_NAME = "core"
 _PLAIN_HOOKEXEC = pluggy.PluginManager(PROJECT_NAME)._inner_hookexec
 
 #: Extras that first-party plugins need, for the install hint when their import fails.
-EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel", "dashboard": "web"}
+EXTRAS = {
+    "prometheus": "prometheus",
+    "opentelemetry": "otel",
+    "dashboard": "web",
+    "postgres": "postgres",
+}
 
 
 @attrs.frozen(kw_only=True)
