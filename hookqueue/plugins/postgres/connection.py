@@ -243,7 +243,7 @@ class Translate:
                 "Nothing was written. Fix: connect to the primary "
                 "(target_session_attrs=read-write in the URL)"
             ) from exc
-        if state in ("22021", "22P05"):
+        if state in ("22021", "22P05") or "(0x00)" in text:
             raise StoreError(
                 f"{where}: a text value contains a NUL character (\\x00), which PostgreSQL "
                 f"cannot store ({text}); nothing was written. Fix: remove NUL characters from "
