@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _pg_urls import url_of
+from _services.pgurl import url_of
 from _services.postgres import PostgresServer
 from psycopg.conninfo import conninfo_to_dict
 

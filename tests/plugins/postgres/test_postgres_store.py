@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from _pg_urls import url_of
+from _services.pgurl import url_of
 
 from hookqueue import Queue, WorkerEngine
 from hookqueue.core.errors import (
