@@ -655,6 +655,12 @@ def write_docs(report: dict[str, Any]) -> None:
         [
             DOCS_BEGIN,
             "",
+            "The PostgreSQL store ([postgres.md](postgres.md)) beside procrastinate and pgqueuer, "
+            "the two PostgreSQL task queues for Python, on the same local server. Target: "
+            "workers in four processes drain at least as fast as procrastinate's. Run it with "
+            "`python benchmarks/postgres.py --write-docs` (it starts a throwaway server as the "
+            "tests do; `--dsn` for one of yours); the JSON goes to `benchmarks/results/`.",
+            "",
             f"Measured by `python benchmarks/postgres.py` on {env['machine']}, PostgreSQL "
             f"{env['postgres']['server_version']} (fsync {env['postgres']['fsync']}, "
             f"synchronous_commit {env['postgres']['synchronous_commit']}, shared_buffers "
