@@ -316,6 +316,7 @@ class Child:
         )
 
     def expect(self, key: str, timeout: float) -> Any:
+        """The value of the next printed object holding ``key``."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -330,11 +331,13 @@ class Child:
         raise RuntimeError(f"child silent for {timeout}s")
 
     def go(self) -> None:
+        """Release the child."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s; close the pipes."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -408,6 +411,7 @@ class Server:
                 )
 
     def settings(self) -> dict[str, str]:
+        """The server's version and durability settings, for the report."""
         import psycopg
 
         with psycopg.connect(self.admin_dsn) as conn:
@@ -417,6 +421,7 @@ class Server:
             }
 
     def close(self) -> None:
+        """Stop the server this script started (if it did)."""
         if self._own is not None:
             self._own.stop()
 
@@ -427,6 +432,7 @@ class Server:
 
 
 def percentile(values: list[int], p: float) -> float:
+    """The ``p``-th percentile of ``values`` (linear between the two nearest)."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
@@ -436,6 +442,7 @@ def percentile(values: list[int], p: float) -> float:
 
 
 def timed(fn: Callable[[int], Any], n: int) -> tuple[float, list[int]]:
+    """``fn(i)`` for i in 0..n-1 after ten untimed calls: (seconds, each call in ns)."""
     for i in range(10):  # warm: connections opened, statements prepared
         fn(-1 - i)
     lat = [0] * n
@@ -449,6 +456,7 @@ def timed(fn: Callable[[int], Any], n: int) -> tuple[float, list[int]]:
 
 
 def w1(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """W1: single enqueues, one transaction each."""
     n = sizes["w1"]
     with server.database(f"w1_{system}") as dsn:
         setup(system, dsn)
@@ -486,6 +494,7 @@ def w1(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
 
 
 def w2(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """W2: enqueues in batches, one transaction per batch."""
     n, batch = sizes["w2"], sizes["w2_batch"]
     with server.database(f"w2_{system}") as dsn:
         setup(system, dsn)
@@ -496,6 +505,7 @@ def w2(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
 
 
 def drain(server: Server, system: str, sizes: dict[str, int], workers: int) -> dict[str, Any]:
+    """W3/W3p4: pre-enqueued tasks drained by ``workers`` processes until the queue is empty."""
     n = sizes["w3"]
     with server.database(f"w3_{workers}_{system}") as dsn:
         setup(system, dsn)
@@ -529,6 +539,7 @@ def _count(dsn: str, query: str) -> int:
 
 
 def w4(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """W4: a producer enqueueing while four running workers take the tasks."""
     n, batch, workers = sizes["w4"], sizes["w4_batch"], sizes["workers"]
     with server.database(f"w4_{system}") as dsn:
         setup(system, dsn)
@@ -558,6 +569,7 @@ def w4(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
 
 
 def w5(server: Server, system: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """W5: status of a task and cancel of a queued task, on a full queue."""
     n, ops = sizes["w5_queue"], sizes["w5_ops"]
     rng = random.Random(5)
     with server.database(f"w5_{system}") as dsn:
@@ -631,6 +643,7 @@ ROWS = [
 
 
 def table(medians: dict[str, dict[str, dict[str, Any]]], systems: list[str]) -> str:
+    """The Markdown table of the medians, a row per figure, a column per system."""
     lines = [
         "| workload | " + " | ".join(systems) + " |",
         "|---|" + "---:|" * len(systems),
@@ -698,6 +711,7 @@ def _versions(systems: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one of its processes); the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         child_main(argv[1:])
