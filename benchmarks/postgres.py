@@ -660,6 +660,20 @@ def table(medians: dict[str, dict[str, dict[str, Any]]], systems: list[str]) -> 
     return "\n".join(lines)
 
 
+def verdict(medians: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The target's verdict: four hookqueue worker processes against procrastinate's."""
+    drains = medians.get("W3p4", {})
+    ours = drains.get("hookqueue", {}).get("tasks_s")
+    theirs = drains.get("procrastinate", {}).get("tasks_s")
+    if ours is None or theirs is None:
+        return "Target not measured in this run (W3p4 needs hookqueue and procrastinate)."
+    met = "met" if ours >= theirs else "**missed**"
+    return (
+        f"Target {met}: four hookqueue worker processes drain {ours:,.0f} tasks/s, "
+        f"procrastinate's {theirs:,.0f} ({ours / theirs:.1f}×)."
+    )
+
+
 def write_docs(report: dict[str, Any]) -> None:
     """Replace the PostgreSQL section of docs/performance.md (between the markers)."""
     text = DOCS_PATH.read_text()
@@ -684,6 +698,8 @@ def write_docs(report: dict[str, Any]) -> None:
             f"Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}.",
             "",
             table(report["medians"], report["systems"]),
+            "",
+            verdict(report["medians"]),
             "",
             DOCS_END,
         ]
@@ -724,11 +740,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--out", default=None, help="JSON path")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--docs-from", help="rewrite the docs section from this JSON; run nothing")
     args = parser.parse_args(argv)
     only = [w for w in args.only.split(",") if w]
     systems = [s for s in args.systems.split(",") if s]
     if any(w not in WORKLOADS for w in only) or any(s not in SYSTEMS for s in systems):
         parser.error(f"choose workloads from {WORKLOADS} and systems from {SYSTEMS}")
+    if args.docs_from:
+        write_docs(json.loads(Path(args.docs_from).read_text()))
+        return 0
     import importlib.util
 
     missing = [s for s in systems if importlib.util.find_spec(s) is None]
