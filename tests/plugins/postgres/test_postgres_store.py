@@ -4,17 +4,23 @@ refused untouched; several schemas in one database; text PostgreSQL cannot hold;
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import attrs
 import psycopg
 import pytest
 from _services.pgurl import url_of
 
-from hookqueue import Queue, WorkerEngine
+from hookqueue import Queue, TaskStatus, WorkerEngine
+from hookqueue.core.clock import from_us
 from hookqueue.core.errors import (
     DatabaseBusy,
+    HookqueueError,
     NotAHookqueueDatabase,
     SchemaTooNew,
     StoreError,
@@ -243,3 +249,91 @@ def _row(**changes: object):  # type: ignore[no-untyped-def]
     from hookqueue.contrib.contracts.store import make_row
 
     return make_row(1_000_000, **changes)
+
+
+def test_no_value_is_ever_formatted_into_a_statement(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every operation, driven with a marker in every value it takes (queue, type, key,
+    worker, payload, headers, error, result, partition key, schema aside), sends statements
+    whose text never holds the marker: values travel as bound parameters only."""
+    from hookqueue.contrib.contracts.store import make_row
+    from hookqueue.core.models import LeasePlan, SortKey, WorkerInfo
+    from hookqueue.core.storage import Settlement
+
+    mark = "Xq7mark'\"; --"
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def spy(self: psycopg.Cursor[Any], query: Any, params: Any = None, **kw: Any) -> Any:
+        sent.append(query if isinstance(query, str) else query.as_string(self))
+        return execute(self, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    now = 1_000_000_000
+    row = make_row(
+        now,
+        queue=f"q{mark}",
+        task_type=f"t{mark}",
+        payload_json=json.dumps({"tenant": mark}),
+        headers_json=json.dumps({"h": mark}),
+        max_attempts=3,
+    )
+    with PostgresStore(postgres_dsn) as store:
+        worker = f"w{mark}"
+        [(claimed, _)] = store.insert([row], now, claim=(worker, now + 10))
+        store.insert([attrs.evolve(row, idempotency_key=f"k{mark}")] * 2, now, key_window_us=5)
+        store.insert_one(row, now)
+        plan = LeasePlan(
+            order=(SortKey.AGED_PRIORITY,),
+            rerank=lambda c, n: [x.id for x in c][:n],
+            partition_key=f"tenant{mark}",
+        )
+        for queues in ([row.queue], [row.queue, f"other{mark}"]):
+            store.lease(
+                worker_id=worker, queues=queues, limit=1, now_us=now, lease_us=10,
+                plan=plan, decide_expired=lambda t: (now, f"expired{mark}"),
+                task_types=[row.task_type],
+            )  # fmt: skip
+        leased, _ = store.lease(
+            worker_id=worker, queues=[row.queue], limit=5, now_us=now, lease_us=10,
+            plan=LeasePlan(), decide_expired=lambda t: (now, f"expired{mark}"),
+            settlements=[Settlement(task_id=claimed, kind="retry", error=f"e{mark}", run_after_us=now)],
+        )  # fmt: skip
+        store.renew(worker, [t.id for t in leased], now, 10)
+        outcomes = [
+            Settlement(task_id=t.id, kind=k, error=f"e{mark}", result_json=json.dumps(mark))  # type: ignore[arg-type]
+            for t, k in zip(leased, ["complete", "fail", "cancelled", "release"], strict=False)
+        ]
+        store.settle(worker, outcomes, now)
+        store.lease(
+            worker_id=f"v{mark}", queues=[row.queue], limit=0, now_us=now + 100, lease_us=10,
+            plan=LeasePlan(), decide_expired=lambda t: (None, f"gone{mark}"),
+        )  # fmt: skip
+        for task in store.list(limit=100):
+            with contextlib.suppress(HookqueueError):
+                store.cancel(task.id, now)
+            with contextlib.suppress(HookqueueError):
+                store.requeue(task.id, now)
+        store.register_worker(
+            WorkerInfo(
+                worker_id=worker, hostname=f"h{mark}", pid=1, queues=(row.queue,), concurrency=1,
+                started_at=from_us(now), heartbeat_at=from_us(now),
+            )
+        )  # fmt: skip
+        store.worker_stopped(worker, now)
+        store.find_by_key(f"k{mark}")
+        store.list(task_type=row.task_type, queue=row.queue, statuses=list(TaskStatus))
+        store.counts(by_type=True)
+        store.queue_gauges(now)
+        store.has_work([row.queue], now, [row.task_type])
+        store.next_wakeup_delay_us([row.queue], now)
+        store.due_queue_names(now)
+        rows = store.export_rows()
+        store.prune(older_than_us=now + 10**9, statuses=[TaskStatus.COMPLETED])
+        store.check()
+        store.watch_changes().close()
+    with PostgresStore(postgres_dsn, schema="copy") as other:
+        other.import_rows(rows)
+    assert len(sent) > 40
+    assert [q for q in sent if "Xq7mark" in q] == []
