@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,36 @@ def test_no_value_is_ever_formatted_into_a_statement(
         other.import_rows(rows)
     assert len(sent) > 40
     assert [q for q in sent if "Xq7mark" in q] == []
+
+
+@pytest.mark.parametrize(("durability", "expected"), [("full", "on"), ("normal", "off")])
+def test_durability_maps_to_synchronous_commit(
+    postgres_dsn: str, durability: str, expected: str
+) -> None:
+    """``full`` commits wait for the WAL flush (``synchronous_commit = on``), ``normal`` does
+    not (``off``) — on every pooled connection of the store."""
+    with PostgresStore(postgres_dsn, durability=durability, pool_min=2) as store:  # type: ignore[arg-type]
+        store.initialize_schema()
+        with store._cx.read() as conn:
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert row == (expected,)
+
+
+def test_a_lease_passes_over_rows_another_transaction_holds(postgres_dsn: str) -> None:
+    """``FOR UPDATE SKIP LOCKED``: while another transaction holds the first task's row, a
+    lease takes the next ones at once instead of waiting for it."""
+    from hookqueue.contrib.contracts.store import FIFO, make_row
+
+    with PostgresStore(postgres_dsn, busy_timeout=5.0) as store:
+        ids = [tid for tid, _ in store.insert([make_row(1_000_000) for _ in range(3)], 1_000_000)]
+        with psycopg.connect(postgres_dsn) as holder:
+            holder.execute("SELECT 1 FROM hookqueue.tasks WHERE id = %s FOR UPDATE", [ids[0]])
+            started = time.monotonic()
+            leased, _ = store.lease(
+                worker_id="w", queues=["default"], limit=3, now_us=1_000_000, lease_us=10**7,
+                plan=FIFO, decide_expired=lambda t: (None, ""),
+            )  # fmt: skip
+            assert time.monotonic() - started < 2.0
+            holder.rollback()
+        assert [t.id for t in leased] == ids[1:]
+        assert store.get(ids[0]).status is TaskStatus.QUEUED
