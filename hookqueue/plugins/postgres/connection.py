@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hookqueue.core.errors import (
@@ -407,6 +408,34 @@ class Connections:
                 raise
             state.sent = True
             conn.execute("COMMIT")
+
+    @contextmanager
+    def pipeline(self, *, unsynced: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """Like :meth:`transaction`, in psycopg's pipeline mode: ``BEGIN``, the block's
+        statements and ``COMMIT`` travel together, a round trip only where the block reads a
+        result it needs before going on (``fetch*``). A cursor's rows may be fetched after the
+        block, once committed."""
+        with self.errors(write=True) as state, self.pool().connection() as conn:
+            state.conn = conn
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    if unsynced and self.durability == "full":
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                    yield conn
+                    state.sent = True
+                    conn.execute("COMMIT")
+            except BaseException:
+                if (
+                    not conn.closed
+                    and not conn.broken
+                    and conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        pass
+                raise
 
     def close(self) -> None:
         """Close the pool of this process (its connections). Idempotent."""

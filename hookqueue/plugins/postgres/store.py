@@ -16,7 +16,7 @@ import builtins
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -681,15 +681,21 @@ class PostgresStore:
         self._ready()
         settled: builtins.list[Any] = []
         expired: builtins.list[Transition] = []
-        rows: builtins.list[Any] = []
-        with self._cx.transaction(unsynced=not settlements) as conn:
-            if settlements:
-                settled = self._settle(conn, worker_id, settlements, now_us)
+        fetch_leased: Callable[[], builtins.list[Any]] = list
+        # One round trip for the settlements and the look for expired leases, one for the
+        # lease and COMMIT (and one more only when leases expired, or for a re-ranking plan).
+        with self._cx.pipeline(unsynced=not settlements) as conn:
+            settle = (
+                self._settle_send(conn, worker_id, settlements, now_us) if settlements else None
+            )
             expired = self._expire(conn, now_us, decide_expired)
+            if settle is not None:
+                settled = settle()
             if limit > 0 and queues:
-                rows = self._lease_rows(
+                fetch_leased = self._lease_rows(
                     conn, worker_id, queues, limit, now_us, lease_us, plan, task_types
                 )
+        rows = fetch_leased()
         leased = self._decode_leased(rows, now_us)
         transitions = self._decode_settled(settled) if want_transitions else []
         return leased, transitions + expired
@@ -703,6 +709,17 @@ class PostgresStore:
     ) -> builtins.list[tuple[str, Any, Task | None]]:
         """Write the outcomes in one statement; ``(event kind, row, the worker's task)`` per
         outcome written, in the order given, rows not yet decoded."""
+        return self._settle_send(conn, worker_id, settlements, now_us)()
+
+    def _settle_send(
+        self,
+        conn: psycopg.Connection[Any],
+        worker_id: str,
+        settlements: Sequence[Settlement],
+        now_us: int,
+    ) -> Callable[[], builtins.list[tuple[str, Any, Task | None]]]:
+        """Send the outcomes' statement; returns what reads its answer (:meth:`_settle`'s),
+        so that in a pipeline the next statements go in the same round trip."""
         chosen: builtins.list[Settlement] = []
         seen: set[int] = set()
         for s in settlements:
@@ -728,26 +745,30 @@ class PostgresStore:
             "now": now_us,
             "channel": self._channel,
         }
-        rows = conn.execute(self._sql(q.SETTLE), params).fetchall()
+        cursor = conn.execute(self._sql(q.SETTLE), params)
         by_id = {s.task_id: (s, h) for s, h in zip(chosen, held, strict=True)}
-        out: builtins.list[tuple[str, Any, Task | None]] = []
-        written: set[int] = set()
-        for row in rows:
-            kind, _, task_row = row[0], row[1], row[2 : 2 + _N]
-            status = task_row[TASK_COLUMNS.index("status")]
-            tid = task_row[_ID]
-            written.add(tid)
-            out.append((_EVENT[(kind, status)], task_row, by_id[tid][1]))
-        for s in chosen:
-            if s.task_id not in written:
-                log.warning(
-                    "worker %s no longer holds the lease of task %d; its %s outcome is dropped "
-                    "(the lease expired and the task was taken over or ended)",
-                    worker_id,
-                    s.task_id,
-                    s.kind,
-                )
-        return out
+
+        def finish() -> builtins.list[tuple[str, Any, Task | None]]:
+            out: builtins.list[tuple[str, Any, Task | None]] = []
+            written: set[int] = set()
+            for row in cursor.fetchall():
+                kind, task_row = row[0], row[2 : 2 + _N]
+                status = task_row[TASK_COLUMNS.index("status")]
+                tid = task_row[_ID]
+                written.add(tid)
+                out.append((_EVENT[(kind, status)], task_row, by_id[tid][1]))
+            for s in chosen:
+                if s.task_id not in written:
+                    log.warning(
+                        "worker %s no longer holds the lease of task %d; its %s outcome is "
+                        "dropped (the lease expired and the task was taken over or ended)",
+                        worker_id,
+                        s.task_id,
+                        s.kind,
+                    )
+            return out
+
+        return finish
 
     def _expire(
         self, conn: psycopg.Connection[Any], now_us: int, decide_expired: ExpiryDecider
@@ -810,9 +831,9 @@ class PostgresStore:
         lease_us: int,
         plan: LeasePlan,
         task_types: Sequence[str] | None,
-    ) -> builtins.list[Any]:
-        """Lease up to ``limit`` rows in the plan's order; returns them as fetched, in that
-        order (decoded after COMMIT)."""
+    ) -> Callable[[], builtins.list[Any]]:
+        """Lease up to ``limit`` rows in the plan's order; returns what fetches them, in that
+        order — after COMMIT, in the same round trip (they are decoded after it)."""
         keys = tuple(plan.order)
         several = len(queues) > 1
         typed = task_types is not None
@@ -829,10 +850,15 @@ class PostgresStore:
         if SortKey.AGED_PRIORITY not in keys:
             params.pop("aging")
         if plan.rerank is None:
-            rows = conn.execute(self._sql(q.sql_lease(keys, several, typed)), params).fetchall()
-            if len(rows) > 1:
-                rows.sort(key=_row_order(plan, self._due_us(conn, now_us, keys)))
-            return rows
+            order = _row_order(plan, self._due_us(conn, now_us, keys))
+            cursor = conn.execute(self._sql(q.sql_lease(keys, several, typed)), params)
+
+            def fetch() -> builtins.list[Any]:
+                rows = cursor.fetchall()
+                rows.sort(key=order)
+                return rows
+
+            return fetch
         # A bounded window, locked, re-ranked in Python, leased in the same transaction.
         params.pop("limit")
         params["window"] = plan.window
@@ -842,7 +868,7 @@ class PostgresStore:
         window_sql = q.sql_lease_window(keys, several, typed, partition)
         fetched = conn.execute(self._sql(window_sql), params).fetchall()
         if not fetched:
-            return []
+            return list
         window = [
             Candidate(
                 id=r[0],
@@ -862,13 +888,17 @@ class PostgresStore:
         chosen = list(dict.fromkeys(i for i in plan.rerank(window, limit) if i in offered))
         chosen = chosen[:limit]
         if not chosen:
-            return []
-        leased = conn.execute(
+            return list
+        cursor = conn.execute(
             self._sql(q.LEASE_CHOSEN),
             {"ids": chosen, "worker": worker_id, "until": now_us + lease_us, "now": now_us},
-        ).fetchall()
-        by_id = {r[_ID]: r for r in leased}
-        return [by_id[i] for i in chosen if i in by_id]
+        )
+
+        def fetch_chosen() -> builtins.list[Any]:
+            by_id = {r[_ID]: r for r in cursor.fetchall()}
+            return [by_id[i] for i in chosen if i in by_id]
+
+        return fetch_chosen
 
     def _due_us(self, conn: psycopg.Connection[Any], now_us: int, keys: tuple[SortKey, ...]) -> int:
         """The instant due times were compared with (``now``, or the newest task's enqueue
