@@ -400,6 +400,9 @@ class PostgresStore:
         }
         keys = sorted({r.idempotency_key for r in rows if r.idempotency_key is not None})
         holders: dict[str, Any] = {}
+        # Not pipelined: statement by statement, the store knows whether COMMIT was sent
+        # when a connection breaks, so a producer is told "nothing was written" (safe to
+        # repeat) rather than "may be stored" whenever it can be (see CommitOutcomeUnknown).
         with self._cx.transaction() as conn:
             if keys and key_window_us is not None:
                 conn.execute(
