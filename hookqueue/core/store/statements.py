@@ -289,6 +289,12 @@ SQL_FINISHED_MISMATCH = (
 )
 SQL_VACUUM = "VACUUM"
 
+# -- raw rows (hookqueue copy) ---------------------------------------------------------------
+
+SQL_EXPORT = f"SELECT {COLS} FROM tasks WHERE id > ? ORDER BY id LIMIT ?"
+#: Ids given explicitly: AUTOINCREMENT's sequence moves past the largest by itself.
+SQL_IMPORT = f"INSERT INTO tasks ({COLS}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
+
 
 # -- statements assembled from constant pieces ------------------------------------------------
 
