@@ -21,10 +21,11 @@ SQLite store's ``check()`` finds after the fact is refused here by CHECK constra
 from __future__ import annotations
 
 #: The schema version this code writes (this store's own numbering, from 1).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a schema from version n to n + 1. ``{t}``,
-#: ``{w}``, ``{m}`` and ``{part}`` are the schema-qualified names (see ``Statements``).
+#: ``{w}``, ``{m}``, ``{f}``, ``{p}``, ``{sc}``, ``{k}`` and ``{part}`` are the
+#: schema-qualified names (see ``Statements``).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE {m} (
@@ -99,6 +100,59 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END
     $$;
+    """,
+    # v2: what the SQLite store gained in its versions 4 and 5. The history of failed
+    # attempts (a task keeps only its last error, which a retry clears), kept in the order
+    # written and deleted with its task by the foreign key; queues paused for every worker at
+    # once; periodic schedules, each tick fired by inserting its mark — primary key
+    # (schedule, tick) — in the transaction that inserts its task, so a tick enqueues one
+    # task however many processes fire it. The schedules' next ticks are indexed while not
+    # paused ("what is due", "when is the next tick").
+    """
+    CREATE TABLE {f} (
+        id         bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id    bigint  NOT NULL REFERENCES {t} (id) ON DELETE CASCADE,
+        attempt    bigint  NOT NULL,
+        at         bigint  NOT NULL,
+        worker_id  text,
+        outcome    text    NOT NULL,
+        error      text    NOT NULL,
+        traceback  text
+    );
+    CREATE INDEX task_failures_task ON {f} (task_id, id);
+
+    CREATE TABLE {p} (
+        queue     text   PRIMARY KEY,
+        paused_at bigint NOT NULL
+    );
+
+    CREATE TABLE {sc} (
+        name         text    PRIMARY KEY,
+        definition   text    NOT NULL,
+        timing       text    NOT NULL,
+        overlap      boolean NOT NULL DEFAULT true,
+        source       text    NOT NULL,
+        paused       boolean NOT NULL DEFAULT false,
+        revision     bigint  NOT NULL DEFAULT 1,
+        next_tick    bigint,
+        last_tick    bigint,
+        last_task_id bigint,
+        fired        bigint  NOT NULL DEFAULT 0,
+        skipped      bigint  NOT NULL DEFAULT 0,
+        created_at   bigint  NOT NULL,
+        updated_at   bigint  NOT NULL,
+        declared_at  bigint
+    );
+    CREATE INDEX schedules_due ON {sc} (next_tick) WHERE NOT paused;
+    CREATE TABLE {k} (
+        schedule text   NOT NULL,
+        tick     bigint NOT NULL,
+        task_id  bigint NOT NULL,
+        fired_at bigint NOT NULL,
+        PRIMARY KEY (schedule, tick)
+    );
+    -- Pruning marks by age.
+    CREATE INDEX schedule_ticks_fired ON {k} (fired_at);
     """,
 )
 
