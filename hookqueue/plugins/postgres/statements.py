@@ -1,7 +1,8 @@
 """Every SQL statement the PostgreSQL store runs, by name.
 
 Each is a constant string with ``%(name)s`` parameters (bound by psycopg, server-side) and
-``{t}``/``{w}``/``{m}``/``{s}``/``{part}`` where the schema-qualified names go: those are
+``{t}``/``{w}``/``{m}``/``{f}``/``{p}``/``{sc}``/``{k}``/``{s}``/``{part}`` where the
+schema-qualified names go: those are
 filled once per store by :class:`Statements` with :class:`psycopg.sql.Identifier`, never from
 a value. Lists travel as arrays (``= ANY(%(ids)s)``, ``unnest(...)``), so a statement's text
 does not depend on how many values it carries and is prepared once per connection.
@@ -9,8 +10,9 @@ does not depend on how many values it carries and is prepared once per connectio
 The only SQL chosen at run time is assembled by the functions at the end from constant
 pieces: ``ORDER BY`` terms from the closed :class:`~hookqueue.core.models.SortKey`
 vocabulary, one queue (``queue = %(queue)s``, which reads the partial indexes in order) or
-several (one ``LATERAL`` probe per queue: ``queue = ANY(...)`` loses the index order), and
-whether a task-type filter or a partition value is asked for.
+several (one ``LATERAL`` probe per queue: ``queue = ANY(...)`` loses the index order),
+whether a task-type filter or a partition value is asked for, and which conditions of a
+:class:`~hookqueue.core.models.TaskFilter` a filtered query has.
 """
 
 from __future__ import annotations
@@ -94,13 +96,15 @@ _GAVE_UP = "(NOT t.cancel_requested AND t.attempts >= t.max_attempts)"
 _RETRY_QUEUED = "(NOT t.cancel_requested AND t.attempts < t.max_attempts)"
 
 #: Every kind of outcome in one statement: written only while the worker holds the lease,
-#: its heartbeat and ``processed`` count updated, requeued work announced. Returns, in the
-#: order given, ``ord, kind, held`` and the task's columns (``payload`` and ``headers`` NULL
-#: where the worker holds the task: they never change).
+#: its heartbeat and ``processed`` count updated, requeued work announced, and each failed,
+#: retried or cancelled attempt added to the task's history (with its traceback). Returns,
+#: in the order given, ``kind, held`` and the task's columns (``payload`` and ``headers``
+#: NULL where the worker holds the task: they never change).
 SETTLE = (
     "WITH s AS (SELECT * FROM unnest(%(ids)s::bigint[], %(kinds)s::text[], "
-    "%(results)s::text[], %(errors)s::text[], %(run_after)s::bigint[], %(held)s::boolean[]) "
-    "WITH ORDINALITY AS s(id, kind, result, error, run_after, held, ord)), "
+    "%(results)s::text[], %(errors)s::text[], %(run_after)s::bigint[], %(held)s::boolean[], "
+    "%(tracebacks)s::text[]) "
+    "WITH ORDINALITY AS s(id, kind, result, error, run_after, held, traceback, ord)), "
     "settled AS (UPDATE {t} AS t SET "
     "status = CASE s.kind WHEN 'complete' THEN 'completed' WHEN 'fail' THEN 'failed' "
     "WHEN 'cancelled' THEN 'cancelled' WHEN 'release' THEN 'queued' "
@@ -129,7 +133,14 @@ SETTLE = (
     "t.result AS result, t.locked_by AS locked_by, t.lease_expires_at AS lease_expires_at, "
     "t.cancel_requested AS cancel_requested, t.timeout_seconds AS timeout_seconds, "
     "CASE WHEN s.held THEN NULL ELSE t.headers END AS headers, t.created_at AS created_at, "
-    "t.started_at AS started_at, t.finished_at AS finished_at), "
+    "t.started_at AS started_at, t.finished_at AS finished_at, s.error AS given_error, "
+    "s.traceback AS traceback), "
+    "failures AS (INSERT INTO {f} (task_id, attempt, at, worker_id, outcome, error, traceback) "
+    "SELECT id, attempts, %(now)s::bigint, %(worker)s, outcome, "
+    "left(coalesce(nullif(error_message, ''), nullif(given_error, ''), outcome), 10000), "
+    "traceback FROM (SELECT *, CASE WHEN status = 'queued' THEN 'retry_scheduled' "
+    "ELSE status END AS outcome FROM settled WHERE kind IN ('fail', 'retry', 'cancelled')) "
+    "AS x ORDER BY ord), "
     "beat AS (UPDATE {w} SET heartbeat_at = %(now)s::bigint, "
     "processed = processed + (SELECT count(*) FROM settled WHERE kind <> 'release') "
     "WHERE worker_id = %(worker)s AND EXISTS (SELECT 1 FROM settled)), "
@@ -146,11 +157,12 @@ EXPIRED = (
     "ORDER BY lease_expires_at, id LIMIT 256 FOR UPDATE SKIP LOCKED"
 )
 #: Apply the decisions about expired leases (requeue, or end: cancelled if that was
-#: requested, else failed), guarded like the SQLite store's; returns rows in the order given.
+#: requested, else failed), guarded like the SQLite store's, each recorded in its task's
+#: history with the worker that held the lease; returns rows in the order given.
 EXPIRE = (
     "WITH d AS (SELECT * FROM unnest(%(ids)s::bigint[], %(requeue)s::boolean[], "
-    "%(run_after)s::bigint[], %(messages)s::text[]) "
-    "WITH ORDINALITY AS d(id, requeue, run_after, message, ord)), "
+    "%(run_after)s::bigint[], %(messages)s::text[], %(workers)s::text[]) "
+    "WITH ORDINALITY AS d(id, requeue, run_after, message, worker, ord)), "
     "done AS (UPDATE {t} AS t SET "
     "status = CASE WHEN d.requeue THEN 'queued' WHEN t.cancel_requested THEN 'cancelled' "
     "ELSE 'failed' END, "
@@ -160,7 +172,10 @@ EXPIRE = (
     "cancel_requested = CASE WHEN d.requeue THEN false ELSE t.cancel_requested END, "
     "locked_by = NULL, lease_expires_at = NULL "
     "FROM d WHERE t.id = d.id AND t.status = 'running' AND t.lease_expires_at <= %(now)s "
-    "RETURNING d.ord AS ord, " + T_COLS + "), "
+    "RETURNING d.ord AS ord, d.worker AS worker, " + T_COLS + "), "
+    "hist AS (INSERT INTO {f} (task_id, attempt, at, worker_id, outcome, error) "
+    "SELECT id, attempts, %(now)s::bigint, worker, 'lease_expired', "
+    "coalesce(error_message, '') FROM done ORDER BY ord), "
     "woken AS (SELECT pg_notify(%(channel)s, q) FROM "
     "(SELECT DISTINCT queue AS q FROM done WHERE status = 'queued') AS x) "
     "SELECT " + COLS + ", (SELECT count(*) FROM woken) FROM done ORDER BY ord"
@@ -189,8 +204,10 @@ CANCEL_RUNNING = (
 )
 REQUEUE = (
     "WITH r AS (UPDATE {t} SET status = 'queued', attempts = 0, run_after = %(now)s::bigint, "
-    "finished_at = NULL, started_at = NULL, cancel_requested = false, result = NULL "
-    "WHERE id = %(id)s AND status IN ('failed', 'cancelled') RETURNING " + COLS + ") "
+    "finished_at = NULL, started_at = NULL, cancel_requested = false, result = NULL, "
+    "error_message = NULL WHERE id = %(id)s AND status IN ('failed', 'cancelled') RETURNING "
+    + COLS
+    + ") "
     "SELECT " + COLS + ", pg_notify(%(channel)s, queue) FROM r"
 )
 PRUNE_BATCH = (
@@ -198,6 +215,7 @@ PRUNE_BATCH = (
     "AND finished_at < %(before)s AND status = %(status)s LIMIT 5000)"
 )
 PRUNE_WORKERS = "DELETE FROM {w} WHERE heartbeat_at < %(before)s"
+PRUNE_TICKS = "DELETE FROM {k} WHERE fired_at < %(before)s"
 VACUUM = "VACUUM (ANALYZE) {t}"
 
 # -- reads --------------------------------------------------------------------------------
@@ -222,15 +240,18 @@ RECENT_FINISHED = (
     "LIMIT %(limit)s"
 )
 WAITING_RETRY = "SELECT count(*) FROM {t} WHERE status = 'queued' AND attempts > 0"
+#: Leases, wake-ups and due checks leave paused queues alone (read in the same statement).
+NOT_PAUSED = " AND queue NOT IN (SELECT queue FROM {p})"
 DUE_QUEUES = (
-    "SELECT DISTINCT queue FROM {t} WHERE (status = 'queued' AND run_after <= %(now)s::bigint) "
-    "OR (status = 'running' AND lease_expires_at <= %(now)s::bigint) ORDER BY queue"
+    "SELECT DISTINCT queue FROM {t} WHERE (status = 'queued' AND run_after <= %(now)s::bigint"
+    + NOT_PAUSED
+    + ") OR (status = 'running' AND lease_expires_at <= %(now)s::bigint) ORDER BY queue"
 )
 NEXT_WAKEUP = (
     "WITH due AS MATERIALIZED (SELECT " + DUE_AT + " AS at) "
     "SELECT (SELECT at FROM due), "
     "(SELECT min(run_after) FROM {t} WHERE status = 'queued' AND queue = ANY(%(queues)s) "
-    "AND run_after > (SELECT at FROM due)), "
+    "AND run_after > (SELECT at FROM due)" + NOT_PAUSED + "), "
     "(SELECT min(lease_expires_at) FROM {t} WHERE status = 'running')"
 )
 
@@ -250,6 +271,137 @@ WORKERS = (
     "SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, "
     "stopped_at, processed FROM {w} ORDER BY started_at, worker_id"
 )
+
+# -- the history of failed attempts, and paused queues ------------------------------------
+
+#: A task's failed attempts in the order they were written (the identity column: the
+#: caller's instants may step back, and a retried task counts its attempts from 1 again).
+TASK_FAILURES = (
+    "SELECT task_id, attempt, at, worker_id, outcome, error, traceback FROM {f} "
+    "WHERE task_id = %(id)s ORDER BY id"
+)
+PAUSE_QUEUE = (
+    "INSERT INTO {p} (queue, paused_at) VALUES (%(queue)s, %(now)s::bigint) "
+    "ON CONFLICT (queue) DO NOTHING"
+)
+#: Workers of other processes wait for a notification: resuming a queue is one for them.
+RESUME_QUEUE = (
+    "WITH r AS (DELETE FROM {p} WHERE queue = %(queue)s RETURNING queue) "
+    "SELECT pg_notify(%(channel)s, queue) FROM r"
+)
+PAUSED_QUEUES = "SELECT queue, paused_at FROM {p} ORDER BY queue"
+#: The names of the queues with queued tasks, one index probe per name (a skip scan of
+#: ``tasks_due`` by hand: DISTINCT would read every queued task).
+QUEUED_QUEUE_NAMES = (
+    "WITH RECURSIVE names(name) AS ("
+    "SELECT min(queue) FROM {t} WHERE status = 'queued' "
+    "UNION ALL "
+    "SELECT (SELECT min(queue) FROM {t} WHERE status = 'queued' AND queue > names.name) "
+    "FROM names WHERE names.name IS NOT NULL) "
+    "SELECT name FROM names WHERE name IS NOT NULL"
+)
+
+# -- filters and bulk actions -------------------------------------------------------------
+
+NEWEST_ID = "SELECT max(id) FROM {t}"
+#: Finished tasks per time bucket and status since an instant (``tasks_finished`` answers
+#: the range).
+FINISHED_BUCKETS = (
+    "SELECT (finished_at - %(since)s::bigint) / %(bucket)s::bigint AS bucket, status, count(*) "
+    "FROM {t} WHERE finished_at >= %(since)s::bigint "
+    "GROUP BY bucket, status ORDER BY bucket, status"
+)
+#: One batch of a bulk cancel: the queued tasks among ``%(ids)s`` end cancelled...
+CANCEL_QUEUED_IDS = (
+    "UPDATE {t} SET status = 'cancelled', error_message = %(message)s, "
+    "finished_at = %(now)s::bigint WHERE id = ANY(%(ids)s) AND status = 'queued' "
+    "RETURNING " + COLS
+)
+#: ... then (a statement of its own, so it sees a task leased meanwhile as running) the
+#: running ones are flagged for their workers.
+FLAG_RUNNING_IDS = (
+    "UPDATE {t} SET cancel_requested = true WHERE id = ANY(%(ids)s) AND status = 'running' "
+    "RETURNING " + COLS
+)
+#: One batch of a bulk retry: the failed and cancelled tasks among ``%(ids)s`` back to
+#: queued with a fresh attempt count and no error, their queues' workers woken.
+REQUEUE_IDS = (
+    "WITH r AS (UPDATE {t} SET status = 'queued', attempts = 0, run_after = %(now)s::bigint, "
+    "finished_at = NULL, started_at = NULL, cancel_requested = false, result = NULL, "
+    "error_message = NULL WHERE id = ANY(%(ids)s) AND status IN ('failed', 'cancelled') "
+    "RETURNING " + COLS + "), "
+    "woken AS (SELECT pg_notify(%(channel)s, q) FROM (SELECT DISTINCT queue AS q FROM r) AS x) "
+    "SELECT " + COLS + ", (SELECT count(*) FROM woken) FROM r ORDER BY id"
+)
+#: One batch of a bulk delete: the queued and finished tasks among ``%(ids)s`` (never a
+#: running one); their history goes with them (the foreign key).
+DELETE_IDS = "DELETE FROM {t} WHERE id = ANY(%(ids)s) AND status <> 'running'"
+
+# -- periodic schedules -------------------------------------------------------------------
+
+#: The schedule columns in ``ScheduleRow`` order.
+SCHEDULE_COLS = (
+    "name, definition, timing, overlap, source, paused, revision, next_tick, last_tick, "
+    "last_task_id, fired, skipped, created_at, updated_at, declared_at"
+)
+SCHEDULES_ALL = "SELECT " + SCHEDULE_COLS + " FROM {sc} ORDER BY name"
+SCHEDULES_NAMED = "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE name = ANY(%(names)s) ORDER BY name"
+#: Due schedules, through the partial index over the unpaused ones' next ticks.
+SCHEDULES_DUE = (
+    "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE NOT paused AND next_tick <= %(due)s::bigint "
+    "ORDER BY next_tick, name"
+)
+SCHEDULE_NEXT = "SELECT min(next_tick) FROM {sc} WHERE NOT paused"
+#: A new schedule, unless the name is taken (then nothing: a concurrent creator's insert is
+#: waited for, never a unique violation).
+SCHEDULE_CREATE = (
+    "INSERT INTO {sc} (name, definition, timing, overlap, source, paused, next_tick, "
+    "created_at, updated_at, declared_at) VALUES (%(name)s, %(definition)s, %(timing)s, "
+    "%(overlap)s, %(source)s, %(paused)s, %(next_tick)s, %(now)s::bigint, %(now)s::bigint, "
+    "%(declared)s) ON CONFLICT (name) DO NOTHING RETURNING name"
+)
+SCHEDULE_LOCK = "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE name = %(name)s FOR UPDATE"
+SCHEDULE_GET = "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE name = %(name)s"
+SCHEDULE_REDEFINE = (
+    "UPDATE {sc} SET definition = %(definition)s, timing = %(timing)s, overlap = %(overlap)s, "
+    "source = %(source)s, next_tick = %(next_tick)s, revision = revision + 1, "
+    "updated_at = %(now)s::bigint WHERE name = %(name)s"
+)
+SCHEDULE_DECLARED = "UPDATE {sc} SET declared_at = %(now)s::bigint WHERE name = %(name)s"
+SCHEDULE_PAUSE = (
+    "UPDATE {sc} SET paused = true, revision = revision + 1, updated_at = %(now)s::bigint "
+    "WHERE name = %(name)s AND NOT paused RETURNING " + SCHEDULE_COLS
+)
+SCHEDULE_RESUME = (
+    "UPDATE {sc} SET paused = false, next_tick = %(next_tick)s, revision = revision + 1, "
+    "updated_at = %(now)s::bigint WHERE name = %(name)s AND paused RETURNING " + SCHEDULE_COLS
+)
+SCHEDULE_DELETE = (
+    "WITH d AS (DELETE FROM {sc} WHERE name = %(name)s RETURNING name), "
+    "m AS (DELETE FROM {k} WHERE schedule = %(name)s) SELECT count(*) FROM d"
+)
+#: What ``fire_ticks`` compares before it opens a transaction (a request read before another
+#: process fired the same ticks writes nothing at all).
+SCHEDULE_STATES = "SELECT name, next_tick, revision, paused FROM {sc} WHERE name = ANY(%(names)s)"
+#: Take one step of a schedule if it is as the firing process read it. The row lock makes a
+#: concurrent claim of the same step wait, then find the schedule moved on (no row).
+SCHEDULE_CLAIM = (
+    "UPDATE {sc} SET next_tick = %(next_tick)s WHERE name = %(name)s "
+    "AND next_tick = %(expect_tick)s AND revision = %(expect_revision)s AND NOT paused "
+    "RETURNING overlap, last_task_id"
+)
+SCHEDULE_FIRED = (
+    "UPDATE {sc} SET last_tick = coalesce(%(last_tick)s, last_tick), "
+    "last_task_id = coalesce(%(last_task)s, last_task_id), fired = fired + %(fired)s, "
+    "skipped = skipped + %(skipped)s WHERE name = %(name)s"
+)
+TICK_EXISTS = "SELECT 1 FROM {k} WHERE schedule = %(name)s AND tick = %(tick)s"
+#: A tick's mark; the primary key (schedule, tick) refuses a second one.
+TICK_INSERT = (
+    "INSERT INTO {k} (schedule, tick, task_id, fired_at) "
+    "VALUES (%(name)s, %(tick)s, %(task)s, %(now)s::bigint)"
+)
+TASK_ACTIVE = "SELECT 1 FROM {t} WHERE id = %(id)s AND status IN ('queued', 'running')"
 
 # -- raw rows (hookqueue copy) ------------------------------------------------------------
 
@@ -344,7 +496,12 @@ def _candidates(
     LOCKED``: rows another transaction holds are passed over), at most ``limit``."""
     order = order_by(keys)
     types = " AND task_type = ANY(%(types)s)" if typed else ""
-    where = "status = 'queued' AND queue = {queue} AND run_after <= (SELECT at FROM due)" + types
+    # A paused queue's test reads one row of a tiny table (a one-time filter per queue).
+    where = (
+        "status = 'queued' AND queue = {queue} AND run_after <= (SELECT at FROM due)"
+        + types
+        + " AND NOT EXISTS (SELECT 1 FROM {{p}} AS pq WHERE pq.queue = {queue})"
+    )
     if not several:
         return (
             f"SELECT {columns} FROM {{t}} WHERE {where.format(queue='%(queue)s')} "
@@ -403,7 +560,8 @@ def sql_has_work(typed: bool) -> str:
         f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
         "SELECT EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name) "
         "CROSS JOIN LATERAL (SELECT 1 FROM {t} WHERE status = 'queued' AND queue = q.name "
-        f"AND run_after <= (SELECT at FROM due){types} LIMIT 1) AS x) "
+        f"AND run_after <= (SELECT at FROM due){types} "
+        "AND NOT EXISTS (SELECT 1 FROM {p} AS pq WHERE pq.queue = q.name) LIMIT 1) AS x) "
         "OR EXISTS (SELECT 1 FROM {t} WHERE status = 'running' "
         "AND lease_expires_at <= %(now)s::bigint)"
     )
@@ -437,6 +595,10 @@ class Statements:
             "t": sql.Identifier(schema, "tasks"),
             "w": sql.Identifier(schema, "workers"),
             "m": sql.Identifier(schema, "meta"),
+            "f": sql.Identifier(schema, "task_failures"),
+            "p": sql.Identifier(schema, "paused_queues"),
+            "sc": sql.Identifier(schema, "schedules"),
+            "k": sql.Identifier(schema, "schedule_ticks"),
             "s": sql.Identifier(schema),
             "part": sql.Identifier(schema, "payload_part"),
         }
@@ -453,3 +615,41 @@ class Statements:
     def identifier(self, *parts: str) -> str:
         """A quoted identifier (for ``LISTEN``)."""
         return sql.Identifier(*parts).as_string(None)
+
+
+#: The shape of a :class:`~hookqueue.core.models.TaskFilter` query: whether it has each
+#: condition, in :data:`FILTER_CONDITIONS` order, and its page (1: ids above ``%(page)s``,
+#: -1: below it, 0: none).
+FilterShape = tuple[bool, bool, bool, bool, bool, bool, bool, bool, bool, int]
+
+#: Each condition of a filter, binding a parameter of its own (lists as arrays).
+FILTER_CONDITIONS = (
+    "status = ANY(%(statuses)s)",
+    "task_type = ANY(%(types)s)",
+    "queue = ANY(%(queues)s)",
+    "id = ANY(%(ids)s)",
+    # Case-insensitive (lower() of the database's collation), no pattern characters.
+    "strpos(lower(error_message), lower(%(error)s)) > 0",
+    "created_at >= %(created_after)s::bigint",
+    "created_at < %(created_before)s::bigint",
+    "finished_at < %(finished_before)s::bigint",
+    "id <= %(max_id)s::bigint",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def sql_matching(shape: FilterShape, select: str) -> str:
+    """A query over the tasks a filter matches: ``select`` is ``tasks`` (their columns, by
+    id ascending), ``newest`` (the same, descending), ``ids`` (ids ascending; these three
+    bind ``%(limit)s``) or ``count``."""
+    where = ["TRUE"]
+    where += [cond for cond, present in zip(FILTER_CONDITIONS, shape[:-1], strict=True) if present]
+    page = shape[-1]
+    if page:
+        where.append("id > %(page)s::bigint" if page > 0 else "id < %(page)s::bigint")
+    conditions = " AND ".join(where)
+    if select == "count":
+        return f"SELECT count(*) FROM {{t}} WHERE {conditions}"
+    cols = "id" if select == "ids" else COLS
+    order = "id DESC" if select == "newest" else "id ASC"
+    return f"SELECT {cols} FROM {{t}} WHERE {conditions} ORDER BY {order} LIMIT %(limit)s"

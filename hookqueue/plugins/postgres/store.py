@@ -17,13 +17,16 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
+import attrs
 import psycopg
 
 from hookqueue.core.clock import from_us, to_us
 from hookqueue.core.errors import (
     DamagedRow,
+    DatabaseBusy,
     InvalidTransition,
     NotAHookqueueDatabase,
     SchemaTooNew,
@@ -33,10 +36,12 @@ from hookqueue.core.errors import (
 )
 from hookqueue.core.models import (
     TASK_COLUMNS,
+    AttemptFailure,
     Candidate,
     LeasePlan,
     SortKey,
     Task,
+    TaskFilter,
     TaskStatus,
     WorkerInfo,
 )
@@ -45,9 +50,13 @@ from hookqueue.core.storage import (
     Durability,
     ExpiryDecider,
     FinishedSample,
+    FireOutcome,
     InsertRow,
     QueueGauge,
+    ScheduleDefinition,
+    ScheduleRow,
     Settlement,
+    TickFire,
     Transition,
 )
 
@@ -75,6 +84,8 @@ _RUN_AFTER = TASK_COLUMNS.index("run_after")
 _N = len(TASK_COLUMNS)
 #: Rows per statement when copying rows in (``import_rows``).
 IMPORT_CHUNK = 2000
+#: Tasks changed per transaction by a bulk action (cancel, retry, delete by filter).
+BULK_BATCH = 500
 
 
 def _clean(text: str | None) -> str | None:
@@ -435,7 +446,16 @@ class PostgresStore:
         if row.idempotency_key is not None:
             raise ValueError("insert_one takes rows without an idempotency key; use insert()")
         self._ready()
-        params = {
+        params = self._insert_params(row, now_us)
+        with self._cx.write() as (conn, state):
+            state.sent = True
+            got = conn.execute(self._sql(q.INSERT_ONE), params).fetchone()
+        assert got is not None
+        return int(got[0])
+
+    def _insert_params(self, row: InsertRow, now_us: int) -> dict[str, Any]:
+        """``INSERT_ONE``'s values for a row without an idempotency key."""
+        return {
             "queue": row.queue,
             "task_type": row.task_type,
             "payload": row.payload_json,
@@ -447,11 +467,6 @@ class PostgresStore:
             "now": now_us,
             "channel": self._channel,
         }
-        with self._cx.write() as (conn, state):
-            state.sent = True
-            got = conn.execute(self._sql(q.INSERT_ONE), params).fetchone()
-        assert got is not None
-        return int(got[0])
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -614,6 +629,113 @@ class PostgresStore:
             for r in rows
         ]
 
+    # -- filters, history, paused queues -------------------------------------------------------
+
+    @staticmethod
+    def _filter(
+        flt: TaskFilter, page: int = 0, page_id: int | None = None
+    ) -> tuple[q.FilterShape, dict[str, Any]]:
+        """The statement shape and bound values of a filter (see ``sql_matching``)."""
+        params: dict[str, Any] = {
+            "statuses": [s.value for s in flt.statuses],
+            "types": list(flt.task_types),
+            "queues": list(flt.queues),
+            "ids": list(flt.ids),
+            "error": flt.error_contains,
+            "created_after": _us_or_none(flt.created_after),
+            "created_before": _us_or_none(flt.created_before),
+            "finished_before": _us_or_none(flt.finished_before),
+            "max_id": flt.max_id,
+            "page": page_id,
+        }
+        shape: q.FilterShape = (
+            bool(flt.statuses),
+            bool(flt.task_types),
+            bool(flt.queues),
+            bool(flt.ids),
+            bool(flt.error_contains),
+            flt.created_after is not None,
+            flt.created_before is not None,
+            flt.finished_before is not None,
+            flt.max_id is not None,
+            page,
+        )
+        return shape, params
+
+    def list_matching(
+        self,
+        flt: TaskFilter,
+        *,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[Task]:
+        """Tasks a filter matches, ordered by id, at most ``limit``; page with ``after_id``
+        (ids above it, or below it with ``newest_first``). Damaged rows are left out and
+        logged."""
+        self._ready()
+        page = 0 if after_id is None else (-1 if newest_first else 1)
+        shape, params = self._filter(flt, page, after_id)
+        params["limit"] = limit
+        sql = q.sql_matching(shape, "newest" if newest_first else "tasks")
+        with self._cx.read() as conn:
+            rows = conn.execute(self._sql(sql), params).fetchall()
+        return self._decode_tolerant(rows)
+
+    def count_matching(self, flt: TaskFilter) -> int:
+        """How many tasks a filter matches (one statement, one snapshot)."""
+        self._ready()
+        shape, params = self._filter(flt)
+        with self._cx.read() as conn:
+            row = conn.execute(self._sql(q.sql_matching(shape, "count")), params).fetchone()
+        return int(row[0]) if row else 0
+
+    def finished_buckets(
+        self, since_us: int, bucket_us: int
+    ) -> builtins.list[tuple[int, str, int]]:
+        """Tasks that reached a final status since ``since_us``, per ``bucket_us``-long
+        interval and status: ``(bucket start, status, count)``, oldest first."""
+        if bucket_us <= 0:
+            raise ValidationError("bucket_us", bucket_us, "must be positive", "e.g. 60_000_000")
+        self._ready()
+        with self._cx.read() as conn:
+            rows = conn.execute(
+                self._sql(q.FINISHED_BUCKETS), {"since": since_us, "bucket": bucket_us}
+            ).fetchall()
+        return [(since_us + int(b) * bucket_us, str(st), int(n)) for b, st, n in rows]
+
+    def task_failures(self, task_id: int) -> builtins.list[AttemptFailure]:
+        """The failed attempts of a task, in the order they ended (empty for none, or an
+        unknown id)."""
+        self._ready()
+        with self._cx.read() as conn:
+            rows = conn.execute(self._sql(q.TASK_FAILURES), {"id": task_id}).fetchall()
+        return [
+            AttemptFailure(
+                task_id=int(r[0]),
+                attempt=int(r[1]),
+                at=from_us(r[2]),
+                worker_id=r[3],
+                outcome=r[4],
+                error=r[5],
+                traceback=r[6],
+            )
+            for r in rows
+        ]
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queue names and when each was paused."""
+        self._ready()
+        with self._cx.read() as conn:
+            rows = conn.execute(self._sql(q.PAUSED_QUEUES)).fetchall()
+        return {name: from_us(at) for name, at in rows}
+
+    def queued_queue_names(self) -> builtins.list[str]:
+        """The names of the queues that have queued tasks (due or not), sorted."""
+        self._ready()
+        with self._cx.read() as conn:
+            return [r[0] for r in conn.execute(self._sql(q.QUEUED_QUEUE_NAMES))]
+
     # -- what workers call ---------------------------------------------------------------------
 
     def has_work(
@@ -744,6 +866,7 @@ class PostgresStore:
             "errors": [_clean(s.error) for s in chosen],
             "run_after": [s.run_after_us for s in chosen],
             "held": [h is not None for h in held],
+            "tracebacks": [_clean(s.traceback) for s in chosen],
             "worker": worker_id,
             "now": now_us,
             "channel": self._channel,
@@ -785,6 +908,7 @@ class PostgresStore:
         requeue: builtins.list[bool] = []
         run_after: builtins.list[int | None] = []
         messages: builtins.list[str | None] = []
+        workers: builtins.list[str | None] = []
         for row in rows:
             try:
                 task = self._task(row)
@@ -804,6 +928,7 @@ class PostgresStore:
             requeue.append(again)
             run_after.append(at if again else None)
             messages.append(_clean(message))
+            workers.append(task.locked_by)
         if not ids:
             return []
         done = conn.execute(
@@ -813,6 +938,7 @@ class PostgresStore:
                 "requeue": requeue,
                 "run_after": run_after,
                 "messages": messages,
+                "workers": workers,
                 "now": now_us,
                 "channel": self._channel,
             },
@@ -1066,8 +1192,9 @@ class PostgresStore:
         raise InvalidTransition(task.id, task.status.value, "retry", "a failed or cancelled task")
 
     def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
-        """Delete finished tasks in ``statuses`` that finished before ``older_than_us``, in
-        batches of 5,000 that each commit, and worker records silent since then.
+        """Delete finished tasks in ``statuses`` that finished before ``older_than_us`` (their
+        history goes with them), in batches of 5,000 that each commit, worker records silent
+        since then, and periodic tick marks fired before then.
 
         :returns: how many tasks were deleted. :raises ValidationError: a status that is not
             final.
@@ -1097,7 +1224,338 @@ class PostgresStore:
         with self._cx.write() as (conn, state):
             state.sent = True
             conn.execute(self._sql(q.PRUNE_WORKERS), {"before": older_than_us})
+            conn.execute(self._sql(q.PRUNE_TICKS), {"before": older_than_us})
         return total
+
+    def _newest_id(self) -> int:
+        with self._cx.read() as conn:
+            row = conn.execute(self._sql(q.NEWEST_ID)).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _in_batches(
+        self,
+        flt: TaskFilter,
+        act: Callable[[psycopg.Connection[Any], builtins.list[int]], builtins.list[Any]],
+    ) -> builtins.list[Any]:
+        """Apply ``act`` to the matching ids, :data:`BULK_BATCH` at a time, each batch read
+        and changed in a transaction of its own (so workers are never held up for long), up
+        to the newest id that existed at the start (tasks enqueued meanwhile are left
+        alone). ``act``'s statements re-check each row's status under its row lock, so a
+        task a worker took meanwhile is left to that worker's rules."""
+        self._ready()
+        bounded = flt if flt.max_id is not None else attrs.evolve(flt, max_id=self._newest_id())
+        select = self._sql(q.sql_matching(self._filter(bounded, 1, 0)[0], "ids"))
+        out: builtins.list[Any] = []
+        last = 0
+        while True:
+            params = self._filter(bounded, 1, last)[1]
+            params["limit"] = BULK_BATCH
+            with self._cx.transaction() as conn:
+                ids = [int(r[0]) for r in conn.execute(select, params)]
+                if ids:
+                    out += act(conn, ids)
+            if len(ids) < BULK_BATCH:
+                return out
+            last = ids[-1]
+
+    def cancel_matching(
+        self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
+    ) -> builtins.list[Transition]:
+        """Cancel the queued tasks a filter matches and flag its running ones for their
+        workers, in batches (see :meth:`_in_batches`).
+
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        """
+        scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        if scoped is None:
+            self._ready()
+            return []
+        cancel, flag = self._sql(q.CANCEL_QUEUED_IDS), self._sql(q.FLAG_RUNNING_IDS)
+        text = _clean(message)
+
+        def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
+            params = {"ids": ids, "message": text, "now": now_us}
+            cancelled = conn.execute(cancel, params).fetchall()
+            flagged = conn.execute(flag, {"ids": ids}).fetchall()
+            return [("cancelled", r) for r in cancelled] + [
+                ("cancel_requested", r) for r in flagged
+            ]
+
+        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+        """Put the failed and cancelled tasks a filter matches back to ``queued`` at
+        ``now_us`` with a fresh attempt count and no error (their history stays), in
+        batches, waking the workers of their queues.
+
+        :returns: the tasks after the change.
+        """
+        scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
+        if scoped is None:
+            self._ready()
+            return []
+        sql = self._sql(q.REQUEUE_IDS)
+
+        def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
+            params = {"ids": ids, "now": now_us, "channel": self._channel}
+            return conn.execute(sql, params).fetchall()
+
+        return [self._task(r[:_N]) for r in self._in_batches(scoped, act)]
+
+    def delete_matching(self, flt: TaskFilter) -> int:
+        """Delete the tasks a filter matches, in batches — queued and finished ones only (a
+        running task belongs to its worker: cancel it first), with their history and
+        idempotency keys.
+
+        :returns: how many were deleted.
+        :raises ValidationError: the filter asks for running tasks only.
+        """
+        scoped = flt.restricted_to(
+            (TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+        )
+        if scoped is None:
+            raise ValidationError(
+                "statuses",
+                [s.value for s in flt.statuses],
+                "names only running tasks, which cannot be deleted",
+                "cancel them first (their workers stop them), then delete",
+            )
+        sql = self._sql(q.DELETE_IDS)
+
+        def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
+            return [conn.execute(sql, {"ids": ids}).rowcount]
+
+        return sum(self._in_batches(scoped, act))
+
+    def pause_queue(self, queue: str, now_us: int) -> bool:
+        """Stop every worker of every process leasing from ``queue`` (running tasks finish).
+        Persisted. :returns: False if it was paused already."""
+        self._ready()
+        with self._cx.write() as (conn, state):
+            state.sent = True
+            cur = conn.execute(self._sql(q.PAUSE_QUEUE), {"queue": queue, "now": now_us})
+            return cur.rowcount > 0
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers lease from ``queue`` again, and wake those of every process.
+        :returns: False if it was not paused."""
+        self._ready()
+        with self._cx.write() as (conn, state):
+            state.sent = True
+            rows = conn.execute(
+                self._sql(q.RESUME_QUEUE), {"queue": queue, "channel": self._channel}
+            ).fetchall()
+        return bool(rows)
+
+    # -- periodic schedules --------------------------------------------------------------------
+
+    def upsert_schedules(
+        self,
+        schedules: Sequence[ScheduleDefinition],
+        now_us: int,
+        *,
+        replace: bool = True,
+    ) -> builtins.list[str]:
+        """Create or update schedules by name in one transaction (see
+        :meth:`~hookqueue.core.storage.TaskStore.upsert_schedules`). Names are taken in
+        sorted order, so processes declaring the same schedules at once lock them in the
+        same order (no deadlock); a name being created by another process is waited for.
+
+        :returns: per schedule, ``"created"``, ``"updated"``, ``"unchanged"`` or ``"exists"``.
+        """
+        self._ready()
+        sql = self._sql
+        answers: dict[int, str] = {}
+        order = sorted(range(len(schedules)), key=lambda i: schedules[i].name)
+        with self._cx.transaction() as conn:
+            for i in order:
+                d = schedules[i]
+                declared = now_us if d.source == "code" else None
+                params: dict[str, Any] = {
+                    "name": d.name,
+                    "definition": d.definition_json,
+                    "timing": d.timing,
+                    "overlap": bool(d.overlap),
+                    "source": d.source,
+                    "paused": bool(d.paused),
+                    "next_tick": d.next_tick_us,
+                    "now": now_us,
+                    "declared": declared,
+                }
+                if conn.execute(sql(q.SCHEDULE_CREATE), params).fetchone() is not None:
+                    answers[i] = "created"
+                    continue
+                if not replace:
+                    answers[i] = "exists"
+                    continue
+                row = conn.execute(sql(q.SCHEDULE_LOCK), {"name": d.name}).fetchone()
+                if row is None:  # deleted meanwhile by a transaction that just committed
+                    raise DatabaseBusy(
+                        f"{self._location}: schedule {d.name!r} was deleted while being "
+                        "declared. Nothing was written. Fix: retry"
+                    )
+                current = _schedule(row)
+                if (
+                    current.definition_json,
+                    current.timing,
+                    current.overlap,
+                    current.source,
+                ) != (d.definition_json, d.timing, bool(d.overlap), d.source):
+                    if current.timing == d.timing:
+                        params["next_tick"] = current.next_tick_us
+                    conn.execute(sql(q.SCHEDULE_REDEFINE), params)
+                    answers[i] = "updated"
+                else:
+                    answers[i] = "unchanged"
+                if declared is not None:
+                    conn.execute(sql(q.SCHEDULE_DECLARED), {"name": d.name, "now": declared})
+        return [answers[i] for i in range(len(schedules))]
+
+    def list_schedules(
+        self,
+        *,
+        names: Sequence[str] | None = None,
+        due_by_us: int | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Schedules by name (all, or those named), or the due ones (not paused, next tick
+        at or before ``due_by_us``) oldest next tick first; one statement, one snapshot."""
+        self._ready()
+        with self._cx.read() as conn:
+            if due_by_us is not None:
+                rows = conn.execute(self._sql(q.SCHEDULES_DUE), {"due": due_by_us}).fetchall()
+            elif names is not None:
+                rows = conn.execute(self._sql(q.SCHEDULES_NAMED), {"names": list(names)}).fetchall()
+            else:
+                rows = conn.execute(self._sql(q.SCHEDULES_ALL)).fetchall()
+        found = [_schedule(r) for r in rows]
+        if names is not None and due_by_us is not None:
+            wanted = set(names)
+            found = [r for r in found if r.name in wanted]
+        return found
+
+    def next_schedule_tick_us(self) -> int | None:
+        """The earliest next tick of the unpaused schedules, or None."""
+        self._ready()
+        with self._cx.read() as conn:
+            row = conn.execute(self._sql(q.SCHEDULE_NEXT)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_schedule_paused(
+        self, name: str, paused: bool, now_us: int, *, next_tick_us: int | None = None
+    ) -> ScheduleRow | None:
+        """Pause or resume a schedule (resuming from ``next_tick_us``); the schedule after
+        the change, or None when there is none of that name."""
+        self._ready()
+        sql = self._sql
+        params = {"name": name, "now": now_us, "next_tick": next_tick_us}
+        with self._cx.transaction() as conn:
+            change = q.SCHEDULE_PAUSE if paused else q.SCHEDULE_RESUME
+            row = conn.execute(sql(change), params).fetchone()
+            if row is None:
+                row = conn.execute(sql(q.SCHEDULE_GET), {"name": name}).fetchone()
+        return None if row is None else _schedule(row)
+
+    def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule and its tick marks (one statement); False when there was none."""
+        self._ready()
+        with self._cx.write() as (conn, state):
+            state.sent = True
+            row = conn.execute(self._sql(q.SCHEDULE_DELETE), {"name": name}).fetchone()
+        return bool(row and row[0])
+
+    def fire_ticks(self, fires: Sequence[TickFire], now_us: int) -> builtins.list[FireOutcome]:
+        """Fire due ticks, each tick's task and mark in one transaction for the whole call
+        (see :meth:`~hookqueue.core.storage.TaskStore.fire_ticks`)."""
+        if len({f.schedule for f in fires}) != len(fires):
+            raise ValueError("fire_ticks takes at most one step per schedule per call")
+        for f in fires:
+            for _, row in f.ticks:
+                if row.idempotency_key is not None:
+                    raise ValueError(
+                        f"schedule {f.schedule!r}: a tick's task row has an idempotency key; "
+                        "a tick's mark is what makes it unique"
+                    )
+        self._ready()
+        outcomes = {f.schedule: FireOutcome(schedule=f.schedule, applied=False) for f in fires}
+        if not fires:
+            return []
+        # A read first, outside a transaction: when several processes fire the same ticks
+        # at once, those that read after the first one committed write nothing. (A hint
+        # only: the claim inside the transaction decides.)
+        with self._cx.read() as conn:
+            states = {
+                r[0]: (r[1], r[2], r[3])
+                for r in conn.execute(
+                    self._sql(q.SCHEDULE_STATES), {"names": [f.schedule for f in fires]}
+                )
+            }
+        live = [
+            f
+            for f in fires
+            if states.get(f.schedule) == (f.expect_next_tick_us, f.expect_revision, False)
+        ]
+        if live:
+            with self._cx.transaction() as conn:
+                for f in live:
+                    outcomes[f.schedule] = self._fire_one(conn, f, now_us)
+        return [outcomes[f.schedule] for f in fires]
+
+    def _fire_one(self, conn: psycopg.Connection[Any], f: TickFire, now_us: int) -> FireOutcome:
+        """One schedule's step inside the ``fire_ticks`` transaction."""
+        sql = self._sql
+        claimed = conn.execute(
+            sql(q.SCHEDULE_CLAIM),
+            {
+                "next_tick": f.next_tick_us,
+                "name": f.schedule,
+                "expect_tick": f.expect_next_tick_us,
+                "expect_revision": f.expect_revision,
+            },
+        ).fetchone()
+        if claimed is None:
+            return FireOutcome(schedule=f.schedule, applied=False)
+        overlap, last_task = bool(claimed[0]), claimed[1]
+        fired: builtins.list[tuple[int, int]] = []
+        overlapped: builtins.list[int] = []
+        already: builtins.list[int] = []
+        for tick, row in f.ticks:
+            mark = {"name": f.schedule, "tick": tick}
+            if conn.execute(sql(q.TICK_EXISTS), mark).fetchone() is not None:
+                already.append(tick)
+                continue
+            if (
+                not overlap
+                and last_task is not None
+                and conn.execute(sql(q.TASK_ACTIVE), {"id": last_task}).fetchone() is not None
+            ):
+                overlapped.append(tick)
+                continue
+            got = conn.execute(sql(q.INSERT_ONE), self._insert_params(row, now_us)).fetchone()
+            assert got is not None
+            task_id = int(got[0])
+            # The primary key (schedule, tick) refuses a second mark: the transaction, and
+            # with it the task, is then rolled back.
+            conn.execute(sql(q.TICK_INSERT), {**mark, "task": task_id, "now": now_us})
+            fired.append((tick, task_id))
+            last_task = task_id
+        newest = fired[-1] if fired else (None, None)
+        conn.execute(
+            sql(q.SCHEDULE_FIRED),
+            {
+                "last_tick": newest[0],
+                "last_task": newest[1],
+                "fired": len(fired),
+                "skipped": f.skipped + len(overlapped),
+                "name": f.schedule,
+            },
+        )
+        return FireOutcome(
+            schedule=f.schedule,
+            applied=True,
+            fired=tuple(fired),
+            overlapped=tuple(overlapped),
+            already=tuple(already),
+        )
 
     def vacuum(self) -> None:
         """``VACUUM (ANALYZE)`` the task table: dead row versions become reusable space
@@ -1154,6 +1612,31 @@ class PostgresStore:
         params["error_message"] = [_clean(v) for v in params["error_message"]]
         conn.execute(self._sql(q.IMPORT), params)
         return len(chunk)
+
+
+def _us_or_none(value: datetime | None) -> int | None:
+    return None if value is None else to_us(value, "instant")
+
+
+def _schedule(row: Any) -> ScheduleRow:
+    """A schedules row (``SCHEDULE_COLS`` order) as a record."""
+    return ScheduleRow(
+        name=row[0],
+        definition_json=row[1],
+        timing=row[2],
+        overlap=bool(row[3]),
+        source=row[4],
+        paused=bool(row[5]),
+        revision=int(row[6]),
+        next_tick_us=None if row[7] is None else int(row[7]),
+        last_tick_us=None if row[8] is None else int(row[8]),
+        last_task_id=None if row[9] is None else int(row[9]),
+        fired=int(row[10]),
+        skipped=int(row[11]),
+        created_us=int(row[12]),
+        updated_us=int(row[13]),
+        declared_us=None if row[14] is None else int(row[14]),
+    )
 
 
 def _row_order(plan: LeasePlan, due_us: int) -> Any:
