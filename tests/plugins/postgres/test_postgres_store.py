@@ -109,6 +109,51 @@ def test_a_schema_written_by_a_newer_hookqueue_is_refused_untouched(postgres_dsn
     assert after == before
 
 
+def test_a_version_1_schema_migrates_forward_keeping_every_task(postgres_dsn: str) -> None:
+    """A schema made by the first PostgreSQL store (version 1: tasks and workers only) is
+    migrated in place on first use: its tasks stay as they were, and the history, paused
+    queues and schedules work on them."""
+    from hookqueue.contrib.contracts.store import make_schedule
+    from hookqueue.plugins.postgres.schema import MIGRATIONS
+    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
+
+    v1 = Statements("hookqueue")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(v1(CREATE_SCHEMA))
+        conn.execute(v1(MIGRATIONS[0]))
+        conn.execute(v1(UPSERT_META), {"version": "1"})
+        conn.execute(
+            "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
+            "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
+            "started_at) VALUES ('default', 'old', '{\"n\": 1}', 100, 'running', 1, 3, 10, 10, "
+            "'w1', 99999999, 10), ('mail', 'old', '{}', 100, 'queued', 0, 1, 10, 10, NULL, "
+            "NULL, NULL)"
+        )
+    store = PostgresStore(postgres_dsn)
+    try:
+        assert store.schema_version() == 1
+        running, queued = store.list()
+        assert store.schema_version() == SCHEMA_VERSION
+        assert (running.status, running.payload, running.locked_by) == (
+            TaskStatus.RUNNING,
+            {"n": 1},
+            "w1",
+        )
+        store.settle(
+            "w1", [Settlement(task_id=running.id, kind="retry", error="e", run_after_us=20)], 20
+        )
+        assert [f.error for f in store.task_failures(running.id)] == ["e"]
+        assert store.pause_queue("mail", 20) and store.queued_queue_names() == ["default", "mail"]
+        assert store.upsert_schedules([make_schedule("s", 30)], 20) == ["created"]
+        [(new, _)] = store.insert([_row()], 30)
+        assert new > queued.id and store.check() == []
+    finally:
+        store.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM hookqueue.meta").fetchall())
+    assert meta == {"application": "hookqueue", "schema_version": str(SCHEMA_VERSION)}
+
+
 def test_a_foreign_schema_is_refused_untouched(postgres_dsn: str) -> None:
     """A schema of that name holding someone else's tables is refused, naming the fix; a
     ``meta`` table that is not hookqueue's too."""
@@ -256,11 +301,12 @@ def test_no_value_is_ever_formatted_into_a_statement(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every operation, driven with a marker in every value it takes (queue, type, key,
-    worker, payload, headers, error, result, partition key, schema aside), sends statements
-    whose text never holds the marker: values travel as bound parameters only."""
-    from hookqueue.contrib.contracts.store import make_row
-    from hookqueue.core.models import LeasePlan, SortKey, WorkerInfo
-    from hookqueue.core.storage import Settlement
+    worker, payload, headers, error, traceback, result, partition key, filter, schedule;
+    schema aside), sends statements whose text never holds the marker: values travel as
+    bound parameters only."""
+    from hookqueue.contrib.contracts.store import make_row, make_schedule
+    from hookqueue.core.models import LeasePlan, SortKey, TaskFilter, WorkerInfo
+    from hookqueue.core.storage import Settlement, TickFire
 
     mark = "Xq7mark'\"; --"
     sent: list[str] = []
@@ -303,7 +349,9 @@ def test_no_value_is_ever_formatted_into_a_statement(
         )  # fmt: skip
         store.renew(worker, [t.id for t in leased], now, 10)
         outcomes = [
-            Settlement(task_id=t.id, kind=k, error=f"e{mark}", result_json=json.dumps(mark))  # type: ignore[arg-type]
+            Settlement(
+                task_id=t.id, kind=k, error=f"e{mark}", result_json=json.dumps(mark), traceback=mark
+            )  # type: ignore[arg-type]
             for t, k in zip(leased, ["complete", "fail", "cancelled", "release"], strict=False)
         ]
         store.settle(worker, outcomes, now)
@@ -330,6 +378,44 @@ def test_no_value_is_ever_formatted_into_a_statement(
         store.has_work([row.queue], now, [row.task_type])
         store.next_wakeup_delay_us([row.queue], now)
         store.due_queue_names(now)
+        store.pause_queue(row.queue, now)
+        store.has_work([row.queue, f"other{mark}"], now)
+        store.paused_queues()
+        store.resume_queue(row.queue)
+        store.queued_queue_names()
+        flt = TaskFilter(
+            statuses=list(TaskStatus), task_types=row.task_type, queues=row.queue,
+            error_contains=mark, created_after=from_us(0), created_before=from_us(now + 1),
+            finished_before=from_us(now + 1), max_id=10**6,
+        )  # fmt: skip
+        store.list_matching(flt, after_id=1, newest_first=True)
+        store.count_matching(flt)
+        store.finished_buckets(0, 10)
+        for task in store.list(limit=100):
+            store.task_failures(task.id)
+        store.cancel_matching(TaskFilter(queues=row.queue), now, f"stop{mark}")
+        store.requeue_matching(TaskFilter(task_types=row.task_type), now)
+        schedule = make_schedule(
+            f"s{mark}", now, definition_json=json.dumps(mark), timing=f"every{mark}",
+            source=f"src{mark}",
+        )  # fmt: skip
+        store.upsert_schedules([schedule], now)
+        store.upsert_schedules([attrs.evolve(schedule, timing=mark)], now)
+        [sched] = store.list_schedules(names=[schedule.name])
+        store.list_schedules(due_by_us=now)
+        store.fire_ticks(
+            [
+                TickFire(
+                    schedule=sched.name, expect_next_tick_us=now, expect_revision=sched.revision,
+                    ticks=((now, row),), next_tick_us=now + 1,
+                )
+            ],
+            now,
+        )  # fmt: skip
+        store.set_schedule_paused(sched.name, True, now)
+        store.next_schedule_tick_us()
+        store.delete_schedule(sched.name)
+        store.delete_matching(TaskFilter(queues=row.queue, statuses="queued"))
         rows = store.export_rows()
         store.prune(older_than_us=now + 10**9, statuses=[TaskStatus.COMPLETED])
         store.check()
