@@ -53,6 +53,24 @@ CHOICES = [*WORKLOADS, "sched", "adapter"]
 PEERS = ("huey", "litequeue")
 
 
+#: The PostgreSQL section of docs/performance.md is written by benchmarks/postgres.py
+#: between these markers, under this heading; regenerating the page keeps it.
+PG_HEADING = "## PostgreSQL"
+PG_END = "<!-- postgres-benchmark:end -->"
+
+
+def keep_postgres_section(page: str, old_path: Path) -> str:
+    """``page`` with the PostgreSQL section of the page at ``old_path`` kept at its end."""
+    try:
+        old = old_path.read_text(encoding="utf-8")
+    except OSError:
+        return page
+    start, end = old.find(PG_HEADING + "\n"), old.find(PG_END)
+    if start < 0 or end < start:
+        return page
+    return page.rstrip() + "\n\n" + old[start : end + len(PG_END)] + "\n"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
@@ -271,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         data["targets"] = evaluate(data["results"])
         docs = Path(args.docs_out)
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(render_docs(data), encoding="utf-8")
+        docs.write_text(keep_postgres_section(render_docs(data), docs), encoding="utf-8")
         log(f"wrote {docs}")
         return 0
     data = run_suite(args)
@@ -288,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         docs = Path(args.docs_out)
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(render_docs(data), encoding="utf-8")
+        docs.write_text(keep_postgres_section(render_docs(data), docs), encoding="utf-8")
         log(f"wrote {docs}")
     return 1 if data["errors"] else 0
 

@@ -66,6 +66,7 @@ BUILTIN_COMMANDS = (
     "check",
     "workers",
     "worker",
+    "copy",
 )
 
 #: Exit code of ``hookqueue wait`` when the task has not finished in time.
@@ -739,6 +740,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    """``hookqueue copy --from SRC --to DST``: move a queue between stores (see
+    :mod:`hookqueue.core.transfer`); exit code 1 when the source changed meanwhile."""
+    from .transfer import copy_tasks
+
+    hooks = Hooks(make_plugin_manager(load_entrypoints=True))
+    options: dict[str, Any] = {"durability": "full", "busy_timeout": 10.0, "vfs": None}
+    source = hooks.open_store(args.source, {**options, "create": False})
+    try:
+        source.initialize_schema()  # a mistyped source fails before a destination is made
+        destination = hooks.open_store(args.destination, {**options, "create": True})
+        try:
+            report = copy_tasks(source, destination, allow_non_empty=args.allow_non_empty)
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    if args.json:
+        print_json(attrs.asdict(report))
+    else:
+        statuses = ", ".join(f"{n} {s}" for s, n in report.by_status.items() if n)
+        print(
+            f"copied {report.copied} task(s) from {report.source} to {report.destination}"
+            + (f" ({statuses})" if statuses else "")
+        )
+        running = report.by_status.get("running", 0)
+        if running:
+            print(
+                f"note: {running} task(s) were running in the source; in the destination a "
+                "worker takes each over once its lease expires"
+            )
+    if report.source_changed:
+        print(
+            "hookqueue: the source changed while it was copied (a producer or worker was "
+            "running); the copy may miss those changes. Fix: stop them and copy again into a "
+            "new, empty store",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     """The parser with the built-in subcommands and every plugin's."""
     from .. import __version__
@@ -899,6 +942,22 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         "needs hookqueue[prometheus])",
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "copy",
+        parents=[common],
+        help="copy every task from one store to another (e.g. SQLite to PostgreSQL)",
+    )
+    p.add_argument("--from", dest="source", required=True, help="the store to read: path or URL")
+    p.add_argument(
+        "--to", dest="destination", required=True, help="the store to write: path or URL"
+    )
+    p.add_argument(
+        "--allow-non-empty",
+        action="store_true",
+        help="copy into a store that already holds tasks (ids and keys must not clash)",
+    )
+    p.set_defaults(func=cmd_copy)
 
     if hooks is not None:
         for command in hooks.cli_commands():

@@ -48,7 +48,12 @@ log = logging.getLogger("hookqueue.plugins")
 
 CORE_PLUGIN_NAME = "core"
 #: Extras that first-party plugins need, for the install hint when their import fails.
-EXTRAS = {"prometheus": "prometheus", "opentelemetry": "otel", "dashboard": "web"}
+EXTRAS = {
+    "prometheus": "prometheus",
+    "opentelemetry": "otel",
+    "dashboard": "web",
+    "postgres": "postgres",
+}
 
 
 @attrs.frozen(kw_only=True)

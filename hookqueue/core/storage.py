@@ -56,6 +56,11 @@ Durability = Literal["full", "normal"]
 #: ``requeue_at_us`` None ends the task (``failed``, or ``cancelled`` if that was requested).
 ExpiryDecider = Callable[[Task], tuple[int | None, str]]
 
+#: One task exactly as stored, its values in :data:`~hookqueue.core.models.TASK_COLUMNS`
+#: order: JSON as the text stored, instants as integer microseconds, ``cancel_requested`` a
+#: bool (what :meth:`TaskStore.export_rows` gives and :meth:`TaskStore.import_rows` takes).
+RawRow = tuple[Any, ...]
+
 #: ``(event kind, task after the change)``: what a write did to one task. Kinds are
 #: ``completed``, ``failed``, ``retry_scheduled``, ``cancelled``, ``released``,
 #: ``lease_expired`` and ``cancel_requested`` (the :class:`~hookqueue.core.models.EventKind`
@@ -738,6 +743,25 @@ class TaskStore(Protocol):
         """Give the space of deleted rows back to the file system (may lock the store)."""
         ...
 
+    # -- moving a queue between stores (hookqueue copy) -----------------------------------------
+
+    def export_rows(self, *, after_id: int = 0, limit: int = 1000) -> builtins.list[RawRow]:
+        """Tasks exactly as stored (see :data:`RawRow`), with ids above ``after_id``, by id,
+        at most ``limit`` (one snapshot per call; page with the last id). Nothing is
+        decoded, so a row the models would refuse is exported as it is."""
+        ...
+
+    def import_rows(self, rows: Iterable[RawRow]) -> int:
+        """Insert tasks exactly as given (see :data:`RawRow`), ids and every column
+        included, in one transaction: all are stored, or none. New tasks inserted later get
+        ids above every imported one. Sends no wake-ups (start workers after an import).
+
+        :returns: how many tasks were imported.
+        :raises StoreError: an id or idempotency key is already present, or a row breaks
+            the store's constraints (nothing is stored).
+        """
+        ...
+
 
 __all__ = [
     "ChangeWatcher",
@@ -749,6 +773,7 @@ __all__ = [
     "QueueGauge",
     "ScheduleDefinition",
     "ScheduleRow",
+    "RawRow",
     "Settlement",
     "TaskStore",
     "TickFire",

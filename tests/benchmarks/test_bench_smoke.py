@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,29 @@ def test_the_periodic_script_measures_firing_and_the_drain_beside_schedules(
     drains = data["drain"]["normal"]
     assert len(drains) == 4 and all(_number(v) and v > 0 for v in drains.values())
     assert "| scheduler off | " in proc.stdout and "(1.00×)" in proc.stdout
+
+
+PG_RUN = ROOT / "benchmarks" / "postgres.py"
+PG_WORKLOADS = ["W1", "W2", "W3", "W3p4", "W4", "W5"]
+
+
+@pytest.mark.slow
+def test_postgres_quick_run_measures_every_workload(tmp_path: Path, postgres_server: Any) -> None:
+    """``benchmarks/postgres.py --quick`` on the test server: every workload gives figures
+    for hookqueue, and for procrastinate and pgqueuer where they are installed (the bench
+    extra) on the two drains, so their adapters cannot rot unseen."""
+    peers = [p for p in ("procrastinate", "pgqueuer") if importlib.util.find_spec(p) is not None]
+    runs = [("hookqueue", PG_WORKLOADS)] + [(p, ["W3", "W3p4"]) for p in peers]
+    for system, workloads in runs:
+        out = tmp_path / f"{system}.json"
+        proc = subprocess.run(
+            [sys.executable, str(PG_RUN), "--quick", "--dsn", postgres_server.dsn,
+             "--systems", system, "--only", ",".join(workloads), "--out", str(out)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        data = json.loads(out.read_text(encoding="utf-8"))
+        for workload in workloads:
+            figures = data["medians"][workload][system]
+            assert figures and all(_number(v) for v in figures.values()), (workload, figures)
+        assert f"| {system} |" in proc.stdout

@@ -1,8 +1,9 @@
 """The design's rules (shared/DESIGN.md §1–3), checked on the code itself.
 
-- Only the SQLite store (``hookqueue/core/store/``) imports apsw.
-- No SQL outside a store: plugins, contrib and the rest of the core reach data through the
-  store's named methods (:class:`~hookqueue.core.storage.TaskStore`).
+- Only the SQLite store (``hookqueue/core/store/``) imports apsw, and only the PostgreSQL
+  store (``hookqueue/plugins/postgres/``) imports psycopg.
+- No SQL outside a store (those two packages): plugins, contrib and the rest of the core
+  reach data through the store's named methods (:class:`~hookqueue.core.storage.TaskStore`).
 - Arrows point one way: ``core`` never imports ``plugins`` or ``contrib``.
 - Plugins and contrib never import the SQLite store's modules: they use the public
   ``hookqueue.QueueDatabase`` and the store contract in ``hookqueue.core.storage``.
@@ -23,6 +24,9 @@ import hookqueue
 
 PACKAGE = Path(hookqueue.__file__).resolve().parent
 STORE = PACKAGE / "core" / "store"
+PG_STORE = PACKAGE / "plugins" / "postgres"
+#: The packages allowed to hold SQL: the stores.
+STORES = (STORE, PG_STORE)
 
 #: A statement's opening words, as SQL is written here (upper-case keywords).
 SQL_TEXT = re.compile(
@@ -112,14 +116,41 @@ def test_only_the_sqlite_store_imports_apsw() -> None:
     assert store_users, "the scan found no apsw import even in the store: it is broken"
 
 
+def _in_a_store(path: Path) -> bool:
+    return any(store in path.parents for store in STORES)
+
+
 def test_no_sql_outside_a_store() -> None:
     found = [
         hit
         for path in _modules(PACKAGE)
-        if STORE not in path.parents
+        if not _in_a_store(path)
         for hit in sql_in_source(path.read_text(), _rel(path))
     ]
     assert found == [], "SQL outside the store; give it a named store method instead"
+    # Each store is skipped for holding SQL, not for being empty: the scan finds its SQL.
+    for store in STORES:
+        assert any(sql_in_source(p.read_text(), _rel(p)) for p in _modules(store)), store
+
+
+def psycopg_importers(source: str, filename: str) -> list[str]:
+    tree = ast.parse(source)
+    return [
+        f"{filename}:{line}: imports {name}"
+        for line, name in _imports(tree, "hookqueue.x")
+        if name.split(".")[0] in ("psycopg", "psycopg_pool")
+    ]
+
+
+def test_only_the_postgres_store_imports_psycopg() -> None:
+    found = [
+        hit
+        for path in _modules(PACKAGE)
+        if PG_STORE not in path.parents
+        for hit in psycopg_importers(path.read_text(), _rel(path))
+    ]
+    assert found == [], "psycopg belongs to the PostgreSQL store (the extra hookqueue[postgres])"
+    assert [p for p in _modules(PG_STORE) if psycopg_importers(p.read_text(), _rel(p))]
 
 
 @pytest.mark.parametrize(

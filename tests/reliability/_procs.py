@@ -38,6 +38,16 @@ from hookqueue import Queue, WorkerEngine
 from hookqueue.core.models import Task
 
 
+def store_plugins(db: str) -> list[Any]:
+    """The plugins a location needs besides the core (entry points are blocked here): the
+    PostgreSQL store's for a ``postgresql://`` URL, none for a SQLite file."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        import hookqueue.plugins.postgres as pg_plugin
+
+        return [pg_plugin]
+    return []
+
+
 def worker(db: str, logdir: str, lease: float, heartbeat: float, concurrency: int) -> None:
     """Run ``job`` tasks until SIGTERM (see the module docstring)."""
     pid = os.getpid()
@@ -50,7 +60,12 @@ def worker(db: str, logdir: str, lease: float, heartbeat: float, concurrency: in
         os.write(fd, f"end {task.id} {task.attempts} {pid}\n".encode())
         return int(task.payload["i"])
 
-    queue = Queue(db, load_entrypoints=False, plugins=[RetryCrashes()], durability="normal")
+    queue = Queue(
+        db,
+        load_entrypoints=False,
+        plugins=[RetryCrashes(), *store_plugins(db)],
+        durability="normal",
+    )
     queue.handlers.register_handler("job", job)
     engine = WorkerEngine(
         queue,
@@ -77,7 +92,7 @@ def worker(db: str, logdir: str, lease: float, heartbeat: float, concurrency: in
 def producer(db: str, n: int, seed: int) -> None:
     """Enqueue ``job`` tasks 0..n-1 in random small batches."""
     rng = random.Random(seed)
-    queue = Queue(db, load_entrypoints=False, durability="normal")
+    queue = Queue(db, load_entrypoints=False, plugins=store_plugins(db), durability="normal")
     i = 0
     while i < n:
         size = min(n - i, rng.randint(1, 8))

@@ -32,7 +32,18 @@ HEARTBEAT = 0.2
 CONCURRENCY = 4
 
 
-def _start_worker(db: Path, logs: Path) -> subprocess.Popen[str]:
+def _open(db: Path | str) -> Queue:
+    """The queue at a file or a ``postgresql://`` URL (entry points blocked, the store's
+    plugin registered where one is needed)."""
+    plugins: list[object] = []
+    if str(db).startswith("postgresql://"):
+        import hookqueue.plugins.postgres as pg_plugin
+
+        plugins.append(pg_plugin)
+    return Queue(db, load_entrypoints=False, plugins=plugins)
+
+
+def _start_worker(db: Path | str, logs: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         _faults.child_command(
             "_procs.py", "worker", db, logs, LEASE_SECONDS, HEARTBEAT, CONCURRENCY
@@ -48,9 +59,9 @@ def _has_worked(logs: Path, pid: int) -> bool:
     return log.exists() and log.stat().st_size > 0
 
 
-def _wait_all_terminal(db: Path, n: int, timeout: float) -> dict[str, int]:
+def _wait_all_terminal(db: Path | str, n: int, timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
-    with Queue(db, load_entrypoints=False) as q:
+    with _open(db) as q:
         while True:
             counts = q.counts()
             total = sum(counts.values())
@@ -65,12 +76,28 @@ def test_sigkill_workers_while_producer_enqueues(tmp_path: Path, fault: FaultRec
     """Every task ends completed, none is lost, and a task ran more than once only when the
     process running it was SIGKILLed (at-least-once); no attempt ever ran in two processes."""
     fault.describe("Worker processes SIGKILLed at random moments while a producer enqueues")
+    _sigkill_workers(tmp_path / "queue.db", tmp_path, fault, n_workers=3)
+
+
+def test_sigkill_workers_on_postgresql(
+    postgres_dsn: str, tmp_path: Path, fault: FaultRecord
+) -> None:
+    """The same on PostgreSQL, with four worker processes: every task ends completed, none
+    is lost, a task ran more than once only when the process running it was SIGKILLed, and
+    no attempt ever ran in two processes."""
+    from _services.pgurl import url_of
+
+    fault.describe("4 worker processes on PostgreSQL SIGKILLed at random while a producer enqueues")
+    _sigkill_workers(url_of(postgres_dsn), tmp_path, fault, n_workers=4)
+
+
+def _sigkill_workers(db: Path | str, tmp_path: Path, fault: FaultRecord, n_workers: int) -> None:
     seed = 8
     rng = random.Random(seed)
     n_tasks, kills = 600, 8
-    db, logs = tmp_path / "queue.db", tmp_path / "logs"
+    logs = tmp_path / "logs"
     logs.mkdir()
-    Queue(db, load_entrypoints=False).close()
+    _open(db).close()
     started = time.monotonic()
     producer = subprocess.Popen(
         _faults.child_command("_procs.py", "producer", db, n_tasks, seed),
@@ -78,7 +105,7 @@ def test_sigkill_workers_while_producer_enqueues(tmp_path: Path, fault: FaultRec
         stderr=subprocess.PIPE,
         text=True,
     )
-    workers = [_start_worker(db, logs) for _ in range(3)]
+    workers = [_start_worker(db, logs) for _ in range(n_workers)]
     killed: set[int] = set()
     try:
         for _ in range(kills):
@@ -129,7 +156,7 @@ def test_sigkill_workers_while_producer_enqueues(tmp_path: Path, fault: FaultRec
         data = json.loads(stats.read_text())
         lost_by[data["pid"]] = data["lost"]
 
-    with Queue(db, load_entrypoints=False) as q:
+    with _open(db) as q:
         tasks = q.list(limit=100_000)
         problems = q.check()
     assert problems == []

@@ -69,11 +69,14 @@ from hookqueue.core.errors import (
     ValidationError,
 )
 from hookqueue.core.models import (
+    TASK_COLUMNS,
     TERMINAL_STATUSES,
+    AttemptFailure,
     Candidate,
     LeasePlan,
     SortKey,
     Task,
+    TaskFilter,
     TaskStatus,
     WorkerInfo,
 )
@@ -293,6 +296,19 @@ _CALLS: dict[str, Callable[[TaskStore], Any]] = {
         [TickFire(schedule="s", expect_next_tick_us=T0, expect_revision=1, next_tick_us=None)],
         T0,
     ),
+    "list_matching": lambda s: s.list_matching(TaskFilter()),
+    "count_matching": lambda s: s.count_matching(TaskFilter()),
+    "cancel_matching": lambda s: s.cancel_matching(TaskFilter(), T0),
+    "requeue_matching": lambda s: s.requeue_matching(TaskFilter(), T0),
+    "delete_matching": lambda s: s.delete_matching(TaskFilter()),
+    "finished_buckets": lambda s: s.finished_buckets(T0, SECOND),
+    "task_failures": lambda s: s.task_failures(1),
+    "pause_queue": lambda s: s.pause_queue("default", T0),
+    "resume_queue": lambda s: s.resume_queue("default"),
+    "paused_queues": lambda s: s.paused_queues(),
+    "queued_queue_names": lambda s: s.queued_queue_names(),
+    "export_rows": lambda s: s.export_rows(),
+    "import_rows": lambda s: s.import_rows([]),
 }
 
 #: Payload values and the partition a re-ranking plan must offer for each (the value itself).
@@ -1711,6 +1727,450 @@ class StoreContract:
         assert store.list() == before and [t.id for t in before] == kept
         assert store.check() == []
 
+    # -- filters and bulk actions --------------------------------------------------------------
+
+    def _filterable(self, store: TaskStore) -> dict[int, Task]:
+        """Thirty tasks over three types, three queues, every status, one second apart, some
+        with errors of mixed case; all of them by id."""
+        statuses = list(TaskStatus)
+        errors = ["Timeout while CONNECTING", "disk full", None]
+        ids = []
+        for i in range(30):
+            status = statuses[i % 5]
+            now = T0 + i * SECOND
+            changes: dict[str, Any] = {
+                "task_type": "abc"[i % 3],
+                "queue": ("q1", "q2", "q3")[(i // 3) % 3],
+            }
+            error = errors[i % 3]
+            if status is TaskStatus.FAILED and error is not None:
+                task = self.running(store, now, "w-setup", **changes)
+                store.settle(
+                    "w-setup", [Settlement(task_id=task.id, kind="fail", error=error)], now
+                )
+                ids.append(task.id)
+            else:
+                ids.append(self.in_status(store, status, now, **changes))
+        return {t.id: t for t in store.get_many(ids)}
+
+    def _filters(self, tasks: dict[int, Task]) -> list[TaskFilter]:
+        """Filters over every field of :class:`TaskFilter`, alone and together."""
+        ids = sorted(tasks)
+        return [
+            TaskFilter(),
+            TaskFilter(statuses=TaskStatus.QUEUED),
+            TaskFilter(statuses=TaskStatus.RUNNING),
+            TaskFilter(statuses=(TaskStatus.QUEUED, TaskStatus.RUNNING)),
+            TaskFilter(statuses=(TaskStatus.COMPLETED, TaskStatus.FAILED)),
+            TaskFilter(statuses=(TaskStatus.RUNNING, TaskStatus.CANCELLED)),
+            TaskFilter(statuses=tuple(TaskStatus)),
+            TaskFilter(task_types="a"),
+            TaskFilter(task_types=("a", "c")),
+            TaskFilter(task_types="nobody"),
+            TaskFilter(queues="q2"),
+            TaskFilter(queues=("q1", "q3")),
+            TaskFilter(ids=(ids[0], ids[7], ids[29], ids[29] + 1000)),
+            TaskFilter(error_contains="connecting"),
+            TaskFilter(error_contains="DISK"),
+            TaskFilter(error_contains="e"),
+            TaskFilter(error_contains="no such error"),
+            TaskFilter(created_after=from_us(T0 + 10 * SECOND)),
+            TaskFilter(created_before=from_us(T0 + 10 * SECOND)),
+            TaskFilter(
+                created_after=from_us(T0 + 5 * SECOND), created_before=from_us(T0 + 20 * SECOND)
+            ),
+            TaskFilter(finished_before=from_us(T0 + 17 * SECOND)),
+            TaskFilter(max_id=ids[11]),
+            TaskFilter(statuses=TaskStatus.FAILED, error_contains="timeout"),
+            TaskFilter(
+                statuses=(TaskStatus.QUEUED, TaskStatus.COMPLETED),
+                task_types=("a", "b"),
+                queues=("q1", "q2"),
+                created_after=from_us(T0 + 2 * SECOND),
+                max_id=ids[25],
+            ),
+        ]
+
+    def test_list_matching_and_count_matching_follow_every_field(self, store: TaskStore) -> None:
+        """``list_matching`` answers the tasks a filter matches (every field given must
+        match; ``error_contains`` ignores case; ``finished_before`` only finished tasks), by
+        id, at most ``limit``; ``count_matching`` counts them."""
+        tasks = self._filterable(store)
+        for flt in self._filters(tasks):
+            expected = [i for i in sorted(tasks) if flt.matches(tasks[i])]
+            assert [t.id for t in store.list_matching(flt, limit=100)] == expected, flt
+            assert store.list_matching(flt, limit=3) == [tasks[i] for i in expected[:3]], flt
+            newest = store.list_matching(flt, limit=4, newest_first=True)
+            assert [t.id for t in newest] == expected[::-1][:4], flt
+            assert store.count_matching(flt) == len(expected), flt
+
+    @pytest.mark.parametrize("newest_first", [False, True])
+    def test_list_matching_pages_through_every_match_once(
+        self, store: TaskStore, newest_first: bool
+    ) -> None:
+        """Paging with ``after_id`` = the last id of the previous page visits every match
+        once (ids above it, or below it with ``newest_first``)."""
+        tasks = self._filterable(store)
+        flt = TaskFilter(statuses=(TaskStatus.QUEUED, TaskStatus.FAILED), queues=("q1", "q2"))
+        seen: list[int] = []
+        after: int | None = None
+        while page := store.list_matching(flt, limit=2, after_id=after, newest_first=newest_first):
+            seen += [t.id for t in page]
+            after = page[-1].id
+        expected = [i for i in sorted(tasks, reverse=newest_first) if flt.matches(tasks[i])]
+        assert seen == expected and len(expected) > 4
+
+    def test_cancel_matching_cancels_queued_and_flags_running_tasks(self, store: TaskStore) -> None:
+        """The queued tasks a filter matches end cancelled at once, with the message; the
+        running ones are flagged for their workers; finished ones and tasks the filter does
+        not match are left alone. Each change is answered with the task after it."""
+        tasks = self._filterable(store)
+        now = T0 + 100 * SECOND
+        flt = TaskFilter(queues=("q1", "q2"))
+        transitions = store.cancel_matching(flt, now, "stopped by the operator")
+        queued = [i for i in tasks if flt.matches(tasks[i]) and tasks[i].status.value == "queued"]
+        running = [i for i in tasks if flt.matches(tasks[i]) and tasks[i].status.value == "running"]
+        assert sorted(t.id for k, t in transitions if k == "cancelled") == sorted(queued)
+        assert sorted(t.id for k, t in transitions if k == "cancel_requested") == sorted(running)
+        assert len(transitions) == len(queued) + len(running) and queued and running
+        for _, task in transitions:
+            assert task == store.get(task.id)
+        for tid in queued:
+            after = store.get(tid)
+            assert after.status is TaskStatus.CANCELLED
+            assert after.error_message == "stopped by the operator"
+            assert us(after.finished_at) == now
+        for tid in running:
+            after = store.get(tid)
+            assert after.status is TaskStatus.RUNNING and after.cancel_requested is True
+            assert after.locked_by == "w-setup"
+        for tid, before in tasks.items():
+            if tid not in queued and tid not in running:
+                assert store.get(tid) == before
+        assert store.cancel_matching(TaskFilter(statuses=TaskStatus.COMPLETED), now) == []
+        more = store.cancel_matching(TaskFilter(queues="q3", statuses="queued"), now)
+        assert more and all(k == "cancelled" for k, _ in more)
+        assert all(t.error_message == "cancelled by request" for _, t in more)
+
+    def test_requeue_matching_queues_failed_and_cancelled_tasks_again(
+        self, store: TaskStore
+    ) -> None:
+        """The failed and cancelled tasks a filter matches go back to queued at ``now_us``
+        with a fresh attempt count and no error; the others are left alone."""
+        tasks = self._filterable(store)
+        now = T0 + 30 * SECOND  # after the last enqueue, before any lease expires
+        flt = TaskFilter(task_types=("a", "b"))
+        requeued = store.requeue_matching(flt, now)
+        expected = [
+            i
+            for i in sorted(tasks)
+            if flt.matches(tasks[i]) and tasks[i].status.value in ("failed", "cancelled")
+        ]
+        assert sorted(t.id for t in requeued) == expected and expected
+        for task in requeued:
+            assert task == store.get(task.id)
+            assert task.status is TaskStatus.QUEUED and task.attempts == 0
+            assert us(task.run_after) == now and task.error_message is None
+            assert task.finished_at is None and task.started_at is None
+            assert task.cancel_requested is False and task.result is None
+        for tid, before in tasks.items():
+            if tid not in expected:
+                assert store.get(tid) == before
+        assert store.requeue_matching(TaskFilter(statuses=TaskStatus.QUEUED), now) == []
+        leased, _ = self.lease(store, "w1", now, limit=100, queues=("q1", "q2", "q3"))
+        assert set(expected) <= {t.id for t in leased}
+
+    def test_delete_matching_deletes_queued_and_finished_tasks_never_running_ones(
+        self, store: TaskStore
+    ) -> None:
+        """Every matching task but the running ones is deleted, its idempotency key freed;
+        a filter of running tasks only is refused (ValidationError) and deletes nothing."""
+        tasks = self._filterable(store)
+        keyed = self.in_status(store, TaskStatus.COMPLETED, T0, idempotency_key="k", queue="q1")
+        with pytest.raises(ValidationError):
+            store.delete_matching(TaskFilter(statuses=TaskStatus.RUNNING, queues="q1"))
+        assert store.count_matching(TaskFilter()) == len(tasks) + 1
+        flt = TaskFilter(queues="q1")
+        deleted = store.delete_matching(flt)
+        gone = [i for i in tasks if flt.matches(tasks[i]) and tasks[i].status.value != "running"]
+        assert deleted == len(gone) + 1
+        for tid, before in tasks.items():
+            if tid in gone:
+                with pytest.raises(TaskNotFound):
+                    store.get(tid)
+            else:
+                assert store.get(tid) == before
+        assert store.find_by_key("k") is None
+        [(new, existing)] = store.insert([make_row(T0, idempotency_key="k")], T0)
+        assert existing is None and new != keyed
+        assert store.delete_matching(TaskFilter(queues="q1", statuses="completed")) == 0
+
+    def test_bulk_actions_cover_more_tasks_than_one_batch(self, store: TaskStore) -> None:
+        """Cancelling, requeueing and deleting by filter reach every match however many
+        there are (a store may work in batches)."""
+        ids = self.add(store, T0, 1234)
+        kept = self.add(store, T0, 3, queue="other")
+        now = T0 + SECOND
+        flt = TaskFilter(queues="default")
+        cancelled = store.cancel_matching(flt, now)
+        assert sorted(t.id for _, t in cancelled) == ids
+        assert store.count_matching(TaskFilter(statuses=TaskStatus.CANCELLED)) == len(ids)
+        assert sorted(t.id for t in store.requeue_matching(flt, now)) == ids
+        assert store.count_matching(TaskFilter(statuses=TaskStatus.QUEUED)) == len(ids) + 3
+        assert store.delete_matching(flt) == len(ids)
+        assert [t.id for t in store.list(limit=100)] == kept
+
+    def test_bulk_actions_stop_at_max_id(self, store: TaskStore) -> None:
+        """``max_id`` bounds a bulk action to the tasks up to it (those enqueued after an
+        operator confirmed it are left alone)."""
+        ids = self.add(store, T0, 6)
+        now = T0 + SECOND
+        bounded = TaskFilter(max_id=ids[2])
+        assert sorted(t.id for _, t in store.cancel_matching(bounded, now)) == ids[:3]
+        assert store.count_matching(TaskFilter(statuses=TaskStatus.QUEUED)) == 3
+        assert (
+            sorted(t.id for t in store.requeue_matching(TaskFilter(max_id=ids[1]), now))
+            == (ids[:2])
+        )
+        assert store.delete_matching(TaskFilter(max_id=ids[3])) == 4
+        assert [t.id for t in store.list()] == ids[4:]
+
+    def test_finished_buckets(self, store: TaskStore) -> None:
+        """Tasks that reached a final status at or after ``since_us``, counted per interval
+        of ``bucket_us`` (from ``since_us``) and status, oldest interval first; active tasks
+        and earlier ones are not counted."""
+        store.initialize_schema()
+        since = T0 + 10 * SECOND
+        assert store.finished_buckets(since, 10 * SECOND) == []
+        self.in_status(store, TaskStatus.COMPLETED, T0)  # before since
+        for offset, status in [
+            (10, TaskStatus.COMPLETED),
+            (12, TaskStatus.COMPLETED),
+            (19, TaskStatus.FAILED),
+            (20, TaskStatus.COMPLETED),
+            (35, TaskStatus.CANCELLED),
+            (39, TaskStatus.CANCELLED),
+        ]:
+            self.in_status(store, status, T0 + offset * SECOND)
+        self.in_status(store, TaskStatus.QUEUED, T0 + 15 * SECOND)
+        self.in_status(store, TaskStatus.RUNNING, T0 + 15 * SECOND)
+        got = store.finished_buckets(since, 10 * SECOND)
+        assert sorted(got) == [
+            (since, "completed", 2),
+            (since, "failed", 1),
+            (since + 10 * SECOND, "completed", 1),
+            (since + 20 * SECOND, "cancelled", 2),
+        ]
+        assert [b for b, _, _ in got] == sorted(b for b, _, _ in got)
+        assert sorted(store.finished_buckets(since, 3600 * SECOND)) == [
+            (since, "cancelled", 2),
+            (since, "completed", 3),
+            (since, "failed", 1),
+        ]
+
+    # -- the history of failed attempts --------------------------------------------------------
+
+    def test_task_failures_record_each_failed_attempt(self, store: TaskStore) -> None:
+        """Each settlement of kind ``retry``, ``fail`` or ``cancelled`` adds to the task's
+        history — attempt, instant, worker, outcome, the error stored, the traceback —
+        oldest first; completions and releases add nothing."""
+        task = self.running(store, T0, max_attempts=3)
+        store.settle(
+            "w1",
+            [
+                Settlement(
+                    task_id=task.id,
+                    kind="retry",
+                    error="boom 1",
+                    run_after_us=T0 + SECOND,
+                    traceback="Traceback 1",
+                )
+            ],
+            T0 + SECOND,
+        )
+        leased, _ = self.lease(store, "w2", T0 + 2 * SECOND)
+        assert [t.id for t in leased] == [task.id]
+        store.settle("w2", [Settlement(task_id=task.id, kind="release")], T0 + 2 * SECOND)
+        self.lease(store, "w3", T0 + 3 * SECOND)
+        store.settle(
+            "w3",
+            [Settlement(task_id=task.id, kind="fail", error="boom 2", traceback="Traceback 2")],
+            T0 + 4 * SECOND,
+        )
+        assert store.task_failures(task.id) == [
+            AttemptFailure(
+                task_id=task.id,
+                attempt=1,
+                at=from_us(T0 + SECOND),
+                worker_id="w1",
+                outcome="retry_scheduled",
+                error="boom 1",
+                traceback="Traceback 1",
+            ),
+            AttemptFailure(
+                task_id=task.id,
+                attempt=2,
+                at=from_us(T0 + 4 * SECOND),
+                worker_id="w3",
+                outcome="failed",
+                error="boom 2",
+                traceback="Traceback 2",
+            ),
+        ]
+        done = self.running(store, T0)
+        store.settle("w1", [Settlement(task_id=done.id, kind="complete")], T0 + SECOND)
+        assert store.task_failures(done.id) == []
+        assert store.task_failures(task.id + 1000) == []
+
+    def test_task_failures_record_the_outcome_a_settlement_led_to(self, store: TaskStore) -> None:
+        """A cancelled attempt is recorded ``cancelled`` (its error defaulting as the task's
+        does); a retry of a task whose cancellation was requested ``cancelled``; a retry
+        without attempts left ``failed``, with the error the task keeps."""
+        by_worker = self.running(store, T0, max_attempts=3)
+        flagged = self.running(store, T0, max_attempts=3)
+        store.cancel(flagged.id, T0)
+        last = self.running(store, T0, max_attempts=1)
+        now = T0 + SECOND
+        store.settle(
+            "w1",
+            [
+                Settlement(task_id=by_worker.id, kind="cancelled"),
+                Settlement(task_id=flagged.id, kind="retry", error="e2", run_after_us=now),
+                Settlement(task_id=last.id, kind="retry", error="e3", run_after_us=now),
+            ],
+            now,
+        )
+        for tid, outcome in [
+            (by_worker.id, "cancelled"),
+            (flagged.id, "cancelled"),
+            (last.id, "failed"),
+        ]:
+            [failure] = store.task_failures(tid)
+            task = store.get(tid)
+            assert (failure.outcome, failure.attempt, failure.worker_id) == (outcome, 1, "w1")
+            assert failure.error == task.error_message and failure.at == from_us(now)
+            assert failure.traceback is None
+
+    def test_an_expired_lease_enters_the_history(self, store: TaskStore) -> None:
+        """An expired lease is recorded ``lease_expired`` with the attempt, the worker that
+        held it and the decider's message — whether the task runs again or ends."""
+        task = self.running(store, T0, worker_id="w0", max_attempts=2)
+        later = T0 + LEASE_US + SECOND
+        self.lease(store, "w1", later, decide=ExpiryRecorder(later, "worker vanished"))
+        assert store.get(task.id).locked_by == "w1"
+        again = later + LEASE_US + SECOND
+        self.lease(store, "w2", again, limit=0, decide=ExpiryRecorder(None, "gave up"))
+        assert store.get(task.id).status is TaskStatus.FAILED
+        assert store.task_failures(task.id) == [
+            AttemptFailure(
+                task_id=task.id,
+                attempt=1,
+                at=from_us(later),
+                worker_id="w0",
+                outcome="lease_expired",
+                error="worker vanished",
+            ),
+            AttemptFailure(
+                task_id=task.id,
+                attempt=2,
+                at=from_us(again),
+                worker_id="w1",
+                outcome="lease_expired",
+                error="gave up",
+            ),
+        ]
+
+    def test_history_survives_a_requeue_and_goes_with_the_task(self, store: TaskStore) -> None:
+        """Requeueing (one task or by filter) clears the task's error but keeps its history,
+        which goes on in the order the attempts ended (a requeued task counts its attempts
+        from 1 again); deleting or pruning the task deletes its history."""
+        task = self.running(store, T0, max_attempts=2)
+        store.settle(
+            "w1",
+            [Settlement(task_id=task.id, kind="retry", error="first", run_after_us=T0)],
+            T0,
+        )
+        self.lease(store, "w1", T0 + SECOND)
+        store.settle("w1", [Settlement(task_id=task.id, kind="fail", error="second")], T0 + SECOND)
+        assert store.requeue(task.id, T0 + 2 * SECOND).error_message is None
+        self.lease(store, "w1", T0 + 2 * SECOND)
+        store.settle(
+            "w1", [Settlement(task_id=task.id, kind="fail", error="third")], T0 + 2 * SECOND
+        )
+        [again] = store.requeue_matching(TaskFilter(ids=task.id), T0 + 3 * SECOND)
+        assert again.error_message is None and store.get(task.id).error_message is None
+        history = store.task_failures(task.id)
+        assert [(f.error, f.attempt) for f in history] == [
+            ("first", 1),
+            ("second", 2),
+            ("third", 1),
+        ]
+        assert store.delete_matching(TaskFilter(ids=task.id)) == 1
+        assert store.task_failures(task.id) == []
+        pruned = self.running(store, T0)
+        store.settle("w1", [Settlement(task_id=pruned.id, kind="fail", error="x")], T0)
+        assert len(store.task_failures(pruned.id)) == 1
+        store.prune(older_than_us=T0 + SECOND, statuses=[TaskStatus.FAILED])
+        assert store.task_failures(pruned.id) == []
+
+    # -- paused queues -------------------------------------------------------------------------
+
+    def test_a_paused_queue_is_left_out_until_it_is_resumed(self, store: TaskStore) -> None:
+        """While a queue is paused no lease takes its tasks (plain or re-ranked), and
+        ``has_work``, ``next_wakeup_delay_us`` and ``due_queue_names`` leave it out; it is
+        listed with the instant it was paused. Pausing twice or resuming a running queue
+        answers False."""
+        store.initialize_schema()
+        assert store.paused_queues() == {}
+        [a] = self.add(store, T0, queue="a")
+        self.add(store, T0, queue="a", run_after_us=T0 + 60 * SECOND)
+        assert store.pause_queue("a", T0 + 1) is True
+        assert store.pause_queue("a", T0 + 2) is False
+        assert store.paused_queues() == {"a": from_us(T0 + 1)}
+        assert store.has_work(["a"], T0) is False
+        assert store.next_wakeup_delay_us(["a"], T0) is None
+        assert store.due_queue_names(T0) == []
+        rerank = LeasePlan(rerank=lambda c, n: [x.id for x in c][:n], window=10)
+        for plan in (FIFO, rerank):
+            assert self.lease(store, "w1", T0, queues=("a",), plan=plan)[0] == []
+        [b] = self.add(store, T0, queue="b")
+        assert store.has_work(["a", "b"], T0) is True
+        assert store.due_queue_names(T0) == ["b"]
+        leased, _ = self.lease(store, "w1", T0, queues=("a", "b"), lease_us=3600 * SECOND)
+        assert [t.id for t in leased] == [b]
+        assert store.has_work(["a", "b"], T0) is False
+        assert store.resume_queue("a") is True
+        assert store.resume_queue("a") is False
+        assert store.paused_queues() == {}
+        assert store.has_work(["a"], T0) is True
+        assert store.due_queue_names(T0) == ["a"]
+        assert store.next_wakeup_delay_us(["a"], T0) == 60 * SECOND
+        assert [t.id for t in self.lease(store, "w1", T0, queues=("a",))[0]] == [a]
+
+    def test_a_paused_queues_running_tasks_finish(self, store: TaskStore) -> None:
+        """Pausing a queue leaves its running tasks to their workers: they settle as
+        usual."""
+        task = self.running(store, T0, queue="a")
+        store.pause_queue("a", T0)
+        [(kind, after)] = store.settle("w1", [Settlement(task_id=task.id, kind="complete")], T0)
+        assert kind == "completed" and after.status is TaskStatus.COMPLETED
+        assert store.paused_queues() == {"a": from_us(T0)}
+
+    def test_queued_queue_names(self, store: TaskStore) -> None:
+        """The queues that have queued tasks, due or delayed, paused or not, sorted; not
+        those with only running or finished tasks."""
+        store.initialize_schema()
+        assert store.queued_queue_names() == []
+        self.add(store, T0, queue="zeta")
+        self.add(store, T0, queue="delayed", run_after_us=T0 + 60 * SECOND)
+        self.add(store, T0, 3, queue="alpha")
+        self.add(store, T0, queue="paused")
+        store.pause_queue("paused", T0)
+        self.running(store, T0, queue="running")
+        self.in_status(store, TaskStatus.COMPLETED, T0, queue="done")
+        self.in_status(store, TaskStatus.CANCELLED, T0, queue="cancelled")
+        assert store.queued_queue_names() == ["alpha", "delayed", "paused", "zeta"]
+
     # -- periodic schedules --------------------------------------------------------------------
 
     @staticmethod
@@ -2068,6 +2528,88 @@ class StoreContract:
         assert ticks == [T0 + i * SECOND for i in range(100)], "a tick twice, or none"
         ids = [task_id for _, task_id in first + second]
         assert len(set(ids)) == 100 and store.counts()["queued"] == 100
+
+    # -- moving a queue between stores (export_rows / import_rows) -----------------------------
+
+    def _history(self, store: TaskStore) -> dict[int, Task]:
+        """Tasks in every status with keys, results, errors, retries and a requested
+        cancellation; all of them by id."""
+        tasks = self._mixed(store)
+        keyed = self.in_status(store, TaskStatus.COMPLETED, T0, idempotency_key="kept")
+        done = self.running(store, T0, max_attempts=3, payload_json='{"n": [1, 2.5]}')
+        store.settle(
+            "w1",
+            [Settlement(task_id=done.id, kind="retry", error="flaky", run_after_us=T0 + 1)],
+            T0,
+        )
+        flagged = self.running(store, T0, headers_json='{"trace": "x"}', timeout=2.5)
+        store.cancel(flagged.id, T0 + 1)
+        ids = [*tasks, keyed, done.id, flagged.id]
+        return {t.id: t for t in store.get_many(ids)}
+
+    def test_export_rows_pages_every_task_as_stored(self, store: TaskStore) -> None:
+        """``export_rows`` gives every task once, by id, page by page: the columns in
+        ``TASK_COLUMNS`` order, JSON as stored text, instants in microseconds."""
+        tasks = self._history(store)
+        rows: list[tuple[Any, ...]] = []
+        after = 0
+        while page := store.export_rows(after_id=after, limit=3):
+            assert len(page) <= 3
+            rows += page
+            after = page[-1][0]
+        assert [r[0] for r in rows] == sorted(tasks)
+        for row in rows:
+            assert len(row) == len(TASK_COLUMNS)
+            assert Task.from_row(row) == tasks[row[0]]
+            values = dict(zip(TASK_COLUMNS, row, strict=True))
+            assert isinstance(values["payload"], str) and isinstance(values["created_at"], int)
+            assert values["cancel_requested"] in (True, False)
+        assert store.export_rows(after_id=max(tasks)) == []
+
+    def test_import_rows_copies_a_queue_exactly(self, store: TaskStore, tmp_path: Path) -> None:
+        """What one store exports, another imports exactly — ids, statuses, attempts,
+        instants, results, errors, keys; the copy deduplicates the keys and gives new tasks
+        ids above every imported one."""
+        tasks = self._history(store)
+        rows = store.export_rows(limit=1_000_000)
+        other = self.make_store(tmp_path / "other")
+        try:
+            other.initialize_schema()
+            assert other.import_rows(iter(rows)) == len(rows)
+            assert other.export_rows(limit=1_000_000) == rows
+            assert other.list(limit=1_000) == [tasks[i] for i in sorted(tasks)]
+            assert other.counts() == store.counts()
+            kept = other.find_by_key("kept")
+            assert kept is not None and kept.status is TaskStatus.COMPLETED
+            [(again, existing)] = other.insert([make_row(T0, idempotency_key="kept")], T0)
+            assert again == kept.id and existing == kept
+            [new] = self.add(other, T0 + SECOND)
+            assert new > max(tasks)
+            assert other.check() == []
+            assert other.import_rows([]) == 0
+        finally:
+            other.close()
+
+    def test_import_rows_is_all_or_none(self, store: TaskStore, tmp_path: Path) -> None:
+        """An import with an id (or a key) already present is refused whole: nothing of it
+        is stored."""
+        self.add(store, T0, 3)
+        self.add(store, T0, idempotency_key="k")
+        rows = store.export_rows()
+        other = self.make_store(tmp_path / "other")
+        try:
+            other.initialize_schema()
+            other.import_rows(rows[2:3])
+            with pytest.raises(HookqueueError):
+                other.import_rows(rows)
+            assert [r[0] for r in other.export_rows()] == [rows[2][0]]
+            clash = (rows[3][0] + 100, *rows[3][1:])  # a new id, the key of a held one
+            other.import_rows([rows[3]])
+            with pytest.raises(HookqueueError):
+                other.import_rows([rows[0], clash])
+            assert [r[0] for r in other.export_rows()] == [rows[2][0], rows[3][0]]
+        finally:
+            other.close()
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from ..storage import (
     FireOutcome,
     InsertRow,
     QueueGauge,
+    RawRow,
     ScheduleDefinition,
     ScheduleRow,
     Settlement,
@@ -68,6 +69,7 @@ from .statements import (
     SQL_EXPIRE_FAIL,
     SQL_EXPIRE_REQUEUE,
     SQL_EXPIRED_IDS,
+    SQL_EXPORT,
     SQL_FAIL,
     SQL_FAIL_DAMAGED,
     SQL_FINISHED_BUCKETS,
@@ -76,6 +78,7 @@ from .statements import (
     SQL_FORGET_KEY,
     SQL_GET,
     SQL_GET_BY_KEY,
+    SQL_IMPORT,
     SQL_INSERT_ID,
     SQL_INSERT_KEYED,
     SQL_INTEGRITY,
@@ -1608,6 +1611,31 @@ class QueueDatabase:
             already=tuple(already),
         )
 
+    # -- raw rows (hookqueue copy) ---------------------------------------------------------------
+
+    def export_rows(self, *, after_id: int = 0, limit: int = 1000) -> builtins.list[RawRow]:
+        """Tasks exactly as stored, ids above ``after_id``, by id, at most ``limit`` (values
+        in ``TASK_COLUMNS`` order; ``cancel_requested`` as a bool)."""
+        with self._cx.errors:
+            rows = self._cx.conn().execute(SQL_EXPORT, (after_id, limit)).fetchall()
+        flag = _CANCEL_REQUESTED
+        return [(*r[:flag], bool(r[flag]), *r[flag + 1 :]) for r in rows]
+
+    def import_rows(self, rows: Iterable[RawRow]) -> int:
+        """Insert tasks exactly as given, ids included, in one transaction (all or none);
+        an id or idempotency key already present refuses the whole import."""
+        width = len(TASK_COLUMNS)
+        count = 0
+        with self._cx.write() as conn:
+            for row in rows:
+                if len(row) != width:
+                    raise ValidationError(
+                        "rows", row, f"must have {width} values (TASK_COLUMNS)", "use export_rows()"
+                    )
+                conn.execute(SQL_IMPORT, tuple(row))
+                count += 1
+        return count
+
     # -- workers -------------------------------------------------------------------------------
 
     def register_worker(self, info: WorkerInfo) -> None:
@@ -1722,6 +1750,7 @@ _ERROR = TASK_COLUMNS.index("error_message")
 _FAILURE_KINDS = frozenset({"failed", "retry_scheduled", "cancelled"})
 _PRIORITY = TASK_COLUMNS.index("priority")
 _RUN_AFTER = TASK_COLUMNS.index("run_after")
+_CANCEL_REQUESTED = TASK_COLUMNS.index("cancel_requested")
 
 
 def _fifo_key(row: Any) -> tuple[int, int]:

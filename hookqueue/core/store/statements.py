@@ -74,9 +74,11 @@ SQL_RECORD_FAILURE = """
 INSERT INTO task_failures (task_id, attempt, at, worker_id, outcome, error, traceback)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
+#: In the order written (rowid; VACUUM keeps its order): a requeued task counts its attempts
+#: from 1 again, and workers' clocks may disagree, so neither orders a history.
 SQL_TASK_FAILURES = """
 SELECT task_id, attempt, at, worker_id, outcome, error, traceback
-FROM task_failures WHERE task_id = ? ORDER BY attempt, at
+FROM task_failures WHERE task_id = ? ORDER BY rowid
 """
 SQL_PAUSE_QUEUE = (
     "INSERT INTO paused_queues (queue, paused_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -288,6 +290,12 @@ SQL_FINISHED_MISMATCH = (
     f"WHERE (status IN ({', '.join('?' * len(FINAL_STATUSES))})) <> (finished_at IS NOT NULL)"
 )
 SQL_VACUUM = "VACUUM"
+
+# -- raw rows (hookqueue copy) ---------------------------------------------------------------
+
+SQL_EXPORT = f"SELECT {COLS} FROM tasks WHERE id > ? ORDER BY id LIMIT ?"
+#: Ids given explicitly: AUTOINCREMENT's sequence moves past the largest by itself.
+SQL_IMPORT = f"INSERT INTO tasks ({COLS}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
 
 
 # -- statements assembled from constant pieces ------------------------------------------------
