@@ -76,7 +76,12 @@ def parse_instant(field: str, text: str, now: datetime) -> datetime:
     match = _DURATION.match(text)
     if match:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-        return now - timedelta(seconds=seconds)
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValidationError(
+                field, text, "reaches back before the year 1", "use e.g. 7d or 52w"
+            ) from None
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:

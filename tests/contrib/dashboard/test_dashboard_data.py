@@ -111,6 +111,8 @@ def test_instants_are_utc_unless_they_say_otherwise() -> None:
     assert parse_instant("f", "2030-01-01T01:00+01:00", START) == START
     assert parse_instant("f", "2030-01-01", START) == START
     assert parse_instant("f", "90", START) == START - timedelta(seconds=90)
+    with pytest.raises(ValidationError, match="before the year 1"):
+        parse_instant("from", "99999999d", START)
 
 
 # -- listing ----------------------------------------------------------------------------------
@@ -225,6 +227,16 @@ def test_the_timeline_of_the_whole_history(history: tuple[Queue, FakeClock]) -> 
     timeline = DashboardData(q).timeline(86400, 4)
     assert sum(b.finished for b in timeline.buckets) == 300
     assert sum(b.failed for b in timeline.buckets) == 60  # every fifth, all of them
+
+
+def test_a_task_finished_by_a_clock_ahead_counts_in_the_last_interval(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    q = Queue(tmp_path / "q.db", clock=clock, durability="normal", load_entrypoints=False)
+    with q:
+        q.cancel(q.enqueue("t", {}).id)  # finished at START
+        clock.set(START - timedelta(seconds=5))  # this process's clock is behind
+        timeline = DashboardData(q).timeline(60, 6)
+        assert [b.finished for b in timeline.buckets] == [0, 0, 0, 0, 0, 1]
 
 
 def test_a_timeline_needs_buckets(history: tuple[Queue, FakeClock]) -> None:

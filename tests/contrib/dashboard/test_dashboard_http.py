@@ -268,6 +268,8 @@ def test_bad_input_is_a_400_naming_the_field(serve: Any, small_db: Path) -> None
     server = serve(create_app(small_db))
     response = httpx.get(server.url + "/tasks?from=yesterday-ish")
     assert response.status_code == 400 and "from" in response.text
+    assert httpx.get(server.url + "/tasks?from=99999999d").status_code == 400
+    assert httpx.get(server.url + "/tasks?finished_before=later").status_code == 400
     assert httpx.get(server.url + "/tasks?after=x").status_code == 400
     assert httpx.get(server.url + "/tasks/999").status_code == 404
     assert httpx.get(server.url + "/prune?older_than=soon").status_code == 400
