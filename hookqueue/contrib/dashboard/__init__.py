@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import Dashboard, create_app
-    from .hookspecs import DashboardPage, PageRequest
+    from .hookspecs import ActionRequest, DashboardPage, PageRequest
 
-__all__ = ["Dashboard", "DashboardPage", "PageRequest", "create_app"]
+__all__ = ["ActionRequest", "Dashboard", "DashboardPage", "PageRequest", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``create_app``, ``Dashboard``, ``DashboardPage`` and ``PageRequest`` on first
-    use (static imports: nothing is imported by a name that comes from outside)."""
+    """Import ``create_app``, ``Dashboard``, ``DashboardPage``, ``PageRequest`` and
+    ``ActionRequest`` on first use (static imports: nothing is imported by a name that comes
+    from outside)."""
     if name in ("Dashboard", "create_app"):
         from . import app as module
-    elif name in ("DashboardPage", "PageRequest"):
+    elif name in ("ActionRequest", "DashboardPage", "PageRequest"):
         from . import hookspecs as module  # type: ignore[no-redef]
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

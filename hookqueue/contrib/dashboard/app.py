@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -35,14 +36,21 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from hookqueue.core.errors import HookqueueError, InvalidTransition, TaskNotFound, ValidationError
-from hookqueue.core.models import TaskStatus
+from hookqueue.core.models import Task, TaskStatus
 from hookqueue.core.queue import Queue
 from hookqueue.core.storage import TaskStore
 from hookqueue.plugins.metrics import QueueMetrics
 
 from .charts import timeline_chart
-from .data import BULK_ACTIONS, DashboardData, TaskFilter, parse_duration
-from .hookspecs import DashboardPage, PageRequest, collect_pages
+from .data import (
+    BULK_ACTIONS,
+    DashboardData,
+    TaskFilter,
+    filter_from_query,
+    filter_to_query,
+    parse_duration,
+)
+from .hookspecs import ActionRequest, DashboardPage, PageRequest, collect_pages
 
 __all__ = ["AuthHook", "Dashboard", "create_app"]
 
@@ -128,11 +136,30 @@ class Dashboard:
         env.filters["pretty_json"] = _pretty_json
         self.env = env
         self.templates = Jinja2Templates(env=env)
-        self._page_templates = {name: env.from_string(p.template) for name, p in self.pages.items()}
+        #: Each plugin page's compiled template, by page name.
+        self.page_templates = {name: env.from_string(p.template) for name, p in self.pages.items()}
 
     def csrf_token(self, session: str) -> str:
         """The CSRF token of a session id."""
         return hmac.new(self.secret, session.encode(), hashlib.sha256).hexdigest()
+
+    def _flash_signature(self, message: str) -> str:
+        digest = hmac.new(self.secret, b"flash\0" + message.encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    def flash_query(self, message: str) -> str:
+        """The query string that shows ``message`` as the banner of the page after an action.
+        It is signed with the app's secret, so a link made elsewhere cannot put words in the
+        dashboard's mouth."""
+        return urlencode({"flash": message, "flash_sig": self._flash_signature(message)})
+
+    def flash_message(self, params: Any) -> str | None:
+        """The banner a query asks for, if its signature holds (else none)."""
+        message = params.get("flash")
+        signature = params.get("flash_sig") or ""
+        if not message or not hmac.compare_digest(signature, self._flash_signature(message)):
+            return None
+        return str(message)
 
     def close(self) -> None:
         """Close the queue if the dashboard opened it (a Queue passed in stays open)."""
@@ -226,48 +253,42 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
         csrf_token=request.state.csrf_token,
         pages=list(dashboard.pages.values()),
         path=request.url.path,
-        done=_done_message(request),
+        flash=dashboard.flash_message(request.query_params),
     )
     return dashboard.templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
-_DONE = {
-    "retry": ("retried", "Retried"),
-    "cancel": ("cancelled", "Cancelled"),
-    "prune": ("deleted", "Deleted"),
-}
+def _redirect(request: Request, path: str, message: str, query: str = "") -> Response:
+    """303 to ``path`` (under the mount), with ``message`` shown there as the banner."""
+    flash = _dashboard(request).flash_query(message)
+    return RedirectResponse(
+        f"{_base(request)}{path}?{query + '&' if query else ''}{flash}", status_code=303
+    )
 
 
-def _done_message(request: Request) -> str | None:
-    """The banner after an action, from fixed wording: the query only carries numbers."""
-    action = request.query_params.get("done")
-    if action not in _DONE:
-        return None
-
-    def number(name: str) -> int:
-        text = request.query_params.get(name, "0")
-        return int(text) if text.isdigit() else 0
-
-    n, skipped, more = number("n"), number("skipped"), number("more")
-    _, verb = _DONE[action]
-    noun = "task" if n == 1 else "tasks"
-    message = f"{verb} {n:,} {noun}."
-    if skipped:
-        message += f" {skipped:,} had changed status meanwhile and were left alone."
-    if more:
-        message += " More tasks match: the action stopped at its limit; run it again."
-    return message
+def _error(request: Request, status_code: int, heading: str, error: object) -> Response:
+    return _render(
+        request, "error.html", status_code=status_code, heading=heading, error=str(error)
+    )
 
 
 def _bad_request(request: Request, error: HookqueueError) -> Response:
-    return _render(request, "error.html", status_code=400, heading="Bad request", error=str(error))
+    return _error(request, 400, "Bad request", error)
+
+
+def _not_found() -> Response:
+    return PlainTextResponse("404 Not Found\n", status_code=404)
+
+
+def _tasks_phrase(n: int) -> str:
+    return f"{n:,} task" if n == 1 else f"{n:,} tasks"
 
 
 # -- views ------------------------------------------------------------------------------------
 
 
 async def overview(request: Request) -> Response:
-    """Counts per queue and status, the chart, health, workers and plugins."""
+    """Health, the chart, queues (paused or not), counts per type and status, plugins."""
     dashboard = _dashboard(request)
     data = dashboard.data
     window = request.query_params.get("window", "1h")
@@ -278,7 +299,7 @@ async def overview(request: Request) -> Response:
         health = data.health()
         return {
             "health": health,
-            "by_queue": data.depth_by_queue(),
+            "queues": data.queue_rows(),
             "by_type": health["depth_by_type"],
             "timeline": data.timeline(WINDOWS[window], 30),
             "plugins": data.plugins(),
@@ -297,11 +318,11 @@ async def overview(request: Request) -> Response:
 
 
 def _filter(request: Request, params: Any) -> TaskFilter:
-    return TaskFilter.from_query(params, _dashboard(request).data.now())
+    return filter_from_query(params, _dashboard(request).data.now())
 
 
 def _query(flt: TaskFilter, **extra: Any) -> str:
-    pairs = flt.to_query() + [(k, str(v)) for k, v in extra.items() if v is not None]
+    pairs = filter_to_query(flt) + [(k, str(v)) for k, v in extra.items() if v is not None]
     return urlencode(pairs)
 
 
@@ -329,10 +350,14 @@ async def tasks(request: Request) -> Response:
             ),
             "task_types": data.task_types(),
             "queue_names": data.queue_names(),
+            "paused": data.paused_queues(),
             "now": data.now(),
         }
 
-    figures = await run_in_threadpool(read)
+    try:
+        figures = await run_in_threadpool(read)
+    except ValidationError as exc:  # e.g. an instant no datetime can hold
+        return _bad_request(request, exc)
     order = "newest" if newest_first else "oldest"
     page = figures["page"]
     return _render(
@@ -350,28 +375,38 @@ async def tasks(request: Request) -> Response:
         ),
         first_query=_query(flt, order=order),
         statuses=[s.value for s in TaskStatus],
-        bulk_actions=list(BULK_ACTIONS),
         **figures,
     )
 
 
+def _task_actions(task: Task) -> list[str]:
+    """The actions that apply to a task as it is now."""
+    out = []
+    for action, statuses in BULK_ACTIONS.items():
+        if task.status in statuses and not (action == "cancel" and task.cancel_requested):
+            out.append(action)
+    return out
+
+
 async def task_detail(request: Request) -> Response:
-    """One task: payload, result, error, attempts and timing."""
+    """One task: payload, result, error, timing, and the history of its failed attempts."""
     data = _dashboard(request).data
+    task_id = request.path_params["task_id"]
+
+    def read() -> tuple[Task, list[Any]]:
+        return data.get_task(task_id), data.history(task_id)
+
     try:
-        task = await run_in_threadpool(data.get_task, request.path_params["task_id"])
+        task, history = await run_in_threadpool(read)
     except TaskNotFound as exc:
-        return _render(
-            request, "error.html", status_code=404, heading="No such task", error=str(exc)
-        )
-    now = data.now()
+        return _error(request, 404, "No such task", exc)
     return _render(
         request,
         "task.html",
         task=task,
-        now=now,
-        can_retry=task.status in BULK_ACTIONS["retry"],
-        can_cancel=task.status in BULK_ACTIONS["cancel"] and not task.cancel_requested,
+        history=history,
+        now=data.now(),
+        actions=_task_actions(task),
         waited=(
             (task.started_at - max(task.created_at, task.run_after)).total_seconds()
             if task.started_at is not None
@@ -391,91 +426,118 @@ def _action_name(request: Request) -> str | None:
 
 
 async def task_confirm(request: Request) -> Response:
-    """Ask before retrying or cancelling one task."""
+    """Ask before retrying, cancelling or deleting one task."""
     action = _action_name(request)
     if action is None:
-        return PlainTextResponse("404 Not Found\n", status_code=404)
+        return _not_found()
     data = _dashboard(request).data
     try:
         task = await run_in_threadpool(data.get_task, request.path_params["task_id"])
     except TaskNotFound as exc:
-        return _render(
-            request, "error.html", status_code=404, heading="No such task", error=str(exc)
-        )
-    return _render(request, "confirm.html", task=task, action=action)
+        return _error(request, 404, "No such task", exc)
+    return _render(
+        request, "confirm.html", task=task, action=action, applies=action in _task_actions(task)
+    )
 
 
 async def task_action(request: Request) -> Response:
-    """Retry or cancel one task, then back to its page."""
+    """Retry, cancel or delete one task, then back to its page (to the list after a delete)."""
     action = _action_name(request)
     if action is None:
-        return PlainTextResponse("404 Not Found\n", status_code=404)
+        return _not_found()
     data = _dashboard(request).data
-    task_id = request.path_params["task_id"]
+    task_id: int = request.path_params["task_id"]
+    if action == "delete":
+        deleted = await run_in_threadpool(data.delete_task, task_id)
+        if deleted:
+            return _redirect(request, "/tasks", f"Deleted task {task_id}.")
+        try:
+            task = await run_in_threadpool(data.get_task, task_id)
+        except TaskNotFound as exc:
+            return _error(request, 404, "No such task", exc)
+        return _redirect(
+            request,
+            f"/tasks/{task_id}",
+            f"Task {task_id} was not deleted: it is {task.status.value} "
+            "(a running task belongs to its worker: cancel it first).",
+        )
     act = data.retry_task if action == "retry" else data.cancel_task
     try:
-        await run_in_threadpool(act, task_id)
-        n, skipped = 1, 0
-    except InvalidTransition:
-        n, skipped = 0, 1
+        task = await run_in_threadpool(act, task_id)
+    except InvalidTransition as exc:
+        return _redirect(request, f"/tasks/{task_id}", f"Nothing done: {exc}")
     except TaskNotFound as exc:
-        return _render(
-            request, "error.html", status_code=404, heading="No such task", error=str(exc)
-        )
-    return RedirectResponse(
-        f"{_base(request)}/tasks/{task_id}?done={action}&n={n}&skipped={skipped}", status_code=303
-    )
+        return _error(request, 404, "No such task", exc)
+    if action == "retry":
+        message = f"Task {task_id} queued again."
+    elif task.status is TaskStatus.CANCELLED:
+        message = f"Task {task_id} cancelled."
+    else:
+        message = f"Task {task_id} is running: its worker stops it within a heartbeat."
+    return _redirect(request, f"/tasks/{task_id}", message)
 
 
 async def bulk_preview(request: Request) -> Response:
     """Count the tasks a bulk action would change, and ask before doing it."""
     action = _action_name(request)
     if action is None:
-        return PlainTextResponse("404 Not Found\n", status_code=404)
+        return _not_found()
     data = _dashboard(request).data
     try:
         flt = _filter(request, request.query_params)
+        preview = await run_in_threadpool(data.preview, action, flt)
     except ValidationError as exc:
         return _bad_request(request, exc)
-
-    def read() -> tuple[int, int]:
-        max_id = data.newest_id()
-        return max_id, data.count_matching(action, flt, max_id=max_id)
-
-    max_id, count = await run_in_threadpool(read)
     return _render(
         request,
         "bulk.html",
         action=action,
+        preview=preview,
         flt=flt,
         filter_query=_query(flt),
-        hidden=flt.to_query(),
-        max_id=max_id,
-        count=count,
+        hidden=filter_to_query(flt),
         statuses=[s.value for s in BULK_ACTIONS[action]],
-        bulk_limit=data.bulk_limit,
     )
 
 
+_BULK_VERBS = {"retry": "Retried", "cancel": "Cancelled", "delete": "Deleted"}
+
+
+def _form_int(form: Any, name: str, fix: str) -> int:
+    text = str(form.get(name, "")).strip()
+    if not text.isdigit():
+        raise ValidationError(name, text, "is not a whole number", fix)
+    return int(text)
+
+
 async def bulk_action(request: Request) -> Response:
-    """Retry or cancel every task matching the filter (up to the previewed id)."""
+    """Retry, cancel or delete every task matching the filter (up to the previewed id)."""
     action = _action_name(request)
     if action is None:
-        return PlainTextResponse("404 Not Found\n", status_code=404)
+        return _not_found()
     data = _dashboard(request).data
     form = await request.form()
     try:
         flt = _filter(request, form)
-        max_id_text = str(form.get("max_id", ""))
-        if not max_id_text.isdigit():
-            raise ValidationError("max_id", max_id_text, "is not a task id", "preview again")
+        max_id = _form_int(form, "max_id", "preview again")
+        previewed = _form_int(form, "count", "preview again")
+        done = await run_in_threadpool(data.bulk, action, flt, max_id=max_id)
     except ValidationError as exc:
         return _bad_request(request, exc)
-    result = await run_in_threadpool(data.bulk, action, flt, max_id=int(max_id_text))
-    query = _query(
-        flt, done=action, n=result.done, skipped=result.skipped, more=int(result.limited)
-    )
-    return RedirectResponse(f"{_base(request)}/tasks?{query}", status_code=303)
+    message = f"{_BULK_VERBS[action]} {_tasks_phrase(done)}."
+    if action == "cancel" and done:
+        message = f"Cancelled {_tasks_phrase(done)} (running ones are stopped by their workers)."
+    if done < previewed:
+        message += (
+            f" {previewed - done:,} of the {previewed:,} previewed had changed status meanwhile "
+            "and were left alone."
+        )
+    elif done > previewed:
+        message += (
+            f" That is {done - previewed:,} more than previewed: they reached a status "
+            f"{action} applies to meanwhile."
+        )
+    return _redirect(request, "/tasks", message, _query(flt))
 
 
 async def prune_preview(request: Request) -> Response:
@@ -484,9 +546,9 @@ async def prune_preview(request: Request) -> Response:
     older_than = request.query_params.get("older_than", "7d")
     try:
         age = parse_duration("older_than", older_than)
+        preview = await run_in_threadpool(data.prune_preview, age)
     except ValidationError as exc:
         return _bad_request(request, exc)
-    preview = await run_in_threadpool(data.prune_preview, age)
     return _render(request, "prune.html", older_than=older_than, preview=preview)
 
 
@@ -496,10 +558,39 @@ async def prune_action(request: Request) -> Response:
     form = await request.form()
     try:
         age = parse_duration("older_than", str(form.get("older_than", "")))
+        deleted = await run_in_threadpool(data.prune, age)
     except ValidationError as exc:
         return _bad_request(request, exc)
-    deleted = await run_in_threadpool(data.prune, age)
-    return RedirectResponse(f"{_base(request)}/?done=prune&n={deleted}", status_code=303)
+    return _redirect(request, "/", f"Deleted {_tasks_phrase(deleted)}.")
+
+
+async def queue_action(request: Request) -> Response:
+    """Pause or resume one queue (form field ``queue``), then back to the overview."""
+    action = request.path_params["action"]
+    if action not in ("pause", "resume"):
+        return _not_found()
+    data = _dashboard(request).data
+    form = await request.form()
+    name = str(form.get("queue", ""))
+    try:
+        if action == "pause":
+            changed = await run_in_threadpool(data.pause_queue, name)
+            message = (
+                f"Paused queue {name!r}: no worker leases its tasks until it is resumed "
+                "(running tasks finish)."
+                if changed
+                else f"Queue {name!r} was paused already."
+            )
+        else:
+            changed = await run_in_threadpool(data.resume_queue, name)
+            message = (
+                f"Resumed queue {name!r}: workers lease its tasks again."
+                if changed
+                else f"Queue {name!r} was not paused."
+            )
+    except ValidationError as exc:
+        return _bad_request(request, exc)
+    return _redirect(request, "/", message)
 
 
 async def workers(request: Request) -> Response:
@@ -518,28 +609,92 @@ async def plugins(request: Request) -> Response:
     )
 
 
+def _action_form_function(page_url: str, csrf_token: str, read_only: bool) -> Callable[..., Any]:
+    """``action_form(action, label, danger=False, **fields)`` for plugin page templates: a
+    form posting ``fields`` to ``<page_url>/<action>`` with the session's CSRF token; empty
+    in read-only mode. Every value is escaped."""
+
+    def action_form(action: str, label: str, danger: bool = False, **fields: Any) -> Markup:
+        if read_only:
+            return Markup("")
+        inputs = Markup("").join(
+            Markup('<input type="hidden" name="{}" value="{}">').format(name, value)
+            for name, value in fields.items()
+        )
+        return Markup(
+            '<form method="post" action="{}/{}" class="inline action" data-action="{}">'
+            '<input type="hidden" name="{}" value="{}">{}'
+            '<button type="submit"{}>{}</button></form>'
+        ).format(
+            page_url,
+            action,
+            action,
+            CSRF_FIELD,
+            csrf_token,
+            inputs,
+            Markup(' class="danger"') if danger else Markup(""),
+            label,
+        )
+
+    return action_form
+
+
 async def plugin_page(request: Request) -> Response:
     """A page contributed through ``hookqueue_dashboard_pages``."""
     dashboard = _dashboard(request)
     name = request.path_params["name"]
     page = dashboard.pages.get(name)
     if page is None:
-        return PlainTextResponse("404 Not Found\n", status_code=404)
+        return _not_found()
+    read_only = request.state.read_only
     page_request = PageRequest(
-        data=dashboard.data,
-        query=dict(request.query_params),
-        read_only=request.state.read_only,
+        data=dashboard.data, query=dict(request.query_params), read_only=read_only
     )
-    template = dashboard._page_templates[name]
+    template = dashboard.page_templates[name]
+    page_url = f"{_base(request)}/x/{name}"
 
     def render() -> str:
         context = dict(page.context(page_request))
         context.setdefault("data", dashboard.data)
-        context.setdefault("read_only", request.state.read_only)
+        context.setdefault("read_only", read_only)
+        context.setdefault("base", _base(request))
+        context.setdefault("page_url", page_url)
+        context.setdefault(
+            "action_form",
+            _action_form_function(page_url, request.state.csrf_token, read_only),
+        )
         return template.render(context)
 
-    body = await run_in_threadpool(render)
-    return _render(request, "page.html", page=page, body=jinja2.utils.markupsafe.Markup(body))
+    try:
+        body = await run_in_threadpool(render)
+    except HookqueueError as exc:
+        return _error(request, 404 if isinstance(exc, LookupError) else 400, page.title, exc)
+    return _render(request, "page.html", page=page, body=Markup(body))
+
+
+async def plugin_action(request: Request) -> Response:
+    """An action of a plugin page: the plugin's function, then back to the page."""
+    dashboard = _dashboard(request)
+    name = request.path_params["name"]
+    action = request.path_params["action"]
+    page = dashboard.pages.get(name)
+    if page is None or action not in page.actions:
+        return _not_found()
+    form = await request.form()
+    fields = {k: str(v) for k, v in form.items() if k != CSRF_FIELD}
+    action_request = ActionRequest(data=dashboard.data, form=fields, action=action)
+
+    def act() -> str | None:
+        try:
+            return page.actions[action](action_request)
+        finally:
+            dashboard.data.forget()
+
+    try:
+        message = await run_in_threadpool(act)
+    except HookqueueError as exc:
+        return _error(request, 404 if isinstance(exc, LookupError) else 400, page.title, exc)
+    return _redirect(request, f"/x/{name}", message or f"{page.title}: {action} done.")
 
 
 async def healthz(request: Request) -> Response:
@@ -562,8 +717,6 @@ def create_app(
     secret: str | bytes | None = None,
     title: str = "hookqueue",
     page_size: int = 50,
-    max_scan: int = 20_000,
-    bulk_limit: int = 10_000,
     cache_seconds: float = 30.0,
     metrics: QueueMetrics | None = None,
     debug: bool = False,
@@ -582,9 +735,6 @@ def create_app(
         a load balancer need the same one. Default: random per app (tokens end with it).
     :param title: shown in the header and the page titles.
     :param page_size: tasks per page.
-    :param max_scan: the most tasks one list request reads for filters the store cannot
-        apply (error text, time range).
-    :param bulk_limit: the most tasks one bulk action changes.
     :param cache_seconds: how long the filter form's suggestions and the chart are reused
         (the chart at most a tenth of one of its intervals); actions clear them.
     :param metrics: the :class:`QueueMetrics` (and its thresholds) the overview reads.
@@ -614,8 +764,6 @@ def create_app(
         data=DashboardData(
             queue,
             metrics or QueueMetrics(queue),
-            max_scan=max_scan,
-            bulk_limit=bulk_limit,
             cache_seconds=cache_seconds,
         ),
     )
@@ -629,9 +777,11 @@ def create_app(
         Route("/bulk/{action}", _guard(bulk_action, action=True), methods=["POST"]),
         Route("/prune", _guard(prune_preview, action=True), methods=["GET"]),
         Route("/prune", _guard(prune_action, action=True), methods=["POST"]),
+        Route("/queues/{action}", _guard(queue_action, action=True), methods=["POST"]),
         Route("/workers", _guard(workers), name="workers"),
         Route("/plugins", _guard(plugins), name="plugins"),
         Route("/x/{name}", _guard(plugin_page), name="plugin_page"),
+        Route("/x/{name}/{action}", _guard(plugin_action, action=True), methods=["POST"]),
         Route("/healthz", healthz, name="healthz"),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

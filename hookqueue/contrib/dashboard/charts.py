@@ -1,8 +1,9 @@
 """Server-rendered charts: the geometry of an inline SVG, computed here, drawn by a template.
 
 No JavaScript charting library: the overview's chart is an ``<svg>`` element whose
-coordinates come from :func:`timeline_chart`, and the template (``_chart.html``) only places
-them, so the text in it is autoescaped like the rest of the page.
+coordinates come from :func:`timeline_chart`, and the ``chart`` macro
+(``templates/_macros.html``) only places them, so the text in it is autoescaped like the rest
+of the page.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Bar:
 
 @attrs.frozen(kw_only=True)
 class TimelineChart:
-    """Everything ``_chart.html`` draws, in SVG user units."""
+    """Everything the ``chart`` macro draws, in SVG user units."""
 
     width: int
     height: int
@@ -54,8 +55,6 @@ class TimelineChart:
     #: Totals over the window.
     finished: int
     failed: int
-    #: True when the failure counts are sampled (see :class:`Timeline`).
-    sampled: bool
 
 
 def _nice_max(value: int) -> int:
@@ -129,5 +128,4 @@ def timeline_chart(timeline: Timeline, *, width: int = 760, height: int = 220) -
         rate_points=" ".join(points),
         finished=sum(b.finished for b in buckets),
         failed=sum(b.failed for b in buckets),
-        sampled=timeline.sampled,
     )

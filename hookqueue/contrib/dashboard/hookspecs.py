@@ -27,7 +27,14 @@ from hookqueue.core.hookspecs import PROJECT_NAME
 if TYPE_CHECKING:
     from .data import DashboardData
 
-__all__ = ["DashboardPage", "PageRequest", "add_dashboard_hookspecs", "collect_pages"]
+__all__ = [
+    "ActionRequest",
+    "DashboardPage",
+    "PageActionFunction",
+    "PageRequest",
+    "add_dashboard_hookspecs",
+    "collect_pages",
+]
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -57,8 +64,39 @@ class PageRequest:
     read_only: bool
 
 
+@attrs.frozen(kw_only=True)
+class ActionRequest:
+    """What a plugin page's action receives: the confirmed POST of one of its forms."""
+
+    #: The dashboard's data access (act on the queue through it: ``data.queue``).
+    data: DashboardData
+    #: The form's fields (last value of each), without the CSRF token.
+    form: Mapping[str, str]
+    #: The action's name (the last segment of ``/x/<page>/<action>``).
+    action: str
+
+
 def _no_context(request: PageRequest) -> Mapping[str, Any]:
     return {}
+
+
+#: ``action(request: ActionRequest) -> message``: the message is shown on the page after it
+#: (None: a generic one); raise a :class:`~hookqueue.core.errors.HookqueueError` to refuse
+#: the action with its message (a ``LookupError`` among them is answered 404, others 400).
+PageActionFunction = Callable[[ActionRequest], "str | None"]
+
+
+def _actions(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            attribute.name, value, "must be a mapping of names to functions", "{'pause': f}"
+        )
+    for name, function in value.items():
+        _page_name(instance, attribute, name)
+        if not callable(function):
+            raise ValidationError(
+                f"actions[{name!r}]", function, "is not callable", "pass a function"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -66,8 +104,15 @@ class DashboardPage:
     """A page a plugin adds to the dashboard, at ``/x/<name>``, linked in the navigation.
 
     The template is Jinja source rendered by the dashboard's environment, so it is
-    autoescaped like the dashboard's own pages; its variables come from ``context``, plus
-    ``read_only`` and ``data``.
+    autoescaped like the dashboard's own pages and has its filters (``instant``,
+    ``seconds``, ``pretty_json``); its variables come from ``context``, plus ``read_only``,
+    ``data``, ``base`` (the dashboard's URL prefix), ``page_url`` and ``action_form``.
+
+    Each of ``actions`` answers a POST to ``/x/<name>/<action>``, which the dashboard guards
+    like its own actions (the auth hook, the session's CSRF token, refused in read-only mode)
+    before it calls the function in a worker thread, then redirects back to the page with
+    the message it returned. ``action_form(action, label, **fields)`` in the template draws
+    the button that posts it (nothing in read-only mode).
     """
 
     #: The URL segment (``/x/<name>``): lowercase letters, digits and dashes.
@@ -79,27 +124,41 @@ class DashboardPage:
     #: ``context(request: PageRequest) -> mapping`` of template variables; it runs in a worker
     #: thread, so it may read the database.
     context: Callable[[PageRequest], Mapping[str, Any]] = _no_context
+    #: Action name (lowercase letters, digits and dashes) -> the function that does it.
+    actions: Mapping[str, PageActionFunction] = attrs.field(factory=dict, validator=_actions)
 
 
 @hookspec
 def hookqueue_dashboard_pages() -> Sequence[DashboardPage]:  # type: ignore[empty-body]
     """**registration** — contribute pages to the web dashboard.
 
-    Called once when :func:`hookqueue.contrib.dashboard.create_app` builds the app. Two pages
-    with the same name are an error naming both plugins.
+    Called once when :func:`hookqueue.contrib.dashboard.create_app` builds the app (never in a
+    process that serves no dashboard, so a plugin may import its page's code inside the
+    implementation). Two pages with the same name are an error naming both plugins.
 
     :returns: a list of :class:`DashboardPage`.
 
-    Example::
+    The spec exists only once a dashboard is created, so implementations are marked
+    ``optionalhook=True``. Example (the ``periodic`` plugin's *Schedules* page is a complete
+    one: ``hookqueue/plugins/periodic/dashboard.py``)::
 
         class TenantsPage:
             @hookimpl(optionalhook=True)
             def hookqueue_dashboard_pages(self):
                 return [DashboardPage(
                     name="tenants", title="Tenants",
-                    template="<ul>{% for t in tenants %}<li>{{ t }}</li>{% endfor %}</ul>",
+                    template=(
+                        "<ul>{% for t in tenants %}<li>{{ t }} "
+                        "{{ action_form('block', 'Block', tenant=t) }}</li>{% endfor %}</ul>"
+                    ),
                     context=lambda request: {"tenants": ["acme", "globex"]},
+                    actions={"block": self.block},
                 )]
+
+            def block(self, request):
+                tenant = request.form["tenant"]
+                ...  # through request.data.queue
+                return f"Tenant {tenant} blocked."
     """
 
 

@@ -379,9 +379,15 @@ def sql_matching(shape: FilterShape, select: str, tail: str) -> str:
     if running:
         parts.append(f"SELECT {cols} {SQL_LIST_RUNNING}{conditions}")
     if n_final:
+        # The ids of a bulk action's batches walk the id range (``+status`` keeps SQLite off
+        # the status index): through the index each batch sorted every remaining match by
+        # id, so a batch cost grew with the matches (0.76 s at 10⁶ finished tasks); by id the
+        # batches read the range once in all. With a task type the (status, task_type) index
+        # already yields ids in order.
+        status = "+status" if select == "ids" and not shape[4] else "status"
         parts.append(
             f"SELECT {cols} FROM tasks WHERE finished_at IS NOT NULL "
-            f"AND status IN ({placeholders(n_final)}){conditions}"
+            f"AND {status} IN ({placeholders(n_final)}){conditions}"
         )
     if any_status:
         parts.append(f"SELECT {cols} FROM tasks WHERE 1{conditions}")

@@ -23,7 +23,8 @@ Public names: :class:`Schedule`, :class:`ScheduleInfo`, :class:`Tick`, :func:`ti
 :func:`resume_schedule`, :func:`remove_schedule`, :func:`get_schedule`).
 
 The package is also the ``periodic`` plugin (entry point ``hookqueue.periodic``; block it
-with ``HOOKQUEUE_DISABLE_PLUGINS=periodic``): its hooks are in :mod:`.plugin`.
+with ``HOOKQUEUE_DISABLE_PLUGINS=periodic``): its hooks are in :mod:`.plugin`. Where a web
+dashboard is built, it adds the *Schedules* page (:mod:`.dashboard`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ from .manage import (
     remove_schedule,
     resume_schedule,
 )
-from .plugin import hookqueue_cli_commands, hookqueue_worker_start, hookqueue_worker_stop
+from .plugin import (
+    hookqueue_cli_commands,
+    hookqueue_dashboard_pages,
+    hookqueue_worker_start,
+    hookqueue_worker_stop,
+)
 from .schedule import MISFIRE_POLICIES, Schedule, ScheduleInfo
 from .scheduler import HEADER, PassReport, Scheduler
 
@@ -95,6 +101,7 @@ __all__ = [
     "declared_schedules",
     "get_schedule",
     "hookqueue_cli_commands",
+    "hookqueue_dashboard_pages",
     "hookqueue_worker_start",
     "hookqueue_worker_stop",
     "list_schedules",

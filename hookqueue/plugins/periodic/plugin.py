@@ -6,6 +6,8 @@
   and starts its scheduler thread.
 - ``hookqueue_worker_stop``: stops that thread.
 - ``hookqueue_cli_commands``: ``hookqueue schedules ls|add|pause|resume|remove``.
+- ``hookqueue_dashboard_pages`` (the web dashboard's own hook, optional: it exists only where
+  a dashboard is built): the *Schedules* page, from :mod:`.dashboard`.
 
 In-process runs (``InlineWorker``: inline mode, ``run_due``) fire no ticks.
 """
@@ -76,8 +78,18 @@ def hookqueue_cli_commands() -> list[CliCommand]:
     return [SCHEDULES_COMMAND]
 
 
+@hookimpl(optionalhook=True)
+def hookqueue_dashboard_pages() -> list[Any]:
+    """Contribute the dashboard's *Schedules* page. Only a dashboard being built calls this
+    hook, so the page's module (and the dashboard's records) are imported only then."""
+    from .dashboard import schedules_page
+
+    return [schedules_page()]
+
+
 __all__ = [
     "hookqueue_cli_commands",
+    "hookqueue_dashboard_pages",
     "hookqueue_worker_start",
     "hookqueue_worker_stop",
     "scheduler_of",

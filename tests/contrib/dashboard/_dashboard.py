@@ -14,7 +14,9 @@ import uvicorn
 
 from hookqueue import FakeClock, Queue, WorkerEngine, hookimpl
 from hookqueue.contrib.dashboard import DashboardPage
+from hookqueue.core.errors import ValidationError
 from hookqueue.core.models import WorkerInfo
+from hookqueue.plugins.periodic import Schedule, Scheduler, add_schedule
 
 
 class Boom(Exception):
@@ -30,8 +32,9 @@ def seed(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
 
 def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
     """Write a database that looks like an hour of production: three task types in two
-    queues worked every five minutes (some fail with distinct errors), a due backlog, delayed
-    tasks, a running task held by a worker that went silent, and workers in every state.
+    queues worked every five minutes (some fail with distinct errors), a payment that failed
+    three attempts, a due backlog, delayed tasks, a running task held by a worker that went
+    silent, workers in every state, and periodic schedules (one paused) that have fired.
 
     Finished times spread over the hour before ``now`` (default: the real current time), so
     a dashboard serving the file with the real clock charts them. Returns a few ids."""
@@ -39,6 +42,18 @@ def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
     clock = FakeClock(now - timedelta(minutes=58))
     q = Queue(path, clock=clock, durability="normal")
     counter = {"n": 0}
+    add_schedule(
+        q, Schedule("every 10m", name="digest", task_type="send_email", payload={"to": "ops@"})
+    )
+    add_schedule(
+        q,
+        Schedule("0 3 * * *", name="nightly-report", tz="Europe/Paris", task_type="sync_crm"),
+        paused=True,
+    )
+    scheduler = Scheduler(q, name="seed-scheduler")
+
+    def charge_card(task: Any) -> None:
+        _gateway(task.payload["card"])
 
     def send_email(task: Any) -> dict[str, Any]:
         return {"sent": True, "to": task.payload["to"]}
@@ -56,6 +71,8 @@ def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
     q.handlers.register_handler("send_email", send_email)
     q.handlers.register_handler("resize_image", resize_image)
     q.handlers.register_handler("sync_crm", sync_crm)
+    q.handlers.register_handler("charge_card", charge_card)
+    payment = q.enqueue("charge_card", {"card": "4242"}, max_attempts=3, queue="payments")
     for step in range(12):
         batch: list[dict[str, Any]] = []
         for i in range(6 + step % 4):
@@ -76,7 +93,10 @@ def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
             {"task_type": "sync_crm", "payload": {"account": 1000 + step}, "max_attempts": 1}
         )
         q.enqueue_many(batch)
-        WorkerEngine(q, worker_id="worker-a", queues=("default", "images")).run_until_idle()
+        scheduler.run_once()
+        WorkerEngine(
+            q, worker_id="worker-a", queues=("default", "images", "payments")
+        ).run_until_idle()
         clock.advance(minutes=4.5)
     clock.set(now - timedelta(seconds=30))
     # A backlog: due tasks, delayed ones, and one cancelled before it ran.
@@ -99,11 +119,17 @@ def seed_here(path: Path, *, now: datetime | None = None) -> dict[str, Any]:
     q.runtime.register_worker(_worker("web-1", now))
     q.close()
     return {
+        "payment": payment.id,
         "backlog": [t.id for t in backlog],
         "delayed": delayed.id,
         "cancelled": cancelled.id,
         "running": held.id,
     }
+
+
+def _gateway(card: str) -> None:
+    """A payment gateway that declines: a nested call, so the traceback has depth."""
+    raise PermissionError(f"card {card} declined by the gateway (code 51)")
 
 
 def _worker(worker_id: str, at: datetime) -> WorkerInfo:
@@ -155,7 +181,8 @@ class LiveServer:
 
 
 class TenantsPage:
-    """A plugin that adds a page listing the tenants found in queued tasks' headers."""
+    """A plugin that adds a page listing the tenants found in queued tasks' headers, with an
+    action that cancels one tenant's queued tasks."""
 
     hookqueue_name = "tenants-page"
 
@@ -167,17 +194,32 @@ class TenantsPage:
                 title="Tenants",
                 template=(
                     "<p id='tenant-count'>{{ tenants | length }} tenants</p>"
-                    "<ul>{% for name, n in tenants %}<li>{{ name }}: {{ n }} queued</li>"
-                    "{% endfor %}</ul>"
+                    "<ul>{% for name, n in tenants %}<li data-tenant='{{ name }}'>"
+                    "{{ name }}: {{ n }} queued "
+                    "{{ action_form('cancel-queued', 'Cancel queued', danger=True, tenant=name) }}"
+                    "</li>{% endfor %}</ul>"
                 ),
                 context=self.context,
+                actions={"cancel-queued": self.cancel_queued},
             )
         ]
 
     @staticmethod
-    def context(request: Any) -> dict[str, Any]:
+    def _queued(queue: Queue) -> list[Any]:
+        return queue.list(status="queued", limit=1000)
+
+    def context(self, request: Any) -> dict[str, Any]:
         seen: dict[str, int] = {}
-        for task in request.data.queue.list(status="queued", limit=1000):
+        for task in self._queued(request.data.queue):
             tenant = task.headers.get("tenant", "(none)")
             seen[tenant] = seen.get(tenant, 0) + 1
         return {"tenants": sorted(seen.items())}
+
+    def cancel_queued(self, request: Any) -> str:
+        tenant = request.form.get("tenant", "")
+        tasks = [t for t in self._queued(request.data.queue) if t.headers.get("tenant") == tenant]
+        if not tasks:
+            raise ValidationError("tenant", tenant, "has no queued task", "reload the page")
+        for task in tasks:
+            request.data.queue.cancel(task.id)
+        return f"Cancelled {len(tasks)} queued task(s) of tenant {tenant}."

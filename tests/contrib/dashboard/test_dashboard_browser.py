@@ -1,12 +1,13 @@
 """The dashboard in a real browser: headless Chromium, a live uvicorn server, a real file.
 
 Every view is rendered from a seeded database and photographed; every action is clicked
-through its confirmation and then checked in the database.
+(through its confirmation, where it has one) and then checked in the database.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from _dashboard import TenantsPage, seed
 
 from hookqueue import Queue, TaskStatus
 from hookqueue.contrib.dashboard import create_app
+from hookqueue.plugins.periodic import list_schedules
 
 
 def db(server: Any) -> Queue:
@@ -53,8 +55,9 @@ def test_overview_shows_counts_chart_workers_and_plugins(
     assert any(h > 0 for h in failed_heights)
     legend = page.locator(".legend").inner_text()
     assert f"{counts['failed']} failed" in legend
-    # counts per queue and per type and status
-    assert page.locator("#queues tbody tr", has_text="images").count() == 1
+    # counts per queue and per type and status; every queue open to workers
+    assert page.locator("#queues tr[data-queue=images]").count() == 1
+    assert set(page.locator("#queues .queue-state .state").all_inner_texts()) == {"yes"}
     row = page.locator("#by-type tbody tr", has_text="resize_image")
     with db(dashboard) as q:
         per_type = q.counts(by_type=True)["resize_image"]
@@ -64,6 +67,29 @@ def test_overview_shows_counts_chart_workers_and_plugins(
     # unhealthy: a worker went silent while holding a task
     assert "batch-7" in page.locator(".verdict").inner_text()
     screenshots(page, "overview")
+
+
+def test_pause_and_resume_a_queue(dashboard: Any, page: Any, screenshots: Any) -> None:
+    page.goto(dashboard.url + "/")
+    row = page.locator("#queues tr[data-queue=images]")
+    row.locator("button", has_text="Pause").click()
+    page.wait_for_url(re.compile(r"flash="))
+    assert page.locator(".flash").inner_text().startswith("Paused queue 'images'")
+    with db(dashboard) as q:
+        assert set(q.paused_queues()) == {"images"}
+    row = page.locator("#queues tr[data-queue=images]")
+    assert row.locator(".queue-state .state").inner_text() == "paused"
+    assert page.locator("#queues tr[data-queue=default] .queue-state .state").inner_text() == "yes"
+    screenshots(page, "queue-paused")
+    # the task list marks its tasks
+    page.goto(dashboard.url + "/tasks?queue=images&status=queued")
+    assert set(page.locator("#task-table .hint.paused").all_inner_texts()) == {"paused"}
+    page.goto(dashboard.url + "/")
+    page.locator("#queues tr[data-queue=images] button", has_text="Resume").click()
+    page.wait_for_url(re.compile(r"flash="))
+    assert page.locator(".flash").inner_text().startswith("Resumed queue 'images'")
+    with db(dashboard) as q:
+        assert q.paused_queues() == {}
 
 
 def test_chart_window_switch(dashboard: Any, page: Any) -> None:
@@ -121,9 +147,38 @@ def test_task_detail_shows_payload_result_error_and_timing(
     assert "cannot identify image file" in page.locator("#task-error").inner_text()
     fields = page.locator("#task-fields").inner_text()
     assert "1 of 1" in fields and "images" in fields
-    screenshots(page, "task")
+    assert page.locator("#task-history tbody tr").count() == 1
     page.goto(f"{dashboard.url}/tasks/{done.id}")
     assert '"width": 640' in page.locator("#task-result").inner_text()
+    assert page.locator("#task-history").inner_text() == "no failed attempt"
+
+
+def test_task_detail_shows_every_failed_attempt_with_its_traceback(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    task_id = dashboard.ids["payment"]
+    with db(dashboard) as q:
+        history = q.history(task_id)
+    assert [f.outcome for f in history] == ["retry_scheduled", "retry_scheduled", "failed"]
+    page.goto(f"{dashboard.url}/tasks/{task_id}")
+    rows = page.locator("#task-history tbody tr")
+    assert rows.count() == 3
+    for row, failure in zip(rows.all(), history, strict=True):
+        assert row.get_attribute("data-attempt") == str(failure.attempt)
+        cells = row.locator("td").all_inner_texts()
+        assert cells[2] == "worker-a"
+        assert cells[3] == failure.outcome.replace("_", " ")
+        assert "card 4242 declined" in cells[4]
+    # tracebacks are folded until asked for
+    last = rows.nth(2)
+    traceback = last.locator("details.traceback pre")
+    assert not traceback.is_visible()
+    last.locator("details.traceback summary").click()
+    assert traceback.is_visible()
+    text = traceback.inner_text()
+    assert "in _gateway" in text and "PermissionError: card 4242 declined" in text
+    assert history[2].traceback is not None and text.strip() == history[2].traceback.strip()
+    screenshots(page, "task")
 
 
 def test_workers_view_shows_every_state(dashboard: Any, page: Any, screenshots: Any) -> None:
@@ -171,8 +226,8 @@ def test_retry_one_task_after_confirmation(dashboard: Any, page: Any, screenshot
         assert q.get(task.id).status is TaskStatus.FAILED  # nothing happens before confirming
     screenshots(page, "confirm-retry")
     page.locator("#confirm").click()
-    page.wait_for_url(re.compile(rf"/tasks/{task.id}\?done=retry"))
-    assert page.locator(".flash").inner_text() == "Retried 1 task."
+    page.wait_for_url(re.compile(rf"/tasks/{task.id}\?flash="))
+    assert page.locator(".flash").inner_text() == f"Task {task.id} queued again."
     with db(dashboard) as q:
         after = q.get(task.id)
     assert after.status is TaskStatus.QUEUED and after.attempts == 0
@@ -183,11 +238,34 @@ def test_cancel_one_task_after_confirmation(dashboard: Any, page: Any) -> None:
     page.goto(f"{dashboard.url}/tasks/{task_id}")
     page.locator(".actions a", has_text="Cancel").click()
     page.locator("#confirm").click()
-    page.wait_for_url(re.compile(rf"/tasks/{task_id}\?done=cancel"))
+    page.wait_for_url(re.compile(rf"/tasks/{task_id}\?flash="))
+    assert page.locator(".flash").inner_text() == f"Task {task_id} cancelled."
     with db(dashboard) as q:
         assert q.get(task_id).status is TaskStatus.CANCELLED
-    # a cancelled task can be retried, not cancelled again
-    assert page.locator(".actions a").all_inner_texts() == ["Retry…"]
+    # a cancelled task can be retried or deleted, not cancelled again
+    assert page.locator(".actions a").all_inner_texts() == ["Retry…", "Delete…"]
+
+
+def test_delete_one_task_after_confirmation(dashboard: Any, page: Any, screenshots: Any) -> None:
+    task_id = dashboard.ids["payment"]
+    page.goto(f"{dashboard.url}/tasks/{task_id}")
+    page.locator(".actions a", has_text="Delete").click()
+    page.wait_for_url(re.compile(rf"/tasks/{task_id}/delete$"))
+    with db(dashboard) as q:
+        assert q.get(task_id).status is TaskStatus.FAILED  # nothing happens before confirming
+    screenshots(page, "confirm-delete")
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(r"/tasks\?flash="))
+    assert page.locator(".flash").inner_text() == f"Deleted task {task_id}."
+    with db(dashboard) as q:
+        assert not q.list(filter=q.filter(ids=task_id))
+    # a running task offers no delete, and its confirmation page says why
+    running = dashboard.ids["running"]
+    page.goto(f"{dashboard.url}/tasks/{running}")
+    assert "Delete…" not in page.locator(".actions").inner_text()
+    page.goto(f"{dashboard.url}/tasks/{running}/delete")
+    assert "cannot be deleted" in page.locator("#not-applicable").inner_text()
+    assert page.locator("#confirm").count() == 0
 
 
 def test_bulk_retry_of_all_tasks_matching_the_filter(
@@ -208,7 +286,7 @@ def test_bulk_retry_of_all_tasks_matching_the_filter(
     screenshots(page, "bulk-retry-confirm")
     # ... then the confirmation acts on exactly those tasks
     page.locator("#confirm").click()
-    page.wait_for_url(re.compile(r"/tasks\?.*done=retry"))
+    page.wait_for_url(re.compile(r"/tasks\?.*flash="))
     assert page.locator(".flash").inner_text() == f"Retried {len(failed_images)} tasks."
     with db(dashboard) as q:
         assert all(q.get(i).status is TaskStatus.QUEUED for i in failed_images)
@@ -228,12 +306,50 @@ def test_bulk_cancel_by_queue_spares_tasks_enqueued_after_the_preview(
     with db(dashboard) as q:
         late = q.enqueue("resize_image", {"image": "after-preview.png"}, queue="images")
     page.locator("#confirm").click()
-    page.wait_for_url(re.compile(r"done=cancel"))
-    assert page.locator(".flash").inner_text() == "Cancelled 3 tasks."
+    page.wait_for_url(re.compile(r"flash="))
+    assert page.locator(".flash").inner_text() == (
+        "Cancelled 3 tasks (running ones are stopped by their workers)."
+    )
     with db(dashboard) as q:
         assert q.get(late.id).status is TaskStatus.QUEUED
         assert not [t for t in q.list(status="queued", queue="images") if t.id != late.id]
         assert len(q.list(status="queued", queue="default")) == 6  # untouched
+
+
+def test_bulk_delete_of_finished_tasks_matching_the_filter(
+    dashboard: Any, page: Any, screenshots: Any
+) -> None:
+    """Delete what a filter shows: the completed emails that finished over 30 minutes ago."""
+    page.goto(dashboard.url + "/tasks")
+    page.locator("input[name=status][value=completed]").check()
+    page.locator("input[name=type]").fill("send_email")
+    page.locator("input[name=finished_before]").fill("30m")
+    page.locator("#filters button[type=submit]").click()
+    page.wait_for_url(re.compile(r"finished_before="))
+    with db(dashboard) as q:
+        cutoff = q.now() - timedelta(minutes=30)
+        everything = q.list(limit=100_000)
+    doomed = {
+        t.id
+        for t in everything
+        if t.status is TaskStatus.COMPLETED
+        and t.task_type == "send_email"
+        and t.finished_at is not None
+        and t.finished_at < cutoff
+    }
+    assert doomed and set(ids_on_page(page)) <= doomed
+    page.locator(".bulk a", has_text="Delete all").click()
+    page.wait_for_url(re.compile(r"/bulk/delete\?"))
+    assert page.locator("#bulk-count").get_attribute("data-count") == str(len(doomed))
+    assert "finished before" in page.locator("#bulk-filter").inner_text()
+    screenshots(page, "bulk-delete-confirm")
+    page.locator("#confirm").click()
+    page.wait_for_url(re.compile(r"/tasks\?.*flash="))
+    assert page.locator(".flash").inner_text() == f"Deleted {len(doomed)} tasks."
+    with db(dashboard) as q:
+        remaining = {t.id for t in q.list(limit=100_000)}
+    assert remaining == {t.id for t in everything} - doomed
+    assert page.locator("#task-table tbody tr[data-task-id]").count() == 0
 
 
 def test_prune_deletes_history_after_showing_the_count(
@@ -253,7 +369,7 @@ def test_prune_deletes_history_after_showing_the_count(
     assert page.locator("#prune-count").get_attribute("data-count") == str(len(old))
     screenshots(page, "prune-confirm")
     page.locator("#confirm").click()
-    page.wait_for_url(re.compile(r"done=prune"))
+    page.wait_for_url(re.compile(r"flash="))
     assert page.locator(".flash").inner_text() == f"Deleted {len(old)} tasks."
     with db(dashboard) as q:
         remaining = {t.id for t in q.list(limit=100_000)}
@@ -272,17 +388,23 @@ def test_read_only_mode_shows_no_action(
     first = ids_on_page(page)[0]
     page.goto(f"{server.url}/tasks/{first}")
     assert page.locator(".actions").count() == 0
+    page.goto(server.url + "/x/schedules")
+    assert page.locator("#schedules tbody tr").count() == 2
+    assert page.locator("#schedules form, #schedules button").count() == 0
     page.goto(server.url + "/")
     assert page.locator(".maintenance").count() == 0
+    assert page.locator("#queues form, #queues button").count() == 0
     screenshots(page, "read-only")
 
 
-def test_a_plugin_adds_a_page(serve: Any, tmp_path: Path, page: Any, screenshots: Any) -> None:
+def test_a_plugin_adds_a_page_with_an_action(
+    serve: Any, tmp_path: Path, page: Any, screenshots: Any
+) -> None:
     path = tmp_path / "queue.db"
     seed(path)
     with Queue(path, load_entrypoints=False) as q:
-        q.enqueue("send_email", {"to": "a@example.com"}, headers={"tenant": "acme"})
-        q.enqueue("send_email", {"to": "b@example.com"}, headers={"tenant": "<globex>"})
+        acme = q.enqueue("send_email", {"to": "a@example.com"}, headers={"tenant": "acme"})
+        globex = q.enqueue("send_email", {"to": "b@example.com"}, headers={"tenant": "<globex>"})
     queue = Queue(path, plugins=[TenantsPage()])
     try:
         server = serve(create_app(queue))
@@ -291,8 +413,52 @@ def test_a_plugin_adds_a_page(serve: Any, tmp_path: Path, page: Any, screenshots
         page.wait_for_url(re.compile(r"/x/tenants$"))
         assert page.locator("#tenant-count").inner_text() == "3 tenants"
         items = page.locator(".plugin-page li").all_inner_texts()
-        assert "<globex>: 1 queued" in items  # shown as text: the template autoescapes
+        assert any(item.startswith("<globex>: 1 queued") for item in items)  # text: escaped
         assert page.locator(".plugin-page globex").count() == 0
         screenshots(page, "plugin-page")
+        page.locator("li[data-tenant=acme] button", has_text="Cancel queued").click()
+        page.wait_for_url(re.compile(r"/x/tenants\?flash="))
+        assert page.locator(".flash").inner_text() == "Cancelled 1 queued task(s) of tenant acme."
+        assert page.locator("#tenant-count").inner_text() == "2 tenants"
+        with Queue(path, load_entrypoints=False) as q:
+            assert q.get(acme.id).status is TaskStatus.CANCELLED
+            assert q.get(globex.id).status is TaskStatus.QUEUED
     finally:
         queue.close()
+
+
+def test_the_periodic_plugins_schedules_page(dashboard: Any, page: Any, screenshots: Any) -> None:
+    """The first-party periodic plugin adds its page through the same hook as a third party:
+    every schedule's ticks and state, with pause and resume."""
+    page.goto(dashboard.url + "/")
+    page.locator("header nav a", has_text="Schedules").click()
+    page.wait_for_url(re.compile(r"/x/schedules$"))
+    with db(dashboard) as q:
+        infos = {i.schedule.key: i for i in list_schedules(q)}
+    digest = page.locator("#schedules tr[data-schedule=digest]")
+    nightly = page.locator("#schedules tr[data-schedule=nightly-report]")
+    assert digest.locator(".schedule-state").inner_text() == "active"
+    assert nightly.locator(".schedule-state").inner_text() == "paused"
+    assert digest.locator(".fired").inner_text() == str(infos["digest"].fired) == "5"
+    assert digest.locator(".skipped").inner_text() == "0"
+    next_tick = infos["digest"].next_tick
+    assert next_tick is not None
+    assert next_tick.strftime("%Y-%m-%d %H:%M:%S") in digest.locator(".next-tick").inner_text()
+    last = digest.locator(".last-tick")
+    assert f"task {infos['digest'].last_task_id}" in last.inner_text()
+    assert nightly.locator(".last-tick").inner_text() == "never"
+    assert "Europe/Paris" in nightly.inner_text()
+    screenshots(page, "schedules")
+    # pause one, resume the other: the database changes, the page says so
+    digest.locator("button", has_text="Pause").click()
+    page.wait_for_url(re.compile(r"/x/schedules\?flash="))
+    assert page.locator(".flash").inner_text().startswith("Paused schedule 'digest'")
+    page.locator("#schedules tr[data-schedule=nightly-report] button", has_text="Resume").click()
+    page.wait_for_url(re.compile(r"/x/schedules\?flash=Resumed"))
+    assert page.locator(".flash").inner_text().startswith("Resumed schedule 'nightly-report'")
+    with db(dashboard) as q:
+        after = {i.schedule.key: i.paused for i in list_schedules(q)}
+    assert after == {"digest": True, "nightly-report": False}
+    states = page.locator("#schedules .schedule-state").all_inner_texts()
+    assert states == ["paused", "active"]
+    screenshots(page, "schedules-after")

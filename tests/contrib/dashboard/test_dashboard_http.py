@@ -70,17 +70,22 @@ def test_a_post_without_the_csrf_token_is_refused(serve: Any, small_db: Path) ->
             foreign = token_from(other, "/tasks/1/retry")
         response = client.post("/tasks/1/retry", data={"csrf_token": foreign})
         assert response.status_code == 403
-        # bulk and prune too
+        # every other action too
         for url, data in (
-            ("/bulk/retry", {"status": "failed", "max_id": "10"}),
+            ("/tasks/3/delete", {}),
+            ("/bulk/retry", {"status": "failed", "max_id": "10", "count": "2"}),
+            ("/bulk/delete", {"max_id": "10", "count": "3"}),
             ("/prune", {"older_than": "0"}),
+            ("/queues/pause", {"queue": "default"}),
         ):
-            assert client.post(url, data=data).status_code == 403
+            assert client.post(url, data=data).status_code == 403, url
     # no session cookie at all (a cross-site form post)
     with httpx.Client(base_url=server.url) as stranger:
         response = stranger.post("/tasks/1/retry", data={"csrf_token": foreign})
         assert response.status_code == 403
     assert statuses(small_db) == before
+    with Queue(small_db, load_entrypoints=False) as q:
+        assert q.paused_queues() == {}
 
 
 def test_a_post_with_the_sessions_token_acts(serve: Any, small_db: Path) -> None:
@@ -89,13 +94,32 @@ def test_a_post_with_the_sessions_token_acts(serve: Any, small_db: Path) -> None
         token = token_from(client, "/tasks/1/retry")
         response = client.post("/tasks/1/retry", data={"csrf_token": token})
         assert response.status_code == 303
-        assert response.headers["location"].endswith("/tasks/1?done=retry&n=1&skipped=0")
+        location = response.headers["location"]
+        assert location.startswith("/tasks/1?flash=Task+1+queued+again.&flash_sig=")
+        assert "Task 1 queued again." in client.get(location).text
         # htmx sends the token as a header instead of a form field
         response = client.post("/tasks/2/retry", headers={"X-CSRF-Token": token})
         assert response.status_code == 303
+        response = client.post("/tasks/3/delete", data={"csrf_token": token})
+        assert response.headers["location"].startswith("/tasks?flash=Deleted+task+3.")
     with Queue(small_db, load_entrypoints=False) as q:
         assert q.get(1).status is TaskStatus.QUEUED
         assert q.get(2).status is TaskStatus.QUEUED
+        assert [t.id for t in q.list()] == [1, 2]
+
+
+def test_a_banner_needs_the_apps_signature(serve: Any, small_db: Path) -> None:
+    """The banner after an action comes from the query, signed: a link made elsewhere
+    cannot make the dashboard say something."""
+    app = create_app(small_db)
+    server = serve(app)
+    signed = app.state.dashboard.flash_query("Deleted 3 tasks.")
+    assert "Deleted 3 tasks." in httpx.get(f"{server.url}/?{signed}").text
+    forged = signed.replace("3", "300")
+    assert "Deleted 300 tasks." not in httpx.get(f"{server.url}/?{forged}").text
+    assert "Hi" not in httpx.get(f"{server.url}/?flash=Hi").text
+    other = create_app(small_db).state.dashboard.flash_query("Deleted 3 tasks.")
+    assert "Deleted 3 tasks." not in httpx.get(f"{server.url}/?{other}").text
 
 
 def test_the_session_cookie_is_httponly_and_same_site(serve: Any, small_db: Path) -> None:
@@ -109,15 +133,34 @@ def test_a_bulk_action_rechecks_its_form(serve: Any, small_db: Path) -> None:
     server = serve(create_app(small_db))
     with httpx.Client(base_url=server.url) as client:
         token = token_from(client, "/bulk/retry?status=failed")
-        bad = client.post("/bulk/retry", data={"csrf_token": token, "status": "failed"})
+        form = {"csrf_token": token, "status": "failed", "count": "2"}
+        bad = client.post("/bulk/retry", data=form)
         assert bad.status_code == 400 and "max_id" in bad.text
-        bad = client.post("/bulk/retry", data={"csrf_token": token, "status": "nope", "max_id": 9})
+        bad = client.post("/bulk/retry", data={**form, "status": "nope", "max_id": 9})
         assert bad.status_code == 400 and "is not a task status" in bad.text
+        bad = client.post("/bulk/retry", data={**form, "max_id": 9, "count": "x"})
+        assert bad.status_code == 400 and "count" in bad.text
         assert client.post("/bulk/explode", data={"csrf_token": token}).status_code == 404
-        ok = client.post("/bulk/retry", data={"csrf_token": token, "status": "failed", "max_id": 1})
-        assert ok.status_code == 303 and "n=1" in ok.headers["location"]
+        # max_id bounds the action to what the preview saw; the banner says what differed
+        ok = client.post("/bulk/retry", data={**form, "max_id": 1})
+        assert ok.status_code == 303
+        banner = client.get(ok.headers["location"]).text
+        assert "Retried 1 task. 1 of the 2 previewed had changed status" in banner
+        assert "status=failed" in ok.headers["location"]  # back to the same filter
     with Queue(small_db, load_entrypoints=False) as q:
         assert [q.get(1).status, q.get(2).status] == [TaskStatus.QUEUED, TaskStatus.FAILED]
+
+
+def test_the_bulk_preview_counts_and_bounds_what_it_shows(serve: Any, small_db: Path) -> None:
+    server = serve(create_app(small_db))
+    with httpx.Client(base_url=server.url) as client:
+        page = client.get("/bulk/delete?status=failed&status=running")
+        assert 'data-count="2"' in page.text and 'name="max_id" value="3"' in page.text
+        # running tasks are never deleted: the filter, as the action applies it, says so
+        assert '<span id="bulk-filter">status failed</span>' in page.text
+        page = client.get("/bulk/delete?status=running")
+        assert 'data-count="0"' in page.text and 'id="confirm"' not in page.text
+        assert client.get("/bulk/retry?from=whenever").status_code == 400
 
 
 # -- read-only and auth -------------------------------------------------------------------------
@@ -132,13 +175,29 @@ def test_read_only_refuses_every_action(serve: Any, small_db: Path) -> None:
         page = client.get("/tasks/1")
         assert page.status_code == 200 and "Retry…" not in page.text
         assert "read-only" in page.text
-        for url in ("/tasks/1/retry", "/bulk/retry?status=failed", "/prune?older_than=1d"):
+        for url in (
+            "/tasks/1/retry",
+            "/tasks/1/delete",
+            "/bulk/retry?status=failed",
+            "/bulk/delete",
+            "/prune?older_than=1d",
+        ):
             assert client.get(url).status_code == 403, url
-        for url in ("/tasks/1/retry", "/bulk/retry", "/prune"):
+        assert "Pause" not in client.get("/").text
+        for url in (
+            "/tasks/1/retry",
+            "/tasks/1/delete",
+            "/bulk/retry",
+            "/bulk/delete",
+            "/prune",
+            "/queues/pause",
+        ):
             response = client.post(url, data={"csrf_token": token}, headers={"X-CSRF-Token": token})
             assert response.status_code == 403, url
             assert "read-only" in response.text
     assert statuses(small_db) == ["failed", "failed", "queued"]
+    with Queue(small_db, load_entrypoints=False) as q:
+        assert q.paused_queues() == {}
 
 
 def test_the_auth_hook_decides_per_request(serve: Any, small_db: Path) -> None:
@@ -209,6 +268,8 @@ def test_bad_input_is_a_400_naming_the_field(serve: Any, small_db: Path) -> None
     server = serve(create_app(small_db))
     response = httpx.get(server.url + "/tasks?from=yesterday-ish")
     assert response.status_code == 400 and "from" in response.text
+    assert httpx.get(server.url + "/tasks?from=99999999d").status_code == 400
+    assert httpx.get(server.url + "/tasks?finished_before=later").status_code == 400
     assert httpx.get(server.url + "/tasks?after=x").status_code == 400
     assert httpx.get(server.url + "/tasks/999").status_code == 404
     assert httpx.get(server.url + "/prune?older_than=soon").status_code == 400
@@ -276,6 +337,149 @@ def test_plugin_pages_with_the_same_name_are_refused(small_db: Path) -> None:
 def test_a_page_name_must_fit_in_a_url() -> None:
     with pytest.raises(ValidationError, match="lowercase letters"):
         DashboardPage(name="../etc", title="x", template="")
+
+
+# -- paused queues ------------------------------------------------------------------------------
+
+
+def test_pause_and_resume_a_queue(serve: Any, small_db: Path) -> None:
+    server = serve(create_app(small_db))
+    with httpx.Client(base_url=server.url) as client:
+        home = client.get("/")
+        token = CSRF.search(home.text).group(1)  # type: ignore[union-attr]
+        assert 'action="/queues/pause"' in home.text
+        response = client.post("/queues/pause", data={"csrf_token": token, "queue": "default"})
+        assert response.status_code == 303
+        page = client.get(response.headers["location"]).text
+        assert "Paused queue &#39;default&#39;" in page
+        assert 'action="/queues/resume"' in page
+        with Queue(small_db, load_entrypoints=False) as q:
+            assert set(q.paused_queues()) == {"default"}
+        again = client.post("/queues/pause", data={"csrf_token": token, "queue": "default"})
+        assert "was paused already" in client.get(again.headers["location"]).text
+        # the task list marks the tasks of a paused queue
+        assert 'class="hint paused"' in client.get("/tasks?status=queued").text
+        response = client.post("/queues/resume", data={"csrf_token": token, "queue": "default"})
+        assert "Resumed queue" in client.get(response.headers["location"]).text
+        assert client.post("/queues/resume", data={"csrf_token": token}).status_code == 400
+        assert client.post("/queues/drain", data={"csrf_token": token}).status_code == 404
+    with Queue(small_db, load_entrypoints=False) as q:
+        assert q.paused_queues() == {}
+
+
+# -- plugin pages with actions ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenants_db(small_db: Path) -> Path:
+    with Queue(small_db, load_entrypoints=False) as q:
+        q.enqueue("ok", {"n": 1}, headers={"tenant": "acme"})
+        q.enqueue("ok", {"n": 2}, headers={"tenant": "acme"})
+        q.enqueue("ok", {"n": 3}, headers={"tenant": '"><b>globex'})
+    return small_db
+
+
+def test_a_plugin_page_action_is_guarded_like_the_dashboards_own(
+    serve: Any, tenants_db: Path
+) -> None:
+    def auth(request: Any) -> bool | str:
+        return True if request.headers.get("x-role") == "admin" else "read-only"
+
+    with Queue(tenants_db, plugins=[TenantsPage()], load_entrypoints=False) as queue:
+        server = serve(create_app(queue, auth=auth))
+        admin = httpx.Client(base_url=server.url, headers={"x-role": "admin"})
+        viewer = httpx.Client(base_url=server.url)
+        with admin, viewer:
+            page = admin.get("/x/tenants").text
+            # the form posts to the action, with the token and the fields escaped
+            assert 'action="/x/tenants/cancel-queued"' in page
+            assert 'value="&#34;&gt;&lt;b&gt;globex"' in page and "<b>globex" not in page
+            token = CSRF.search(page).group(1)  # type: ignore[union-attr]
+            # a viewer sees no button and is refused
+            assert "cancel-queued" not in viewer.get("/x/tenants").text
+            refused = viewer.post(
+                "/x/tenants/cancel-queued", data={"tenant": "acme", "csrf_token": token}
+            )
+            assert refused.status_code == 403
+            # no token, no action
+            no_token = admin.post("/x/tenants/cancel-queued", data={"tenant": "acme"})
+            assert no_token.status_code == 403 and "CSRF" in no_token.text
+            assert queue.count(status="cancelled") == 0
+            # the plugin's error is the answer, as the dashboard's own are
+            bad = admin.post(
+                "/x/tenants/cancel-queued", data={"tenant": "initech", "csrf_token": token}
+            )
+            assert bad.status_code == 400 and "has no queued task" in bad.text
+            assert admin.post("/x/tenants/explode", data={"csrf_token": token}).status_code == 404
+            assert (
+                admin.post("/x/nope/cancel-queued", data={"csrf_token": token}).status_code == 404
+            )
+            done = admin.post(
+                "/x/tenants/cancel-queued", data={"tenant": "acme", "csrf_token": token}
+            )
+            assert done.status_code == 303 and done.headers["location"].startswith("/x/tenants?")
+            after = admin.get(done.headers["location"]).text
+            assert "Cancelled 2 queued task(s) of tenant acme." in after
+        assert queue.count(status="cancelled") == 2
+
+
+def test_plugin_page_actions_follow_the_mount_path(serve: Any, tenants_db: Path) -> None:
+    with Queue(tenants_db, plugins=[TenantsPage()], load_entrypoints=False) as queue:
+        outer = Starlette(routes=[Mount("/ops", app=create_app(queue))])
+        server = serve(outer)
+        with httpx.Client(base_url=server.url) as client:
+            page = client.get("/ops/x/tenants").text
+            assert 'action="/ops/x/tenants/cancel-queued"' in page
+            token = CSRF.search(page).group(1)  # type: ignore[union-attr]
+            done = client.post(
+                "/ops/x/tenants/cancel-queued", data={"tenant": "acme", "csrf_token": token}
+            )
+            assert done.headers["location"].startswith("/ops/x/tenants?flash=")
+
+
+def test_a_page_action_name_must_fit_in_a_url() -> None:
+    with pytest.raises(ValidationError, match="lowercase letters"):
+        DashboardPage(name="p", title="P", template="", actions={"Drop All": lambda r: None})
+    with pytest.raises(ValidationError, match="is not callable"):
+        DashboardPage(name="p", title="P", template="", actions={"go": "not a function"})
+
+
+# -- the periodic plugin's page ---------------------------------------------------------------------
+
+
+def test_the_periodic_plugin_adds_the_schedules_page(serve: Any, small_db: Path) -> None:
+    from hookqueue.plugins.periodic import Schedule, add_schedule
+
+    with Queue(small_db) as queue:
+        add_schedule(queue, Schedule("every 1h", name="hourly", task_type="ok"))
+        app = create_app(queue)
+        assert "schedules" in app.state.dashboard.pages
+        server = serve(app)
+        home = httpx.get(server.url + "/").text
+        assert 'href="/x/schedules"' in home
+        page = httpx.get(server.url + "/x/schedules").text
+        assert 'data-schedule="hourly"' in page and "every 1h" in page
+    # blocking the plugin takes its page away
+    with Queue(small_db, block=["periodic"]) as queue:
+        assert "schedules" not in create_app(queue).state.dashboard.pages
+
+
+def test_a_worker_process_never_imports_the_dashboard(small_db: Path) -> None:
+    """The periodic plugin's page module, Starlette and Jinja2 are imported only where a
+    dashboard is built: a worker (every entry point loaded) does not import them."""
+    code = (
+        "import sys\n"
+        "from hookqueue import Queue, WorkerEngine\n"
+        f"q = Queue({str(small_db)!r})\n"
+        "WorkerEngine(q, worker_id='w').run_until_idle()\n"
+        "q.close()\n"
+        "loaded = [m for m in ('starlette', 'jinja2', 'hookqueue.plugins.periodic.dashboard',"
+        " 'hookqueue.contrib.dashboard.app') if m in sys.modules]\n"
+        "print(loaded)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 # -- the plugin, its extra and its command -----------------------------------------------------------
@@ -379,7 +583,10 @@ def test_the_docs_show_every_view_and_are_linked() -> None:
     images = re.findall(r"\]\((images/dashboard/[^)]+\.png)\)", text)
     shown = {Path(image).stem for image in images}
     assert {"overview", "tasks", "task", "workers", "plugins", "plugin-page"} <= shown
-    assert {"bulk-retry-confirm", "bulk-retry-done"} <= shown
+    assert {"bulk-retry-confirm", "bulk-retry-done", "bulk-delete-confirm"} <= shown
+    assert {"queue-paused", "schedules"} <= shown
+    # the Core-candidate list of the first version is gone: the store has those methods
+    assert "Core candidate" not in text
     for image in images:
         assert (root / "docs" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
     assert "(docs/dashboard.md)" in (root / "README.md").read_text()
