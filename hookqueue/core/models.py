@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .clock import from_us
+from .errors import ValidationError
 
 
 class TaskStatus(enum.StrEnum):
@@ -521,6 +522,30 @@ class Candidate:
 #: ``rerank(candidates, limit) -> ids to lease, best first`` (at most ``limit``).
 Rerank = Callable[[Sequence[Candidate], int], Sequence[int]]
 
+#: What a re-ranking plan's window may be drawn per (``LeasePlan.group_by``): a closed
+#: vocabulary, each a column (or, for ``partition``, the payload's value at
+#: ``LeasePlan.partition_key``) that the store names in its own SQL.
+WINDOW_GROUPS: tuple[str, ...] = ("task_type", "queue", "priority", "partition")
+
+
+def _group_by(instance: LeasePlan, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if value not in WINDOW_GROUPS:
+        raise ValidationError(
+            "group_by",
+            value,
+            "is not a grouping the store knows",
+            f"use one of {list(WINDOW_GROUPS)}",
+        )
+    if value == "partition" and not instance.partition_key:
+        raise ValidationError(
+            "partition_key",
+            instance.partition_key,
+            "must name a top-level payload key when group_by='partition'",
+            "e.g. partition_key='tenant'",
+        )
+
 
 @attrs.frozen(kw_only=True)
 class LeasePlan:
@@ -529,6 +554,12 @@ class LeasePlan:
     Without ``rerank`` the store leases the first ``limit`` due tasks in ``order`` in one
     ``UPDATE … RETURNING``. With ``rerank`` it selects a window of ``window`` candidates in
     ``order`` and leases the ids ``rerank`` returns, in the same transaction.
+
+    With ``group_by`` as well, the window is drawn per group rather than from the head of
+    the queue: each group's first due task in ``order``, then each group's second, and so
+    on until ``window`` candidates are taken (offered in ``order``). A group is then never
+    left out behind another group's backlog; only when more than ``window`` groups have due
+    tasks are some (those whose best task comes last in ``order``) left out of a lease.
     """
 
     #: Sort keys, most significant first; the store breaks ties by due time, then enqueue
@@ -543,6 +574,9 @@ class LeasePlan:
     rerank: Rerank | None = None
     #: Top-level payload key whose value is passed as ``Candidate.partition`` (e.g. a tenant).
     partition_key: str | None = None
+    #: Draw the window per group (one of :data:`WINDOW_GROUPS`; ``partition`` needs
+    #: ``partition_key``); None takes the first ``window`` due tasks in ``order``.
+    group_by: str | None = attrs.field(default=None, validator=_group_by)
     #: Name shown by ``hookqueue plugins`` and in benchmarks.
     name: str = "fifo"
 

@@ -295,6 +295,7 @@ class WeightedRandom(Scheduler):
             window=self.window,
             rerank=self.rerank,
             partition_key=self.partition_key,
+            group_by=_resolve_by(self.by, self.partition_key),
             name="weighted-random",
         )
 
@@ -379,6 +380,7 @@ class FairShare(Scheduler):
             window=self.window,
             rerank=self.rerank,
             partition_key=self.partition_key,
+            group_by=_resolve_by(self.by, self.partition_key),
             name="fair-share",
         )
 

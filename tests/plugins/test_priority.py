@@ -395,6 +395,68 @@ def test_fair_share_turns_are_shared_by_in_process_workers(db: Path, clock: Fake
     assert abs(ran[:20].count("a") - ran[:20].count("b")) <= 4
 
 
+# The drift of issue #19: with every group's backlog far above the window, the window held
+# only the tasks nearest the head of the queue, so a heavy group ran at the rate the light
+# groups' backlogs let it into the window: 6:3:1 drifted to the enqueue mix, ~1:1:1.
+
+
+def test_weighted_random_holds_its_shares_when_backlogs_exceed_the_window(
+    db: Path, clock: FakeClock
+) -> None:
+    weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+    scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(20261205))
+    with make_queue(db, clock, scheduler) as queue:
+        # Interleaved, each group's backlog 25 times the window; none runs out below.
+        queue.enqueue_many([{"task_type": t} for _ in range(1600) for t in "abc"])
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(60):
+            counts.update(t.task_type for t in queue.runtime.lease("w", limit=20))
+    assert sum(counts.values()) == 1200
+    assert chi_square(counts, weights) < CHI2_2DF_999
+
+
+def test_weighted_random_reaches_a_group_behind_another_groups_backlog(
+    db: Path, clock: FakeClock
+) -> None:
+    weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+    scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(7))
+    with make_queue(db, clock, scheduler) as queue:
+        # Enqueued one group after the other: b and c sit behind 1,600 of a's tasks.
+        queue.enqueue_many([{"task_type": t} for t in "abc" for _ in range(1600)])
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(60):
+            counts.update(t.task_type for t in queue.runtime.lease("w", limit=20))
+    assert chi_square(counts, weights) < CHI2_2DF_999
+
+
+def test_fair_share_holds_its_weights_when_backlogs_exceed_the_window(
+    db: Path, clock: FakeClock
+) -> None:
+    scheduler = FairShare(partition_key="tenant", weights={"gold": 3}, window=32)
+    with make_queue(db, clock, scheduler) as queue:
+        queue.enqueue_many(
+            [
+                {"task_type": "j", "payload": {"tenant": t}}
+                for _ in range(500)
+                for t in ("gold", "tin")
+            ]
+        )
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(20):
+            counts.update(t.payload["tenant"] for t in queue.runtime.lease("w", limit=20))
+    assert counts == {"gold": 300, "tin": 100}
+
+
+def test_fair_share_serves_a_tenant_behind_a_burst_larger_than_the_window(
+    db: Path, clock: FakeClock
+) -> None:
+    with make_queue(db, clock, FairShare(partition_key="tenant", window=16)) as queue:
+        queue.enqueue_many([{"task_type": "j", "payload": {"tenant": "big"}} for _ in range(2000)])
+        small = queue.enqueue("j", {"tenant": "small"})
+        leased = queue.runtime.lease("w", limit=2)
+    assert small.id in {t.id for t in leased}
+
+
 # ---------------------------------------------------------------------------------------------
 # per-queue schedulers
 # ---------------------------------------------------------------------------------------------

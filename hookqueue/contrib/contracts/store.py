@@ -71,6 +71,7 @@ from hookqueue.core.errors import (
 from hookqueue.core.models import (
     TASK_COLUMNS,
     TERMINAL_STATUSES,
+    WINDOW_GROUPS,
     AttemptFailure,
     Candidate,
     LeasePlan,
@@ -1253,6 +1254,136 @@ class StoreContract:
         assert partitions[tid] == value and type(partitions[tid]) is type(value)
         assert partitions[missing] is None and partitions[not_object] is None
         assert {c.id: c.partition for c in offered["a.b"]}[dotted] == 3
+
+    # -- lease: a window drawn per group ---------------------------------------------------------
+
+    @staticmethod
+    def _group_of(group_by: str, task: Task) -> Any:
+        """A task's group as ``LeasePlan.group_by`` names it (the partition as JSON text)."""
+        if group_by == "partition":
+            payload = task.payload
+            return json.dumps(payload.get("tenant") if isinstance(payload, dict) else None)
+        return getattr(task, group_by)
+
+    @pytest.mark.parametrize("group_by", WINDOW_GROUPS)
+    def test_a_grouped_window_offers_every_group_behind_a_backlog(
+        self, store: TaskStore, group_by: str
+    ) -> None:
+        """With ``group_by`` the window is drawn per group — each group's first due task in
+        the plan's order, then each group's second, …, the first ``window`` of those — and
+        offered in the plan's order: a group whose tasks all sit behind a longer backlog of
+        another group's is still offered, and a group is left out only when more than
+        ``window`` groups are due (those whose best task comes last)."""
+        queues = ("q0", "q1", "q2", "q3")
+
+        def row(group: int, i: int, **changes: Any) -> InsertRow:
+            fields: dict[str, Any] = {"queue": "q0", "priority": 100 + i % 3, "run_after_us": T0}
+            if group_by == "task_type":
+                fields["task_type"] = f"g{group}"
+            elif group_by == "queue":
+                fields["queue"] = queues[group]
+            elif group_by == "priority":
+                fields["priority"] = 10 * group
+            else:
+                payload: Any = {"tenant": f"g{group}", "i": i} if group < 3 else [i]
+                fields["payload_json"] = json.dumps(payload)
+            fields.update(changes)
+            return make_row(**fields)
+
+        # Group 0's backlog first, then the others (group 3: no tenant key, for partition).
+        rows = [row(0, i) for i in range(12)]
+        rows += [row(g, i) for g in (1, 2, 3) for i in range(3 if g != 2 else 2)]
+        ids = [tid for tid, _ in store.insert(rows, T0)]
+        store.insert([row(2, 9, run_after_us=T0 + 60 * SECOND)], T0)  # not due
+        store.insert([row(1, 9, queue="elsewhere")], T0)  # not asked for
+        plan_order = (SortKey.PRIORITY,)
+        tasks = store.get_many(ids)
+        key = plan_sort_key(LeasePlan(order=plan_order), T0)
+        place: dict[int, int] = {}
+        seen: Counter[Any] = Counter()
+        for t in sorted(tasks, key=key):
+            seen[self._group_of(group_by, t)] += 1
+            place[t.id] = seen[self._group_of(group_by, t)]
+        offered: list[list[Candidate]] = []
+
+        def rerank(candidates: Sequence[Candidate], limit: int) -> list[int]:
+            offered.append(list(candidates))
+            return [candidates[-1].id]
+
+        for window in (2, 7, 100):
+            plan = LeasePlan(
+                order=plan_order,
+                window=window,
+                rerank=rerank,
+                partition_key="tenant" if group_by == "partition" else None,
+                group_by=group_by,
+            )
+            offered.clear()
+            leased, _ = self.lease(store, "w1", T0, limit=1, queues=queues, plan=plan)
+            drawn = sorted(tasks, key=lambda t: (place[t.id], key(t)))[:window]
+            expected = sorted(drawn, key=key)
+            assert [c.id for c in offered[0]] == [t.id for t in expected], window
+            assert [t.id for t in leased] == [expected[-1].id]
+            store.settle("w1", [Settlement(task_id=expected[-1].id, kind="release")], T0)
+        if group_by == "partition":
+            by_id = {c.id: c.partition for c in offered[0]}
+            assert by_id[ids[0]] == "g0"
+            assert by_id[ids[-1]] is None
+        if group_by == "task_type":
+            offered.clear()
+            plan = LeasePlan(order=plan_order, window=4, rerank=rerank, group_by=group_by)
+            self.lease(store, "w1", T0, limit=1, queues=queues, plan=plan, task_types=["g0", "g2"])
+            assert sorted({c.task_type for c in offered[0]}) == ["g0", "g2"]
+            assert [c.task_type for c in offered[0]].count("g2") == 2
+
+    def test_a_grouped_window_leaves_paused_queues_out(self, store: TaskStore) -> None:
+        """A window drawn per group never offers a task of a paused queue."""
+        store.initialize_schema()
+        [a] = self.add(store, T0, queue="a")
+        [b] = self.add(store, T0, queue="b")
+        store.pause_queue("a", T0)
+        plan = LeasePlan(rerank=lambda c, n: [x.id for x in c][:n], window=10, group_by="queue")
+        leased, _ = self.lease(store, "w1", T0, queues=("a", "b"), plan=plan)
+        assert [t.id for t in leased] == [b]
+        assert store.get(a).status is TaskStatus.QUEUED
+
+    def test_threads_leasing_a_grouped_window_at_once_never_share_a_task(
+        self, store: TaskStore
+    ) -> None:
+        """Threads leasing through windows drawn per group never get the same task, and
+        together get them all."""
+        ids = [
+            tid
+            for tid, _ in store.insert(
+                [make_row(T0, task_type=f"g{i % 3}") for i in range(150)], T0
+            )
+        ]
+        plan = LeasePlan(
+            rerank=lambda c, n: [x.id for x in c][::-1][:n], window=8, group_by="task_type"
+        )
+
+        def drain(i: int) -> list[int]:
+            leased: list[int] = []
+            while batch := self.lease(store, f"w{i}", T0, limit=3, plan=plan)[0]:
+                leased += [t.id for t in batch]
+            return leased
+
+        results = self._in_threads(4, drain)
+        every = [tid for r in results for tid in r]
+        assert sorted(every) == ids, "a task leased twice, or not at all"
+
+    @pytest.mark.parametrize(
+        ("changes", "field"),
+        [({"group_by": "tenant"}, "group_by"), ({"group_by": "partition"}, "partition_key")],
+    )
+    def test_a_plan_with_an_unknown_grouping_is_refused(
+        self, changes: dict[str, Any], field: str
+    ) -> None:
+        """``group_by`` is a closed vocabulary (no plugin text reaches SQL); ``partition``
+        needs ``partition_key``."""
+        with pytest.raises(ValidationError) as info:
+            LeasePlan(rerank=lambda c, n: [], **changes)
+        assert info.value.field == field
 
     # -- lease: expired leases ----------------------------------------------------------------
 

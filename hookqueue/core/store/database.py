@@ -135,6 +135,7 @@ from .statements import (
     sql_lease,
     sql_lease_chosen,
     sql_lease_window,
+    sql_lease_window_grouped,
     sql_list,
     sql_matching,
     sql_next_due,
@@ -1078,16 +1079,32 @@ class QueueDatabase:
         part_params: tuple[Any, ...] = (
             ("$." + json.dumps(plan.partition_key),) if plan.partition_key else ()
         )
-        window_sql = sql_lease_window(keys, len(queues), n_types, bool(plan.partition_key))
-        window_params = (
-            *part_params,
-            *queues,
-            due_us,
-            *types,
-            *order_params,
-            plan.window,
-            *order_params,
-        )
+        if plan.group_by is None:
+            window_sql = sql_lease_window(keys, len(queues), n_types, bool(plan.partition_key))
+            window_params: tuple[Any, ...] = (
+                *part_params,
+                *queues,
+                due_us,
+                *types,
+                *order_params,
+                plan.window,
+                *order_params,
+            )
+        else:
+            # Drawn per group, so no group is left out behind another group's backlog.
+            window_sql = sql_lease_window_grouped(
+                keys, len(queues), n_types, bool(plan.partition_key), plan.group_by
+            )
+            window_params = (
+                *part_params,
+                *queues,
+                due_us,
+                *types,
+                *order_params,
+                *order_params,
+                plan.window,
+                *order_params,
+            )
         window = [
             Candidate(
                 id=r[0],

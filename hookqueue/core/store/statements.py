@@ -553,6 +553,44 @@ def sql_lease_window(
     )
 
 
+#: What a window may be drawn per (``LeasePlan.group_by``, the closed
+#: ``models.WINDOW_GROUPS``): a column of the due tasks, or their partition value.
+WINDOW_GROUP_TERMS: dict[str, str] = {
+    "task_type": "task_type",
+    "queue": "queue",
+    "priority": "priority",
+    "partition": "part",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def sql_lease_window_grouped(
+    keys: tuple[SortKey, ...], n_queues: int, n_types: int | None, partition: bool, group_by: str
+) -> str:
+    """The candidate window of a plan with ``group_by``: the same columns as
+    :func:`sql_lease_window`, drawn per group — each group's first due task in order, then
+    each group's second, …, the first ``window`` of those — and returned in order. Binds
+    ``[partition path,] *queues, due_us[, *types], *order params, *order params, window,
+    *order params``.
+
+    Every due task is numbered within its group, so the read grows with the number of due
+    tasks (not with the window): that is the price of never missing a group behind another
+    group's backlog (docs/performance.md)."""
+    part = "CASE WHEN json_valid(payload) THEN payload -> ? END" if partition else "NULL"
+    group = WINDOW_GROUP_TERMS[group_by]
+    order = order_by(keys)
+    return (
+        f"WITH due AS (SELECT id, task_type, priority, queue, created_at, run_after, "
+        f"{part} AS part FROM tasks WHERE status = 'queued' "
+        f"AND queue IN ({placeholders(n_queues)}) AND run_after <= ?"
+        f"{_type_filter(n_types)}{NOT_PAUSED}), "
+        f"ranked AS (SELECT *, row_number() OVER (PARTITION BY {group} ORDER BY {order}) AS rn "
+        f"FROM due) "
+        f"SELECT id, task_type, priority, queue, created_at, run_after, part FROM "
+        f"(SELECT * FROM ranked ORDER BY rn, {order} LIMIT ?) ORDER BY {order}"
+    )
+
+
 @functools.lru_cache(maxsize=128)
 def sql_lease_chosen(n: int) -> str:
     """Lease these ``n`` ids if they are still queued (a re-ranked window's choice). Binds

@@ -546,6 +546,47 @@ def sql_lease_window(keys: tuple[SortKey, ...], several: bool, typed: bool, part
     return f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) {window}"
 
 
+#: What a window may be drawn per (``LeasePlan.group_by``, the closed
+#: ``models.WINDOW_GROUPS``): a column of the due tasks (alias ``d``), or their partition value.
+WINDOW_GROUP_TERMS: dict[str, str] = {
+    "task_type": "d.task_type",
+    "queue": "d.queue",
+    "priority": "d.priority",
+    "partition": "{part}(d.payload, %(pkey)s)",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def sql_lease_window_grouped(
+    keys: tuple[SortKey, ...], typed: bool, partition: bool, group_by: str
+) -> str:
+    """The candidate window of a plan with ``group_by``, locked until the lease commits:
+    the columns of :func:`sql_lease_window`, drawn per group — each group's first due task
+    in order, then each group's second, …, the first ``window`` of those (unordered: the
+    caller sorts them).
+
+    Every due task of ``%(queues)s`` is numbered within its group and in the whole order
+    (``FOR UPDATE`` cannot share a query level with window functions), then the rows are
+    locked in that numbering, skipping rows another lease holds, until ``window`` are
+    locked: a concurrent lease takes the next rows rather than finding its window taken."""
+    part = "{part}(t.payload, %(pkey)s)" if partition else "NULL::text"
+    group = WINDOW_GROUP_TERMS[group_by]
+    order = order_by(keys)
+    types = " AND d.task_type = ANY(%(types)s)" if typed else ""
+    return (
+        f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at), "
+        f"ranked AS (SELECT d.id AS rid, "
+        f"row_number() OVER (PARTITION BY {group} ORDER BY {order}) AS rn, "
+        f"row_number() OVER (ORDER BY {order}) AS pos "
+        f"FROM {{t}} AS d WHERE d.status = 'queued' AND d.queue = ANY(%(queues)s) "
+        f"AND d.run_after <= (SELECT at FROM due){types} "
+        f"AND NOT EXISTS (SELECT 1 FROM {{p}} AS pq WHERE pq.queue = d.queue)) "
+        f"SELECT t.id, t.task_type, t.priority, t.queue, t.created_at, t.run_after, {part} "
+        f"FROM ranked JOIN {{t}} AS t ON t.id = ranked.rid WHERE t.status = 'queued' "
+        f"ORDER BY ranked.rn, ranked.pos LIMIT %(window)s FOR UPDATE OF t SKIP LOCKED"
+    )
+
+
 LEASE_CHOSEN = (
     "UPDATE {t} AS t SET " + _LEASE_SET + " WHERE t.id = ANY(%(ids)s) AND t.status = 'queued' "
     "RETURNING " + T_COLS

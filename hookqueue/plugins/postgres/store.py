@@ -994,7 +994,11 @@ class PostgresStore:
         partition = bool(plan.partition_key)
         if partition:
             params["pkey"] = plan.partition_key
-        window_sql = q.sql_lease_window(keys, several, typed, partition)
+        if plan.group_by is None:
+            window_sql = q.sql_lease_window(keys, several, typed, partition)
+        else:
+            # Drawn per group, so no group is left out behind another group's backlog.
+            window_sql = q.sql_lease_window_grouped(keys, typed, partition, plan.group_by)
         fetched = conn.execute(self._sql(window_sql), params).fetchall()
         if not fetched:
             return list
