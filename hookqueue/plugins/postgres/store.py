@@ -997,7 +997,8 @@ class PostgresStore:
         if plan.group_by is None:
             window_sql = q.sql_lease_window(keys, several, typed, partition)
         else:
-            # Drawn per group, so no group is left out behind another group's backlog.
+            # Drawn per group, so no group is left out behind another group's backlog; read
+            # without locks, the chosen tasks are locked (skipping held ones) as they are leased.
             window_sql = q.sql_lease_window_grouped(keys, typed, partition, plan.group_by)
         fetched = conn.execute(self._sql(window_sql), params).fetchall()
         if not fetched:
@@ -1022,8 +1023,9 @@ class PostgresStore:
         chosen = chosen[:limit]
         if not chosen:
             return list
+        lease_sql = q.LEASE_CHOSEN if plan.group_by is None else q.LEASE_CHOSEN_SKIP_LOCKED
         cursor = conn.execute(
-            self._sql(q.LEASE_CHOSEN),
+            self._sql(lease_sql),
             {"ids": chosen, "worker": worker_id, "until": now_us + lease_us, "now": now_us},
         )
 
