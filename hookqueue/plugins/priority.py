@@ -14,13 +14,16 @@ plugin name ``scheduler``); :class:`PerQueue` picks one per queue name.
 Every scheduler answers with a :class:`~hookqueue.core.models.LeasePlan`, which the store turns
 into one SQL statement. Plain orders (:class:`StrictPriority`, :class:`Fifo`, :class:`Lifo`,
 :class:`Aging`) are pure SQL over the queue's partial indexes. :class:`WeightedRandom` and
-:class:`FairShare` read a bounded window of due candidates in that order and re-rank it in
-Python, in the same transaction.
+:class:`FairShare` read a bounded window of due candidates and re-rank it in Python, in the
+same transaction.
 
-The window is the limit of the re-ranking schedulers: they only choose among the first
-``window`` due tasks in priority order. A group whose tasks all sit behind a longer burst of
-another group's is not in the window, so it waits until the burst shrinks below the window.
-Size the window above the largest burst you expect, or see docs/scheduling.md.
+Their window is drawn per group (``LeasePlan.group_by``): the store offers each group's best
+due task, then each group's second best, and so on, up to ``window`` candidates. A group whose
+tasks all sit behind another group's backlog is offered all the same, so the shares hold
+however long the backlogs grow. The price is a read that numbers every due task on each lease:
+its cost grows with the number of due tasks (docs/performance.md). Only when more than
+``window`` groups have due tasks at once are some of them (those whose best task comes last)
+left out of a lease; keep ``window`` above the number of groups (docs/scheduling.md).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def _window(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
             "window",
             value,
             f"must be an integer from 1 to {MAX_WINDOW}",
-            "use a few times your largest burst of one group, e.g. 256 or 4096",
+            "keep it above the number of groups with due tasks at once, e.g. 256",
         )
 
 
@@ -255,15 +258,17 @@ class Aging(Scheduler):
 class WeightedRandom(Scheduler):
     """Pick the next group at random, with probability proportional to its weight.
 
-    Candidates (the first ``window`` due tasks in priority order) are grouped ``by`` task type,
-    queue, priority or a payload key (``by="partition", partition_key="tenant"``). For each
+    Candidates (up to ``window`` due tasks, drawn per group: each group's best task, then each
+    group's second best, …) are grouped ``by`` task type, queue, priority or a payload key
+    (``by="partition", partition_key="tenant"``). For each
     task to lease, a group present in the window is drawn with probability
     ``weight / sum of the weights of the groups present``, and its best task (lowest priority
     number, then earliest due) is taken. Groups not named in ``weights`` weigh
     ``default_weight``.
 
     With ``weights={"critical": 3, "bulk": 1}`` and both kinds waiting, three of four leases
-    go to ``critical`` on average, and ``bulk`` is never starved.
+    go to ``critical`` on average, however many of either wait, and ``bulk`` is never
+    starved.
 
     :param rng: the random source; ``random.Random(seed)`` makes the draws repeatable.
     """
@@ -276,7 +281,8 @@ class WeightedRandom(Scheduler):
     partition_key: str | None = None
     #: The weight of groups not named in ``weights``.
     default_weight: float = attrs.field(default=1.0, validator=_default_weight)
-    #: How many due candidates are read per lease.
+    #: How many due candidates are offered per lease, drawn per group (keep it above the
+    #: number of groups with due tasks at once).
     window: int = attrs.field(default=256, validator=_window)
     #: The random source.
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
@@ -338,8 +344,10 @@ _MAX_REMEMBERED_GROUPS = 4096
 class FairShare(Scheduler):
     """Take turns between groups, so one group's burst cannot starve the others.
 
-    Candidates (the first ``window`` due tasks) are grouped ``by`` task type, queue, priority
-    or a payload key (``FairShare(partition_key="tenant")``). Groups take turns (stride
+    Candidates (up to ``window`` due tasks, drawn per group: each group's best task, then each
+    group's second best, …) are grouped ``by`` task type, queue, priority or a payload key
+    (``FairShare(partition_key="tenant")``), so a group waiting behind another group's
+    backlog still gets its turns. Groups take turns (stride
     scheduling): each lease goes to the waiting group whose turn comes first, and a group of
     weight ``w`` gets ``w`` turns for every turn of a group of weight 1. A group that was idle
     rejoins at the current turn, without credit for the time it had nothing to run.
@@ -362,7 +370,8 @@ class FairShare(Scheduler):
     default_weight: float = attrs.field(default=1.0, validator=_default_weight)
     #: Lower priority numbers first; turns break ties between groups.
     respect_priority: bool = True
-    #: How many due candidates are read per lease.
+    #: How many due candidates are offered per lease, drawn per group (keep it above the
+    #: number of groups with due tasks at once).
     window: int = attrs.field(default=256, validator=_window)
     _key: Any = attrs.field(init=False, repr=False)
     _plan: LeasePlan = attrs.field(init=False, repr=False)
