@@ -78,6 +78,17 @@ def _window(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+def _per_group(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValidationError(
+            "per_group",
+            value,
+            "must be True or False",
+            "leave it True unless the cost of a lease at large backlogs matters more than "
+            "the shares (docs/scheduling.md)",
+        )
+
+
 def _positive_seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if (
         isinstance(value, bool)
@@ -284,6 +295,12 @@ class WeightedRandom(Scheduler):
     #: How many due candidates are offered per lease, drawn per group (keep it above the
     #: number of groups with due tasks at once).
     window: int = attrs.field(default=256, validator=_window)
+    #: Draw the window per group (the default: the shares hold whatever the backlogs, at
+    #: a cost per lease that grows with the number of due tasks). False reads the first
+    #: ``window`` due tasks in order instead: an index read whose cost does not grow with
+    #: the backlog, but a group behind a longer backlog of others is not offered, so the
+    #: shares drift towards the enqueue mix.
+    per_group: bool = attrs.field(default=True, validator=_per_group)
     #: The random source.
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     _key: Any = attrs.field(init=False, repr=False)
@@ -301,7 +318,7 @@ class WeightedRandom(Scheduler):
             window=self.window,
             rerank=self.rerank,
             partition_key=self.partition_key,
-            group_by=_resolve_by(self.by, self.partition_key),
+            group_by=_resolve_by(self.by, self.partition_key) if self.per_group else None,
             name="weighted-random",
         )
 
@@ -373,6 +390,12 @@ class FairShare(Scheduler):
     #: How many due candidates are offered per lease, drawn per group (keep it above the
     #: number of groups with due tasks at once).
     window: int = attrs.field(default=256, validator=_window)
+    #: Draw the window per group (the default: the shares hold whatever the backlogs, at
+    #: a cost per lease that grows with the number of due tasks). False reads the first
+    #: ``window`` due tasks in order instead: an index read whose cost does not grow with
+    #: the backlog, but a group behind a longer backlog of others is not offered, so the
+    #: shares drift towards the enqueue mix.
+    per_group: bool = attrs.field(default=True, validator=_per_group)
     _key: Any = attrs.field(init=False, repr=False)
     _plan: LeasePlan = attrs.field(init=False, repr=False)
     _state: _StrideState = attrs.field(init=False, factory=_StrideState, repr=False)
@@ -389,7 +412,7 @@ class FairShare(Scheduler):
             window=self.window,
             rerank=self.rerank,
             partition_key=self.partition_key,
-            group_by=_resolve_by(self.by, self.partition_key),
+            group_by=_resolve_by(self.by, self.partition_key) if self.per_group else None,
             name="fair-share",
         )
 

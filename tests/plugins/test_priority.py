@@ -447,6 +447,17 @@ def test_fair_share_holds_its_weights_when_backlogs_exceed_the_window(
     assert counts == {"gold": 300, "tin": 100}
 
 
+def test_without_per_group_the_window_is_the_head_of_the_queue(db: Path, clock: FakeClock) -> None:
+    # The opt-out keeps the index read of the first `window` due tasks, and its drift.
+    scheduler = FairShare(partition_key="tenant", window=16, per_group=False)
+    with make_queue(db, clock, scheduler) as queue:
+        queue.enqueue_many([{"task_type": "j", "payload": {"tenant": "big"}} for _ in range(40)])
+        small = queue.enqueue("j", {"tenant": "small"})
+        first = queue.runtime.lease("w", limit=2)
+        assert small.id not in {t.id for t in first}
+        assert small.id in {t.id for t in lease_one_by_one(queue)[:26]}
+
+
 def test_fair_share_serves_a_tenant_behind_a_burst_larger_than_the_window(
     db: Path, clock: FakeClock
 ) -> None:
@@ -501,6 +512,8 @@ def test_per_queue_mixed_lease_uses_the_default_and_says_so(
         (lambda: WeightedRandom(weights={"a": 0}), "weights['a']"),
         (lambda: WeightedRandom(weights=[("a", 1)]), "weights"),
         (lambda: FairShare(default_weight=-1), "default_weight"),
+        (lambda: FairShare(per_group=1), "per_group"),
+        (lambda: WeightedRandom(per_group="no"), "per_group"),
         (lambda: PerQueue(queues={"mail": "fifo"}), "queues['mail']"),
         (lambda: PerQueue(default=priority), "default"),
     ],

@@ -1265,9 +1265,10 @@ class StoreContract:
             return json.dumps(payload.get("tenant") if isinstance(payload, dict) else None)
         return getattr(task, group_by)
 
+    @pytest.mark.parametrize("order", ["priority", "lifo", "aged_priority"])
     @pytest.mark.parametrize("group_by", WINDOW_GROUPS)
     def test_a_grouped_window_offers_every_group_behind_a_backlog(
-        self, store: TaskStore, group_by: str
+        self, store: TaskStore, group_by: str, order: str
     ) -> None:
         """With ``group_by`` the window is drawn per group — each group's first due task in
         the plan's order, then each group's second, …, the first ``window`` of those — and
@@ -1277,7 +1278,11 @@ class StoreContract:
         queues = ("q0", "q1", "q2", "q3")
 
         def row(group: int, i: int, **changes: Any) -> InsertRow:
-            fields: dict[str, Any] = {"queue": "q0", "priority": 100 + i % 3, "run_after_us": T0}
+            fields: dict[str, Any] = {
+                "queue": "q0",
+                "priority": 100 + i % 3,
+                "run_after_us": T0 + (i % 4) * SECOND,
+            }
             if group_by == "task_type":
                 fields["task_type"] = f"g{group}"
             elif group_by == "queue":
@@ -1296,9 +1301,10 @@ class StoreContract:
         ids = [tid for tid, _ in store.insert(rows, T0)]
         store.insert([row(2, 9, run_after_us=T0 + 60 * SECOND)], T0)  # not due
         store.insert([row(1, 9, queue="elsewhere")], T0)  # not asked for
-        plan_order = (SortKey.PRIORITY,)
+        plan_order = (SortKey(order),)
+        now = T0 + 30 * SECOND
         tasks = store.get_many(ids)
-        key = plan_sort_key(LeasePlan(order=plan_order), T0)
+        key = plan_sort_key(LeasePlan(order=plan_order, aging_seconds=1.0), now)
         place: dict[int, int] = {}
         seen: Counter[Any] = Counter()
         for t in sorted(tasks, key=key):
@@ -1313,18 +1319,19 @@ class StoreContract:
         for window in (2, 7, 100):
             plan = LeasePlan(
                 order=plan_order,
+                aging_seconds=1.0,
                 window=window,
                 rerank=rerank,
                 partition_key="tenant" if group_by == "partition" else None,
                 group_by=group_by,
             )
             offered.clear()
-            leased, _ = self.lease(store, "w1", T0, limit=1, queues=queues, plan=plan)
+            leased, _ = self.lease(store, "w1", now, limit=1, queues=queues, plan=plan)
             drawn = sorted(tasks, key=lambda t: (place[t.id], key(t)))[:window]
             expected = sorted(drawn, key=key)
             assert [c.id for c in offered[0]] == [t.id for t in expected], window
             assert [t.id for t in leased] == [expected[-1].id]
-            store.settle("w1", [Settlement(task_id=expected[-1].id, kind="release")], T0)
+            store.settle("w1", [Settlement(task_id=expected[-1].id, kind="release")], now)
         if group_by == "partition":
             by_id = {c.id: c.partition for c in offered[0]}
             assert by_id[ids[0]] == "g0"
@@ -1332,7 +1339,7 @@ class StoreContract:
         if group_by == "task_type":
             offered.clear()
             plan = LeasePlan(order=plan_order, window=4, rerank=rerank, group_by=group_by)
-            self.lease(store, "w1", T0, limit=1, queues=queues, plan=plan, task_types=["g0", "g2"])
+            self.lease(store, "w1", now, limit=1, queues=queues, plan=plan, task_types=["g0", "g2"])
             assert sorted({c.task_type for c in offered[0]}) == ["g0", "g2"]
             assert [c.task_type for c in offered[0]].count("g2") == 2
 
