@@ -322,3 +322,31 @@ def test_postgres_quick_run_measures_every_workload(tmp_path: Path, postgres_ser
             figures = data["medians"][workload][system]
             assert figures and all(_number(v) for v in figures.values()), (workload, figures)
         assert f"| {system} |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_scheduler_window_script_measures_both_windows_beside_raw(tmp_path: Path) -> None:
+    out = tmp_path / "window.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scheduler_window.py"),
+            "--quick",
+            "--backlogs",
+            "100",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    rows = data["medians"]["sqlite"]["100"]
+    assert len(rows) == 4
+    for row in rows.values():
+        assert sorted(row) == ["head", "per group", "raw head", "raw per group"]
+        assert all(_number(v) and v > 0 for v in row.values())
+    assert "| sqlite | 100 | `FairShare()` |" in proc.stdout
