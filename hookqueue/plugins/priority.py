@@ -28,6 +28,7 @@ left out of a lease; keep ``window`` above the number of groups (docs/scheduling
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -149,7 +150,7 @@ def _group_key(by: str, partition_key: str | None) -> Any:
                 "must name a top-level payload key when by='partition'",
                 "e.g. partition_key='tenant'",
             )
-        return lambda c: c.partition
+        return lambda c: _hashable(c.partition)
     if partition_key is not None:
         raise ValidationError(
             "partition_key",
@@ -162,6 +163,14 @@ def _group_key(by: str, partition_key: str | None) -> Any:
     if by == "queue":
         return lambda c: c.queue
     return lambda c: c.priority
+
+
+def _hashable(value: Any) -> Hashable:
+    """A partition value as a group key: an object or a list (unhashable) becomes its JSON
+    text, keys sorted, so equal values form one group and no lease fails on one of them."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value  # type: ignore[no-any-return]
 
 
 def _resolve_by(by: str | None, partition_key: str | None) -> str:

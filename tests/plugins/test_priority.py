@@ -375,6 +375,20 @@ def test_fair_share_groups_tasks_without_the_key_together(db: Path, clock: FakeC
     assert order.index({"tenant": "t"}) == 1
 
 
+@pytest.mark.parametrize("per_group", [True, False])
+def test_a_partition_value_that_is_an_object_or_a_list_is_a_group(
+    db: Path, clock: FakeClock, per_group: bool
+) -> None:
+    # Before, an unhashable value made every lease of the queue raise TypeError.
+    with make_queue(db, clock, FairShare(partition_key="tenant", per_group=per_group)) as queue:
+        for tenant in ({"org": 1, "team": 2}, {"team": 2, "org": 1}, ["a"], "s"):
+            queue.enqueue("j", {"tenant": tenant})
+        order = [t.payload["tenant"] for t in lease_one_by_one(queue)]
+    assert len(order) == 4
+    # The two equal objects are one group: it takes its second turn after the others.
+    assert order[-1] == {"org": 1, "team": 2}
+
+
 def test_a_window_larger_than_the_burst_keeps_fairness(db: Path, clock: FakeClock) -> None:
     with make_queue(db, clock, FairShare(window=2048)) as queue:
         queue.enqueue_many([{"task_type": "burst"} for _ in range(1500)])
