@@ -40,6 +40,7 @@ SQL_HELPERS = {
     "sql_list",
     "sql_lease",
     "sql_lease_window",
+    "sql_lease_window_grouped",
     "sql_lease_chosen",
     "_type_filter",
     "_due_clause",
