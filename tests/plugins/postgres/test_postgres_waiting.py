@@ -5,6 +5,7 @@ a notification can end a wait before its timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 import hookqueue.core.waiting as waiting
-from hookqueue import TaskStatus
+from hookqueue import Queue, TaskNotFound, TaskStatus, TaskWasCancelled
 from hookqueue.core.storage import ChangeWatcher, Settlement
 from hookqueue.plugins.postgres import PostgresStore
 
@@ -100,6 +101,47 @@ def _complete(store: PostgresStore, tid: int) -> None:
 
     settled = store.settle("w1", [Settlement(task_id=tid, kind="complete")], T0 + SECOND)
     assert [t.status for _, t in settled] == [TaskStatus.COMPLETED]
+
+
+@pytest.mark.usefixtures("no_safety_look")
+def test_a_wait_is_woken_by_a_worker_in_another_process(
+    postgres_url: str, worker_process: subprocess.Popen[bytes]
+) -> None:
+    """``wait``, ``wait_async`` and ``handle().result`` return once a worker process
+    completed the task — with the safety look at 600 s, only its notification can end them
+    within the timeout."""
+    with Queue(postgres_url) as queue:
+        for n in range(3):
+            task = queue.enqueue("echo", {"n": n})
+            assert queue.wait(task.id, timeout=TIMEOUT).result == {"n": n}
+        handle = queue.handle(queue.enqueue("echo", {"sleep": 0.2}))
+        assert handle.result(timeout=TIMEOUT) == {"sleep": 0.2}
+
+        async def waits() -> list[Any]:
+            tasks = [await queue.enqueue_async("echo", {"n": n}) for n in range(20)]
+            done = await asyncio.gather(*(queue.wait_async(t.id, timeout=TIMEOUT) for t in tasks))
+            return [t.result for t in done]
+
+        assert asyncio.run(waits()) == [{"n": n} for n in range(20)]
+    assert worker_process.poll() is None
+
+
+@pytest.mark.usefixtures("no_safety_look")
+def test_a_bulk_cancel_or_delete_ends_the_wait(postgres_url: str) -> None:
+    """A queued task cancelled by a filter, or deleted, wakes its waiter (no worker runs)."""
+    with Queue(postgres_url) as queue, Queue(postgres_url) as other:
+        task = queue.enqueue("echo", {"n": 1})
+        timer = threading.Timer(0.2, other.cancel_matching, kwargs={"task_type": "echo"})
+        timer.start()
+        with pytest.raises(TaskWasCancelled):
+            queue.wait(task.id, timeout=TIMEOUT)
+        timer.join()
+        gone = queue.enqueue("echo", {"n": 2})
+        timer = threading.Timer(0.2, other.delete_matching, kwargs={"ids": [gone.id]})
+        timer.start()
+        with pytest.raises(TaskNotFound):
+            queue.wait(gone.id, timeout=TIMEOUT)
+        timer.join()
 
 
 def test_only_the_end_of_a_watched_task_wakes_the_watcher(postgres_url: str) -> None:
