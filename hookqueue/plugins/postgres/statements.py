@@ -212,13 +212,20 @@ RENEW = (
     "b AS (UPDATE {w} SET heartbeat_at = %(now)s::bigint WHERE worker_id = %(worker)s) "
     "SELECT id, cancel_requested FROM r"
 )
-#: Tasks cancelled or deleted by hand tell every waiter (``<done channel>`` with no pid),
-#: whoever waits: a waiter makes sure only that no *running* task's end escapes it (see
-#: ``WAITS_SETTLE``), and these are rare, user-made writes.
-ENDED_BY_HAND = "SELECT pg_notify(%(done)s, '')"
+#: Tasks cancelled or deleted by hand tell every waiter (``<done channel>``, no pid),
+#: whoever waits, in the statement that ends them: a waiter makes sure only that no
+#: *running* task's end escapes it (see ``WAITS_SETTLE``), and these are rare, user-made
+#: writes. A CTE over the CTE ``{src}`` of ended rows, read by the statement's result.
+_ENDED_BY_HAND = "told AS (SELECT pg_notify(%(done)s, '') FROM (SELECT 1 FROM {src} LIMIT 1) AS x)"
 CANCEL_QUEUED = (
-    "UPDATE {t} SET status = 'cancelled', error_message = 'cancelled by request', "
-    "finished_at = %(now)s::bigint WHERE id = %(id)s AND status = 'queued' RETURNING " + COLS
+    "WITH c AS (UPDATE {t} SET status = 'cancelled', error_message = 'cancelled by request', "
+    "finished_at = %(now)s::bigint WHERE id = %(id)s AND status = 'queued' RETURNING "
+    + COLS
+    + "), "
+    + _ENDED_BY_HAND.format(src="c")
+    + " SELECT "
+    + COLS
+    + ", (SELECT count(*) FROM told) FROM c"
 )
 CANCEL_RUNNING = (
     "UPDATE {t} SET cancel_requested = true WHERE id = %(id)s AND status = 'running' "
@@ -242,28 +249,33 @@ VACUUM = "VACUUM (ANALYZE) {t}"
 
 # -- waits (Queue.wait) -------------------------------------------------------------------
 
-#: A listening session's set of waited tasks replaces its rows (the pid is the session's),
-#: and rows of sessions that no longer exist are swept (a waiter killed without closing).
-#: Unlogged rows: the commit needs no WAL flush.
+#: A listening session's change of its waited tasks: rows of ``removed`` deleted, of
+#: ``added`` inserted (the pid is the session's), one statement. Unlogged rows: the commit
+#: needs no WAL flush.
 WAITS_SET = (
-    "WITH mine AS (DELETE FROM {tw} WHERE waiter = pg_backend_pid() "
-    "AND task_id <> ALL(%(ids)s::bigint[])), "
-    "gone AS (DELETE FROM {tw} AS w WHERE w.waiter <> pg_backend_pid() "
-    "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.waiter)), "
-    "ins AS (INSERT INTO {tw} (task_id, waiter) "
-    "SELECT DISTINCT i, pg_backend_pid() FROM unnest(%(ids)s::bigint[]) AS i "
-    "ON CONFLICT (task_id, waiter) DO NOTHING) "
-    "SELECT pg_backend_pid()"
+    "WITH gone AS (DELETE FROM {tw} WHERE waiter = pg_backend_pid() "
+    "AND task_id = ANY(%(removed)s::bigint[])) "
+    "INSERT INTO {tw} (task_id, waiter) "
+    "SELECT DISTINCT i, pg_backend_pid() FROM unnest(%(added)s::bigint[]) AS i "
+    "ON CONFLICT (task_id, waiter) DO NOTHING"
+)
+#: Rows of sessions that no longer exist (a waiter killed without closing): swept when a
+#: session first registers, and at most every ``WAITS_SWEEP_EVERY`` seconds after.
+WAITS_SWEEP = (
+    "DELETE FROM {tw} AS w WHERE w.waiter <> pg_backend_pid() "
+    "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.waiter)"
 )
 #: After the registration committed: wait out every write in flight on the newly waited
 #: tasks that are running (a settlement that looked for waiters before the registration
 #: committed holds its row lock until it commits; once this returns, the waiter's look
 #: sees it). Queued rows are not locked — a lease's ``SKIP LOCKED`` would pass them over —
 #: and need not be: a queued task ends by a later transaction, which sees the registration,
-#: or by hand (``ENDED_BY_HAND``).
+#: or by hand (``_ENDED_BY_HAND``).
 WAITS_SETTLE = (
     "SELECT id FROM {t} WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' FOR SHARE"
 )
+#: Forget the session's rows (on close, and before its first registration: a new session
+#: may have the pid of one that died).
 WAITS_CLEAR = "DELETE FROM {tw} WHERE waiter = pg_backend_pid()"
 #: The session's limit on lock waits (``WAITS_SETTLE`` never holds a waiter for long).
 WAITS_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %(timeout)s, false)"
@@ -363,9 +375,15 @@ FINISHED_BUCKETS = (
 )
 #: One batch of a bulk cancel: the queued tasks among ``%(ids)s`` end cancelled...
 CANCEL_QUEUED_IDS = (
-    "UPDATE {t} SET status = 'cancelled', error_message = %(message)s, "
+    "WITH c AS (UPDATE {t} SET status = 'cancelled', error_message = %(message)s, "
     "finished_at = %(now)s::bigint WHERE id = ANY(%(ids)s) AND status = 'queued' "
-    "RETURNING " + COLS
+    "RETURNING "
+    + COLS
+    + "), "
+    + _ENDED_BY_HAND.format(src="c")
+    + " SELECT "
+    + COLS
+    + ", (SELECT count(*) FROM told) FROM c ORDER BY id"
 )
 #: ... then (a statement of its own, so it sees a task leased meanwhile as running) the
 #: running ones are flagged for their workers.
@@ -385,7 +403,11 @@ REQUEUE_IDS = (
 )
 #: One batch of a bulk delete: the queued and finished tasks among ``%(ids)s`` (never a
 #: running one); their history goes with them (the foreign key).
-DELETE_IDS = "DELETE FROM {t} WHERE id = ANY(%(ids)s) AND status <> 'running'"
+DELETE_IDS = (
+    "WITH d AS (DELETE FROM {t} WHERE id = ANY(%(ids)s) AND status <> 'running' RETURNING id), "
+    + _ENDED_BY_HAND.format(src="d")
+    + " SELECT count(*), (SELECT count(*) FROM told) FROM d"
+)
 
 # -- periodic schedules -------------------------------------------------------------------
 

@@ -800,6 +800,7 @@ class PostgresStore:
             register=sql(q.WAITS_SET),
             settle=sql(q.WAITS_SETTLE),
             clear=sql(q.WAITS_CLEAR),
+            sweep=sql(q.WAITS_SWEEP),
             lock_timeout=f"{int(self.busy_timeout * 1000)}ms",
         )
         return ListenWatcher(self._cx, "LISTEN " + sql.identifier(self._channel), waits)
@@ -1190,9 +1191,11 @@ class PostgresStore:
         with self._cx.transaction() as conn:
             status = conn.execute(sql(q.LOCK_ONE), {"id": task_id}).fetchone()
             if status is not None and status[0] == "queued":
-                row = conn.execute(sql(q.CANCEL_QUEUED), {"id": task_id, "now": now_us}).fetchone()
+                row = conn.execute(
+                    sql(q.CANCEL_QUEUED), {"id": task_id, "now": now_us, "done": self._done}
+                ).fetchone()
+                row = None if row is None else row[:_N]
                 kind = "cancelled"
-                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
             elif status is not None and status[0] == "running":
                 row = conn.execute(sql(q.CANCEL_RUNNING), {"id": task_id}).fetchone()
                 kind = "cancel_requested"
@@ -1309,10 +1312,8 @@ class PostgresStore:
         text = _clean(message)
 
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
-            params = {"ids": ids, "message": text, "now": now_us}
-            cancelled = conn.execute(cancel, params).fetchall()
-            if cancelled:
-                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
+            params = {"ids": ids, "message": text, "now": now_us, "done": self._done}
+            cancelled = [r[:_N] for r in conn.execute(cancel, params).fetchall()]
             flagged = conn.execute(flag, {"ids": ids}).fetchall()
             return [("cancelled", r) for r in cancelled] + [
                 ("cancel_requested", r) for r in flagged
@@ -1360,10 +1361,8 @@ class PostgresStore:
         sql = self._sql(q.DELETE_IDS)
 
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
-            deleted = conn.execute(sql, {"ids": ids}).rowcount
-            if deleted:
-                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
-            return [deleted]
+            row = conn.execute(sql, {"ids": ids, "done": self._done}).fetchone()
+            return [int(row[0]) if row else 0]
 
         return sum(self._in_batches(scoped, act))
 

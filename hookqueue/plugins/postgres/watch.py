@@ -27,7 +27,7 @@ waiter also listens on. The registration, then a ``FOR SHARE`` read of the newly
 running tasks (it waits out a settlement in flight that looked for waiters too early), then
 the caller's look at the tasks: no end falls between them. A reconnected watcher registers
 again under its new pid; :meth:`~ListenWatcher.close` deletes its rows, and rows of
-sessions that died are swept by the next registration.
+sessions that died are swept when a waiter connects (and every minute by each waiter).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ log = logging.getLogger("hookqueue.store.postgres")
 
 #: The longest pause between two reconnection attempts, in seconds.
 RECONNECT_MAX_DELAY = 2.0
+#: How often a waiting session sweeps the registrations of sessions that died, in seconds
+#: (also whenever it connects).
+WAITS_SWEEP_EVERY = 60.0
 
 
 @attrs.frozen(kw_only=True)
@@ -65,12 +68,14 @@ class WaitChannels:
     work: str
     #: The channel tasks ended by hand are told on; a session's own is ``<done>_<pid>``.
     done: str
-    #: ``WAITS_SET``: replace the session's registered tasks (binds ``ids``).
+    #: ``WAITS_SET``: change the session's registered tasks (binds ``added``, ``removed``).
     register: str
     #: ``WAITS_SETTLE``: wait out writes in flight on newly waited running tasks.
     settle: str
     #: ``WAITS_CLEAR``: forget the session's registrations.
     clear: str
+    #: ``WAITS_SWEEP``: forget the registrations of sessions that no longer exist.
+    sweep: str
     #: ``lock_timeout`` of the listening session once it waits for tasks (e.g. ``10000ms``).
     lock_timeout: str
 
@@ -100,6 +105,7 @@ class ListenWatcher:
         self._registered: frozenset[int] | None = None
         #: A notification consumed by psycopg while a statement ran on the connection.
         self._noticed = False
+        self._swept_at = 0.0
         self._lock = threading.Lock()
         self._closed = False
         self._read_fd, self._write_fd = os.pipe()
@@ -176,10 +182,16 @@ class ListenWatcher:
             for channel in (waits.done, f"{waits.done}_{pid}"):
                 conn.execute("LISTEN " + sql.Identifier(channel).as_string(conn))
             conn.execute("UNLISTEN " + sql.Identifier(waits.work).as_string(conn))
+            conn.execute(waits.clear)
+            self._swept_at = 0.0
             before = frozenset()
-        conn.execute(waits.register, {"ids": sorted(ids)})
-        self._registered = ids
+        now = time.monotonic()
+        if not self._swept_at or now - self._swept_at >= WAITS_SWEEP_EVERY:
+            conn.execute(waits.sweep)
+            self._swept_at = now
         new = ids - before
+        conn.execute(waits.register, {"added": sorted(new), "removed": sorted(before - ids)})
+        self._registered = ids
         if new:
             conn.execute(waits.settle, {"ids": sorted(new)}).fetchall()
 
@@ -308,4 +320,4 @@ class ListenWatcher:
                 pass
 
 
-__all__ = ["ListenWatcher", "WaitChannels"]
+__all__ = ["WAITS_SWEEP_EVERY", "ListenWatcher", "WaitChannels"]

@@ -179,7 +179,7 @@ def test_each_waiter_is_woken_by_its_own_tasks_only(postgres_url: str) -> None:
 
 def test_registrations_are_replaced_cleared_and_swept(postgres_url: str) -> None:
     """``watch_tasks`` replaces the session's rows; ``close`` deletes them; rows of a
-    session that no longer exists are swept by the next registration."""
+    session that no longer exists are swept when a session registers first."""
     with PostgresStore(postgres_url) as store:
         ids = _running(store, 3)
         watcher = store.watch_changes()
@@ -187,16 +187,24 @@ def test_registrations_are_replaced_cleared_and_swept(postgres_url: str) -> None
             watcher.watch_tasks(ids[:2])
             [pid] = {w for _, w in _waits(postgres_url)}
             assert _waits(postgres_url) == {(ids[0], pid), (ids[1], pid)}
-            with psycopg.connect(postgres_url, autocommit=True) as conn:
-                conn.execute(
-                    "INSERT INTO hookqueue.task_waits (task_id, waiter) VALUES (%s, %s)",
-                    [ids[0], DEAD_PID],
-                )
             watcher.watch_tasks(ids[1:])
             assert _waits(postgres_url) == {(ids[1], pid), (ids[2], pid)}
             watcher.watch_tasks([])
             assert _waits(postgres_url) == set()
             watcher.watch_tasks(ids[:1])
+            assert _waits(postgres_url) == {(ids[0], pid)}
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO hookqueue.task_waits (task_id, waiter) VALUES (%s, %s)",
+                    [ids[0], DEAD_PID],
+                )
+            other = store.watch_changes()
+            try:
+                other.watch_tasks(ids[2:])
+                [other_pid] = {w for _, w in _waits(postgres_url)} - {pid}
+                assert _waits(postgres_url) == {(ids[0], pid), (ids[2], other_pid)}
+            finally:
+                other.close()
             assert _waits(postgres_url) == {(ids[0], pid)}
         finally:
             watcher.close()
