@@ -25,7 +25,7 @@ Public names: :class:`LimitRule`, :class:`LimitUsage`, :func:`set_limit`,
 
 The package is also the ``limits`` plugin (entry point ``hookqueue.limits``; block it with
 ``HOOKQUEUE_DISABLE_PLUGINS=limits``, after which stored rules are not applied): its hooks are
-in :mod:`.plugin`.
+in :mod:`.plugin`. Where a web dashboard is built, it adds the *Limits* page (:mod:`.dashboard`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from hookqueue.core.models import LimitRule
 from hookqueue.core.storage import LimitUsage
 
 from .manage import LimitNotFound, get_limit, limit_usage, list_limits, remove_limit, set_limit
-from .plugin import hookqueue_cli_commands, hookqueue_lease
+from .plugin import hookqueue_cli_commands, hookqueue_dashboard_pages, hookqueue_lease
 
 __all__ = [
     "LimitNotFound",
@@ -42,6 +42,7 @@ __all__ = [
     "LimitUsage",
     "get_limit",
     "hookqueue_cli_commands",
+    "hookqueue_dashboard_pages",
     "hookqueue_lease",
     "limit_usage",
     "list_limits",

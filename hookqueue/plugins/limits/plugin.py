@@ -4,6 +4,8 @@
   chose, asking the store to apply the stored limit rules too (``stored_limits=True``). The
   order stays the scheduler's; the store applies the rules in the lease's transaction.
 - ``hookqueue_cli_commands``: ``hookqueue limits ls|set|rm``.
+- ``hookqueue_dashboard_pages``: the dashboard's *Limits* page (only where a dashboard is
+  built).
 """
 
 from __future__ import annotations
@@ -44,4 +46,13 @@ def hookqueue_cli_commands() -> list[CliCommand]:
     return [LIMITS_COMMAND]
 
 
-__all__ = ["hookqueue_cli_commands", "hookqueue_lease"]
+@hookimpl(optionalhook=True)
+def hookqueue_dashboard_pages() -> list[Any]:
+    """Contribute the dashboard's *Limits* page. Only a dashboard being built calls this
+    hook, so the page's module (and the dashboard's records) are imported only then."""
+    from .dashboard import limits_page
+
+    return [limits_page()]
+
+
+__all__ = ["hookqueue_cli_commands", "hookqueue_dashboard_pages", "hookqueue_lease"]
