@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -537,6 +537,22 @@ def _limit_count(rule_field: str, value: Any, fix: str) -> None:
         raise ValidationError(rule_field, value, "must be a whole number from 1 to 10^9", fix)
 
 
+def _weights(value: Any) -> tuple[tuple[Any, int], ...]:
+    """``weights`` as sorted ``(value, weight)`` pairs (validated in the rule)."""
+    if isinstance(value, Mapping):
+        value = value.items()
+    try:
+        pairs = [(k, w) for k, w in value]
+    except (TypeError, ValueError):
+        raise ValidationError(
+            "weights",
+            value,
+            "must map partition values to whole numbers",
+            "e.g. weights={'premium': 3}",
+        ) from None
+    return tuple(sorted(pairs, key=lambda kw: (isinstance(kw[0], str), str(kw[0]))))
+
+
 @attrs.frozen(kw_only=True)
 class LimitRule:
     """A limit on when queued tasks may start: at most ``concurrency`` running, at most
@@ -579,10 +595,15 @@ class LimitRule:
     period: float = 1.0
     #: How many may start back to back after a quiet spell (>= 1).
     burst: int = 1
-    #: Round-robin between the buckets (requires ``partition_by``): each lease serves the
-    #: bucket that was served longest ago first, so a partition with few tasks never waits
-    #: behind one with many.
+    #: Round-robin between the buckets (requires ``partition_by``): the buckets take turns,
+    #: one task each, the one served least (by its weight) first, so a partition with few
+    #: tasks never waits behind one with many.
     fair: bool = False
+    #: For a fair rule: turns per round of some partitions, by partition value (a string or
+    #: an integer); the others have 1. ``{"premium": 3}`` serves three of premium's tasks
+    #: for each of another tenant's while both have due tasks. Given as a mapping; kept as
+    #: ``((value, weight), ...)`` sorted.
+    weights: tuple[tuple[str | int, int], ...] = attrs.field(default=(), converter=_weights)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not _LIMIT_NAME.fullmatch(self.name):
@@ -638,6 +659,28 @@ class LimitRule:
                 "round-robin needs partitions to take turns between",
                 "set partition_by (e.g. partition_by='tenant') or fair=False",
             )
+        for key, weight in self.weights:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise ValidationError(
+                    "weights",
+                    key,
+                    "is not a partition value (a string or an integer)",
+                    "key the weights by the values of the partition key, e.g. {'premium': 3}",
+                )
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+                raise ValidationError(
+                    f"weights[{key!r}]",
+                    weight,
+                    "must be a whole number from 1 to 1000",
+                    "e.g. 3 for three turns per round",
+                )
+        if self.weights and not self.fair:
+            raise ValidationError(
+                "weights",
+                dict(self.weights),
+                "weigh the turns of a fair rule, and this rule is not fair",
+                "set fair=True (with partition_by), or drop the weights",
+            )
         if self.concurrency is None and self.rate is None and not self.fair:
             raise ValidationError(
                 "concurrency",
@@ -656,6 +699,13 @@ class LimitRule:
         """The rate's spacing between starts in microseconds (``period / rate``, rounded
         up so the rate is never exceeded); 0 without a rate."""
         return 0 if self.rate is None else -(-self.period_us // self.rate)
+
+    def weight_of(self, value: Any) -> int:
+        """The turns per round of the partition with this value (1 unless weighted)."""
+        for key, weight in self.weights:
+            if key == value and isinstance(key, bool) == isinstance(value, bool):
+                return weight
+        return 1
 
     def matches(self, queue: str, task_type: str) -> bool:
         """True when the rule applies to a task of ``task_type`` in ``queue``."""
@@ -676,8 +726,13 @@ class LimitRule:
         if self.rate is not None:
             what.append(f"{self.rate}/{self.period:g}s burst {self.burst}")
         if self.fair:
-            what.append("round-robin")
+            shown = ", ".join(f"{k}×{w}" for k, w in self.weights)
+            what.append("round-robin" + (f" (weights {shown})" if shown else ""))
         return f"{', '.join(scope)}: {', '.join(what)}"
+
+
+def _limit_rules(value: Iterable[LimitRule]) -> tuple[LimitRule, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -706,7 +761,7 @@ class LeasePlan:
     #: Limits the store applies inside the lease transaction (concurrency, rate,
     #: round-robin turns; see :class:`LimitRule`), on top of the order: a due task a rule
     #: holds back stays ``queued`` and spends no attempt.
-    limits: tuple[LimitRule, ...] = attrs.field(default=(), converter=tuple)
+    limits: tuple[LimitRule, ...] = attrs.field(default=(), converter=_limit_rules)
     #: True: also apply the rules stored in the database (``TaskStore.set_limit``), read
     #: inside the same transaction (the ``limits`` plugin sets it).
     stored_limits: bool = False

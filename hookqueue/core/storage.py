@@ -51,8 +51,10 @@ records (``plan.limits``) and/or ask for the rules stored with :meth:`TaskStore.
   than a start could write is honoured (workers' clocks disagree a little: the caller waits
   by its own clock and its wake-up delay says how long); state further ahead was written by
   a clock that reads far ahead and is ignored, so one wrong clock cannot hold a bucket;
-- *fair*: the buckets of a fair rule take turns — each lease serves the bucket served longest
-  ago first (turns are stored, so they hold across processes).
+- *fair*: the buckets of a fair rule take turns — each lease serves first the bucket served
+  least, a task costing a bucket one turn divided by its weight (``LimitRule.weights``); a
+  bucket new or back after a quiet spell starts level with the latest turn. The positions
+  are stored, so turns hold across leases and processes.
 
 A task held back stays ``queued`` with its attempts unchanged. ``has_work`` and
 ``next_wakeup_delay_us`` take the same plan: a worker whose only due tasks are held back has

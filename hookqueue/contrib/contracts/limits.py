@@ -27,13 +27,17 @@ Requires pytest (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from hookqueue.contrib.contracts.store import (
     LEASE_US,
@@ -46,7 +50,7 @@ from hookqueue.core.errors import StoreError
 from hookqueue.core.models import Candidate, LeasePlan, LimitRule, SortKey, Task, TaskStatus
 from hookqueue.core.storage import CLOCK_SLACK_US, Settlement, TaskStore
 
-__all__ = ["LimitStoreContract", "limited"]
+__all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 
 
 def limited(*rules: LimitRule, **changes: Any) -> LeasePlan:
@@ -64,6 +68,13 @@ class LimitStoreContract:
     ``xfail(strict=True)``."""
 
     known_failures: ClassVar[dict[str, str]] = {}
+    #: The hypothesis settings of :meth:`test_the_limits_state_machine`.
+    machine_settings: ClassVar[settings] = settings(
+        max_examples=40,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
     def make_store(self, tmp_path: Path) -> TaskStore:
         """A new, empty store; ``tmp_path`` is a directory of its own it may use."""
@@ -302,6 +313,32 @@ class LimitStoreContract:
         ]
         assert got == ["a", "b", "a", "b"]
 
+    def test_weighted_turns(self, store: TaskStore) -> None:
+        """``weights={"gold": 3}``: gold is served three tasks for each of another
+        partition's while both have due tasks, across leases."""
+        self.add(store, T0, 20, payload={"tenant": "plain"})
+        self.add(store, T0, 20, payload={"tenant": "gold"})
+        plan = limited(
+            LimitRule(name="fair", fair=True, partition_by="tenant", weights={"gold": 3})
+        )
+        got = self.tenants(self.lease(store, T0, plan, limit=8))
+        got += self.tenants(self.lease(store, T0, plan, limit=8))
+        assert Counter(got) == {"gold": 12, "plain": 4}
+        assert got[:4].count("gold") == 3
+
+    def test_a_partition_back_after_a_quiet_spell_does_not_catch_up(self, store: TaskStore) -> None:
+        """A partition served long ago takes one turn ahead of the others when it returns,
+        then alternates — it does not get the turns it missed."""
+        self.add(store, T0, 1, payload={"tenant": "early"})
+        plan = limited(LimitRule(name="fair", fair=True, partition_by="tenant"))
+        self.lease(store, T0, plan, limit=1)
+        self.add(store, T0, 30, payload={"tenant": "busy"})
+        for _ in range(10):
+            self.lease(store, T0, plan, limit=1)
+        self.add(store, T0, 5, payload={"tenant": "early"})
+        got = self.tenants(self.lease(store, T0, plan, limit=6))
+        assert got == ["early", "busy"] * 3
+
     def test_without_fairness_the_order_is_the_plans(self, store: TaskStore) -> None:
         """The control: with no fair rule the same backlog leases in FIFO order."""
         self.add(store, T0, 5, payload={"tenant": "a"})
@@ -373,7 +410,12 @@ class LimitStoreContract:
 
     def test_set_limit_creates_updates_and_lists(self, store: TaskStore) -> None:
         """``set_limit`` answers created, unchanged, updated; ``list_limits`` gives the rules by
-        name, as they were set."""
+        name, as they were set (weights keyed by strings and integers included)."""
+        store.set_limit(
+            LimitRule(name="c", fair=True, partition_by="t", weights={"x": 2, 7: 3}), T0
+        )
+        assert store.list_limits()[0].weights == ((7, 3), ("x", 2))
+        store.delete_limit("c")
         rule = LimitRule(name="b", concurrency=2, partition_by="tenant", rate=5, burst=2)
         assert store.set_limit(rule, T0) == "created"
         assert store.set_limit(rule, T0 + 1) == "unchanged"
@@ -419,6 +461,15 @@ class LimitStoreContract:
         assert usage["r", None].waiting == 3
         assert usage["r", None].next_start_us == T0 + 10 * SECOND
 
+    def test_the_limits_state_machine(self) -> None:
+        """Random enqueues, leases by two workers at moving instants, settlements and lease
+        expiries under a global, a per-tenant and a rate limit: the limits always hold
+        (see :class:`LimitMachine`)."""
+        run_state_machine_as_test(
+            lambda: LimitMachine(self.make_store),  # type: ignore[arg-type]
+            settings=self.machine_settings,
+        )
+
     def test_a_closed_store_refuses_the_limit_calls(self, store: TaskStore) -> None:
         """After ``close`` the limit methods raise StoreError like every other."""
         store.close()
@@ -430,3 +481,128 @@ class LimitStoreContract:
         ):
             with pytest.raises(StoreError):
                 call()
+
+
+# == the state machine =========================================================================
+
+#: The rules the state machine leases under.
+MACHINE_RULES = (
+    LimitRule(name="all", concurrency=3),
+    LimitRule(name="per-tenant", partition_by="tenant", concurrency=2),
+    LimitRule(name="rate", partition_by="tenant", rate=4, period=1.0, burst=2),
+)
+#: Its tenants (``None``: a task without the key).
+MACHINE_TENANTS = ("a", "b", None)
+
+
+class LimitMachine(RuleBasedStateMachine):
+    """A store leased under limits through random sequences of operations.
+
+    Rules: enqueue tasks of a tenant; lease (either worker, a limit of 1 to 5, half the time
+    with the plan's rules, half with the same rules stored) after moving time forward by 0 to
+    0.6 s; complete a running task; let every lease expire (the next lease sweeps them).
+    After every step: no tenant has more than 2 running tasks and no more than 3 run in all;
+    every tenant's starts keep the rate's token-bucket bound (``burst + elapsed / interval``
+    over any run of starts); a task's attempts equal the times it was leased (a task held
+    back spent none); nothing is lost.
+
+    :param make_store: the contract's :meth:`LimitStoreContract.make_store`.
+    """
+
+    def __init__(self, make_store: Callable[[Path], TaskStore]) -> None:
+        super().__init__()
+        self._dir = tempfile.TemporaryDirectory()
+        self.store = make_store(Path(self._dir.name))
+        self.now = T0
+        self.tenant: dict[int, Any] = {}
+        self.leased: Counter[int] = Counter()
+        self.running: dict[int, str] = {}
+        self.starts: dict[Any, list[int]] = defaultdict(list)
+        self.stored = False
+
+    def teardown(self) -> None:
+        """Check the store's own consistency, then close it."""
+        try:
+            assert self.store.check() == []
+        finally:
+            self.store.close()
+            self._dir.cleanup()
+
+    @rule(tenant=st.sampled_from(MACHINE_TENANTS), n=st.integers(1, 3))
+    def enqueue(self, tenant: Any, n: int) -> None:
+        payload = {} if tenant is None else {"tenant": tenant}
+        rows = [make_row(self.now, payload_json=json.dumps(payload), max_attempts=50)] * n
+        for tid, _ in self.store.insert(rows, self.now):
+            self.tenant[tid] = tenant
+
+    @rule(
+        worker=st.sampled_from(("w1", "w2")),
+        limit=st.integers(1, 5),
+        dt_ms=st.integers(0, 600),
+        stored=st.booleans(),
+    )
+    def lease(self, worker: str, limit: int, dt_ms: int, stored: bool) -> None:
+        self.now += dt_ms * 1000
+        if stored and not self.stored:
+            for r in MACHINE_RULES:
+                self.store.set_limit(r, self.now)
+            self.stored = True
+        plan = LeasePlan(stored_limits=True) if stored else limited(*MACHINE_RULES)
+        if not stored and self.stored:
+            # The plan's rules and the stored ones are the same rules by name: keep them once.
+            plan = LeasePlan(stored_limits=True)
+        now = self.now
+
+        def requeue(task: Task) -> tuple[int | None, str]:
+            return now, "expired"
+
+        leased, transitions = self.store.lease(
+            worker_id=worker,
+            queues=["default"],
+            limit=limit,
+            now_us=now,
+            lease_us=LEASE_US,
+            plan=plan,
+            decide_expired=requeue,
+        )
+        for kind, task in transitions:
+            if kind == "lease_expired":
+                self.running.pop(task.id, None)
+        for task in leased:
+            self.leased[task.id] += 1
+            self.running[task.id] = worker
+            self.starts[self.tenant[task.id]].append(now)
+            assert task.attempts == self.leased[task.id]
+
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        if not self.running:
+            return
+        tid = data.draw(st.sampled_from(sorted(self.running)))
+        worker = self.running.pop(tid)
+        self.store.settle(worker, [Settlement(task_id=tid, kind="complete")], self.now)
+
+    @rule()
+    def expire_every_lease(self) -> None:
+        self.now += LEASE_US + 1
+
+    @invariant()
+    def limits_hold(self) -> None:
+        running = [t for t in self.store.list(statuses=[TaskStatus.RUNNING], limit=1000)]
+        per_tenant = Counter(self.tenant[t.id] for t in running)
+        assert len(running) <= 3, f"{len(running)} running (limit 3)"
+        assert all(n <= 2 for n in per_tenant.values()), per_tenant
+        interval = MACHINE_RULES[2].interval_us
+        for tenant, starts in self.starts.items():
+            ordered = sorted(starts)
+            for i in range(len(ordered)):
+                for j in range(i, len(ordered)):
+                    bound = MACHINE_RULES[2].burst + (ordered[j] - ordered[i]) // interval
+                    assert j - i + 1 <= bound, (tenant, ordered[i : j + 1])
+
+    @invariant()
+    def attempts_are_leases_and_nothing_is_lost(self) -> None:
+        tasks = self.store.list(limit=10_000)
+        assert sorted(t.id for t in tasks) == sorted(self.tenant)
+        for t in tasks:
+            assert t.attempts == self.leased[t.id], (t.id, t.attempts, self.leased[t.id])

@@ -11,7 +11,7 @@ A lease with limits reads, under the write lock it already holds:
    each start against every rule it matches, so a batch never overshoots a limit.
 
 With a fair rule the candidates are the first few of every bucket (a window function over the
-due tasks), served in turns: the bucket served longest ago first. Rate state and turns are
+due tasks), served in turns: the bucket served least (by its weight) first. Rate state and turns are
 written before the transaction commits, so every process sees the same counts.
 
 Every statement is built here from constant pieces and counts (no value is formatted in: the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import heapq
 import json
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -38,17 +39,18 @@ from .statements import NOT_PAUSED, _due_clause, _type_filter, order_by, placeho
 
 #: The columns of a stored rule, in :func:`rule_from_row` order.
 LIMIT_COLS = (
-    "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair"
+    "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair, "
+    "weights"
 )
 SQL_LIMITS_ALL = f"SELECT {LIMIT_COLS} FROM limits ORDER BY name"
 SQL_LIMIT_GET = f"SELECT {LIMIT_COLS} FROM limits WHERE name = ?"
 SQL_LIMIT_INSERT = f"""
 INSERT INTO limits ({LIMIT_COLS}, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQL_LIMIT_UPDATE = """
 UPDATE limits SET queue = ?, task_type = ?, partition_by = ?, partition_in = ?, concurrency = ?,
-                  rate = ?, period = ?, burst = ?, fair = ?, updated_at = ?
+                  rate = ?, period = ?, burst = ?, fair = ?, weights = ?, updated_at = ?
 WHERE name = ?
 """
 SQL_LIMIT_DELETE = "DELETE FROM limits WHERE name = ?"
@@ -207,7 +209,10 @@ def sql_limit_buckets(n: int, parts: PartShape) -> str:
 
 def rule_from_row(row: Sequence[Any]) -> LimitRule:
     """A stored rule (a row of ``LIMIT_COLS``) as a :class:`LimitRule`."""
-    name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair = row
+    (name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair) = (
+        row[:10]
+    )
+    weights = row[10]
     return LimitRule(
         name=name,
         queue=queue,
@@ -219,6 +224,7 @@ def rule_from_row(row: Sequence[Any]) -> LimitRule:
         period=period,
         burst=burst,
         fair=bool(fair),
+        weights=() if weights is None else [tuple(pair) for pair in json.loads(weights)],
     )
 
 
@@ -234,6 +240,7 @@ def rule_values(rule: LimitRule) -> tuple[Any, ...]:
         float(rule.period),
         rule.burst,
         int(rule.fair),
+        json.dumps([list(pair) for pair in rule.weights]) if rule.weights else None,
     )
 
 
@@ -246,6 +253,13 @@ def partition_value(bucket: str) -> Any:
     """A bucket's key as a value for reports: the JSON value, or None for ``''``."""
     return None if bucket == "" else json.loads(bucket)
 
+
+#: One turn of a weight-1 bucket in a fair rule's stored positions (divisible by every weight
+#: up to 16, so common weights advance exactly).
+TURN = 720_720
+#: Where a fair rule's clock is kept among its buckets' positions (never a bucket's key: those
+#: are JSON numbers, quoted strings, or ``''``).
+CLOCK_BUCKET = "*"
 
 #: Rules read from the database, by their row (decoding validates, so it is done once).
 _RULES: dict[tuple[Any, ...], LimitRule] = {}
@@ -377,14 +391,12 @@ class Selection:
         self.parts = parts
         self.fair: _Rule | None = next((r for r in self.rules if r.rule.fair), None)
         self.turns: dict[str, int] = {}
-        #: The fair rule's buckets served by this lease (their turns are written).
+        #: The fair rule's buckets served by this lease (their positions are written).
         self.served: set[str] = set()
-        self.turn = 0
         for r in self.rules:
             self._load(r)
         if self.fair is not None and load_turns:
             self.turns = _counts(conn.execute(SQL_TURNS, (self.fair.rule.name,)))
-            self.turn = max(self.turns.values(), default=0)
 
     def _bucket_args(self, r: _Rule) -> tuple[str, tuple[Any, ...]]:
         if r.part is None:
@@ -524,26 +536,41 @@ class Selection:
         for row in rows:
             key = row[col] if fair.rule.matches(row[1], row[2]) else None
             groups.setdefault(key, deque()).append(row)
-        # The bucket served longest ago first (never served: first of all), ties in the
-        # order their heads came; tasks the fair rule does not match take turns as one group.
-        order = sorted(
-            groups, key=lambda k: (-1 if k is None else self.turns.get(k, 0), groups[k][0][-1])
-        )
-        turn: deque[str | None] = deque(order)
-        while turn and len(picked) < limit:
-            key = turn.popleft()
+        # Weighted fair queueing by "virtual time": each bucket's stored position grows by
+        # 1/weight of a turn per task served and the lowest goes next (ties: the order of
+        # the buckets' first tasks). The rule's clock (stored under CLOCK_BUCKET) is the
+        # position of the latest pick: a bucket never served, or back after a quiet spell,
+        # starts from it — first in line, without the turns it missed. Tasks the fair rule
+        # does not match take their turns as one more bucket.
+        clock = self.turns.get(CLOCK_BUCKET, 0)
+        first = {key: i for i, key in enumerate(groups)}
+        heap = [
+            (clock if key is None else max(self.turns.get(key, clock), clock), first[key], key)
+            for key in groups
+        ]
+        heapq.heapify(heap)
+        while heap and len(picked) < limit:
+            at, order, key = heapq.heappop(heap)
             queue = groups[key]
             while queue:
                 row = queue.popleft()
                 if self._try(row):
                     picked.append(row[0])
+                    step = TURN // self._weight(fair.rule, key)
                     if key is not None:
-                        self.turn += 1
-                        self.turns[key] = self.turn
+                        self.turns[key] = at + step
                         self.served.add(key)
-                    turn.append(key)
+                    if at > clock:
+                        clock = self.turns[CLOCK_BUCKET] = at
+                        self.served.add(CLOCK_BUCKET)
+                    heapq.heappush(heap, (at + step, order, key))
                     break
         return picked
+
+    def _weight(self, rule: LimitRule, bucket: str | None) -> int:
+        if not rule.weights or bucket is None or bucket == "":
+            return 1
+        return rule.weight_of(partition_value(bucket))
 
     def write(self) -> None:
         """Store the rate state and turns of the picks (inside the lease transaction)."""

@@ -179,8 +179,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # v6: limits (the limits plugin's, through the store's named methods). Rules by name; per
     # rule and bucket the rate's state (its theoretical arrival time, one integer) and the
-    # round-robin turn of a fair rule's buckets. All three are read and written inside the
-    # lease transaction, so every process counts the same starts.
+    # round-robin position of a fair rule's buckets (its "virtual time": the turns it was
+    # served, each worth 1/weight). All three are read and written inside the lease
+    # transaction, so every process counts the same starts.
     """
     CREATE TABLE limits (
         name         TEXT    PRIMARY KEY,
@@ -194,6 +195,7 @@ MIGRATIONS: tuple[str, ...] = (
         period       REAL    NOT NULL CHECK (period > 0),
         burst        INTEGER NOT NULL DEFAULT 1 CHECK (burst >= 1),
         fair         INTEGER NOT NULL DEFAULT 0 CHECK (fair IN (0, 1)),
+        weights      TEXT,
         created_at   INTEGER NOT NULL,
         updated_at   INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;

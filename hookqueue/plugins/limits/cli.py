@@ -46,6 +46,19 @@ def _period(text: str) -> float:
     return seconds
 
 
+def _weight(text: str) -> tuple[str | int, int]:
+    """``VALUE=N``: a partition value (an integer if it reads as one) and its weight."""
+    value, sep, weight = text.rpartition("=")
+    if not sep or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not VALUE=N (e.g. premium=3)")
+    try:
+        n = int(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {weight!r} is not a whole number") from None
+    key: str | int = int(value) if value.lstrip("-").isdigit() else value
+    return key, n
+
+
 def _ls(queue: Any, as_json: bool) -> int:
     rules = list_limits(queue)
     usage = limit_usage(queue)
@@ -117,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
             period=args.per,
             burst=args.burst,
             fair=args.fair,
+            weights=dict(args.weight or ()),
         )
         outcome = set_limit(queue, rule)
     if args.json:
@@ -152,6 +166,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--burst", type=int, default=1, help="how many may start back to back (default 1)"
     )
     put.add_argument("--fair", action="store_true", help="round-robin between the partitions")
+    put.add_argument(
+        "--weight",
+        type=_weight,
+        action="append",
+        metavar="VALUE=N",
+        help="with --fair: N turns per round for the partition VALUE (repeat for more)",
+    )
     rm = sub.add_parser("rm", help="delete a limit (the tasks it held may start)")
     rm.add_argument("name")
     for p in (ls, put, rm):

@@ -96,7 +96,7 @@ limit holds back now.</p>
         {% if r.partition_by %}<br><span class="hint">per {{ r.partition_in }}.{{ r.partition_by }} ({{ row.partitions }} active)</span>{% endif %}</td>
       <td class="limit-rule">{% if r.concurrency %}{{ r.concurrency }} running{% endif %}
         {% if r.rate %}{% if r.concurrency %}<br>{% endif %}{{ r.rate }} per {{ "%g" % r.period }}s{% if r.burst > 1 %}, burst {{ r.burst }}{% endif %}{% endif %}
-        {% if r.fair %}{% if r.concurrency or r.rate %}<br>{% endif %}round-robin{% endif %}</td>
+        {% if r.fair %}{% if r.concurrency or r.rate %}<br>{% endif %}round-robin{% if r.weights %} <span class="hint">(weights {% for k, w in r.weights %}{{ k }}×{{ w }}{% if not loop.last %}, {% endif %}{% endfor %})</span>{% endif %}{% endif %}</td>
       <td class="num running">{{ "{:,}".format(row.running) }}</td>
       <td class="num due">{{ "{:,}".format(row.due) }}</td>
       <td class="num waiting">{{ "{:,}".format(row.waiting) }}</td>

@@ -201,6 +201,10 @@ def test_removing_a_limit_releases_what_it_held(q: Queue) -> None:
         ({"concurrency": 1, "partition_by": "t", "partition_in": "body"}, "partition_in"),
         ({"fair": True}, "fair"),
         ({"concurrency": 1, "queue": ""}, "queue"),
+        ({"concurrency": 1, "weights": {"a": 2}}, "weights"),
+        ({"fair": True, "partition_by": "t", "weights": {"a": 0}}, "weights['a']"),
+        ({"fair": True, "partition_by": "t", "weights": {True: 2}}, "weights"),
+        ({"fair": True, "partition_by": "t", "weights": ["a"]}, "weights"),
     ],
 )
 def test_bad_definitions_name_the_field_and_store_nothing(
@@ -252,6 +256,12 @@ def test_cli_set_ls_rm(capsys: pytest.CaptureFixture[str], db_path: Path) -> Non
     assert code == 0 and "round-robin" in out
     code, out, _ = run("limits", "set", "t", "--partition-by", "tenant", "--fair", "--db", db)
     assert "unchanged" in out
+    code, out, _ = run(
+        "limits", "set", "w", "--partition-by", "tenant", "--fair", "--weight", "gold=3",
+        "--weight", "7=2", "--db", db,
+    )  # fmt: skip
+    assert code == 0 and "round-robin (weights 7×2, gold×3)" in out
+    code, out, _ = run("limits", "rm", "w", "--db", db)
     with Queue(db) as q:
         q.enqueue("charge", {"tenant": "a"})
     code, out, _ = run("limits", "ls", "--db", db)
