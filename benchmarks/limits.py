@@ -17,6 +17,10 @@ Two parts, each on fresh database files, medians of rounds in rotating order:
   between the tenants. Beside them the raw-apsw lease loop over the same schema and the same
   FIFO lease statement (``hqbench.raw.RawQueue``, batches of 32): each figure is also shown as
   a ratio to it, and the limits' cost as a ratio to "no limit".
+- **Lease cost**: the same variants (round-robin aside), in-process with no worker around:
+  ``QueueRuntime.lease(limit=32)`` writing the previous batch's completions in the same
+  transaction, over 6,400 tasks — µs per lease of 32, the part limits add to. Less sensitive
+  to a loaded machine than the drain (one thread, nothing to schedule).
 - **Fairness**: 10,000 tasks of tenant ``big`` enqueued, then 10 of tenant ``small``, drained
   by one worker (32 slots): the small tenant's wait (lease instant minus enqueue instant),
   p50 and p99, in FIFO order and with a fair rule on ``tenant``.
@@ -50,8 +54,8 @@ from hookqueue.core.clock import to_us  # noqa: E402
 from hookqueue.plugins.limits import LimitRule, set_limit  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
-FULL = {"drain": 10_000, "tenants": 10, "big": 10_000, "small": 10, "batch": 32}
-QUICK = {"drain": 500, "tenants": 5, "big": 500, "small": 5, "batch": 32}
+FULL = {"drain": 10_000, "tenants": 10, "big": 10_000, "small": 10, "batch": 32, "leases": 6400}
+QUICK = {"drain": 500, "tenants": 5, "big": 500, "small": 5, "batch": 32, "leases": 320}
 
 #: The drain's variants: name -> (plugin blocked?, rules).
 VARIANTS: dict[str, tuple[bool, tuple[LimitRule, ...]]] = {
@@ -151,6 +155,40 @@ def drain(durability: str, sizes: dict[str, int], workdir: Path, variant: str) -
     return n / seconds
 
 
+#: The lease-cost part's variants (the drain's, round-robin aside).
+LEASE_VARIANTS = [v for v in VARIANTS if not v.startswith("round-robin")]
+
+
+def lease_cost(durability: str, sizes: dict[str, int], workdir: Path, variant: str) -> float:
+    """µs per ``QueueRuntime.lease(limit=32)`` that also completes the previous batch."""
+    from hookqueue.core.storage import Settlement
+
+    blocked, rules = VARIANTS[variant]
+    path = workdir / f"lease-{durability}-{time.monotonic_ns()}.db"
+    with Queue(path, durability=durability, block=["limits"] if blocked else ()) as q:
+        for rule in rules:
+            set_limit(q, rule)
+        n = sizes["leases"]
+        for start in range(0, n, 1000):
+            q.enqueue_many(
+                [
+                    {"task_type": "noop", "payload": {"i": i, "tenant": f"t{i % sizes['tenants']}"}}
+                    for i in range(start, min(n, start + 1000))
+                ]
+            )
+        done: list[Any] = []
+        leases = 0
+        t0 = time.perf_counter()
+        while True:
+            leased = q.runtime.lease("bench", limit=sizes["batch"], settlements=done)
+            if not leased:
+                break
+            leases += 1
+            done = [Settlement.completed(t, None, 0.0) for t in leased]
+        seconds = time.perf_counter() - t0
+    return seconds / leases * 1e6
+
+
 def fairness(durability: str, sizes: dict[str, int], workdir: Path, fair: bool) -> dict[str, float]:
     """The small tenant's waits behind the big one, in ms: p50, p99, max."""
     path = workdir / f"fair-{durability}-{fair}-{time.monotonic_ns()}.db"
@@ -231,6 +269,20 @@ def tables(data: dict[str, Any]) -> str:
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += [
         "",
+        "| lease of 32 with the previous 32's completions, in-process, µs (× no limit) | "
+        + " | ".join(f"`{d}`" for d in levels)
+        + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for variant in LEASE_VARIANTS:
+        cells = []
+        for d in levels:
+            value = data["lease"][d][variant]
+            base = data["lease"][d]["no limit"]
+            cells.append(f"{_fmt(value)} ({value / base:.2f}×)")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         f"| a small tenant's {data['sizes']['small']} tasks behind {data['sizes']['big']:,} of "
         "another, wait (ms) | " + " | ".join(f"`{d}` p50 / p99" for d in levels) + " |",
         "|---|" + "---:|" * len(levels),
@@ -265,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "raw": {},
         "drain": {},
+        "lease": {},
         "fairness": {},
     }
-    every: dict[str, Any] = {"raw": {}, "drain": {}, "fairness": {}}
+    every: dict[str, Any] = {"raw": {}, "drain": {}, "lease": {}, "fairness": {}}
     with tempfile.TemporaryDirectory(prefix="hookqueue-limits-bench-") as tmp:
         workdir = Path(tmp)
         data["meta"] = machine_info(workdir)
@@ -278,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in levels:
             raws: list[float] = []
             drains: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            costs: dict[str, list[float]] = {v: [] for v in LEASE_VARIANTS}
             fair: dict[str, list[dict[str, float]]] = {"fifo": [], "round-robin": []}
             for r in range(rounds):
                 raws.append(raw_drain(d, sizes, workdir, captured["lease_sql"]))
@@ -285,11 +339,15 @@ def main(argv: list[str] | None = None) -> int:
                 order = order[r % len(order) :] + order[: r % len(order)]
                 for variant in order:
                     drains[variant].append(drain(d, sizes, workdir, variant))
+                for variant in [v for v in order if v in costs]:
+                    costs[variant].append(lease_cost(d, sizes, workdir, variant))
                 fair["fifo"].append(fairness(d, sizes, workdir, False))
                 fair["round-robin"].append(fairness(d, sizes, workdir, True))
                 print(f"  {d}: round {r + 1} of {rounds} done", file=sys.stderr, flush=True)
             data["raw"][d] = statistics.median(raws)
             data["drain"][d] = {v: statistics.median(x) for v, x in drains.items()}
+            data["lease"][d] = {v: statistics.median(x) for v, x in costs.items()}
+            every["lease"][d] = costs
             data["fairness"][d] = {
                 mode: {k: statistics.median(x[k] for x in runs) for k in runs[0]}
                 for mode, runs in fair.items()

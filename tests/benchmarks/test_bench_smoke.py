@@ -324,6 +324,8 @@ def test_the_limits_script_measures_the_drain_under_limits_and_fairness(tmp_path
     drains = data["drain"]["normal"]
     assert len(drains) == 6 and all(_number(v) and v > 0 for v in drains.values())
     assert "| no limit | " in proc.stdout and "; 1.00×)" in proc.stdout
+    leases = data["lease"]["normal"]
+    assert len(leases) == 5 and all(_number(v) and v > 0 for v in leases.values())
     fair = data["fairness"]["normal"]
     assert set(fair) == {"fifo", "round-robin"}
     assert all(_number(v) and v >= 0 for mode in fair.values() for v in mode.values())

@@ -1182,8 +1182,9 @@ class QueueDatabase:
         sel = limiting.Selection(conn, rules, now_us)
         order_params = self._order_params(plan, due_us)
         if plan.rerank is None:
-            # A little more than asked: a start may fill a bucket half-way through a batch.
-            window = limit + min(limit, 32) + 8
+            # A little more than asked when a start may fill a bucket half-way through the
+            # batch (its later tasks are then skipped); exactly the batch when none can.
+            window = limit if sel.roomy(limit) else limit + min(limit, 32) + 8
             rows = sel.candidates(plan, queues, due_us, task_types, order_params, window)
             chosen = sel.pick(rows, limit)
         else:

@@ -500,6 +500,25 @@ class Selection:
         rows = self.conn.execute(sql_limit_buckets(len(ids), parts), (*part_params, *ids))
         return {row[0]: row for row in rows}
 
+    def roomy(self, n: int) -> bool:
+        """True when ``n`` more starts cannot fill any bucket of any rule (so every due
+        candidate the held-bucket exclusion lets through will start)."""
+        if self.fair is not None:
+            return False
+        now_us = self.now_us
+        for r in self.rules:
+            rule = r.rule
+            if rule.concurrency is not None:
+                if rule.concurrency - max(r.running.values(), default=0) < n:
+                    return False
+            if rule.rate is not None:
+                if rule.burst < n:
+                    return False
+                worst = max(r.tat.values(), default=now_us)
+                if (rule.burst * rule.interval_us - max(0, worst - now_us)) < n * rule.interval_us:
+                    return False
+        return True
+
     # -- the walk --------------------------------------------------------------------------------
 
     def _try(self, row: Sequence[Any]) -> bool:
