@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -547,6 +548,217 @@ def _group_by(instance: LeasePlan, attribute: attrs.Attribute[Any], value: Any) 
         )
 
 
+#: What a limit rule's name may hold: letters, digits and ``_ . : -``, 1 to 100 of them.
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+#: What a partition key may be: one top-level key of the payload or headers object.
+_PARTITION_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def _limit_count(rule_field: str, value: Any, fix: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000_000:
+        raise ValidationError(rule_field, value, "must be a whole number from 1 to 10^9", fix)
+
+
+def _weights(value: Any) -> tuple[tuple[Any, int], ...]:
+    """``weights`` as sorted ``(value, weight)`` pairs (validated in the rule)."""
+    if isinstance(value, Mapping):
+        value = value.items()
+    try:
+        pairs = [(k, w) for k, w in value]
+    except (TypeError, ValueError):
+        raise ValidationError(
+            "weights",
+            value,
+            "must map partition values to whole numbers",
+            "e.g. weights={'premium': 3}",
+        ) from None
+    return tuple(sorted(pairs, key=lambda kw: (isinstance(kw[0], str), str(kw[0]))))
+
+
+@attrs.frozen(kw_only=True)
+class LimitRule:
+    """A limit on when queued tasks may start: at most ``concurrency`` running, at most
+    ``rate`` starts per ``period`` (with ``burst``), and/or round-robin turns between
+    partitions (``fair``) — for the tasks it matches, counted across every worker process.
+
+    A rule matches the tasks of ``queue`` (None: every queue) and ``task_type`` (None: every
+    type). With ``partition_by`` each value of that top-level key of the task's payload
+    (``partition_in="payload"``) or headers (``"headers"``) is counted on its own (a
+    *bucket*): ``partition_by="tenant", concurrency=2`` lets every tenant run two. A task
+    whose value is missing, or is not a string or a number (null, true, an object, a list),
+    falls in one shared bucket (shown as ``None``).
+
+    Rates: a start is allowed when it keeps to ``rate`` per ``period`` on average and no
+    more than ``burst`` start back to back (a token bucket of ``burst`` tokens refilled at
+    ``rate`` per ``period``). With ``burst=1`` (the default) at most ``rate`` tasks start in
+    any ``period``-long window; with ``burst=b``, at most ``rate + b - 1``.
+
+    A task held back by a rule stays ``queued`` (no attempt counted) and is leased as soon
+    as the rule allows. Rules are validated here: a bad value raises
+    :class:`~hookqueue.core.errors.ValidationError` naming the field and the fix.
+    """
+
+    #: Unique name (letters, digits, ``_ . : -``).
+    name: str
+    #: The queue whose tasks it limits (None: every queue).
+    queue: str | None = None
+    #: The task type it limits (None: every type).
+    task_type: str | None = None
+    #: A top-level key whose value splits the tasks into buckets limited one by one (None:
+    #: one bucket for every task the rule matches).
+    partition_by: str | None = None
+    #: Where ``partition_by`` is read: ``"payload"`` or ``"headers"``.
+    partition_in: str = "payload"
+    #: At most this many running at once (None: no concurrency limit).
+    concurrency: int | None = None
+    #: At most this many starts per ``period`` (None: no rate limit).
+    rate: int | None = None
+    #: The rate's period in seconds.
+    period: float = 1.0
+    #: How many may start back to back after a quiet spell (>= 1).
+    burst: int = 1
+    #: Round-robin between the buckets (requires ``partition_by``): the buckets take turns,
+    #: one task each, the one served least (by its weight) first, so a partition with few
+    #: tasks never waits behind one with many.
+    fair: bool = False
+    #: For a fair rule: turns per round of some partitions, by partition value (a string or
+    #: an integer); the others have 1. ``{"premium": 3}`` serves three of premium's tasks
+    #: for each of another tenant's while both have due tasks. Given as a mapping; kept as
+    #: ``((value, weight), ...)`` sorted.
+    weights: tuple[tuple[str | int, int], ...] = attrs.field(default=(), converter=_weights)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _LIMIT_NAME.fullmatch(self.name):
+            raise ValidationError(
+                "name",
+                self.name,
+                "must be 1 to 100 letters, digits or _ . : -",
+                "name the limit e.g. 'payments-api' or 'tenant.concurrency'",
+            )
+        for fname in ("queue", "task_type"):
+            value = getattr(self, fname)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValidationError(
+                    fname, value, "must be a non-empty string or None", f"pass the {fname} name"
+                )
+        if self.partition_by is not None and (
+            not isinstance(self.partition_by, str)
+            or not _PARTITION_KEY.fullmatch(self.partition_by)
+        ):
+            raise ValidationError(
+                "partition_by",
+                self.partition_by,
+                "must be one top-level key name (letters, digits, _ or -)",
+                "name a key of the payload, e.g. partition_by='tenant'",
+            )
+        if self.partition_in not in ("payload", "headers"):
+            raise ValidationError(
+                "partition_in",
+                self.partition_in,
+                "is not a place a partition key is read from",
+                "use 'payload' or 'headers'",
+            )
+        _limit_count("concurrency", self.concurrency, "e.g. concurrency=4 (or None for no limit)")
+        _limit_count("rate", self.rate, "e.g. rate=10 with period=1.0 (or None for no limit)")
+        _limit_count("burst", self.burst, "e.g. burst=1 (starts evenly spaced)")
+        if self.burst is None:
+            raise ValidationError("burst", None, "must be a whole number >= 1", "e.g. burst=1")
+        if (
+            isinstance(self.period, bool)
+            or not isinstance(self.period, int | float)
+            or not 0.000001 <= self.period <= 366 * 86400
+        ):
+            raise ValidationError(
+                "period",
+                self.period,
+                "must be a number of seconds from 0.000001 to a year",
+                "e.g. period=1.0 (per second) or period=60 (per minute)",
+            )
+        if self.fair and self.partition_by is None:
+            raise ValidationError(
+                "fair",
+                self.fair,
+                "round-robin needs partitions to take turns between",
+                "set partition_by (e.g. partition_by='tenant') or fair=False",
+            )
+        for key, weight in self.weights:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise ValidationError(
+                    "weights",
+                    key,
+                    "is not a partition value (a string or an integer)",
+                    "key the weights by the values of the partition key, e.g. {'premium': 3}",
+                )
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+                raise ValidationError(
+                    f"weights[{key!r}]",
+                    weight,
+                    "must be a whole number from 1 to 1000",
+                    "e.g. 3 for three turns per round",
+                )
+        if self.weights and not self.fair:
+            raise ValidationError(
+                "weights",
+                dict(self.weights),
+                "weigh the turns of a fair rule, and this rule is not fair",
+                "set fair=True (with partition_by), or drop the weights",
+            )
+        if self.concurrency is None and self.rate is None and not self.fair:
+            raise ValidationError(
+                "concurrency",
+                None,
+                f"limit {self.name!r} limits nothing (no concurrency, no rate, not fair)",
+                "set concurrency=N, rate=N (with period=) or fair=True",
+            )
+
+    @property
+    def period_us(self) -> int:
+        """The period in microseconds."""
+        return max(1, round(self.period * 1_000_000))
+
+    @property
+    def interval_us(self) -> int:
+        """The rate's spacing between starts in microseconds (``period / rate``, rounded
+        up so the rate is never exceeded); 0 without a rate."""
+        return 0 if self.rate is None else -(-self.period_us // self.rate)
+
+    def weight_of(self, value: Any) -> int:
+        """The turns per round of the partition with this value (1 unless weighted)."""
+        for key, weight in self.weights:
+            if key == value and isinstance(key, bool) == isinstance(value, bool):
+                return weight
+        return 1
+
+    def matches(self, queue: str, task_type: str) -> bool:
+        """True when the rule applies to a task of ``task_type`` in ``queue``."""
+        return (self.queue is None or self.queue == queue) and (
+            self.task_type is None or self.task_type == task_type
+        )
+
+    def describe(self) -> str:
+        """One line for listings: what it limits and how."""
+        scope = []
+        scope.append(f"queue={self.queue}" if self.queue else "every queue")
+        scope.append(f"type={self.task_type}" if self.task_type else "every type")
+        if self.partition_by:
+            scope.append(f"per {self.partition_in}.{self.partition_by}")
+        what = []
+        if self.concurrency is not None:
+            what.append(f"{self.concurrency} running")
+        if self.rate is not None:
+            what.append(f"{self.rate}/{self.period:g}s burst {self.burst}")
+        if self.fair:
+            shown = ", ".join(f"{k}×{w}" for k, w in self.weights)
+            what.append("round-robin" + (f" (weights {shown})" if shown else ""))
+        return f"{', '.join(scope)}: {', '.join(what)}"
+
+
+def _limit_rules(value: Iterable[LimitRule]) -> tuple[LimitRule, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class LeasePlan:
     """The answer to ``hookqueue_lease``: how the store picks the next tasks.
@@ -579,6 +791,13 @@ class LeasePlan:
     group_by: str | None = attrs.field(default=None, validator=_group_by)
     #: Name shown by ``hookqueue plugins`` and in benchmarks.
     name: str = "fifo"
+    #: Limits the store applies inside the lease transaction (concurrency, rate,
+    #: round-robin turns; see :class:`LimitRule`), on top of the order: a due task a rule
+    #: holds back stays ``queued`` and spends no attempt.
+    limits: tuple[LimitRule, ...] = attrs.field(default=(), converter=_limit_rules)
+    #: True: also apply the rules stored in the database (``TaskStore.set_limit``), read
+    #: inside the same transaction (the ``limits`` plugin sets it).
+    stored_limits: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -32,7 +32,16 @@ import pluggy
 
 from .clock import Clock, from_us, seconds_to_us, to_us
 from .handlers import TaskHandlerRegistry
-from .models import EventKind, Failure, HandlerSpec, LeaseRequest, Task, TaskEvent, WorkerInfo
+from .models import (
+    EventKind,
+    Failure,
+    HandlerSpec,
+    LeasePlan,
+    LeaseRequest,
+    Task,
+    TaskEvent,
+    WorkerInfo,
+)
 from .plugins import Hooks
 from .storage import Settlement, TaskStore, Transition
 
@@ -78,6 +87,7 @@ class QueueRuntime:
             self.handlers.add(spec)
         self._wakers: dict[int, Callable[[str], None]] = {}
         self._lock = threading.Lock()
+        self._last_plan: LeasePlan | None = None
 
     def __repr__(self) -> str:
         return f"QueueRuntime({self.db!r})"
@@ -190,6 +200,7 @@ class QueueRuntime:
             lease_seconds=lease_seconds,
         )
         plan = self.hooks.lease(self.queue, request)
+        self._last_plan = plan
         observed = self.hooks.has_event_observers()
         leased, transitions = self.db.lease(
             worker_id=worker_id,
@@ -276,15 +287,23 @@ class QueueRuntime:
         """Record a worker's clean shutdown."""
         self.db.worker_stopped(worker_id, self.clock.now_us())
 
+    @property
+    def last_plan(self) -> LeasePlan | None:
+        """The plan the scheduler gave the latest lease (None before the first one).
+        ``has_work`` and the wake-up delay use it, so they see what a lease would — above
+        all its limits: a due task a limit holds back is not work. Before the first lease
+        they see every due task as work, and that lease asks the scheduler."""
+        return self._last_plan
+
     def has_work(self, queues: Sequence[str], task_types: Sequence[str] | None = None) -> bool:
-        """True if a task of ``task_types`` (None: any) is due in ``queues``, or a lease
-        expired (a read; takes no lock)."""
-        return self.db.has_work(queues, self.clock.now_us(), task_types)
+        """True if a task of ``task_types`` (None: any) is due in ``queues`` and the plan's
+        limits let it start, or a lease expired (a read; takes no lock)."""
+        return self.db.has_work(queues, self.clock.now_us(), task_types, plan=self._last_plan)
 
     def next_wakeup_delay(self, queues: Sequence[str]) -> float | None:
-        """Seconds until a delayed task in ``queues`` is due or a lease expires; None when
-        nothing is scheduled."""
-        delay = self.db.next_wakeup_delay_us(queues, self.clock.now_us())
+        """Seconds until a delayed task in ``queues`` is due, a lease expires or a rate
+        limit allows a held task to start; None when nothing is scheduled."""
+        delay = self.db.next_wakeup_delay_us(queues, self.clock.now_us(), plan=self._last_plan)
         return None if delay is None else delay / 1e6
 
 

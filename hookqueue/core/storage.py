@@ -32,9 +32,37 @@ Rules every implementation keeps:
 
 The records that cross this boundary are defined here (:class:`InsertRow`,
 :class:`Settlement`, :class:`QueueGauge`, :class:`FinishedSample`, and for periodic schedules
-:class:`ScheduleDefinition`, :class:`ScheduleRow`, :class:`TickFire`, :class:`FireOutcome`) or in
-:mod:`hookqueue.core.models` (:class:`~hookqueue.core.models.Task`,
-:class:`~hookqueue.core.models.LeasePlan`, :class:`~hookqueue.core.models.WorkerInfo`).
+:class:`ScheduleDefinition`, :class:`ScheduleRow`, :class:`TickFire`, :class:`FireOutcome`, and
+for limits :class:`LimitUsage`) or in :mod:`hookqueue.core.models`
+(:class:`~hookqueue.core.models.Task`, :class:`~hookqueue.core.models.LeasePlan`,
+:class:`~hookqueue.core.models.LimitRule`, :class:`~hookqueue.core.models.WorkerInfo`).
+
+**Limits** (the store's limit vocabulary, used by the ``limits`` plugin): a
+:class:`~hookqueue.core.models.LeasePlan` may carry :class:`~hookqueue.core.models.LimitRule`
+records (``plan.limits``) and/or ask for the rules stored with :meth:`TaskStore.set_limit`
+(``plan.stored_limits``). The store applies them inside the lease's one transaction:
+
+- *concurrency*: a task starts only while fewer than ``concurrency`` running tasks share its
+  bucket (a task whose worker died counts as running until its lease expires and the lease
+  sweep, earlier in the same transaction, takes it back);
+- *rate*: per bucket, a token bucket of ``burst`` tokens refilled at ``rate`` per ``period``
+  (the state — the bucket's theoretical arrival time — is stored and written in the lease
+  transaction). State ahead of the caller's ``now_us`` by up to :data:`CLOCK_SLACK_US` more
+  than a start could write is honoured (workers' clocks disagree a little: the caller waits
+  by its own clock and its wake-up delay says how long); state further ahead was written by
+  a clock that reads far ahead and is ignored, so one wrong clock cannot hold a bucket;
+- *fair*: the buckets of a fair rule take turns — each lease serves first the bucket served
+  least, a task costing a bucket one turn divided by its weight (``LimitRule.weights``); a
+  bucket new or back after a quiet spell starts level with the latest turn. The positions
+  are stored, so turns hold across leases and processes.
+
+A task held back stays ``queued`` with its attempts unchanged. ``has_work`` and
+``next_wakeup_delay_us`` take the same plan: a worker whose only due tasks are held back has
+no work, and its wake-up delay includes the next instant a rate allows a start. Capacity
+freed by a settlement, cancel or expiry reaches waiting workers through the store's normal
+change notification. A store that does not implement limits refuses a plan that carries
+rules and :meth:`TaskStore.set_limit` with a :class:`~hookqueue.core.errors.StoreError`
+naming the gap (and has no stored rules, so ``stored_limits`` asks for nothing there).
 """
 
 from __future__ import annotations
@@ -46,7 +74,16 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .models import AttemptFailure, LeasePlan, Task, TaskFilter, TaskStatus, WorkerInfo, _instance
+from .models import (
+    AttemptFailure,
+    LeasePlan,
+    LimitRule,
+    Task,
+    TaskFilter,
+    TaskStatus,
+    WorkerInfo,
+    _instance,
+)
 
 #: ``"full"``: an acknowledged write survives power loss; ``"normal"``: it survives an
 #: application crash, and power loss may take the last commits (see docs/concepts.md).
@@ -284,6 +321,33 @@ class FireOutcome:
     already: tuple[int, ...] = ()
 
 
+#: How far stored rate state may lie beyond what a start at the caller's ``now_us`` could
+#: write and still be honoured (60 s): workers' clocks disagree a little; state further ahead
+#: was written by a clock that reads wrong and is ignored.
+CLOCK_SLACK_US = 60_000_000
+
+
+@attrs.frozen(kw_only=True)
+class LimitUsage:
+    """One bucket of one limit rule, as :meth:`TaskStore.limit_usage` reports it."""
+
+    #: The rule's name.
+    rule: str
+    #: The bucket's partition value (None: the rule has no partitions, or the tasks have no
+    #: string or number value at its key).
+    partition: Any = None
+    #: Running tasks counted against the rule in this bucket.
+    running: int = 0
+    #: Due queued tasks in this bucket.
+    due: int = 0
+    #: Due queued tasks held back by this rule now (the bucket is at its concurrency, or
+    #: its rate allows no start yet): 0 when the bucket has room.
+    waiting: int = 0
+    #: When the rate next allows a start in this bucket (UTC microseconds); None without a
+    #: rate or when a start is allowed now.
+    next_start_us: int | None = None
+
+
 @runtime_checkable
 class ChangeWatcher(Protocol):
     """Tells a waiting thread that another connection may have committed.
@@ -513,16 +577,30 @@ class TaskStore(Protocol):
     # -- what workers call -------------------------------------------------------------------
 
     def has_work(
-        self, queues: Sequence[str], now_us: int, task_types: Sequence[str] | None = None
+        self,
+        queues: Sequence[str],
+        now_us: int,
+        task_types: Sequence[str] | None = None,
+        *,
+        plan: LeasePlan | None = None,
     ) -> bool:
         """True if a task of ``task_types`` (None: any) is due in one of ``queues``, or a
         lease has expired in any queue (a lease takes those over). A read: takes no write
-        lock."""
+        lock.
+
+        :param plan: the plan a lease would use: with limits (``plan.limits``,
+            ``plan.stored_limits``) a due task the limits hold back is not work. A store
+            without limits refuses a plan carrying rules (:class:`StoreError`).
+        """
         ...
 
-    def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
-        """Microseconds until a delayed task in ``queues`` becomes due or a lease expires;
-        None when nothing is scheduled."""
+    def next_wakeup_delay_us(
+        self, queues: Sequence[str], now_us: int, *, plan: LeasePlan | None = None
+    ) -> int | None:
+        """Microseconds until a delayed task in ``queues`` becomes due or a lease expires
+        — and, with a ``plan`` carrying rate limits, until a rate next allows a start of a
+        held bucket (such a wake-up may find nothing to do); None when nothing is
+        scheduled."""
         ...
 
     def watch_changes(
@@ -559,7 +637,9 @@ class TaskStore(Protocol):
         :param limit: lease at most this many (0: only settle and sweep).
         :param now_us: the current instant; ``lease_expires_at = now_us + lease_us``.
         :param plan: the scheduler's plan (``hookqueue_lease``): the order, or a window of
-            candidates and a ``rerank`` function that picks among them.
+            candidates and a ``rerank`` function that picks among them, and the limits the
+            lease keeps (see the module docs: a task a limit holds back stays queued and is
+            not leased; a ``rerank`` is offered only tasks the limits allow now).
         :param decide_expired: asked about each task whose lease expired (at most 256 per
             call, oldest expiry first; the rest on the next calls). A task whose
             cancellation was requested ends ``cancelled`` whatever it answers, and one with
@@ -683,6 +763,40 @@ class TaskStore(Protocol):
         """
         ...
 
+    # -- limits ------------------------------------------------------------------------------
+
+    def set_limit(self, rule: LimitRule, now_us: int) -> str:
+        """Store a limit rule by name, in one transaction: created, or replaced as a whole.
+        Workers' next leases apply it (they read the stored rules inside each lease
+        transaction). A rate's stored state is kept when the rule is replaced; a bucket's
+        state goes when the rule is deleted.
+
+        :returns: ``"created"``, ``"updated"`` or ``"unchanged"``.
+        :raises StoreError: the store does not implement limits (nothing is stored).
+        """
+        ...
+
+    def delete_limit(self, name: str) -> bool:
+        """Delete a stored rule with its rate state and turns, in one transaction; tasks it
+        held back become leasable by the next lease (the deletion is a change workers
+        are notified of).
+
+        :returns: False when no rule had that name.
+        """
+        ...
+
+    def list_limits(self) -> builtins.list[LimitRule]:
+        """The stored rules, by name (one snapshot)."""
+        ...
+
+    def limit_usage(
+        self, now_us: int, rules: Sequence[LimitRule] | None = None
+    ) -> builtins.list[LimitUsage]:
+        """Per rule (the stored ones, or ``rules``) and bucket with running or due tasks,
+        its counts and whether it holds tasks back now, in one snapshot; ordered by rule
+        name, then most waiting first. A read: takes no write lock."""
+        ...
+
     # -- user actions ------------------------------------------------------------------------
 
     def cancel(self, task_id: int, now_us: int) -> Transition:
@@ -784,7 +898,9 @@ __all__ = [
     "ExpiryDecider",
     "FinishedSample",
     "FireOutcome",
+    "CLOCK_SLACK_US",
     "InsertRow",
+    "LimitUsage",
     "QueueGauge",
     "ScheduleDefinition",
     "ScheduleRow",

@@ -438,7 +438,6 @@ class WorkerEngine:
         """Notice other processes' commits (the store's change watcher) and wake the loop
         when one brings due work for this worker."""
         db = self.runtime.db
-        clock = self.runtime.clock
         watcher = db.watch_changes(
             self.wake_poll_interval, sleep_while_idle=self.wake_on_wal_writes
         )
@@ -457,7 +456,7 @@ class WorkerEngine:
                     continue
                 try:
                     queues = db.queued_queue_names() if self.all_queues else self.queues
-                    if not db.has_work(queues, clock.now_us(), self._task_types()):
+                    if not self.runtime.has_work(queues, self._task_types()):
                         continue
                 except StoreError:
                     self._wake_from_queue("commit")  # the loop looks, and handles it

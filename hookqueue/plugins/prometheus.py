@@ -258,7 +258,13 @@ class PrometheusExporter(Collector):
             "lost (stale beyond the horizon), stopped.",
             labels=["database", "state"],
         )
-        families: list[Any] = [up, tasks, queued, oldest, workers]
+        limits = GaugeMetricFamily(
+            n("limit_tasks"),
+            "Per stored limit rule: tasks running under it (state=running) and due tasks it "
+            "holds back now (state=waiting), summed over its partitions.",
+            labels=["database", "limit", "state"],
+        )
+        families: list[Any] = [up, tasks, queued, oldest, workers, limits]
         if self.health:
             healthy = GaugeMetricFamily(
                 n("healthy"), "1 if the health summary finds no problem.", labels=["database"]
@@ -297,6 +303,9 @@ class PrometheusExporter(Collector):
                 oldest.add_metric([path, name], gauges.oldest_age.get(name, 0.0))
             for state, count in gauges.workers.items():
                 workers.add_metric([path, state], float(count))
+            for name, (running, waiting) in sorted(gauges.limits.items()):
+                limits.add_metric([path, name, "running"], float(running))
+                limits.add_metric([path, name, "waiting"], float(waiting))
             if summary is not None:
                 healthy.add_metric([path], 1.0 if summary["healthy"] else 0.0)
                 failure.add_metric([path], summary["failure_rate"])

@@ -298,6 +298,40 @@ def test_the_periodic_script_measures_firing_and_the_drain_beside_schedules(
     assert "| scheduler off | " in proc.stdout and "(1.00×)" in proc.stdout
 
 
+@pytest.mark.slow
+def test_the_limits_script_measures_the_drain_under_limits_and_fairness(tmp_path: Path) -> None:
+    """``benchmarks/limits.py --quick``: a figure for raw apsw and every variant of the drain
+    (printed with its ratios), and the small tenant's waits in FIFO and round-robin order."""
+    out = tmp_path / "limits.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "limits.py"),
+            "--quick",
+            "--durability",
+            "normal",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert _number(data["raw"]["normal"]) and data["raw"]["normal"] > 0
+    drains = data["drain"]["normal"]
+    assert len(drains) == 6 and all(_number(v) and v > 0 for v in drains.values())
+    assert "| no limit | " in proc.stdout and "; 1.00×)" in proc.stdout
+    leases = data["lease"]["normal"]
+    assert len(leases) == 5 and all(_number(v) and v > 0 for v in leases.values())
+    fair = data["fairness"]["normal"]
+    assert set(fair) == {"fifo", "round-robin"}
+    assert all(_number(v) and v >= 0 for mode in fair.values() for v in mode.values())
+    assert len(data["meta"]["load_average_at_end"]) == 3
+
+
 PG_RUN = ROOT / "benchmarks" / "postgres.py"
 PG_WORKLOADS = ["W1", "W2", "W3", "W3p4", "W4", "W5"]
 

@@ -77,7 +77,7 @@ def test_a_version_1_file_is_migrated_with_its_tasks(db_path: Path) -> None:
     clock = FakeClock(from_us(NOW_US + 1_000_000))  # inside the running task's lease
     q = Queue(db_path, load_entrypoints=False, clock=clock, durability="normal")
     try:
-        assert q.db.schema_version() == SCHEMA_VERSION == 5
+        assert q.db.schema_version() == SCHEMA_VERSION == 6
         assert q.db.check() == []
         assert q.counts() == {s.value: 2 for s in TaskStatus}
         assert q.counts(by_type=True) == {t: {s.value: 1 for s in TaskStatus} for t in "ab"}
@@ -252,3 +252,38 @@ def test_listing_matches_filtering_every_task(
         newest_first=newest_first,
     )
     assert got == expected
+
+
+def test_a_version_5_file_is_migrated_to_hold_limits(db_path: Path) -> None:
+    """v5 → v6 adds the limits' tables and keeps the tasks: a v5 file's queued task is
+    leased under a limit stored after the migration."""
+    from hookqueue.core.models import LeasePlan, LimitRule
+
+    conn = apsw.Connection(str(db_path))
+    for step in MIGRATIONS[:5]:
+        conn.execute(step)
+    conn.pragma("user_version", 5)
+    conn.pragma("application_id", APPLICATION_ID)
+    conn.execute(
+        "INSERT INTO tasks (queue, task_type, payload, priority, status, max_attempts, "
+        "run_after, created_at) VALUES ('default', 't', '{}', 0, 'queued', 1, ?, ?)",
+        (NOW_US, NOW_US),
+    )
+    conn.close()
+    db = QueueDatabase(db_path, durability="normal")
+    try:
+        assert db.schema_version() == 6
+        assert db.set_limit(LimitRule(name="one", concurrency=1), NOW_US) == "created"
+        leased, _ = db.lease(
+            worker_id="w",
+            queues=["default"],
+            limit=5,
+            now_us=NOW_US,
+            lease_us=1_000_000,
+            plan=LeasePlan(stored_limits=True),
+            decide_expired=lambda t: (None, ""),
+        )
+        assert len(leased) == 1
+        assert db.check() == []
+    finally:
+        db.close()

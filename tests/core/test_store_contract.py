@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hookqueue import QueueDatabase
+from hookqueue.contrib.contracts.limits import LimitStoreContract
 from hookqueue.contrib.contracts.store import StoreContract, StoreOpener
 from hookqueue.core.storage import TaskStore
 
@@ -26,3 +27,11 @@ class TestSqliteStore(StoreContract):
     def store_opener(self, store: TaskStore) -> StoreOpener:
         """Another process opens the same file."""
         return StoreOpener("hookqueue:QueueDatabase", (store.location,), {"durability": "normal"})
+
+
+class TestSqliteLimits(LimitStoreContract):
+    """The limit vocabulary's contract, on a new SQLite file per test."""
+
+    def make_store(self, tmp_path: Path) -> TaskStore:
+        """A new SQLite file in the test's directory."""
+        return QueueDatabase(tmp_path / "q.db", durability="normal")

@@ -50,6 +50,14 @@ SQL_HELPERS = {
     "sql_flag_running_ids",
     "sql_requeue_ids",
     "sql_delete_ids",
+    "sql_rule_running",
+    "sql_rule_due",
+    "sql_rule_any_due",
+    "sql_limit_candidates",
+    "sql_limit_fair",
+    "sql_limit_buckets",
+    "_exclusions",
+    "_part_columns",
 }
 #: Names imported from hookqueue.core.models that are tuples of column-name literals
 #: (checked by the test against the real module).

@@ -76,6 +76,7 @@ from hookqueue.core.models import (
     AttemptFailure,
     Candidate,
     LeasePlan,
+    LimitRule,
     SortKey,
     Task,
     TaskFilter,
@@ -311,6 +312,10 @@ _CALLS: dict[str, Callable[[TaskStore], Any]] = {
     "queued_queue_names": lambda s: s.queued_queue_names(),
     "export_rows": lambda s: s.export_rows(),
     "import_rows": lambda s: s.import_rows([]),
+    "set_limit": lambda s: s.set_limit(LimitRule(name="l", concurrency=1), T0),
+    "delete_limit": lambda s: s.delete_limit("l"),
+    "list_limits": lambda s: s.list_limits(),
+    "limit_usage": lambda s: s.limit_usage(T0),
 }
 
 #: Payload values and the partition a re-ranking plan must offer for each (the value itself).

@@ -30,6 +30,7 @@ from ..models import (
     AttemptFailure,
     Candidate,
     LeasePlan,
+    LimitRule,
     SortKey,
     Task,
     TaskFilter,
@@ -43,6 +44,7 @@ from ..storage import (
     FinishedSample,
     FireOutcome,
     InsertRow,
+    LimitUsage,
     QueueGauge,
     RawRow,
     ScheduleDefinition,
@@ -51,7 +53,17 @@ from ..storage import (
     TickFire,
     Transition,
 )
+from . import limiting
 from .connection import SYNCHRONOUS, Connections, default_database_path
+from .limiting import (
+    SQL_LIMIT_DELETE,
+    SQL_LIMIT_GET,
+    SQL_LIMIT_INSERT,
+    SQL_LIMIT_RATES_DELETE,
+    SQL_LIMIT_TURNS_DELETE,
+    SQL_LIMIT_UPDATE,
+    SQL_RATE_PRUNE,
+)
 from .schema import SCHEMA_VERSION, migrate
 from .statements import (
     FINAL_STATUSES,
@@ -868,33 +880,69 @@ class QueueDatabase:
         latest: int | None = conn.execute(SQL_LATEST_CREATED).get
         return now_us if latest is None or latest <= now_us else latest
 
-    def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
-        """Microseconds until a delayed task becomes due or a lease expires, or None."""
+    def next_wakeup_delay_us(
+        self, queues: Sequence[str], now_us: int, *, plan: LeasePlan | None = None
+    ) -> int | None:
+        """Microseconds until a delayed task becomes due, a lease expires or (with a plan
+        carrying rate limits) a held rate bucket allows a start again; None when nothing is
+        scheduled."""
         conn = self._cx.conn()
         with self._cx.errors:
             due_us = self._due_us(conn, now_us)
             due = conn.execute(sql_next_due(len(queues)), (*queues, due_us)).get
             expiry = conn.execute(SQL_NEXT_EXPIRY).get
+            start = None
+            rules = limiting.plan_rules(conn, plan, queues, None)
+            if any(r.rate is not None for r in rules):
+                start = limiting.Selection(conn, rules, now_us, load_turns=False).next_start_us(
+                    due_us
+                )
         delays = []
         if due is not None:
             delays.append(due - due_us)
         if expiry is not None:
             delays.append(max(0, expiry - now_us))
+        if start is not None:
+            delays.append(max(0, start - now_us))
         return min(delays) if delays else None
 
     def has_work(
-        self, queues: Sequence[str], now_us: int, task_types: Sequence[str] | None = None
+        self,
+        queues: Sequence[str],
+        now_us: int,
+        task_types: Sequence[str] | None = None,
+        *,
+        plan: LeasePlan | None = None,
     ) -> bool:
-        """True if a task (of ``task_types``, None: any) is due in one of ``queues`` or a
-        lease has expired (a read; no lock)."""
+        """True if a task (of ``task_types``, None: any) is due in one of ``queues`` and the
+        plan's limits allow it to start, or a lease has expired (a read; no lock)."""
         conn = self._cx.conn()
         types = () if task_types is None else tuple(task_types)
         sql = sql_any_due_in_queue(None if task_types is None else len(types))
         with self._cx.errors:
             due_us = self._due_us(conn, now_us)
-            for q in queues:
-                if conn.execute(sql, (q, due_us, *types)).get is not None:
+            rules = limiting.plan_rules(conn, plan, queues, task_types)
+            if rules and queues:
+                assert plan is not None
+                # Statement by statement, without a transaction (a read must not take the
+                # write lock): a commit in between makes the answer stale, and that commit
+                # notifies the watchers again, so the worker looks again.
+                sel = limiting.Selection(conn, rules, now_us, load_turns=False)
+                rows = sel.candidates(
+                    plan,
+                    queues,
+                    due_us,
+                    task_types,
+                    self._order_params(plan, due_us),
+                    16,
+                    fair=False,
+                )
+                if sel.pick(rows, 1):
                     return True
+            else:
+                for q in queues:
+                    if conn.execute(sql, (q, due_us, *types)).get is not None:
+                        return True
             return conn.execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
 
     # -- lease ---------------------------------------------------------------------------------
@@ -1069,6 +1117,11 @@ class QueueDatabase:
         due_us = self._due_us(conn, now_us)
         order_params = self._order_params(plan, due_us)
         set_params = (worker_id, now_us + lease_us, now_us)
+        rules = limiting.plan_rules(conn, plan, queues, task_types)
+        if rules:
+            return self._lease_limited(
+                conn, rules, queues, limit, now_us, due_us, plan, task_types, set_params
+            )
         if plan.rerank is None:
             sql = sql_lease(keys, len(queues), n_types)
             params = (*set_params, *queues, due_us, *types, *order_params, limit)
@@ -1128,6 +1181,76 @@ class QueueDatabase:
         chosen_ids = _ids(conn.execute(sql_lease_chosen(len(chosen)), (*set_params, *chosen)))
         by_id = {r[0]: r for r in self._read_rows(conn, chosen_ids, now_us)}
         return [by_id[i] for i in chosen if i in by_id]
+
+    def _lease_limited(
+        self,
+        conn: apsw.Connection,
+        rules: Sequence[LimitRule],
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        due_us: int,
+        plan: LeasePlan,
+        task_types: Sequence[str] | None,
+        set_params: tuple[Any, ...],
+    ) -> builtins.list[Any]:
+        """A lease that keeps ``rules`` (see :mod:`.limiting`): the candidates no full bucket
+        holds, walked in order (or in turns), counted against every rule they match."""
+        sel = limiting.Selection(conn, rules, now_us)
+        order_params = self._order_params(plan, due_us)
+        if plan.rerank is None:
+            # A little more than asked when a start may fill a bucket half-way through the
+            # batch (its later tasks are then skipped); exactly the batch when none can.
+            window = limit if sel.roomy(limit) else limit + min(limit, 32) + 8
+            rows = sel.candidates(plan, queues, due_us, task_types, order_params, window)
+            chosen = sel.pick(rows, limit)
+        else:
+            # The plan's window as usual, its held tasks left out before the re-ranking, and
+            # the choice walked again (one start may fill a bucket for the next).
+            window_rows = sel.candidates(
+                plan, queues, due_us, task_types, order_params, plan.window, fair=False
+            )
+            allowed = {row[0]: row for row in window_rows if _allowed_alone(sel, row)}
+            if not allowed:
+                return []
+            offered = self._window(conn, plan, list(allowed), due_us)
+            ranked = dict.fromkeys(i for i in plan.rerank(offered, limit) if i in allowed)
+            chosen = sel.pick([allowed[i] for i in ranked], limit)
+        if not chosen:
+            return []
+        chosen_ids = _ids(conn.execute(sql_lease_chosen(len(chosen)), (*set_params, *chosen)))
+        sel.write()
+        by_id = {r[0]: r for r in self._read_rows(conn, chosen_ids, now_us)}
+        return [by_id[i] for i in chosen if i in by_id]
+
+    def _window(
+        self, conn: apsw.Connection, plan: LeasePlan, ids: Sequence[int], due_us: int
+    ) -> builtins.list[Candidate]:
+        """The re-ranking candidates of these ids, in the plan's order."""
+        rows = self._read_rows(conn, ids, due_us)
+        rows.sort(key=_row_order(plan, due_us))
+        out = []
+        for row in rows:
+            partition = None
+            if plan.partition_key:
+                try:
+                    payload = json.loads(row[TASK_COLUMNS.index("payload")])
+                    if isinstance(payload, dict):
+                        partition = payload.get(plan.partition_key)
+                except ValueError:
+                    partition = None
+            out.append(
+                Candidate(
+                    id=row[_ID],
+                    task_type=row[TASK_COLUMNS.index("task_type")],
+                    priority=row[_PRIORITY],
+                    queue=row[TASK_COLUMNS.index("queue")],
+                    created_at_us=row[TASK_COLUMNS.index("created_at")],
+                    run_after_us=row[_RUN_AFTER],
+                    partition=partition,
+                )
+            )
+        return out
 
     def _read_rows(
         self, conn: apsw.Connection, ids: Sequence[int], now_us: int
@@ -1383,6 +1506,8 @@ class QueueDatabase:
         with self._cx.write() as conn:
             conn.execute(SQL_PRUNE_WORKERS, (older_than_us,))
             conn.execute(SQL_PRUNE_TICKS, (older_than_us,))
+            # Rate state that ran out before the cut-off allows a full burst: as if none.
+            conn.execute(SQL_RATE_PRUNE, (older_than_us,))
         return total
 
     def vacuum(self) -> None:
@@ -1628,6 +1753,61 @@ class QueueDatabase:
             already=tuple(already),
         )
 
+    # -- limits ----------------------------------------------------------------------------------
+
+    def set_limit(self, rule: LimitRule, now_us: int) -> str:
+        """Store a limit rule by name (created, or replaced as a whole), in one transaction.
+
+        :returns: ``"created"``, ``"updated"`` or ``"unchanged"``.
+        """
+        if not isinstance(rule, LimitRule):
+            raise ValidationError(
+                "rule",
+                rule,
+                "is not a LimitRule",
+                "build one: LimitRule(name=..., concurrency=...)",
+            )
+        values = limiting.rule_values(rule)
+        with self._cx.write() as conn:
+            row = conn.execute(SQL_LIMIT_GET, (rule.name,)).get
+            if row is None:
+                conn.execute(SQL_LIMIT_INSERT, (rule.name, *values, now_us, now_us))
+                return "created"
+            if limiting.rule_from_row(row) == rule:
+                return "unchanged"
+            conn.execute(SQL_LIMIT_UPDATE, (*values, now_us, rule.name))
+            return "updated"
+
+    def delete_limit(self, name: str) -> bool:
+        """Delete a stored rule with its rate state and turns, in one transaction.
+
+        :returns: False when no rule had that name.
+        """
+        with self._cx.write() as conn:
+            conn.execute(SQL_LIMIT_DELETE, (name,))
+            found = conn.changes() > 0
+            conn.execute(SQL_LIMIT_RATES_DELETE, (name,))
+            conn.execute(SQL_LIMIT_TURNS_DELETE, (name,))
+        return found
+
+    def list_limits(self) -> builtins.list[LimitRule]:
+        """The stored rules, by name."""
+        with self._cx.errors:
+            return limiting.stored_rules(self._cx.conn())
+
+    def limit_usage(
+        self, now_us: int, rules: Sequence[LimitRule] | None = None
+    ) -> builtins.list[LimitUsage]:
+        """Per rule (the stored ones, or ``rules``) and bucket with running or due tasks:
+        counts and what is held back now (a read; no lock)."""
+        conn = self._cx.conn()
+        with self._cx.errors:
+            chosen = limiting.stored_rules(conn) if rules is None else list(rules)
+            chosen.sort(key=lambda r: r.name)
+            due_us = self._due_us(conn, now_us)
+            sel = limiting.Selection(conn, chosen, now_us, load_turns=False)
+            return sel.usage(due_us)
+
     # -- raw rows (hookqueue copy) ---------------------------------------------------------------
 
     def export_rows(self, *, after_id: int = 0, limit: int = 1000) -> builtins.list[RawRow]:
@@ -1754,6 +1934,17 @@ def _row_order(plan: LeasePlan, now_us: int) -> Callable[[Any], tuple[Any, ...]]
         return tuple(parts)
 
     return key
+
+
+def _allowed_alone(sel: limiting.Selection, row: Sequence[Any]) -> bool:
+    """Would ``row`` be allowed to start by itself (nothing else starting with it)?"""
+    queue, task_type = row[1], row[2]
+    for r in sel.rules:
+        if r.rule.matches(queue, task_type):
+            bucket = "" if r.part is None else row[3 + r.part]
+            if not r.allows(bucket, sel.now_us):
+                return False
+    return True
 
 
 def _priority_key(row: Any) -> tuple[Any, ...]:

@@ -22,7 +22,7 @@ log = logging.getLogger("hookqueue.store")
 #: recognised and refused instead of being written to.
 APPLICATION_ID = 0x486B5175
 #: The schema version this code writes; older databases are migrated forward.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a database from version n to n + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -176,6 +176,41 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT, WITHOUT ROWID;
     -- Pruning marks by age.
     CREATE INDEX schedule_ticks_fired ON schedule_ticks (fired_at);
+    """,
+    # v6: limits (the limits plugin's, through the store's named methods). Rules by name; per
+    # rule and bucket the rate's state (its theoretical arrival time, one integer) and the
+    # round-robin position of a fair rule's buckets (its "virtual time": the turns it was
+    # served, each worth 1/weight). All three are read and written inside the lease
+    # transaction, so every process counts the same starts.
+    """
+    CREATE TABLE limits (
+        name         TEXT    PRIMARY KEY,
+        queue        TEXT,
+        task_type    TEXT,
+        partition_by TEXT,
+        partition_in TEXT    NOT NULL DEFAULT 'payload'
+            CHECK (partition_in IN ('payload', 'headers')),
+        concurrency  INTEGER CHECK (concurrency >= 1),
+        rate         INTEGER CHECK (rate >= 1),
+        period       REAL    NOT NULL CHECK (period > 0),
+        burst        INTEGER NOT NULL DEFAULT 1 CHECK (burst >= 1),
+        fair         INTEGER NOT NULL DEFAULT 0 CHECK (fair IN (0, 1)),
+        weights      TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE limit_rates (
+        rule   TEXT    NOT NULL,
+        bucket TEXT    NOT NULL,
+        tat    INTEGER NOT NULL,
+        PRIMARY KEY (rule, bucket)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE limit_turns (
+        rule   TEXT    NOT NULL,
+        bucket TEXT    NOT NULL,
+        turn   INTEGER NOT NULL,
+        PRIMARY KEY (rule, bucket)
+    ) STRICT, WITHOUT ROWID;
     """,
 )
 

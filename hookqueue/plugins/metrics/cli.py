@@ -50,6 +50,13 @@ def render_summary(summary: Mapping[str, Any], *, database: str = "") -> str:
         f"workers:     {workers['active']} active, {workers['stale']} stale, "
         f"{workers['lost']} lost, {workers['stopped']} stopped",
     ]
+    limits = summary.get("limits") or {}
+    if limits:
+        shown = ", ".join(
+            f"{name} {v['running']} running/{v['waiting']} waiting"
+            for name, v in sorted(limits.items())
+        )
+        lines.append(f"limits:      {shown}")
     if summary["reasons"]:
         lines.append("")
         lines.append("unhealthy because:")

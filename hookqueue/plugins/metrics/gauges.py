@@ -115,6 +115,9 @@ class DatabaseGauges:
     oldest_age: Mapping[str, float]
     #: ``{"active": n, "stale": n, "lost": n, "stopped": n}``.
     workers: Mapping[str, int]
+    #: ``{limit name: (running, waiting)}`` per stored limit rule (the limits plugin's):
+    #: tasks running under it, and due tasks it holds back now, summed over its partitions.
+    limits: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
 
 
 def _worker_state(worker: WorkerInfo, now: datetime, thresholds: HealthThresholds) -> str:
@@ -148,4 +151,21 @@ def read_database_gauges(
     workers = dict.fromkeys(("active", "stale", "lost", "stopped"), 0)
     for w in queue.workers():
         workers[_worker_state(w, now, thresholds)] += 1
-    return DatabaseGauges(at=now, tasks=tasks, queues=queues, oldest_age=oldest, workers=workers)
+    return DatabaseGauges(
+        at=now,
+        tasks=tasks,
+        queues=queues,
+        oldest_age=oldest,
+        workers=workers,
+        limits=limit_totals(queue, now_us),
+    )
+
+
+def limit_totals(queue: Queue, now_us: int) -> dict[str, tuple[int, int]]:
+    """``{limit name: (running, waiting)}`` per stored limit rule, summed over its
+    partitions (``TaskStore.limit_usage``; empty when none is stored)."""
+    totals: dict[str, tuple[int, int]] = {rule.name: (0, 0) for rule in queue.db.list_limits()}
+    for u in queue.db.limit_usage(now_us):
+        running, waiting = totals.get(u.rule, (0, 0))
+        totals[u.rule] = (running + u.running, waiting + u.waiting)
+    return totals

@@ -21,7 +21,7 @@ from hookqueue.core.models import TaskStatus
 from hookqueue.core.queue import Queue
 from hookqueue.core.storage import FinishedSample, TaskStore
 
-from .gauges import HealthThresholds, _worker_state, read_database_gauges
+from .gauges import HealthThresholds, _worker_state, limit_totals, read_database_gauges
 
 _PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
@@ -196,7 +196,9 @@ class QueueMetrics:
         ``throughput_per_second``, ``throughput_per_minute``, ``success_rate`` and
         ``failure_rate`` (completed and failed shares of the tasks finished in the window that
         ended either way; 0.0 when none did), ``active_workers``, ``workers``, ``retry``,
-        ``processing_time_seconds``, ``backlog``, ``sampled``, ``thresholds``.
+        ``processing_time_seconds``, ``backlog``, ``sampled``, ``thresholds``, and ``limits``
+        (``{limit name: {"running": n, "waiting": n}}`` per stored limit rule: tasks due but
+        held back by it are *waiting*).
         """
         th = self.thresholds
         queue = self.queue
@@ -240,6 +242,10 @@ class QueueMetrics:
         failure_rate = statuses["failed"] / judged if judged else 0.0
 
         growth, span = self._backlog_growth(now_us, due)
+        limits = {
+            name: {"running": running, "waiting": waiting}
+            for name, (running, waiting) in limit_totals(queue, now_us).items()
+        }
         reasons: list[str] = []
         if workers["stale"]:
             listed = ", ".join(
@@ -291,6 +297,7 @@ class QueueMetrics:
             "depth_by_type": by_type,
             "queued_due": due,
             "queued_delayed": delayed,
+            "limits": limits,
             "oldest_queued_task_age_seconds": oldest_age,
             "window_seconds": window,
             "finished_in_window": flow["finished"],

@@ -39,6 +39,7 @@ from hookqueue.core.models import (
     AttemptFailure,
     Candidate,
     LeasePlan,
+    LimitRule,
     SortKey,
     Task,
     TaskFilter,
@@ -52,6 +53,7 @@ from hookqueue.core.storage import (
     FinishedSample,
     FireOutcome,
     InsertRow,
+    LimitUsage,
     QueueGauge,
     ScheduleDefinition,
     ScheduleRow,
@@ -750,11 +752,29 @@ class PostgresStore:
 
     # -- what workers call ---------------------------------------------------------------------
 
+    def _no_limits(self, plan: LeasePlan | None) -> None:
+        """Refuse a plan that carries limit rules: this store does not implement limits yet
+        (it stores none, so ``plan.stored_limits`` asks for nothing here)."""
+        if plan is not None and plan.limits:
+            raise StoreError(
+                f"{self._location}: the PostgreSQL store does not implement limits yet "
+                f"(the plan carries {len(plan.limits)} limit rule(s): "
+                f"{', '.join(r.name for r in plan.limits)}); nothing was leased. Fix: use a "
+                "SQLite queue for limits, or remove the plugin that adds the rules"
+            )
+
     def has_work(
-        self, queues: Sequence[str], now_us: int, task_types: Sequence[str] | None = None
+        self,
+        queues: Sequence[str],
+        now_us: int,
+        task_types: Sequence[str] | None = None,
+        *,
+        plan: LeasePlan | None = None,
     ) -> bool:
         """True if a task (of ``task_types``; None: any) is due in one of ``queues`` or a
-        lease has expired. A read: takes no lock."""
+        lease has expired. A read: takes no lock. A plan carrying limit rules is refused
+        (:class:`StoreError`: limits are not implemented here yet)."""
+        self._no_limits(plan)
         self._ready()
         sql = q.sql_has_work(task_types is not None)
         params = {
@@ -766,9 +786,12 @@ class PostgresStore:
             row = conn.execute(self._sql(sql), params).fetchone()
         return bool(row and row[0])
 
-    def next_wakeup_delay_us(self, queues: Sequence[str], now_us: int) -> int | None:
+    def next_wakeup_delay_us(
+        self, queues: Sequence[str], now_us: int, *, plan: LeasePlan | None = None
+    ) -> int | None:
         """Microseconds until a delayed task in ``queues`` becomes due or a lease expires;
-        None when nothing is scheduled."""
+        None when nothing is scheduled. A plan carrying limit rules is refused."""
+        self._no_limits(plan)
         self._ready()
         with self._cx.read() as conn:
             row = conn.execute(
@@ -824,7 +847,11 @@ class PostgresStore:
 
         A lease that carries no outcome commits without waiting for the WAL flush: losing it
         in a server crash only runs the tasks again, as their leases' expiry would.
+
+        A plan carrying limit rules is refused (:class:`StoreError`, nothing written):
+        limits are not implemented in this store yet.
         """
+        self._no_limits(plan)
         self._ready()
         settled: builtins.list[Any] = []
         expired: builtins.list[Transition] = []
@@ -1601,6 +1628,42 @@ class PostgresStore:
             overlapped=tuple(overlapped),
             already=tuple(already),
         )
+
+    # -- limits (not implemented in this store yet) --------------------------------------------
+
+    def set_limit(self, rule: LimitRule, now_us: int) -> str:
+        """Refused: limits are not implemented in the PostgreSQL store yet.
+
+        :raises StoreError: always; nothing is stored.
+        """
+        self._ready()
+        raise StoreError(
+            f"{self._location}: the PostgreSQL store does not implement limits yet; limit "
+            f"{getattr(rule, 'name', rule)!r} was not stored. Fix: use a SQLite queue for "
+            "limits (docs/limits.md)"
+        )
+
+    def delete_limit(self, name: str) -> bool:
+        """No rule is ever stored here: False."""
+        self._ready()
+        return False
+
+    def list_limits(self) -> builtins.list[LimitRule]:
+        """No rule is ever stored here: empty."""
+        self._ready()
+        return []
+
+    def limit_usage(
+        self, now_us: int, rules: Sequence[LimitRule] | None = None
+    ) -> builtins.list[LimitUsage]:
+        """Refused for given ``rules`` (:class:`StoreError`); no stored rules: empty."""
+        self._ready()
+        if rules:
+            raise StoreError(
+                f"{self._location}: the PostgreSQL store does not implement limits yet; "
+                "its usage cannot be counted. Fix: use a SQLite queue for limits"
+            )
+        return []
 
     def vacuum(self) -> None:
         """``VACUUM (ANALYZE)`` the task table: dead row versions become reusable space

@@ -15,6 +15,7 @@ from _dashboard import TenantsPage, seed
 
 from hookqueue import Queue, TaskStatus
 from hookqueue.contrib.dashboard import create_app
+from hookqueue.plugins.limits import LimitRule, limit_usage, list_limits, set_limit
 from hookqueue.plugins.periodic import list_schedules
 
 
@@ -462,3 +463,43 @@ def test_the_periodic_plugins_schedules_page(dashboard: Any, page: Any, screensh
     states = page.locator("#schedules .schedule-state").all_inner_texts()
     assert states == ["paused", "active"]
     screenshots(page, "schedules-after")
+
+
+def test_the_limits_plugins_limits_page(dashboard: Any, page: Any, screenshots: Any) -> None:
+    """The first-party limits plugin adds its page through the same hook: every stored limit
+    with its running, due and waiting tasks and the buckets it holds back, with remove."""
+    with db(dashboard) as q:
+        set_limit(q, LimitRule(name="one-at-a-time", concurrency=1))
+        set_limit(
+            q,
+            LimitRule(
+                name="email-per-recipient",
+                task_type="send_email",
+                partition_by="to",
+                rate=5,
+                period=60.0,
+                burst=2,
+            ),
+        )
+        usage = limit_usage(q)
+    waiting = sum(u.waiting for u in usage if u.rule == "one-at-a-time")
+    running = sum(u.running for u in usage if u.rule == "one-at-a-time")
+    assert waiting > 0 and running == 1  # the silent worker's task holds the one slot
+    page.goto(dashboard.url + "/")
+    page.locator("header nav a", has_text="Limits").click()
+    page.wait_for_url(re.compile(r"/x/limits$"))
+    one = page.locator("#limits tr[data-limit=one-at-a-time]")
+    assert one.locator(".running").inner_text() == "1"
+    assert one.locator(".waiting").inner_text() == f"{waiting:,}"
+    assert one.locator(".limit-rule").inner_text() == "1 running"
+    assert "none" not in one.locator(".held").inner_text()
+    email = page.locator("#limits tr[data-limit=email-per-recipient]")
+    assert "5 per 60s, burst 2" in email.locator(".limit-rule").inner_text()
+    assert "per payload.to" in email.inner_text()
+    screenshots(page, "limits")
+    one.locator("button", has_text="Remove").click()
+    page.wait_for_url(re.compile(r"/x/limits\?flash="))
+    assert page.locator(".flash").inner_text().startswith("Removed limit 'one-at-a-time'")
+    with db(dashboard) as q:
+        assert [r.name for r in list_limits(q)] == ["email-per-recipient"]
+    assert page.locator("#limits tbody tr").count() == 1

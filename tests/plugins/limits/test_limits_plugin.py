@@ -1,0 +1,283 @@
+"""The ``limits`` plugin through the Queue and real workers: stored rules kept by every
+lease, held tasks spending no attempt, workers woken by a freed slot or a reopening rate
+(never polling), the API's and the CLI's answers, stats and metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hookqueue import Queue, WorkerEngine
+from hookqueue.core.cli import main
+from hookqueue.core.errors import ValidationError
+from hookqueue.core.hookspecs import hookimpl
+from hookqueue.core.models import LeasePlan
+from hookqueue.plugins.limits import (
+    LimitNotFound,
+    LimitRule,
+    get_limit,
+    limit_usage,
+    list_limits,
+    remove_limit,
+    set_limit,
+)
+from hookqueue.plugins.metrics import QueueMetrics, read_database_gauges
+
+
+@pytest.fixture
+def q(db_path: Path) -> Iterator[Queue]:
+    """A queue with the first-party plugins (limits among them)."""
+    queue = Queue(db_path, durability="normal")
+    yield queue
+    queue.close()
+
+
+class _Peak:
+    """Counts tasks inside their handler at once, per tenant and overall."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    def enter(self, key: str) -> None:
+        with self.lock:
+            for k in (key, "*"):
+                self.now[k] = self.now.get(k, 0) + 1
+                self.peak[k] = max(self.peak.get(k, 0), self.now[k])
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            for k in (key, "*"):
+                self.now[k] -= 1
+
+
+class _LeaseCounter:
+    """Counts the leases a worker makes (``hookqueue_lease`` is asked once per lease)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def hookqueue_lease(self) -> None:
+        self.calls += 1
+
+
+def test_a_worker_keeps_the_stored_limits(q: Queue) -> None:
+    """A worker with 8 slots runs at most 2 tasks per tenant and 3 overall, and every task
+    ran exactly once (no attempt spent on waiting)."""
+    peak = _Peak()
+
+    async def job(task: Any) -> None:
+        import asyncio
+
+        peak.enter(task.payload["tenant"])
+        await asyncio.sleep(0.02)
+        peak.leave(task.payload["tenant"])
+
+    q.handlers.register_handler("job", job)
+    set_limit(q, "per-tenant", partition_by="tenant", concurrency=2)
+    set_limit(q, LimitRule(name="all", concurrency=3))
+    for i in range(18):
+        q.enqueue("job", {"tenant": "abc"[i % 3]})
+    stats = WorkerEngine(q, worker_id="w", concurrency=8).run_until_idle()
+    assert stats.completed == 18
+    assert peak.peak["*"] <= 3 and max(v for k, v in peak.peak.items() if k != "*") <= 2
+    assert {t.attempts for t in q.list(limit=100)} == {1}
+
+
+def test_blocking_the_plugin_leaves_stored_rules_unapplied(db_path: Path) -> None:
+    """``block=["limits"]``: the plan does not ask for the stored rules."""
+    with Queue(db_path, durability="normal") as q:
+        set_limit(q, "one", concurrency=1)
+        for _ in range(3):
+            q.enqueue("job", {})
+        assert len(q.runtime.lease("w", limit=3)) == 1
+    with Queue(db_path, durability="normal", block=["limits"]) as q:
+        assert len(q.runtime.lease("w2", limit=3)) == 2
+
+
+def test_the_plan_stays_the_schedulers(q: Queue) -> None:
+    """The wrapper only adds ``stored_limits``: the priority plugin's order stays."""
+    from hookqueue.core.clock import from_us
+    from hookqueue.core.models import LeaseRequest
+
+    request = LeaseRequest(
+        worker_id="w", queues=("default",), limit=1, now=from_us(q.clock.now_us()), lease_seconds=1
+    )
+    plan = q.runtime.hooks.lease(q, request)
+    assert isinstance(plan, LeasePlan) and plan.stored_limits is True
+    with Queue(q.db.location, durability="normal", block=["limits"]) as other:
+        bare = other.runtime.hooks.lease(other, request)
+    assert plan.order == bare.order and bare.stored_limits is False
+
+
+def test_a_freed_slot_wakes_a_waiting_worker_without_polling(db_path: Path) -> None:
+    """A task held by a slot that another process holds starts as soon as that task
+    settles — through the store's change notification, with a 60 s idle poll — and the
+    worker does not lease in a loop while it waits."""
+    counter = _LeaseCounter()
+    q = Queue(db_path, durability="normal", plugins=[counter])
+    other = Queue(db_path, durability="normal")
+    try:
+        done = threading.Event()
+        q.handlers.register_handler("job", lambda t: done.set())
+        set_limit(q, "one", concurrency=1)
+        # Another process's worker holds the one slot.
+        other.enqueue("job", {})
+        [held] = other.runtime.lease("elsewhere", limit=1)
+        waiting = q.enqueue("job", {})
+        worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        assert q.get(waiting.id).status.value == "queued"
+        assert q.get(waiting.id).attempts == 0
+        leases_while_waiting = counter.calls
+        assert leases_while_waiting <= 3, "the worker leases in a loop while the limit holds"
+        from hookqueue.core.storage import Settlement
+
+        other.runtime.settle("elsewhere", [Settlement(task_id=held.id, kind="complete")])
+        assert done.wait(10), "the freed slot did not wake the worker"
+        worker.stop()
+        thread.join(10)
+    finally:
+        q.close()
+        other.close()
+
+
+def test_a_reopening_rate_wakes_the_worker(q: Queue) -> None:
+    """Held by a rate, tasks start when the rate allows, with a 60 s idle poll: the
+    worker's wake-up delay includes the next start."""
+    starts: list[float] = []
+    q.handlers.register_handler("job", lambda t: starts.append(time.monotonic()))
+    set_limit(q, "r", rate=5, period=1.0)
+    for _ in range(3):
+        q.enqueue("job", {})
+    worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(starts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.stop()
+    thread.join(10)
+    assert len(starts) == 3
+    assert {t.attempts for t in q.list()} == {1}
+
+
+def test_removing_a_limit_releases_what_it_held(q: Queue) -> None:
+    """Held tasks run once the rule is removed; removing it again is LimitNotFound."""
+    q.handlers.register_handler("job", lambda t: None)
+    set_limit(q, "one", concurrency=1)
+    for _ in range(3):
+        q.enqueue("job", {})
+    assert len(q.runtime.lease("dead", limit=3, lease_seconds=600)) == 1
+    assert WorkerEngine(q, worker_id="w").run_until_idle().completed == 0
+    remove_limit(q, "one")
+    assert WorkerEngine(q, worker_id="w").run_until_idle().completed == 2
+    with pytest.raises(LimitNotFound, match="no limit named 'one'"):
+        remove_limit(q, "one")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"concurrency": -1}, "concurrency"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"rate": 5, "period": 0}, "period"),
+        ({"rate": 5, "period": -1.0}, "period"),
+        ({"rate": 1.5}, "rate"),
+        ({"concurrency": True}, "concurrency"),
+        ({"rate": 1, "burst": 0}, "burst"),
+        ({}, "concurrency"),
+        ({"concurrency": 1, "partition_by": "a.b"}, "partition_by"),
+        ({"concurrency": 1, "partition_by": "t", "partition_in": "body"}, "partition_in"),
+        ({"fair": True}, "fair"),
+        ({"concurrency": 1, "queue": ""}, "queue"),
+        ({"concurrency": 1, "weights": {"a": 2}}, "weights"),
+        ({"fair": True, "partition_by": "t", "weights": {"a": 0}}, "weights['a']"),
+        ({"fair": True, "partition_by": "t", "weights": {True: 2}}, "weights"),
+        ({"fair": True, "partition_by": "t", "weights": ["a"]}, "weights"),
+    ],
+)
+def test_bad_definitions_name_the_field_and_store_nothing(
+    q: Queue, fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        set_limit(q, "bad", **fields)
+    assert info.value.field == field and "Fix:" in str(info.value)
+    assert list_limits(q) == []
+
+
+def test_a_bad_name_and_mixed_arguments_are_refused(q: Queue) -> None:
+    with pytest.raises(ValidationError, match="name="):
+        set_limit(q, "has space", concurrency=1)
+    with pytest.raises(ValidationError, match="fields"):
+        set_limit(q, LimitRule(name="x", concurrency=1), rate=3)
+    with pytest.raises(LimitNotFound):
+        get_limit(q, "x")
+
+
+def test_usage_stats_and_metrics_show_what_waits(q: Queue) -> None:
+    """``limit_usage``, the health summary (``hookqueue stats``) and the exporters' gauges
+    show per limit how many run and how many wait on it."""
+    set_limit(q, "per-tenant", partition_by="tenant", concurrency=1)
+    for tenant in ("a", "a", "a", "b"):
+        q.enqueue("job", {"tenant": tenant})
+    q.runtime.lease("w", limit=10)
+    usage = {u.partition: u for u in limit_usage(q)}
+    assert (usage["a"].running, usage["a"].waiting) == (1, 2)
+    summary = QueueMetrics(q).get_queue_health_summary()
+    assert summary["limits"] == {"per-tenant": {"running": 2, "waiting": 2}}
+    assert read_database_gauges(q).limits == {"per-tenant": (2, 2)}
+
+
+def test_cli_set_ls_rm(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
+    db = str(db_path)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run(
+        "limits", "set", "api", "--type", "charge", "--rate", "10", "--per", "1m",
+        "--burst", "2", "--db", db,
+    )  # fmt: skip
+    assert code == 0 and "limit 'api' created: every queue, type=charge: 10/60s burst 2" in out
+    code, out, _ = run("--db", db, "limits", "set", "t", "--partition-by", "tenant", "--fair")
+    assert code == 0 and "round-robin" in out
+    code, out, _ = run("limits", "set", "t", "--partition-by", "tenant", "--fair", "--db", db)
+    assert "unchanged" in out
+    code, out, _ = run(
+        "limits", "set", "w", "--partition-by", "tenant", "--fair", "--weight", "gold=3",
+        "--weight", "7=2", "--db", db,
+    )  # fmt: skip
+    assert code == 0 and "round-robin (weights 7×2, gold×3)" in out
+    code, out, _ = run("limits", "rm", "w", "--db", db)
+    with Queue(db) as q:
+        q.enqueue("charge", {"tenant": "a"})
+    code, out, _ = run("limits", "ls", "--db", db)
+    assert code == 0 and "api" in out and "every queue, every type, per payload.tenant" in out
+    code, out, _ = run("limits", "ls", "--db", db, "--json")
+    listed = json.loads(out)
+    assert [r["name"] for r in listed["limits"]] == ["api", "t"]
+    assert listed["limits"][0]["period"] == 60.0
+    code, out, _ = run("limits", "rm", "api", "--db", db, "--json")
+    assert code == 0 and json.loads(out) == {"removed": "api"}
+    code, out, _ = run("limits", "rm", "api", "--db", db)
+    assert code == 1 and "no limit named 'api'" in out
+    code, out, err = run("limits", "set", "bad", "--concurrency", "0", "--db", db)
+    assert code == 2 and "concurrency=0" in out + err and "Fix:" in out + err
+    with pytest.raises(SystemExit) as exited:
+        main(["limits", "set", "bad", "--rate", "3", "--per", "0s", "--db", db])
+    assert exited.value.code == 2 and "longer than 0 seconds" in capsys.readouterr().err
+    with Queue(db) as q:
+        assert [r.name for r in list_limits(q)] == ["t"]
