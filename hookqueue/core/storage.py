@@ -66,7 +66,7 @@ naming the gap (and has no stored rules, so ``stored_limits`` asks for nothing t
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -368,8 +368,23 @@ class ChangeWatcher(Protocol):
         """Make a ``wait`` in progress (or the next one) return at once."""
         ...
 
+    def watch_tasks(self, task_ids: Collection[int]) -> None:
+        """Tell the watcher which tasks' ends its holder waits for (the whole set, replacing
+        the previous one; empty: none). Called from the waiting thread, before it looks at
+        those tasks.
+
+        From then on a ``wait`` must report the end (a final status, or the task deleted) of
+        any of these tasks that commits after this call — also one already in flight
+        during it. It may stop reporting other changes (a waiter needs no word of new work).
+        A store whose notification already covers every commit may ignore the call (the
+        SQLite store does); one that notifies only what someone listens for registers the
+        set (the PostgreSQL store: a row per task and listening session).
+        """
+        ...
+
     def close(self) -> None:
-        """Release the watcher's resources (from the waiting thread)."""
+        """Release the watcher's resources (from the waiting thread); a store that
+        registered the tasks of :meth:`watch_tasks` forgets them."""
         ...
 
 

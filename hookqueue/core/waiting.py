@@ -4,7 +4,10 @@ A queue has at most one *waiter thread*, started by the first wait. It re-reads 
 someone waits for (all of them, in one store call) whenever another connection commits —
 noticed through the store's change watcher (``TaskStore.watch_changes``: SQLite's commit
 counter and log writes, or PostgreSQL's notifications), not by polling the tasks — and
-resolves the waits whose task reached a final status. A thousand coroutines waiting cost one
+resolves the waits whose task reached a final status. Whenever the set of tasks waited for
+changes, the thread hands it to the watcher (``ChangeWatcher.watch_tasks``) before it looks:
+on PostgreSQL that registers them, so that their ends — and only theirs — notify this
+waiter. A thousand coroutines waiting cost one
 thread and one read per commit, not a thread each.
 
 A wait that times out only stops waiting: the task is left as it is.
@@ -116,12 +119,18 @@ class Waiters:
             self._fail_all()
             return
         self._watcher = watcher
+        watched: frozenset[int] = frozenset()
         try:
             while True:
                 with self._lock:
                     if self._stopped:
                         return
                     ids = list(self._waits)
+                current = frozenset(ids)
+                if current != watched:
+                    # Before the look: an end committed after it is then reported.
+                    self._watch(watcher, current)
+                    watched = current
                 if not ids:
                     self._kick.wait()
                     self._kick.clear()
@@ -132,6 +141,19 @@ class Waiters:
         finally:
             self._watcher = None
             watcher.close()
+
+    def _watch(self, watcher: ChangeWatcher, ids: frozenset[int]) -> None:
+        """Tell the watcher the tasks waited for (a store that notifies only what someone
+        listens for needs them). A failure is logged: the safety look still finds the ends."""
+        try:
+            watcher.watch_tasks(ids)
+        except Exception:
+            log.warning(
+                "waiting for tasks: cannot register them with the store's watcher; "
+                "looking every %.1fs instead",
+                SAFETY_LOOK,
+                exc_info=True,
+            )
 
     def _look(self, ids: list[int]) -> None:
         try:

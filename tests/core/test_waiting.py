@@ -111,6 +111,41 @@ def test_many_coroutines_wait_on_one_thread(q: Queue) -> None:
     assert asyncio.run(main()) == [i * 2 for i in range(200)]
 
 
+def test_the_waiter_thread_tells_the_watcher_which_tasks_it_waits_for(db_path: Path) -> None:
+    """Before it looks, the waiter thread hands the store's watcher the set of tasks waited
+    for (``watch_tasks``) — only when that set changed — so that a store which notifies only
+    what someone waits for (PostgreSQL) can register them. SQLite's watcher ignores it."""
+    from hookqueue import QueueDatabase
+    from hookqueue.core.store.watch import CommitWatcher
+
+    told: list[frozenset[int]] = []
+
+    class Recording(CommitWatcher):
+        def watch_tasks(self, task_ids):  # type: ignore[no-untyped-def]
+            told.append(frozenset(task_ids))
+            super().watch_tasks(task_ids)
+
+    class Store(QueueDatabase):
+        def watch_changes(self, poll_interval=0.001, *, sleep_while_idle=True):  # type: ignore[no-untyped-def]
+            return Recording(self, poll_interval, sleep_while_idle=sleep_while_idle)
+
+    with Queue(Store(db_path), load_entrypoints=False) as q:
+        q.handlers.register_handler("double", _double)
+        a, b = q.enqueue("double", 1), q.enqueue("double", 2)
+
+        async def main() -> list[int]:
+            waits = [asyncio.create_task(q.wait_async(t.id, timeout=60)) for t in (a, b)]
+            await asyncio.sleep(0.1)
+            await WorkerEngine(q, worker_id="w").run_until_idle_async()
+            return [t.result for t in await asyncio.gather(*waits)]
+
+        assert asyncio.run(main()) == [2, 4]
+    assert told and a.id in told[0]
+    assert {a.id, b.id} in told, "both waits registered before the worker ran"
+    assert all(s <= {a.id, b.id} for s in told)
+    assert all(x != y for x, y in zip(told, told[1:], strict=False)), "only on a change"
+
+
 def test_an_async_wait_times_out_and_can_be_cancelled(q: Queue) -> None:
     task = q.enqueue("double", 1)
 

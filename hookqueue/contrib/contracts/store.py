@@ -19,9 +19,10 @@ What it checks, section by section: inserting (all or none, increasing ids, idem
 their window, claiming), the reads, leasing (each order of a plan, limits, queue and type
 filters, delayed tasks, re-ranking, expired leases, settlements in the lease's transaction),
 settling, renewing, the user actions (cancel, requeue, prune), the lifecycle (schema, check,
-vacuum, close), wake-ups (``has_work``, ``next_wakeup_delay_us``, ``watch_changes``),
-concurrency (threads and processes never lease one task twice nor store one key twice), and a
-hypothesis state machine that drives the store beside a dict model.
+vacuum, close), wake-ups (``has_work``, ``next_wakeup_delay_us``, ``watch_changes``, the
+watcher's ``watch_tasks``), concurrency (threads and processes never lease one task twice nor
+store one key twice), and a hypothesis state machine that drives the store beside a dict
+model.
 
 A store that disagrees with a test on purpose, or has a known bug, lists the test in
 :attr:`StoreContract.known_failures`; it then runs as ``xfail(strict=True)``, so fixing the
@@ -2806,6 +2807,45 @@ class StoreContract:
             assert time.monotonic() - started < 2.0
         finally:
             watcher.close()
+
+    @pytest.mark.parametrize("end", ["complete", "fail", "cancel", "delete", "expire"])
+    def test_watcher_reports_the_end_of_a_watched_task(self, store: TaskStore, end: str) -> None:
+        """After ``watch_tasks``, the watcher reports a watched task's end — completed,
+        failed, cancelled by hand, deleted, or ended by its expired lease — made by another
+        thread while it waits."""
+        store.initialize_schema()
+        if end in ("cancel", "delete"):
+            tid = self.add(store, T0)[0]
+        else:
+            tid = self.running(store, T0, max_attempts=1).id
+        later = T0 + LEASE_US + SECOND
+        ends: dict[str, Callable[[], Any]] = {
+            "complete": lambda: store.settle(
+                "w1", [Settlement(task_id=tid, kind="complete", result_json="1")], T0 + SECOND
+            ),
+            "fail": lambda: store.settle(
+                "w1", [Settlement(task_id=tid, kind="fail", error="e")], T0 + SECOND
+            ),
+            "cancel": lambda: store.cancel(tid, T0 + SECOND),
+            "delete": lambda: store.delete_matching(TaskFilter(ids=(tid,))),
+            "expire": lambda: self.lease(store, "w2", later, decide=ExpiryRecorder(None)),
+        }
+        watcher = store.watch_changes()
+        try:
+            watcher.watch_tasks([tid])
+            self.drained(watcher)
+            writer = threading.Timer(0.1, ends[end])
+            writer.start()
+            try:
+                assert watcher.wait(10.0) is True
+            finally:
+                writer.join()
+        finally:
+            watcher.close()
+        if end == "delete":
+            assert store.get_many([tid]) == []
+        else:
+            assert store.get(tid).is_terminal
 
     # -- concurrency ---------------------------------------------------------------------------
 

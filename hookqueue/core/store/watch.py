@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .walwatch import WalActivity
@@ -85,6 +86,10 @@ class CommitWatcher:
         self._interrupted.set()
         if self._activity is not None:
             self._activity.interrupt()
+
+    def watch_tasks(self, task_ids: Collection[int]) -> None:
+        """Ignored: every commit of another connection changes ``data_version``, so the end
+        of any task is reported already."""
 
     def close(self) -> None:
         """Release the inotify watch (from the waiting thread)."""

@@ -21,11 +21,12 @@ SQLite store's ``check()`` finds after the fact is refused here by CHECK constra
 from __future__ import annotations
 
 #: The schema version this code writes (this store's own numbering, from 1).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a schema from version n to n + 1. ``{t}``,
-#: ``{w}``, ``{m}``, ``{f}``, ``{p}``, ``{sc}``, ``{k}`` and ``{part}`` are the
-#: schema-qualified names (see ``Statements``).
+#: ``{w}``, ``{m}``, ``{f}``, ``{p}``, ``{sc}``, ``{k}``, ``{tw}``, ``{part}`` and ``{nw}``
+#: are the schema-qualified names (see ``Statements``). Each step stands alone (it reads
+#: nothing an earlier step's SQL defines but the tables), so steps can be renumbered.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE {m} (
@@ -153,6 +154,42 @@ MIGRATIONS: tuple[str, ...] = (
     );
     -- Pruning marks by age.
     CREATE INDEX schedule_ticks_fired ON {k} (fired_at);
+    """,
+    # v3: waits that a task's end notifies (Queue.wait). A row per task waited for and
+    # listening session (its backend pid), replaced by the waiter whenever its set changes;
+    # rows of sessions that are gone are swept by the next registration. UNLOGGED: it is
+    # no data, a crash empties it, and waiters register again when they reconnect.
+    # notify_waited() is called by every statement that ends tasks, with their ids: it
+    # NOTIFYs each session waiting for one of them on its own channel (channel || pid),
+    # once per statement; nobody waiting costs one index probe per id and no NOTIFY.
+    # VOLATILE, so its query takes a fresh snapshot: a registration committed while the
+    # ending statement ran is seen (the waiter then waits out that statement's row locks,
+    # see WAITS_SETTLE, before it looks at the tasks).
+    """
+    CREATE UNLOGGED TABLE {tw} (
+        task_id bigint      NOT NULL,
+        waiter  bigint      NOT NULL,
+        since   timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (task_id, waiter)
+    );
+    CREATE INDEX task_waits_waiter ON {tw} (waiter);
+
+    CREATE FUNCTION {nw}(ids bigint[], channel text) RETURNS integer
+        LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+    DECLARE
+        n integer := 0;
+        w bigint;
+    BEGIN
+        IF ids IS NULL OR cardinality(ids) = 0 THEN
+            RETURN 0;
+        END IF;
+        FOR w IN SELECT DISTINCT waiter FROM {tw} WHERE task_id = ANY(ids) LOOP
+            PERFORM pg_notify(channel || w::text, '');
+            n := n + 1;
+        END LOOP;
+        RETURN n;
+    END
+    $$;
     """,
 )
 

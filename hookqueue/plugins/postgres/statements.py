@@ -1,8 +1,8 @@
 """Every SQL statement the PostgreSQL store runs, by name.
 
 Each is a constant string with ``%(name)s`` parameters (bound by psycopg, server-side) and
-``{t}``/``{w}``/``{m}``/``{f}``/``{p}``/``{sc}``/``{k}``/``{s}``/``{part}`` where the
-schema-qualified names go: those are
+``{t}``/``{w}``/``{m}``/``{f}``/``{p}``/``{sc}``/``{k}``/``{tw}``/``{s}``/``{part}``/``{nw}``
+where the schema-qualified names go: those are
 filled once per store by :class:`Statements` with :class:`psycopg.sql.Identifier`, never from
 a value. Lists travel as arrays (``= ANY(%(ids)s)``, ``unnest(...)``), so a statement's text
 does not depend on how many values it carries and is prepared once per connection.
@@ -92,6 +92,13 @@ LOCK_ONE = "SELECT status FROM {t} WHERE id = %(id)s FOR UPDATE"
 
 # -- settle -------------------------------------------------------------------------------
 
+#: The waiters of the tasks a statement ended, told in that statement (see ``WAITS_SET``):
+#: a CTE over the CTE ``{src}`` of changed rows, to be read by the statement's result.
+_WAITED = (
+    "waited AS (SELECT {{nw}}(array_agg(id), %(done)s) AS n FROM {src} "
+    "WHERE status IN ('completed', 'failed', 'cancelled'))"
+)
+
 _GAVE_UP = "(NOT t.cancel_requested AND t.attempts >= t.max_attempts)"
 _RETRY_QUEUED = "(NOT t.cancel_requested AND t.attempts < t.max_attempts)"
 
@@ -145,8 +152,12 @@ SETTLE = (
     "processed = processed + (SELECT count(*) FROM settled WHERE kind <> 'release') "
     "WHERE worker_id = %(worker)s AND EXISTS (SELECT 1 FROM settled)), "
     "woken AS (SELECT pg_notify(%(channel)s, q) FROM "
-    "(SELECT DISTINCT queue AS q FROM settled WHERE status = 'queued') AS x) "
-    "SELECT kind, held, " + COLS + ", (SELECT count(*) FROM woken) FROM settled ORDER BY ord"
+    "(SELECT DISTINCT queue AS q FROM settled WHERE status = 'queued') AS x), "
+    + _WAITED.format(src="settled")
+    + " SELECT kind, held, "
+    + COLS
+    + ", (SELECT count(*) FROM woken), "
+    "(SELECT n FROM waited) FROM settled ORDER BY ord"
 )
 
 # -- expired leases -----------------------------------------------------------------------
@@ -177,12 +188,19 @@ EXPIRE = (
     "SELECT id, attempts, %(now)s::bigint, worker, 'lease_expired', "
     "coalesce(error_message, '') FROM done ORDER BY ord), "
     "woken AS (SELECT pg_notify(%(channel)s, q) FROM "
-    "(SELECT DISTINCT queue AS q FROM done WHERE status = 'queued') AS x) "
-    "SELECT " + COLS + ", (SELECT count(*) FROM woken) FROM done ORDER BY ord"
+    "(SELECT DISTINCT queue AS q FROM done WHERE status = 'queued') AS x), "
+    + _WAITED.format(src="done")
+    + " SELECT "
+    + COLS
+    + ", (SELECT count(*) FROM woken), (SELECT n FROM waited) "
+    "FROM done ORDER BY ord"
 )
 FAIL_DAMAGED = (
-    "UPDATE {t} SET status = 'failed', error_message = %(message)s, "
-    "finished_at = %(now)s::bigint, locked_by = NULL, lease_expires_at = NULL WHERE id = %(id)s"
+    "WITH ended AS (UPDATE {t} SET status = 'failed', error_message = %(message)s, "
+    "finished_at = %(now)s::bigint, locked_by = NULL, lease_expires_at = NULL "
+    "WHERE id = %(id)s RETURNING id, status), "
+    + _WAITED.format(src="ended")
+    + " SELECT n FROM waited"
 )
 
 # -- renew, cancel, requeue ---------------------------------------------------------------
@@ -194,6 +212,10 @@ RENEW = (
     "b AS (UPDATE {w} SET heartbeat_at = %(now)s::bigint WHERE worker_id = %(worker)s) "
     "SELECT id, cancel_requested FROM r"
 )
+#: Tasks cancelled or deleted by hand tell every waiter (``<done channel>`` with no pid),
+#: whoever waits: a waiter makes sure only that no *running* task's end escapes it (see
+#: ``WAITS_SETTLE``), and these are rare, user-made writes.
+ENDED_BY_HAND = "SELECT pg_notify(%(done)s, '')"
 CANCEL_QUEUED = (
     "UPDATE {t} SET status = 'cancelled', error_message = 'cancelled by request', "
     "finished_at = %(now)s::bigint WHERE id = %(id)s AND status = 'queued' RETURNING " + COLS
@@ -217,6 +239,34 @@ PRUNE_BATCH = (
 PRUNE_WORKERS = "DELETE FROM {w} WHERE heartbeat_at < %(before)s"
 PRUNE_TICKS = "DELETE FROM {k} WHERE fired_at < %(before)s"
 VACUUM = "VACUUM (ANALYZE) {t}"
+
+# -- waits (Queue.wait) -------------------------------------------------------------------
+
+#: A listening session's set of waited tasks replaces its rows (the pid is the session's),
+#: and rows of sessions that no longer exist are swept (a waiter killed without closing).
+#: Unlogged rows: the commit needs no WAL flush.
+WAITS_SET = (
+    "WITH mine AS (DELETE FROM {tw} WHERE waiter = pg_backend_pid() "
+    "AND task_id <> ALL(%(ids)s::bigint[])), "
+    "gone AS (DELETE FROM {tw} AS w WHERE w.waiter <> pg_backend_pid() "
+    "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.waiter)), "
+    "ins AS (INSERT INTO {tw} (task_id, waiter) "
+    "SELECT DISTINCT i, pg_backend_pid() FROM unnest(%(ids)s::bigint[]) AS i "
+    "ON CONFLICT (task_id, waiter) DO NOTHING) "
+    "SELECT pg_backend_pid()"
+)
+#: After the registration committed: wait out every write in flight on the newly waited
+#: tasks that are running (a settlement that looked for waiters before the registration
+#: committed holds its row lock until it commits; once this returns, the waiter's look
+#: sees it). Queued rows are not locked — a lease's ``SKIP LOCKED`` would pass them over —
+#: and need not be: a queued task ends by a later transaction, which sees the registration,
+#: or by hand (``ENDED_BY_HAND``).
+WAITS_SETTLE = (
+    "SELECT id FROM {t} WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' FOR SHARE"
+)
+WAITS_CLEAR = "DELETE FROM {tw} WHERE waiter = pg_backend_pid()"
+#: The session's limit on lock waits (``WAITS_SETTLE`` never holds a waiter for long).
+WAITS_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %(timeout)s, false)"
 
 # -- reads --------------------------------------------------------------------------------
 
@@ -599,8 +649,10 @@ class Statements:
             "p": sql.Identifier(schema, "paused_queues"),
             "sc": sql.Identifier(schema, "schedules"),
             "k": sql.Identifier(schema, "schedule_ticks"),
+            "tw": sql.Identifier(schema, "task_waits"),
             "s": sql.Identifier(schema),
             "part": sql.Identifier(schema, "payload_part"),
+            "nw": sql.Identifier(schema, "notify_waited"),
         }
         self._cache: dict[str, str] = {}
 

@@ -107,6 +107,17 @@ def _channel(schema: str) -> str:
     return "hookqueue_" + hashlib.sha256(schema.encode()).hexdigest()[:24] + "_work"
 
 
+def _done_channel(schema: str) -> str:
+    """The schema's channel for the ends of waited tasks: ``<schema>_done``, or a digest of
+    the schema's name where a waiter's own channel (this, ``_`` and a backend pid of up to
+    ten digits) would pass PostgreSQL's 63-byte limit on names. Tasks ended by hand are
+    told on it; a settlement tells each waiting session on ``<this>_<its pid>``."""
+    name = f"{schema}_done"
+    if len(name.encode()) + 11 <= 63:
+        return name
+    return "hookqueue_" + hashlib.sha256(schema.encode()).hexdigest()[:24] + "_done"
+
+
 class PostgresStore:
     """The PostgreSQL store: schema, migrations and every statement hookqueue runs there.
 
@@ -196,6 +207,7 @@ class PostgresStore:
         self._location = describe(conninfo, chosen)
         self._sql = q.Statements(chosen)
         self._channel = _channel(chosen)
+        self._done = _done_channel(chosen)
         self._cx = Connections(
             conninfo,
             location=self._location,
@@ -798,13 +810,22 @@ class PostgresStore:
         self, poll_interval: float = 0.001, *, sleep_while_idle: bool = True
     ) -> ChangeWatcher:
         """A watcher that wakes on the store's work notifications (LISTEN/NOTIFY; see
-        :mod:`.watch`). It polls nothing, so ``poll_interval`` and ``sleep_while_idle`` do
+        :mod:`.watch`) — or, once given tasks to watch (``watch_tasks``), on the ends of
+        those tasks only. It polls nothing, so ``poll_interval`` and ``sleep_while_idle`` do
         not apply. Close it with its ``close``."""
-        from .watch import ListenWatcher
+        from .watch import ListenWatcher, WaitChannels
 
         self._ready()
-        listen = "LISTEN " + self._sql.identifier(self._channel)
-        return ListenWatcher(self._cx, listen)
+        sql = self._sql
+        waits = WaitChannels(
+            work=self._channel,
+            done=self._done,
+            register=sql(q.WAITS_SET),
+            settle=sql(q.WAITS_SETTLE),
+            clear=sql(q.WAITS_CLEAR),
+            lock_timeout=f"{int(self.busy_timeout * 1000)}ms",
+        )
+        return ListenWatcher(self._cx, "LISTEN " + sql.identifier(self._channel), waits)
 
     def lease(
         self,
@@ -897,6 +918,7 @@ class PostgresStore:
             "worker": worker_id,
             "now": now_us,
             "channel": self._channel,
+            "done": self._done + "_",
         }
         cursor = conn.execute(self._sql(q.SETTLE), params)
         by_id = {s.task_id: (s, h) for s, h in zip(chosen, held, strict=True)}
@@ -943,7 +965,13 @@ class PostgresStore:
                 message = f"the stored task is damaged and cannot be read ({exc.__cause__})"
                 log.error("%s: task %s: %s; it is ended failed", self._location, row[0], message)
                 conn.execute(
-                    sql(q.FAIL_DAMAGED), {"message": message[:2000], "now": now_us, "id": row[0]}
+                    sql(q.FAIL_DAMAGED),
+                    {
+                        "message": message[:2000],
+                        "now": now_us,
+                        "id": row[0],
+                        "done": self._done + "_",
+                    },
                 )
                 continue
             at, message = decide_expired(task)
@@ -968,6 +996,7 @@ class PostgresStore:
                 "workers": workers,
                 "now": now_us,
                 "channel": self._channel,
+                "done": self._done + "_",
             },
         ).fetchall()
         out: builtins.list[Transition] = []
@@ -1091,7 +1120,12 @@ class PostgresStore:
                     )
                     conn.execute(
                         self._sql(q.FAIL_DAMAGED),
-                        {"message": message[:2000], "now": now_us, "id": task_id},
+                        {
+                            "message": message[:2000],
+                            "now": now_us,
+                            "id": task_id,
+                            "done": self._done + "_",
+                        },
                     )
         return tasks
 
@@ -1185,6 +1219,7 @@ class PostgresStore:
             if status is not None and status[0] == "queued":
                 row = conn.execute(sql(q.CANCEL_QUEUED), {"id": task_id, "now": now_us}).fetchone()
                 kind = "cancelled"
+                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
             elif status is not None and status[0] == "running":
                 row = conn.execute(sql(q.CANCEL_RUNNING), {"id": task_id}).fetchone()
                 kind = "cancel_requested"
@@ -1303,6 +1338,8 @@ class PostgresStore:
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
             params = {"ids": ids, "message": text, "now": now_us}
             cancelled = conn.execute(cancel, params).fetchall()
+            if cancelled:
+                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
             flagged = conn.execute(flag, {"ids": ids}).fetchall()
             return [("cancelled", r) for r in cancelled] + [
                 ("cancel_requested", r) for r in flagged
@@ -1350,7 +1387,10 @@ class PostgresStore:
         sql = self._sql(q.DELETE_IDS)
 
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
-            return [conn.execute(sql, {"ids": ids}).rowcount]
+            deleted = conn.execute(sql, {"ids": ids}).rowcount
+            if deleted:
+                conn.execute(q.ENDED_BY_HAND, {"done": self._done})
+            return [deleted]
 
         return sum(self._in_batches(scoped, act))
 

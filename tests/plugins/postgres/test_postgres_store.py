@@ -154,6 +154,51 @@ def test_a_version_1_schema_migrates_forward_keeping_every_task(postgres_dsn: st
     assert meta == {"application": "hookqueue", "schema_version": str(SCHEMA_VERSION)}
 
 
+def test_a_version_2_schema_migrates_forward_and_its_tasks_can_be_waited_for(
+    postgres_dsn: str,
+) -> None:
+    """A schema of version 2 (before waits were registered) gains ``task_waits`` and
+    ``notify_waited`` on first use; its running task, once watched, wakes the watcher when
+    it is settled."""
+    from hookqueue.plugins.postgres.schema import MIGRATIONS
+    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
+
+    v2 = Statements("hookqueue")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(v2(CREATE_SCHEMA))
+        conn.execute(v2(MIGRATIONS[0]))
+        conn.execute(v2(MIGRATIONS[1]))
+        conn.execute(v2(UPSERT_META), {"version": "2"})
+        conn.execute(
+            "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
+            "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
+            "started_at) VALUES ('default', 'old', '{}', 100, 'running', 1, 3, 10, 10, "
+            "'w1', 99999999, 10)"
+        )
+    store = PostgresStore(postgres_dsn)
+    try:
+        assert store.schema_version() == 2
+        [running] = store.list()
+        assert store.schema_version() == SCHEMA_VERSION
+        watcher = store.watch_changes()
+        try:
+            watcher.watch_tasks([running.id])
+            while watcher.wait(0.05):
+                pass
+            store.settle("w1", [Settlement(task_id=running.id, kind="complete")], 20)
+            assert watcher.wait(10.0) is True
+        finally:
+            watcher.close()
+        assert store.get(running.id).status is TaskStatus.COMPLETED and store.check() == []
+    finally:
+        store.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        persistence = conn.execute(
+            "SELECT relpersistence FROM pg_class WHERE oid = 'hookqueue.task_waits'::regclass"
+        ).fetchone()
+    assert persistence == ("u",), "task_waits is UNLOGGED"
+
+
 def test_a_foreign_schema_is_refused_untouched(postgres_dsn: str) -> None:
     """A schema of that name holding someone else's tables is refused, naming the fix; a
     ``meta`` table that is not hookqueue's too."""
