@@ -502,37 +502,3 @@ def test_a_lease_passes_over_rows_another_transaction_holds(postgres_dsn: str) -
             holder.rollback()
         assert [t.id for t in leased] == ids[1:]
         assert store.get(ids[0]).status is TaskStatus.QUEUED
-
-
-def test_limits_are_refused_with_the_gap_named(postgres_url: str) -> None:
-    """Until the PostgreSQL store implements limits, a plan carrying rules and ``set_limit``
-    are refused with a StoreError that says so — and a plan that only asks for stored rules
-    (what the limits plugin sends) works, with the new ``plan=`` keywords accepted."""
-    from hookqueue.core.models import LeasePlan, LimitRule
-
-    with Queue(postgres_url) as queue:
-        store = queue.db
-        now = queue.clock.now_us()
-        rule = LimitRule(name="one", concurrency=1)
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.set_limit(rule, now)
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.lease(
-                worker_id="w",
-                queues=["default"],
-                limit=1,
-                now_us=now,
-                lease_us=1_000_000,
-                plan=LeasePlan(limits=(rule,)),
-                decide_expired=lambda t: (None, ""),
-            )
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.has_work(["default"], now, plan=LeasePlan(limits=(rule,)))
-        assert store.list_limits() == [] and store.delete_limit("one") is False
-        queue.enqueue("job", {})
-        asked = LeasePlan(stored_limits=True)
-        assert store.has_work(["default"], now, plan=asked) is True
-        assert store.next_wakeup_delay_us(["default"], now, plan=asked) is None
-        queue.handlers.register_handler("job", lambda t: 1)
-        WorkerEngine(queue, worker_id="w").run_until_idle()
-        assert queue.counts()["completed"] == 1
