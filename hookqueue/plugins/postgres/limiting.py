@@ -182,7 +182,7 @@ def _counts(rows: Iterable[Any]) -> dict[str, int]:
 
 
 #: Where a row's columns are (``_limit_columns`` order): parts start at 3, then these from
-#: the end: priority, run_after, created_at, the plan's partition (and a fair rank last).
+#: the end: priority, run_after, created_at, the plan's partition.
 _FIRST_PART = 3
 
 
@@ -347,8 +347,8 @@ class Selection:
         typed = task_types is not None
         if fair and self.fair is not None:
             assert self.fair.part is not None and lock
-            sql = q.sql_limit_fair(keys, typed, parts, excl, self.fair.part)
             params["per_bucket"] = window
+            return self._fair_candidates(keys, typed, parts, excl, params, window)
         else:
             partition = bool(plan.partition_key) and plan.rerank is not None
             if partition:
@@ -356,6 +356,38 @@ class Selection:
             sql = q.sql_limit_candidates(keys, len(queues) > 1, typed, parts, excl, partition, lock)
             params["window"] = window
         return [tuple(row) for row in self.conn.execute(self.sql(sql), params).fetchall()]
+
+    def _fair_candidates(
+        self,
+        keys: tuple[SortKey, ...],
+        typed: bool,
+        parts: tuple[str, ...],
+        excl: q.ExclShape,
+        params: dict[str, Any],
+        per_bucket: int,
+    ) -> builtins.list[tuple[Any, ...]]:
+        """The fair query, ranked by the raw key where every payload is JSON (inside a
+        savepoint: a damaged one fails it, and the ranking by ``limit_bucket`` is asked
+        instead); each bucket's first ``per_bucket`` rows, in the plan's order, not locked
+        (lease them through :meth:`pick_locked`)."""
+        assert self.fair is not None and self.fair.part is not None
+        col = self.fair.part
+        try:
+            with self.conn.transaction():
+                sql = q.sql_limit_fair(keys, typed, parts, excl, col, True)
+                rows = self.conn.execute(self.sql(sql), params).fetchall()
+        except psycopg.DataError:
+            sql = q.sql_limit_fair(keys, typed, parts, excl, col, False)
+            rows = self.conn.execute(self.sql(sql), params).fetchall()
+        seen: dict[Any, int] = {}
+        out = []
+        for row in rows:
+            bucket = row[_FIRST_PART + col]
+            n = seen.get(bucket, 0)
+            if n < per_bucket:
+                seen[bucket] = n + 1
+                out.append(tuple(row))
+        return out
 
     # -- the walk --------------------------------------------------------------------------
 
@@ -386,8 +418,8 @@ class Selection:
         return True
 
     def pick(self, rows: Iterable[Sequence[Any]], limit: int) -> builtins.list[int]:
-        """The ids to start among ``rows`` (in order), at most ``limit``; with a fair rule
-        (rows ending with their rank), in turns between its buckets."""
+        """The ids to start among ``rows`` (in order), at most ``limit``; with a fair rule,
+        in turns between its buckets."""
         picked: builtins.list[int] = []
         if self.fair is None:
             for row in rows:
@@ -422,6 +454,40 @@ class Selection:
                     turn.append(key)
                     break
         return picked
+
+    def _save(self) -> tuple[Any, ...]:
+        rules = [(dict(r.running), dict(r.tat), set(r.dirty)) for r in self.rules]
+        return rules, dict(self.turns), set(self.served), self.turn
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        rules, turns, served, turn = saved
+        for r, (running, tat, dirty) in zip(self.rules, rules, strict=True):
+            r.running, r.tat, r.dirty = running, tat, dirty
+        self.turns, self.served, self.turn = turns, served, turn
+
+    def pick_locked(self, rows: Sequence[Sequence[Any]], limit: int) -> builtins.list[int]:
+        """:meth:`pick` over unlocked rows (the fair query's), then lock the picks (``SKIP
+        LOCKED``); when some cannot be locked (another transaction holds them, or they are
+        no longer queued), pick again without them — a few times, then lease what is
+        locked (a subset of allowed starts is allowed; the state counts what is leased)."""
+        rows = list(rows)
+        for attempt in range(4):
+            saved = self._save()
+            picked = self.pick(rows, limit)
+            if not picked:
+                return []
+            got = {
+                int(r[0])
+                for r in self.conn.execute(self.sql(q.LOCK_PICKS), {"ids": picked}).fetchall()
+            }
+            if len(got) == len(picked):
+                return picked
+            self._restore(saved)
+            if attempt == 3:
+                by_id = {row[0]: row for row in rows}
+                return self.pick([by_id[i] for i in picked if i in got], limit)
+            rows = [row for row in rows if row[0] not in set(picked) - got]
+        raise AssertionError("unreachable")
 
     def write(self) -> None:
         """Store the rate state and turns of the picks (inside the lease transaction)."""

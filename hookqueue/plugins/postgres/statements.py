@@ -891,6 +891,16 @@ def sql_limit_candidates(
     return f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) {body}"
 
 
+#: A partition key's raw value as JSON text (any JSON type; NULL when missing): cheaper than
+#: ``limit_bucket`` (no plpgsql call, no exception block) but it raises on text that is not
+#: JSON, and groups more finely (null, true, an object are groups of their own where the
+#: bucket is the shared one). Only the fair query's ranking uses it (see there).
+RAW_VALUE = {
+    "payload": "(payload::json -> %(k{n})s)::text",
+    "headers": "(headers::json -> %(k{n})s)::text",
+}
+
+
 @functools.lru_cache(maxsize=256)
 def sql_limit_fair(
     keys: tuple[SortKey, ...],
@@ -898,27 +908,41 @@ def sql_limit_fair(
     parts: tuple[str, ...],
     excl: ExclShape,
     fair_col: int,
+    fast: bool,
 ) -> str:
     """The first ``%(per_bucket)s`` due tasks of every bucket of the fair rule's partition
-    column ``fair_col`` (each bucket's in the plan's order), locked (``SKIP LOCKED``): the
-    columns of :func:`_limit_columns` and each one's rank in its bucket, by rank then order.
+    column ``fair_col`` (each bucket's in the plan's order), not locked (see
+    :data:`LOCK_PICKS`): the columns of :func:`_limit_columns`, in the plan's order.
 
     The ranks are computed over every due task (the buckets are known only by reading
-    them): the cost of a fair lease grows with the backlog, one bucket expression per due
-    task."""
+    them): the cost of a fair lease grows with the backlog, one key extraction per due task,
+    sorted by the key in byte order (``COLLATE "C"``: the database's collation would cost
+    more than the rest). ``fast`` ranks by the key's raw JSON value (:data:`RAW_VALUE`): its
+    groups split buckets, never join them, so each bucket's first tasks are among the rows
+    (the caller keeps the first ``per_bucket`` of each bucket); it raises on a payload that
+    is not JSON, and the caller then asks again without ``fast``."""
     order = order_by(keys)
     types = " AND task_type = ANY(%(types)s)" if typed else ""
-    fair = bucket_expr(parts[fair_col], fair_col)
+    source = parts[fair_col]
+    key = RAW_VALUE[source].format(n=fair_col) if fast else bucket_expr(source, fair_col)
     return (
         f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
-        f"SELECT {_limit_columns(parts, 't', False)}, r.rn FROM ("
-        f"SELECT id AS cid, row_number() OVER (PARTITION BY {fair} ORDER BY {order}) AS rn "
+        f"SELECT {_limit_columns(parts, 't', False)} FROM ("
+        f'SELECT id AS cid, row_number() OVER (PARTITION BY {key} COLLATE "C" '
+        f"ORDER BY {order}) AS rn "
         f"FROM {{t}} WHERE status = 'queued' AND queue = ANY(%(queues)s) "
         f"AND run_after <= (SELECT at FROM due){types}{NOT_PAUSED}{_exclusions(excl)}) AS r "
-        f"JOIN {{t}} AS t ON t.id = r.cid WHERE r.rn <= %(per_bucket)s AND t.status = 'queued' "
-        f"ORDER BY r.rn, {order} FOR UPDATE OF t SKIP LOCKED"
+        f"JOIN {{t}} AS t ON t.id = r.cid WHERE r.rn <= %(per_bucket)s ORDER BY {order}"
     )
 
+
+#: The fair lease's picks, locked (its candidates are not: a lock per candidate would cost a
+#: row lock on every bucket's first tasks); those another transaction holds, or that are no
+#: longer queued, are left out, and the caller picks again without them.
+LOCK_PICKS = (
+    "SELECT id FROM {t} WHERE id = ANY(%(ids)s) AND status = 'queued' "
+    "ORDER BY id FOR UPDATE SKIP LOCKED"
+)
 
 #: Has a lease expired (in any queue: a lease takes those over)?
 ANY_EXPIRED = (

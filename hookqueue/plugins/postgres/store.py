@@ -1145,7 +1145,7 @@ class PostgresStore:
             # A little more than asked: a start may fill a bucket half-way through a batch.
             window = limit + min(limit, 32) + 8
             rows = sel.candidates(plan, queues, now_us, task_types, window)
-            chosen = sel.pick(rows, limit)
+            chosen = sel.pick(rows, limit) if sel.fair is None else sel.pick_locked(rows, limit)
         else:
             # The plan's window as usual, its held tasks left out before the re-ranking, and
             # the choice walked again (one start may fill a bucket for the next).

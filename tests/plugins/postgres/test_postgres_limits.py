@@ -256,6 +256,58 @@ def test_prune_forgets_stale_rate_state_and_turns(postgres_dsn: str) -> None:
         assert state() == (0, 0)
 
 
+def test_a_payload_that_is_not_json_fails_no_fair_lease(postgres_dsn: str) -> None:
+    """The fair ranking reads every due payload's key; one that is not JSON (a damaged row,
+    e.g. copied in) falls in the shared bucket instead of failing the lease, and is ended
+    ``failed`` when leased, like any damaged row."""
+    plan = LeasePlan(limits=(LimitRule(name="f", fair=True, partition_by="tenant"),))
+    with _store(postgres_dsn) as store:
+        rows = [make_row(_now(), payload_json=json.dumps({"tenant": x})) for x in "aaab"]
+        ids = [tid for tid, _ in store.insert(rows + [make_row(_now())], _now())]
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE hookqueue.tasks SET payload = '{not json' WHERE id = %s", (ids[-1],)
+            )
+        leased, _ = store.lease(
+            worker_id="w",
+            queues=["default"],
+            limit=10,
+            now_us=_now(),
+            lease_us=SECOND,
+            plan=plan,
+            decide_expired=lambda t: (None, ""),
+        )
+        assert [t.payload["tenant"] for t in leased] == ["a", "b", "a", "a"]
+        with psycopg.connect(postgres_dsn) as conn:
+            status = conn.execute(
+                "SELECT status FROM hookqueue.tasks WHERE id = %s", (ids[-1],)
+            ).fetchone()
+        assert status == ("failed",)
+
+
+def test_a_fair_lease_passes_over_a_task_another_transaction_holds(postgres_dsn: str) -> None:
+    """The fair lease locks only its picks; a pick another transaction holds is left out
+    and the turns are walked again without it (no wait for that transaction)."""
+    plan = LeasePlan(limits=(LimitRule(name="f", fair=True, partition_by="tenant"),))
+    with _store(postgres_dsn) as store:
+        rows = [make_row(_now(), payload_json=json.dumps({"tenant": x})) for x in "aab"]
+        a1, a2, b1 = (tid for tid, _ in store.insert(rows, _now()))
+        with psycopg.connect(postgres_dsn) as holder:
+            holder.execute("SELECT id FROM hookqueue.tasks WHERE id = %s FOR UPDATE", (a1,))
+            leased, _ = store.lease(
+                worker_id="w",
+                queues=["default"],
+                limit=2,
+                now_us=_now(),
+                lease_us=SECOND,
+                plan=plan,
+                decide_expired=lambda t: (None, ""),
+            )
+            holder.rollback()
+        assert [t.id for t in leased] == [a2, b1]
+        assert store.get(a1).status is TaskStatus.QUEUED
+
+
 def _log_lines(log: Path) -> list[tuple[str, int, float, int]]:
     if not log.exists():
         return []
