@@ -329,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leases", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="2,000 tasks, 20 leases, 1 run")
     parser.add_argument("--only", action="append", help="a case name (repeatable)")
+    parser.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.leases, args.runs = 2000, 20, 1
+    unknown = sorted(set(args.only or ()) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     warmup = 5
     cases = [c for c in CASES if not args.only or c in args.only]
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -380,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.runs} run(s); load average {load_start} at the start, "
         f"{load_end} at the end"
     )
-    RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = RESULTS_DIR / f"postgres_limits-{stamp}.json"
+    out = args.out or RESULTS_DIR / f"postgres_limits-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -322,3 +322,39 @@ def test_postgres_quick_run_measures_every_workload(tmp_path: Path, postgres_ser
             figures = data["medians"][workload][system]
             assert figures and all(_number(v) for v in figures.values()), (workload, figures)
         assert f"| {system} |" in proc.stdout
+
+
+PG_LIMITS = ROOT / "benchmarks" / "postgres_limits.py"
+
+
+@pytest.mark.slow
+def test_the_postgres_limits_benchmark_measures_every_case(
+    tmp_path: Path, postgres_server: Any
+) -> None:
+    """``benchmarks/postgres_limits.py --quick`` on the test server: a figure per case and
+    baseline, the binding case starting 5 of the 10 it asks for, the load average kept."""
+    out = tmp_path / "limits.json"
+    proc = subprocess.run(
+        [sys.executable, str(PG_LIMITS), "--quick", "--dsn", postgres_server.dsn,
+         "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    medians = data["medians"]
+    assert set(medians) == {
+        "raw apsw",
+        "raw psycopg",
+        "no plugin",
+        "plugin, no rules",
+        "concurrency (not binding)",
+        "tenant concurrency (not binding)",
+        "rate",
+        "binding",
+        "fair turns",
+    }
+    assert all(_number(m["us_per_lease"]) and m["us_per_lease"] > 0 for m in medians.values())
+    assert medians["binding"]["tasks_per_lease"] == 5
+    assert medians["fair turns"]["tasks_per_lease"] == 10
+    assert len(data["load_average_at_start"]) == 3
+    assert "| fair turns |" in proc.stdout
