@@ -95,6 +95,13 @@ CASES: dict[str, tuple[tuple[LimitRule, ...], LeasePlan, int]] = {
 }
 
 
+#: Contention: several connections leasing at once, without and with one rule they share.
+CONTENTION: dict[str, tuple[LimitRule, ...]] = {
+    "contention, no rule": (),
+    "contention, one rule": (LimitRule(name="c", concurrency=1_000_000),),
+}
+
+
 def _now() -> int:
     return time.time_ns() // 1000
 
@@ -225,6 +232,61 @@ def measure_case(
     return {"us_per_lease": total / leases * 1e6, "tasks_per_lease": started / leases}
 
 
+def measure_contention(
+    dsn: str, schema: str, rules: tuple[LimitRule, ...], threads: int, cycles: int
+) -> dict[str, float]:
+    """``threads`` workers (a store each, so a connection each) leasing 10 at a time, each
+    lease carrying the previous one's outcomes (as a worker's loop does), all at once:
+    leases per second overall, and the mean wall time per lease."""
+    import threading
+
+    from hookqueue.plugins.postgres import PostgresStore
+
+    with _schema(dsn, schema) as store:
+        now = _now()
+        for _ in range(0, threads * cycles * 10 + 5000, 5000):
+            store.insert(_rows(5000, now), now)
+        for rule in rules:
+            store.set_limit(rule, now)
+        plan = LeasePlan(stored_limits=True)
+        stores = [PostgresStore(dsn, schema=schema, durability="normal") for _ in range(threads)]
+        barrier = threading.Barrier(threads + 1)
+        counts = [0] * threads
+
+        def work(i: int) -> None:
+            held: list[Any] = []
+            barrier.wait()
+            for _ in range(cycles):
+                leased, _ = stores[i].lease(
+                    worker_id=f"w{i}",
+                    queues=["default"],
+                    limit=10,
+                    now_us=_now(),
+                    lease_us=LEASE_US,
+                    plan=plan,
+                    decide_expired=lambda t: (None, ""),
+                    settlements=[Settlement(task_id=t.id, kind="complete") for t in held],
+                    want_transitions=False,
+                )
+                held = leased
+                counts[i] += len(leased)
+            barrier.wait()
+
+        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for t in pool:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        barrier.wait()
+        elapsed = time.perf_counter() - t0
+        for t in pool:
+            t.join()
+        for s in stores:
+            s.close()
+    leases = threads * cycles
+    return {"leases_per_s": leases / elapsed, "tasks_per_s": sum(counts) / elapsed}
+
+
 def measure_raw_psycopg(dsn: str, schema: str, tasks: int, leases: int, warmup: int) -> float:
     """Mean µs per one-statement lease of 10 on the same server (autocommit)."""
     import psycopg
@@ -312,12 +374,19 @@ def table(medians: dict[str, dict[str, float]]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, m in medians.items():
+        if "us_per_lease" not in m:
+            continue
         us = m["us_per_lease"]
         tasks = m.get("tasks_per_lease")
         lines.append(
             f"| {name} | {us:,.0f} | {'' if tasks is None else f'{tasks:g}'} | "
             f"{us / raw:.1f} | {us / base:.2f} |"
         )
+    contention = {k: v for k, v in medians.items() if "leases_per_s" in v}
+    if contention:
+        lines += ["", "| several connections at once | leases/s | tasks/s |", "|---|---:|---:|"]
+        for name, m in contention.items():
+            lines.append(f"| {name} | {m['leases_per_s']:,.0f} | {m['tasks_per_s']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -327,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--leases", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=4, help="leasing at once (contention)")
+    parser.add_argument("--cycles", type=int, default=100, help="leases per thread (contention)")
     parser.add_argument("--quick", action="store_true", help="2,000 tasks, 20 leases, 1 run")
     parser.add_argument("--only", action="append", help="a case name (repeatable)")
     parser.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tasks, args.leases, args.runs = 2000, 20, 1
+        args.tasks, args.leases, args.runs, args.cycles = 2000, 20, 1, 10
     unknown = sorted(set(args.only or ()) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
@@ -342,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.dsn)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in ["raw apsw", "raw psycopg"]}
     runs.update({c: [] for c in cases})
+    if not args.only:
+        runs.update({name: [] for name in CONTENTION})
     failed = False
     try:
         version = server.version()
@@ -359,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 }
             )
+            if not args.only:
+                for name, rules in CONTENTION.items():
+                    n += 1
+                    runs[name].append(
+                        measure_contention(
+                            server.dsn, f"bench_{n}", rules, args.threads, args.cycles
+                        )
+                    )
             for case in cases:
                 n += 1
                 try:

@@ -331,8 +331,9 @@ PG_LIMITS = ROOT / "benchmarks" / "postgres_limits.py"
 def test_the_postgres_limits_benchmark_measures_every_case(
     tmp_path: Path, postgres_server: Any
 ) -> None:
-    """``benchmarks/postgres_limits.py --quick`` on the test server: a figure per case and
-    baseline, the binding case starting 5 of the 10 it asks for, the load average kept."""
+    """``benchmarks/postgres_limits.py --quick`` on the test server: a figure per case,
+    baseline and contention case, the binding case starting 5 of the 10 it asks for, the
+    load average kept."""
     out = tmp_path / "limits.json"
     proc = subprocess.run(
         [sys.executable, str(PG_LIMITS), "--quick", "--dsn", postgres_server.dsn,
@@ -352,8 +353,13 @@ def test_the_postgres_limits_benchmark_measures_every_case(
         "rate",
         "binding",
         "fair turns",
+        "contention, no rule",
+        "contention, one rule",
     }
-    assert all(_number(m["us_per_lease"]) and m["us_per_lease"] > 0 for m in medians.values())
+    per_lease = [m["us_per_lease"] for m in medians.values() if "us_per_lease" in m]
+    assert len(per_lease) == 9 and all(_number(v) and v > 0 for v in per_lease)
+    for name in ("contention, no rule", "contention, one rule"):
+        assert _number(medians[name]["leases_per_s"]) and medians[name]["tasks_per_s"] > 0
     assert medians["binding"]["tasks_per_lease"] == 5
     assert medians["fair turns"]["tasks_per_lease"] == 10
     assert len(data["load_average_at_start"]) == 3

@@ -19,8 +19,13 @@ Then, as in the SQLite store:
    LOCKED``; walked in Python, counting each start against every rule it matches, so a batch
    never overshoots a limit;
 3. with a fair rule the candidates are the first few of every bucket, served in turns: the
-   bucket served longest ago first;
+   bucket served longest ago first. Ranking them reads every due task's key (its cost grows
+   with the backlog); they are not locked — the picks are, ``SKIP LOCKED``, and a pick
+   another transaction holds is walked around (:meth:`Selection.pick_locked`);
 4. the picks are leased, and the rate state and turns written, in the same transaction.
+
+Freed capacity: the settlement or expiry of a task a stored concurrency rule counts notifies
+the work channel (``_FREES_SLOT`` in :mod:`.statements`), so held workers look again.
 
 Every statement comes from :mod:`.statements`; values are bound, never formatted in.
 """

@@ -927,12 +927,13 @@ def sql_limit_fair(
     key = RAW_VALUE[source].format(n=fair_col) if fast else bucket_expr(source, fair_col)
     return (
         f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
-        f"SELECT {_limit_columns(parts, 't', False)} FROM ("
+        f"SELECT {_limit_columns(parts, 't', False)} FROM {{t}} AS t WHERE t.id = ANY(ARRAY("
+        f"SELECT cid FROM ("
         f'SELECT id AS cid, row_number() OVER (PARTITION BY {key} COLLATE "C" '
         f"ORDER BY {order}) AS rn "
         f"FROM {{t}} WHERE status = 'queued' AND queue = ANY(%(queues)s) "
         f"AND run_after <= (SELECT at FROM due){types}{NOT_PAUSED}{_exclusions(excl)}) AS r "
-        f"JOIN {{t}} AS t ON t.id = r.cid WHERE r.rn <= %(per_bucket)s ORDER BY {order}"
+        f"WHERE r.rn <= %(per_bucket)s)) ORDER BY {order}"
     )
 
 

@@ -1745,15 +1745,18 @@ class PostgresStore:
         changed = {"channel": self._channel, "queue": rule.queue or ""}
         sql = self._sql
         with self._cx.transaction() as conn:
-            if conn.execute(sql(q.LIMIT_CREATE), params).fetchone() is not None:
+            # The name taken: lock that row and compare (deleted meanwhile: create again).
+            while conn.execute(sql(q.LIMIT_CREATE), params).fetchone() is None:
+                row = conn.execute(sql(q.LIMIT_LOCK), {"name": rule.name}).fetchone()
+                if row is None:
+                    continue
+                if limiting.rule_from_row(row) == rule:
+                    return "unchanged"
+                conn.execute(sql(q.LIMIT_UPDATE), params)
                 conn.execute(q.LIMIT_CHANGED, changed)
-                return "created"
-            row = conn.execute(sql(q.LIMIT_LOCK), {"name": rule.name}).fetchone()
-            if row is not None and limiting.rule_from_row(row) == rule:
-                return "unchanged"
-            conn.execute(sql(q.LIMIT_UPDATE), params)
+                return "updated"
             conn.execute(q.LIMIT_CHANGED, changed)
-            return "updated"
+            return "created"
 
     def delete_limit(self, name: str) -> bool:
         """Delete a stored rule with its rate state and turns, in one transaction; workers
