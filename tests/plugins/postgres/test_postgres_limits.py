@@ -25,6 +25,7 @@ import hookqueue.plugins.postgres as pg_plugin
 from hookqueue import Queue
 from hookqueue.contrib.contracts.limits import LimitStoreContract
 from hookqueue.contrib.contracts.store import make_row
+from hookqueue.core.errors import DatabaseBusy
 from hookqueue.core.models import LeasePlan, LimitRule, Task, TaskStatus
 from hookqueue.core.storage import Settlement, TaskStore
 from hookqueue.plugins.postgres import PostgresStore
@@ -170,6 +171,38 @@ def test_leases_from_several_processes_never_overshoot(postgres_dsn: str, tmp_pa
 def _drain(watcher: Any) -> None:
     while watcher.wait(0.05):
         pass
+
+
+def test_only_the_leases_a_rule_concerns_take_its_lock(postgres_dsn: str) -> None:
+    """While another session holds a rule's advisory lock, a lease of that rule's queue
+    waits for it (here: past ``busy_timeout``, DatabaseBusy, nothing leased) — and a lease
+    of another queue, which no rule concerns, takes no lock and goes on."""
+    from hookqueue.plugins.postgres.limiting import lock_key
+
+    with PostgresStore(postgres_dsn, durability="normal", busy_timeout=0.5) as store:
+        store.set_limit(LimitRule(name="slow-queue", queue="limited", concurrency=5), _now())
+        store.insert([make_row(_now(), queue=q) for q in ("limited", "free")], _now())
+        plan = LeasePlan(stored_limits=True)
+
+        def lease(queue: str) -> list[Task]:
+            leased, _ = store.lease(
+                worker_id="w",
+                queues=[queue],
+                limit=5,
+                now_us=_now(),
+                lease_us=SECOND,
+                plan=plan,
+                decide_expired=lambda t: (None, ""),
+            )
+            return leased
+
+        with psycopg.connect(postgres_dsn, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("hookqueue", "slow-queue"),))
+            assert [t.queue for t in lease("free")] == ["free"]
+            with pytest.raises(DatabaseBusy):
+                lease("limited")
+            holder.execute("SELECT pg_advisory_unlock_all()")
+        assert [t.queue for t in lease("limited")] == ["limited"]
 
 
 def test_a_freed_slot_notifies_the_workers(postgres_dsn: str) -> None:
