@@ -200,6 +200,11 @@ class Selection:
     :param now_us: the caller's instant.
     :param lock_schema: the store's schema: take the rules' advisory locks first (a lease);
         None for a read.
+    :param load_turns: read the fair rule's turns (a lease; reads need none).
+    :param ahead: ``(plan, queues, task_types, window)`` of the candidates a lease without a
+        fair rule will ask for: sent with the counts, before they are read, as if no bucket
+        were full — the usual case, which then costs no round trip of its own while the
+        rules' locks are held (when a bucket is full, they are asked for again without it).
     """
 
     def __init__(
@@ -211,6 +216,7 @@ class Selection:
         *,
         lock_schema: str | None = None,
         load_turns: bool = True,
+        ahead: tuple[LeasePlan, Sequence[str], Sequence[str] | None, int] | None = None,
     ) -> None:
         self.conn = conn
         self.sql = sql
@@ -239,7 +245,9 @@ class Selection:
         #: The fair rule's buckets served by this lease (their turns are written).
         self.served: set[str] = set()
         self.turn = 0
-        self._load(lock_schema, load_turns)
+        #: The candidates asked for ahead (``window``, cursor), see :meth:`candidates`.
+        self._ahead: tuple[int, Any] | None = None
+        self._load(lock_schema, load_turns, ahead)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -266,9 +274,14 @@ class Selection:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _load(self, lock_schema: str | None, load_turns: bool) -> None:
-        """Lock (a lease), then read the running counts, rate state and turns: sent
-        together, one round trip in a pipeline."""
+    def _load(
+        self,
+        lock_schema: str | None,
+        load_turns: bool,
+        ahead: tuple[LeasePlan, Sequence[str], Sequence[str] | None, int] | None,
+    ) -> None:
+        """Lock (a lease), then read the running counts, rate state and turns (and send the
+        candidates ``ahead``): sent together, one round trip in a pipeline."""
         conn, sql, now_us = self.conn, self.sql, self.now_us
         if lock_schema is not None:
             keys = sorted({lock_key(lock_schema, r.rule.name) for r in self.rules})
@@ -287,6 +300,10 @@ class Selection:
         turns = None
         if self.fair is not None and load_turns:
             turns = conn.execute(sql(q.TURNS), {"rule": self.fair.rule.name})
+        if ahead is not None and self.fair is None:
+            plan, queues, task_types, window = ahead
+            text, params = self._query(plan, queues, self.now_us, task_types, window, lock=True)
+            self._ahead = (window, conn.execute(sql(text), params))
         for r, what, cur in pending:
             rule = r.rule
             if what == "running":
@@ -321,7 +338,7 @@ class Selection:
                 params[f"b{i}"] = list(r.held)
         return tuple(shape), params
 
-    def candidates(
+    def _query(
         self,
         plan: LeasePlan,
         queues: Sequence[str],
@@ -329,12 +346,12 @@ class Selection:
         task_types: Sequence[str] | None,
         window: int,
         *,
-        fair: bool = True,
+        fair: bool = False,
         lock: bool = True,
-    ) -> builtins.list[tuple[Any, ...]]:
-        """Due candidates in the plan's order with their partition columns (with a fair
-        rule, and ``fair``: up to ``window`` per bucket, each row ending with its rank);
-        locked ``SKIP LOCKED`` unless ``lock`` is False (a read)."""
+        fast: bool = True,
+    ) -> tuple[str, dict[str, Any]]:
+        """The candidates' statement (its template) and parameters, leaving out the buckets
+        held now (``fast``: the fair query ranks by the raw key, see ``sql_limit_fair``)."""
         keys = tuple(plan.order)
         excl, params = self._exclusion()
         params.update(self._part_params())
@@ -350,40 +367,59 @@ class Selection:
             params["aging"] = max(1, int(plan.aging_seconds * 1_000_000))
         parts = tuple(source for source, _ in self.parts)
         typed = task_types is not None
-        if fair and self.fair is not None:
-            assert self.fair.part is not None and lock
+        if fair:
+            assert self.fair is not None and self.fair.part is not None
             params["per_bucket"] = window
-            return self._fair_candidates(keys, typed, parts, excl, params, window)
-        else:
-            partition = bool(plan.partition_key) and plan.rerank is not None
-            if partition:
-                params["pkey"] = plan.partition_key
-            sql = q.sql_limit_candidates(keys, len(queues) > 1, typed, parts, excl, partition, lock)
-            params["window"] = window
-        return [tuple(row) for row in self.conn.execute(self.sql(sql), params).fetchall()]
+            return q.sql_limit_fair(keys, typed, parts, excl, self.fair.part, fast), params
+        partition = bool(plan.partition_key) and plan.rerank is not None and lock
+        if partition:
+            params["pkey"] = plan.partition_key
+        sql = q.sql_limit_candidates(keys, len(queues) > 1, typed, parts, excl, partition, lock)
+        params["window"] = window
+        return sql, params
+
+    def candidates(
+        self,
+        plan: LeasePlan,
+        queues: Sequence[str],
+        now_us: int,
+        task_types: Sequence[str] | None,
+        window: int,
+        *,
+        fair: bool = True,
+        lock: bool = True,
+    ) -> builtins.list[tuple[Any, ...]]:
+        """Due candidates in the plan's order with their partition columns (with a fair
+        rule, and ``fair``: up to ``window`` per bucket, not locked); locked ``SKIP LOCKED``
+        unless ``lock`` is False (a read)."""
+        if fair and self.fair is not None:
+            assert lock
+            text, params = self._query(plan, queues, now_us, task_types, window, fair=True)
+            slow, _ = self._query(plan, queues, now_us, task_types, window, fair=True, fast=False)
+            return self._fair_candidates(text, slow, params, window)
+        if self._ahead is not None:
+            sent_window, cursor = self._ahead
+            self._ahead = None
+            rows = [tuple(row) for row in cursor.fetchall()]
+            if sent_window == window and lock and not self._exclusion()[0]:
+                return rows
+        text, params = self._query(plan, queues, now_us, task_types, window, lock=lock)
+        return [tuple(row) for row in self.conn.execute(self.sql(text), params).fetchall()]
 
     def _fair_candidates(
-        self,
-        keys: tuple[SortKey, ...],
-        typed: bool,
-        parts: tuple[str, ...],
-        excl: q.ExclShape,
-        params: dict[str, Any],
-        per_bucket: int,
+        self, text: str, slow: str, params: dict[str, Any], per_bucket: int
     ) -> builtins.list[tuple[Any, ...]]:
-        """The fair query, ranked by the raw key where every payload is JSON (inside a
-        savepoint: a damaged one fails it, and the ranking by ``limit_bucket`` is asked
-        instead); each bucket's first ``per_bucket`` rows, in the plan's order, not locked
-        (lease them through :meth:`pick_locked`)."""
+        """The fair query ``text`` (ranked by the raw key) where every payload is JSON —
+        inside a savepoint: a damaged one fails it, and ``slow`` (ranked by
+        ``limit_bucket``) is asked instead; each bucket's first ``per_bucket`` rows, in the
+        plan's order, not locked (lease them through :meth:`pick_locked`)."""
         assert self.fair is not None and self.fair.part is not None
         col = self.fair.part
         try:
             with self.conn.transaction():
-                sql = q.sql_limit_fair(keys, typed, parts, excl, col, True)
-                rows = self.conn.execute(self.sql(sql), params).fetchall()
+                rows = self.conn.execute(self.sql(text), params).fetchall()
         except psycopg.DataError:
-            sql = q.sql_limit_fair(keys, typed, parts, excl, col, False)
-            rows = self.conn.execute(self.sql(sql), params).fetchall()
+            rows = self.conn.execute(self.sql(slow), params).fetchall()
         seen: dict[Any, int] = {}
         out = []
         for row in rows:

@@ -1140,10 +1140,17 @@ class PostgresStore:
         """A lease that keeps ``rules`` (see :mod:`.limiting`): under the rules' locks, the
         candidates no full bucket holds, walked in order (or in turns), counted against every
         rule they match; the picks leased and the rate state and turns written."""
-        sel = limiting.Selection(conn, self._sql, rules, now_us, lock_schema=self.schema)
+        # A little more than asked: a start may fill a bucket half-way through a batch.
+        window = limit + min(limit, 32) + 8
+        sel = limiting.Selection(
+            conn,
+            self._sql,
+            rules,
+            now_us,
+            lock_schema=self.schema,
+            ahead=(plan, queues, task_types, window) if plan.rerank is None else None,
+        )
         if plan.rerank is None:
-            # A little more than asked: a start may fill a bucket half-way through a batch.
-            window = limit + min(limit, 32) + 8
             rows = sel.candidates(plan, queues, now_us, task_types, window)
             chosen = sel.pick(rows, limit) if sel.fair is None else sel.pick_locked(rows, limit)
         else:
