@@ -384,3 +384,45 @@ def test_the_scheduler_window_script_measures_both_windows_beside_raw(tmp_path: 
         assert sorted(row) == ["head", "per group", "raw head", "raw per group"]
         assert all(_number(v) and v > 0 for v in row.values())
     assert "| sqlite | 100 | `FairShare()` |" in proc.stdout
+
+
+PG_LIMITS = ROOT / "benchmarks" / "postgres_limits.py"
+
+
+@pytest.mark.slow
+def test_the_postgres_limits_benchmark_measures_every_case(
+    tmp_path: Path, postgres_server: Any
+) -> None:
+    """``benchmarks/postgres_limits.py --quick`` on the test server: a figure per case,
+    baseline and contention case, the binding case starting 5 of the 10 it asks for, the
+    load average kept."""
+    out = tmp_path / "limits.json"
+    proc = subprocess.run(
+        [sys.executable, str(PG_LIMITS), "--quick", "--dsn", postgres_server.dsn,
+         "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    medians = data["medians"]
+    assert set(medians) == {
+        "raw apsw",
+        "raw psycopg",
+        "no plugin",
+        "plugin, no rules",
+        "concurrency (not binding)",
+        "tenant concurrency (not binding)",
+        "rate",
+        "binding",
+        "fair turns",
+        "contention, no rule",
+        "contention, one rule",
+    }
+    per_lease = [m["us_per_lease"] for m in medians.values() if "us_per_lease" in m]
+    assert len(per_lease) == 9 and all(_number(v) and v > 0 for v in per_lease)
+    for name in ("contention, no rule", "contention, one rule"):
+        assert _number(medians[name]["leases_per_s"]) and medians[name]["tasks_per_s"] > 0
+    assert medians["binding"]["tasks_per_lease"] == 5
+    assert medians["fair turns"]["tasks_per_lease"] == 10
+    assert len(data["load_average_at_start"]) == 3
+    assert "| fair turns |" in proc.stdout

@@ -437,6 +437,26 @@ class Connections:
                         pass
                 raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[psycopg.Connection[Any]]:
+        """One ``REPEATABLE READ READ ONLY`` transaction on a pooled connection: several
+        reads that see one snapshot (ended by ROLLBACK: it wrote nothing)."""
+        with self.errors(write=False) as state, self.pool().connection() as conn:
+            state.conn = conn
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                if (
+                    not conn.closed
+                    and not conn.broken
+                    and conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        pass
+
     def close(self) -> None:
         """Close the pool of this process (its connections). Idempotent."""
         with self._lock:

@@ -21,11 +21,12 @@ SQLite store's ``check()`` finds after the fact is refused here by CHECK constra
 from __future__ import annotations
 
 #: The schema version this code writes (this store's own numbering, from 1).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a schema from version n to n + 1. ``{t}``,
 #: ``{w}``, ``{m}``, ``{f}``, ``{p}``, ``{sc}``, ``{k}``, ``{tw}``, ``{part}`` and ``{nw}``
-#: are the schema-qualified names (see ``Statements``). Each step stands alone (it reads
+#: ``{lim}``, ``{lrate}``, ``{lturn}`` and ``{bk}`` are the schema-qualified names (see
+#: ``Statements``). Each step stands alone (it reads
 #: nothing an earlier step's SQL defines but the tables), so steps can be renumbered.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -191,6 +192,63 @@ MIGRATIONS: tuple[str, ...] = (
             n := n + 1;
         END LOOP;
         RETURN n;
+    END
+    $$;
+    """,
+    # v4: limits (the limits plugin's, through the store's named methods; the SQLite store's
+    # version 6). Rules by name; per rule and bucket the rate's state (its theoretical
+    # arrival time) and the round-robin turn of a fair rule's buckets (with the instant it
+    # was served, so prune can forget turns not served for long). All three are read and
+    # written inside the lease transaction, under the advisory locks of the rules the lease
+    # keeps, so every process counts the same starts.
+    # limit_bucket() is a task's bucket under a partitioned rule: the JSON text of the value
+    # at a top-level key when it is a string or a number, else '' (the shared bucket: a
+    # missing key, another JSON type, or text that is not JSON — a damaged row must not
+    # fail every lease). No SET search_path (that clause alone doubles the cost of a call,
+    # and a fair lease calls it once per due task): every name in it is pg_catalog's,
+    # written out.
+    """
+    CREATE TABLE {lim} (
+        name         text    PRIMARY KEY,
+        queue        text,
+        task_type    text,
+        partition_by text,
+        partition_in text    NOT NULL DEFAULT 'payload'
+            CHECK (partition_in IN ('payload', 'headers')),
+        concurrency  bigint  CHECK (concurrency >= 1),
+        rate         bigint  CHECK (rate >= 1),
+        period       double precision NOT NULL CHECK (period > 0),
+        burst        bigint  NOT NULL DEFAULT 1 CHECK (burst >= 1),
+        fair         boolean NOT NULL DEFAULT false,
+        created_at   bigint  NOT NULL,
+        updated_at   bigint  NOT NULL
+    );
+    CREATE TABLE {lrate} (
+        rule   text   NOT NULL,
+        bucket text   NOT NULL,
+        tat    bigint NOT NULL,
+        PRIMARY KEY (rule, bucket)
+    );
+    CREATE TABLE {lturn} (
+        rule      text   NOT NULL,
+        bucket    text   NOT NULL,
+        turn      bigint NOT NULL,
+        served_at bigint NOT NULL,
+        PRIMARY KEY (rule, bucket)
+    );
+
+    CREATE FUNCTION {bk}(doc text, key text) RETURNS text
+        LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+    DECLARE
+        v pg_catalog.json;
+    BEGIN
+        v := doc::pg_catalog.json OPERATOR(pg_catalog.->) key;
+        IF pg_catalog.json_typeof(v) IN ('string', 'number') THEN
+            RETURN v::pg_catalog.text;
+        END IF;
+        RETURN '';
+    EXCEPTION WHEN others THEN
+        RETURN '';
     END
     $$;
     """,

@@ -99,6 +99,16 @@ _WAITED = (
     "WHERE status IN ('completed', 'failed', 'cancelled'))"
 )
 
+#: A running task of ``{src}`` left ``running`` under a stored concurrency rule: its slot is
+#: free, so the workers it held back are told (the work channel, its queue) — tasks no
+#: stored rule counts notify nobody, as before limits. (Rules a plan carries without storing
+#: them are not known here: their workers see freed slots at their next look.)
+_FREES_SLOT = (
+    "EXISTS (SELECT 1 FROM {{lim}} AS l WHERE l.concurrency IS NOT NULL "
+    "AND (l.queue IS NULL OR l.queue = {src}.queue) "
+    "AND (l.task_type IS NULL OR l.task_type = {src}.task_type))"
+)
+
 _GAVE_UP = "(NOT t.cancel_requested AND t.attempts >= t.max_attempts)"
 _RETRY_QUEUED = "(NOT t.cancel_requested AND t.attempts < t.max_attempts)"
 
@@ -152,7 +162,9 @@ SETTLE = (
     "processed = processed + (SELECT count(*) FROM settled WHERE kind <> 'release') "
     "WHERE worker_id = %(worker)s AND EXISTS (SELECT 1 FROM settled)), "
     "woken AS (SELECT pg_notify(%(channel)s, q) FROM "
-    "(SELECT DISTINCT queue AS q FROM settled WHERE status = 'queued') AS x), "
+    "(SELECT DISTINCT queue AS q FROM settled WHERE status = 'queued' OR "
+    + _FREES_SLOT.format(src="settled")
+    + ") AS x), "
     + _WAITED.format(src="settled")
     + " SELECT kind, held, "
     + COLS
@@ -188,7 +200,9 @@ EXPIRE = (
     "SELECT id, attempts, %(now)s::bigint, worker, 'lease_expired', "
     "coalesce(error_message, '') FROM done ORDER BY ord), "
     "woken AS (SELECT pg_notify(%(channel)s, q) FROM "
-    "(SELECT DISTINCT queue AS q FROM done WHERE status = 'queued') AS x), "
+    "(SELECT DISTINCT queue AS q FROM done WHERE status = 'queued' OR "
+    + _FREES_SLOT.format(src="done")
+    + ") AS x), "
     + _WAITED.format(src="done")
     + " SELECT "
     + COLS
@@ -562,12 +576,20 @@ def order_by(keys: tuple[SortKey, ...]) -> str:
 
 
 def _candidates(
-    keys: tuple[SortKey, ...], several: bool, typed: bool, columns: str, limit: str
+    keys: tuple[SortKey, ...],
+    several: bool,
+    typed: bool,
+    columns: str,
+    limit: str,
+    extra: str = "",
+    lock: bool = True,
 ) -> str:
     """Due queued tasks of the asked queues in the plan's order, locked (``FOR UPDATE SKIP
-    LOCKED``: rows another transaction holds are passed over), at most ``limit``."""
+    LOCKED``: rows another transaction holds are passed over; ``lock`` False for a read), at
+    most ``limit``; ``extra`` is more conditions (`` AND ...``, over the task's columns)."""
     order = order_by(keys)
     types = " AND task_type = ANY(%(types)s)" if typed else ""
+    locking = " FOR UPDATE SKIP LOCKED" if lock else ""
     # A paused queue's test reads one row of a tiny table (a one-time filter per queue).
     where = (
         "status = 'queued' AND queue = {queue} AND run_after <= (SELECT at FROM due)"
@@ -576,13 +598,13 @@ def _candidates(
     )
     if not several:
         return (
-            f"SELECT {columns} FROM {{t}} WHERE {where.format(queue='%(queue)s')} "
-            f"ORDER BY {order} LIMIT {limit} FOR UPDATE SKIP LOCKED"
+            f"SELECT {columns} FROM {{t}} WHERE {where.format(queue='%(queue)s')}{extra} "
+            f"ORDER BY {order} LIMIT {limit}{locking}"
         )
     return (
         f"SELECT p.* FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN LATERAL "
-        f"(SELECT {columns} FROM {{t}} WHERE {where.format(queue='q.name')} "
-        f"ORDER BY {order} LIMIT {limit} FOR UPDATE SKIP LOCKED) AS p "
+        f"(SELECT {columns} FROM {{t}} WHERE {where.format(queue='q.name')}{extra} "
+        f"ORDER BY {order} LIMIT {limit}{locking}) AS p "
         f"ORDER BY {order} LIMIT {limit}"
     )
 
@@ -726,6 +748,10 @@ class Statements:
             "s": sql.Identifier(schema),
             "part": sql.Identifier(schema, "payload_part"),
             "nw": sql.Identifier(schema, "notify_waited"),
+            "lim": sql.Identifier(schema, "limits"),
+            "lrate": sql.Identifier(schema, "limit_rates"),
+            "lturn": sql.Identifier(schema, "limit_turns"),
+            "bk": sql.Identifier(schema, "limit_bucket"),
         }
         self._cache: dict[str, str] = {}
 
@@ -778,3 +804,222 @@ def sql_matching(shape: FilterShape, select: str) -> str:
     cols = "id" if select == "ids" else COLS
     order = "id DESC" if select == "newest" else "id ASC"
     return f"SELECT {cols} FROM {{t}} WHERE {conditions} ORDER BY {order} LIMIT %(limit)s"
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+#: The columns of a stored rule, in ``rule_from_row`` order.
+LIMIT_COLS = (
+    "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair"
+)
+LIMITS_ALL = "SELECT " + LIMIT_COLS + " FROM {lim} ORDER BY name"
+#: A new rule, unless the name is taken (then nothing: a concurrent creator is waited for).
+LIMIT_CREATE = (
+    "INSERT INTO {lim} (" + LIMIT_COLS + ", created_at, updated_at) VALUES (%(name)s, "
+    "%(queue)s, %(task_type)s, %(partition_by)s, %(partition_in)s, %(concurrency)s, %(rate)s, "
+    "%(period)s, %(burst)s, %(fair)s, %(now)s::bigint, %(now)s::bigint) "
+    "ON CONFLICT (name) DO NOTHING RETURNING name"
+)
+LIMIT_LOCK = "SELECT " + LIMIT_COLS + " FROM {lim} WHERE name = %(name)s FOR UPDATE"
+LIMIT_UPDATE = (
+    "UPDATE {lim} SET queue = %(queue)s, task_type = %(task_type)s, "
+    "partition_by = %(partition_by)s, partition_in = %(partition_in)s, "
+    "concurrency = %(concurrency)s, rate = %(rate)s, period = %(period)s, burst = %(burst)s, "
+    "fair = %(fair)s, updated_at = %(now)s::bigint WHERE name = %(name)s"
+)
+#: A rule with its rate state and turns; returns the deleted rule's queue (a row when found).
+LIMIT_DELETE = (
+    "WITH r AS (DELETE FROM {lrate} WHERE rule = %(name)s), "
+    "u AS (DELETE FROM {lturn} WHERE rule = %(name)s) "
+    "DELETE FROM {lim} WHERE name = %(name)s RETURNING coalesce(queue, '')"
+)
+#: A changed rule may let held tasks start: the workers are told (any queue's name will do;
+#: the watcher reads no payload).
+LIMIT_CHANGED = "SELECT pg_notify(%(channel)s, %(queue)s)"
+#: The advisory locks of the rules a lease keeps, in the order given (ascending keys, so two
+#: leases never wait for each other in a cycle). Held until the transaction ends.
+LIMIT_LOCKS = "SELECT pg_advisory_xact_lock(k)::text FROM unnest(%(keys)s::bigint[]) AS k"
+#: The buckets of a rate rule whose state lies ahead of ``now`` (the others are as if fresh).
+RATE_AHEAD = "SELECT bucket, tat FROM {lrate} WHERE rule = %(rule)s AND tat > %(now)s::bigint"
+RATE_PUT = (
+    "INSERT INTO {lrate} (rule, bucket, tat) SELECT %(rule)s, b, v FROM "
+    "unnest(%(buckets)s::text[], %(values)s::bigint[]) AS x(b, v) "
+    "ON CONFLICT (rule, bucket) DO UPDATE SET tat = excluded.tat"
+)
+#: Rate state that allows a full burst again is the same as none: prune drops it.
+RATE_PRUNE = "DELETE FROM {lrate} WHERE tat < %(before)s::bigint"
+TURNS = "SELECT bucket, turn FROM {lturn} WHERE rule = %(rule)s"
+TURN_PUT = (
+    "INSERT INTO {lturn} (rule, bucket, turn, served_at) SELECT %(rule)s, b, v, "
+    "%(now)s::bigint FROM unnest(%(buckets)s::text[], %(values)s::bigint[]) AS x(b, v) "
+    "ON CONFLICT (rule, bucket) DO UPDATE SET turn = excluded.turn, served_at = excluded.served_at"
+)
+#: A bucket not served since the cut-off forgets its turn: it is then "never served", first
+#: in line, where having been served longest ago put it anyway.
+TURN_PRUNE = "DELETE FROM {lturn} WHERE served_at < %(before)s::bigint"
+
+#: A task's bucket under a partitioned rule, by where the key is read (the key is bound as
+#: ``%(k<n>)s``, n the partition column's index); ``""``: an unpartitioned rule's one bucket.
+BUCKET = {
+    "payload": "{{bk}}(payload, %(k{n})s)",
+    "headers": "{{bk}}(headers, %(k{n})s)",
+    "": "''::text",
+}
+
+
+def bucket_expr(source: str, n: int) -> str:
+    """The bucket expression of partition column ``n`` read from ``source``."""
+    return BUCKET[source].format(n=n)
+
+
+def rule_match(has_queue: bool, has_type: bool, i: int) -> str:
+    """Which tasks rule ``i`` matches (binds ``%(q<i>)s`` / ``%(y<i>)s`` as it names a queue
+    and a type)."""
+    parts = ["TRUE"]
+    if has_queue:
+        parts.append(f"queue = %(q{i})s")
+    if has_type:
+        parts.append(f"task_type = %(y{i})s")
+    return " AND ".join(parts)
+
+
+#: One rule's shape in a statement: ``(has_queue, has_type, source or "", partition column)``.
+RuleShape = tuple[bool, bool, str, int]
+#: The exclusions of a candidates query: per held rule, its shape and whether it holds some
+#: buckets (``%(b<i>)s``, an array) or all of its tasks.
+ExclShape = tuple[tuple[RuleShape, bool, int], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def sql_rule_running(shape: RuleShape) -> str:
+    """Rule 0's running tasks per bucket (few: the partial index over running tasks)."""
+    has_queue, has_type, source, n = shape
+    return (
+        f"SELECT {bucket_expr(source, n)}, count(*) FROM {{t}} WHERE status = 'running' "
+        f"AND {rule_match(has_queue, has_type, 0)} GROUP BY 1"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def sql_rule_due(shape: RuleShape) -> str:
+    """Rule 0's due queued tasks per bucket (paused queues left out)."""
+    has_queue, has_type, source, n = shape
+    return (
+        f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
+        f"SELECT {bucket_expr(source, n)}, count(*) FROM {{t}} WHERE status = 'queued' "
+        f"AND run_after <= (SELECT at FROM due) AND {rule_match(has_queue, has_type, 0)}"
+        f"{NOT_PAUSED} GROUP BY 1"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def sql_rule_any_due(has_queue: bool, has_type: bool) -> str:
+    """Is a task rule 0 matches queued and due?"""
+    return (
+        f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
+        "SELECT 1 FROM {t} WHERE status = 'queued' AND run_after <= (SELECT at FROM due) "
+        f"AND {rule_match(has_queue, has_type, 0)}{NOT_PAUSED} LIMIT 1"
+    )
+
+
+def _exclusions(excl: ExclShape) -> str:
+    """`` AND NOT (…)`` per held rule: its held buckets, or all its tasks."""
+    out = []
+    for (has_queue, has_type, source, n), some, i in excl:
+        match = rule_match(has_queue, has_type, i)
+        if some:
+            out.append(f" AND NOT ({match} AND {bucket_expr(source, n)} = ANY(%(b{i})s))")
+        else:
+            out.append(f" AND NOT ({match})")
+    return "".join(out)
+
+
+def _limit_columns(parts: tuple[str, ...], alias: str, partition: bool) -> str:
+    """``id, queue, task_type, *partition columns, priority, run_after, created_at, the
+    plan's partition`` (a re-ranking plan's ``Candidate.partition`` as JSON text, or NULL)."""
+    p = f"{alias}." if alias else ""
+    cols = [f"{p}id", f"{p}queue", f"{p}task_type"]
+    for n, source in enumerate(parts):
+        expr = bucket_expr(source, n)
+        cols.append(expr.replace("(payload", f"({p}payload").replace("(headers", f"({p}headers"))
+    cols += [f"{p}priority", f"{p}run_after", f"{p}created_at"]
+    cols.append(f"{{part}}({p}payload, %(pkey)s)" if partition else "NULL::text")
+    return ", ".join(cols)
+
+
+@functools.lru_cache(maxsize=256)
+def sql_limit_candidates(
+    keys: tuple[SortKey, ...],
+    several: bool,
+    typed: bool,
+    parts: tuple[str, ...],
+    excl: ExclShape,
+    partition: bool,
+    lock: bool,
+) -> str:
+    """The first ``%(window)s`` due tasks in the plan's order that no held bucket holds
+    (locked, unless ``lock`` is False): :func:`_limit_columns`."""
+    columns = _limit_columns(parts, "", partition)
+    body = _candidates(keys, several, typed, columns, "%(window)s", _exclusions(excl), lock)
+    return f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) {body}"
+
+
+#: A partition key's raw value as JSON text (any JSON type; NULL when missing): cheaper than
+#: ``limit_bucket`` (no plpgsql call, no exception block) but it raises on text that is not
+#: JSON, and groups more finely (null, true, an object are groups of their own where the
+#: bucket is the shared one). Only the fair query's ranking uses it (see there).
+RAW_VALUE = {
+    "payload": "(payload::json -> %(k{n})s)::text",
+    "headers": "(headers::json -> %(k{n})s)::text",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def sql_limit_fair(
+    keys: tuple[SortKey, ...],
+    typed: bool,
+    parts: tuple[str, ...],
+    excl: ExclShape,
+    fair_col: int,
+    fast: bool,
+) -> str:
+    """The first ``%(per_bucket)s`` due tasks of every bucket of the fair rule's partition
+    column ``fair_col`` (each bucket's in the plan's order), not locked (see
+    :data:`LOCK_PICKS`): the columns of :func:`_limit_columns`, in the plan's order.
+
+    The ranks are computed over every due task (the buckets are known only by reading
+    them): the cost of a fair lease grows with the backlog, one key extraction per due task,
+    sorted by the key in byte order (``COLLATE "C"``: the database's collation would cost
+    more than the rest). ``fast`` ranks by the key's raw JSON value (:data:`RAW_VALUE`): its
+    groups split buckets, never join them, so each bucket's first tasks are among the rows
+    (the caller keeps the first ``per_bucket`` of each bucket); it raises on a payload that
+    is not JSON, and the caller then asks again without ``fast``."""
+    order = order_by(keys)
+    types = " AND task_type = ANY(%(types)s)" if typed else ""
+    source = parts[fair_col]
+    key = RAW_VALUE[source].format(n=fair_col) if fast else bucket_expr(source, fair_col)
+    return (
+        f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
+        f"SELECT {_limit_columns(parts, 't', False)} FROM {{t}} AS t WHERE t.id = ANY(ARRAY("
+        f"SELECT cid FROM ("
+        f'SELECT id AS cid, row_number() OVER (PARTITION BY {key} COLLATE "C" '
+        f"ORDER BY {order}) AS rn "
+        f"FROM {{t}} WHERE status = 'queued' AND queue = ANY(%(queues)s) "
+        f"AND run_after <= (SELECT at FROM due){types}{NOT_PAUSED}{_exclusions(excl)}) AS r "
+        f"WHERE r.rn <= %(per_bucket)s)) ORDER BY {order}"
+    )
+
+
+#: The fair lease's picks, locked (its candidates are not: a lock per candidate would cost a
+#: row lock on every bucket's first tasks); those another transaction holds, or that are no
+#: longer queued, are left out, and the caller picks again without them.
+LOCK_PICKS = (
+    "SELECT id FROM {t} WHERE id = ANY(%(ids)s) AND status = 'queued' "
+    "ORDER BY id FOR UPDATE SKIP LOCKED"
+)
+
+#: Has a lease expired (in any queue: a lease takes those over)?
+ANY_EXPIRED = (
+    "SELECT EXISTS (SELECT 1 FROM {t} WHERE status = 'running' "
+    "AND lease_expires_at <= %(now)s::bigint)"
+)

@@ -62,6 +62,7 @@ from hookqueue.core.storage import (
     Transition,
 )
 
+from . import limiting
 from . import statements as q
 from .connection import Connections, describe, parse_location
 from .schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION
@@ -752,16 +753,26 @@ class PostgresStore:
 
     # -- what workers call ---------------------------------------------------------------------
 
-    def _no_limits(self, plan: LeasePlan | None) -> None:
-        """Refuse a plan that carries limit rules: this store does not implement limits yet
-        (it stores none, so ``plan.stored_limits`` asks for nothing here)."""
-        if plan is not None and plan.limits:
-            raise StoreError(
-                f"{self._location}: the PostgreSQL store does not implement limits yet "
-                f"(the plan carries {len(plan.limits)} limit rule(s): "
-                f"{', '.join(r.name for r in plan.limits)}); nothing was leased. Fix: use a "
-                "SQLite queue for limits, or remove the plugin that adds the rules"
-            )
+    def _stored_rules(self, conn: psycopg.Connection[Any]) -> builtins.list[LimitRule]:
+        """The stored rules, by name."""
+        return limiting.decode_rules(conn.execute(self._sql(q.LIMITS_ALL)).fetchall())
+
+    def _plan_rules(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: LeasePlan | None,
+        queues: Sequence[str] | None,
+        task_types: Sequence[str] | None,
+        stored: builtins.list[LimitRule] | None = None,
+    ) -> builtins.list[LimitRule]:
+        """The rules a lease with ``plan`` keeps that can concern ``queues`` and
+        ``task_types`` (the stored ones read unless given as ``stored``)."""
+        if plan is None or (not plan.limits and not plan.stored_limits):
+            return []
+        rules = list(plan.limits)
+        if plan.stored_limits:
+            rules += self._stored_rules(conn) if stored is None else stored
+        return limiting.concerning(rules, queues, task_types)
 
     def has_work(
         self,
@@ -771,32 +782,46 @@ class PostgresStore:
         *,
         plan: LeasePlan | None = None,
     ) -> bool:
-        """True if a task (of ``task_types``; None: any) is due in one of ``queues`` or a
-        lease has expired. A read: takes no lock. A plan carrying limit rules is refused
-        (:class:`StoreError`: limits are not implemented here yet)."""
-        self._no_limits(plan)
+        """True if a task (of ``task_types``; None: any) is due in one of ``queues`` and the
+        plan's limits allow it to start, or a lease has expired. A read: takes no lock (with
+        limits, statement by statement: a commit in between makes the answer stale, and that
+        commit notifies the watchers again)."""
         self._ready()
-        sql = q.sql_has_work(task_types is not None)
         params = {
             "queues": list(queues),
             "now": now_us,
             "types": None if task_types is None else list(task_types),
         }
         with self._cx.read() as conn:
-            row = conn.execute(self._sql(sql), params).fetchone()
+            rules = self._plan_rules(conn, plan, queues, task_types)
+            if rules and queues:
+                assert plan is not None
+                sel = limiting.Selection(conn, self._sql, rules, now_us, load_turns=False)
+                rows = sel.candidates(plan, queues, now_us, task_types, 16, fair=False, lock=False)
+                if sel.pick(rows, 1):
+                    return True
+                row = conn.execute(self._sql(q.ANY_EXPIRED), {"now": now_us}).fetchone()
+            else:
+                sql = q.sql_has_work(task_types is not None)
+                row = conn.execute(self._sql(sql), params).fetchone()
         return bool(row and row[0])
 
     def next_wakeup_delay_us(
         self, queues: Sequence[str], now_us: int, *, plan: LeasePlan | None = None
     ) -> int | None:
-        """Microseconds until a delayed task in ``queues`` becomes due or a lease expires;
-        None when nothing is scheduled. A plan carrying limit rules is refused."""
-        self._no_limits(plan)
+        """Microseconds until a delayed task in ``queues`` becomes due, a lease expires or
+        (with a plan carrying rate limits) a held rate bucket allows a start again; None
+        when nothing is scheduled."""
         self._ready()
+        start = None
         with self._cx.read() as conn:
             row = conn.execute(
                 self._sql(q.NEXT_WAKEUP), {"queues": list(queues), "now": now_us}
             ).fetchone()
+            rules = self._plan_rules(conn, plan, queues, None)
+            if any(r.rate is not None for r in rules):
+                sel = limiting.Selection(conn, self._sql, rules, now_us, load_turns=False)
+                start = sel.next_start_us()
         assert row is not None
         due_at, due, expiry = row
         delays = []
@@ -804,6 +829,8 @@ class PostgresStore:
             delays.append(int(due) - int(due_at))
         if expiry is not None:
             delays.append(max(0, int(expiry) - now_us))
+        if start is not None:
+            delays.append(max(0, start - now_us))
         return min(delays) if delays else None
 
     def watch_changes(
@@ -848,10 +875,10 @@ class PostgresStore:
         A lease that carries no outcome commits without waiting for the WAL flush: losing it
         in a server crash only runs the tasks again, as their leases' expiry would.
 
-        A plan carrying limit rules is refused (:class:`StoreError`, nothing written):
-        limits are not implemented in this store yet.
+        A plan with limits (``plan.limits``, ``plan.stored_limits``) is kept inside the same
+        transaction (see :mod:`.limiting`): the rules' advisory locks serialise the leases they
+        concern; a lease no rule concerns takes no lock.
         """
-        self._no_limits(plan)
         self._ready()
         settled: builtins.list[Any] = []
         expired: builtins.list[Transition] = []
@@ -862,13 +889,26 @@ class PostgresStore:
             settle = (
                 self._settle_send(conn, worker_id, settlements, now_us) if settlements else None
             )
+            # The stored rules travel in the same round trip as the look for expired leases.
+            stored = None
+            if plan.stored_limits and limit > 0 and queues:
+                stored = conn.execute(self._sql(q.LIMITS_ALL))
             expired = self._expire(conn, now_us, decide_expired)
             if settle is not None:
                 settled = settle()
             if limit > 0 and queues:
-                fetch_leased = self._lease_rows(
-                    conn, worker_id, queues, limit, now_us, lease_us, plan, task_types
-                )
+                rules: builtins.list[LimitRule] = []
+                if plan.limits or stored is not None:
+                    known = None if stored is None else limiting.decode_rules(stored.fetchall())
+                    rules = self._plan_rules(conn, plan, queues, task_types, known)
+                if rules:
+                    fetch_leased = self._lease_limited(
+                        conn, rules, worker_id, queues, limit, now_us, lease_us, plan, task_types
+                    )
+                else:
+                    fetch_leased = self._lease_rows(
+                        conn, worker_id, queues, limit, now_us, lease_us, plan, task_types
+                    )
         rows = fetch_leased()
         leased = self._decode_leased(rows, now_us)
         transitions = self._decode_settled(settled) if want_transitions else []
@@ -1092,6 +1132,70 @@ class PostgresStore:
 
         return fetch_chosen
 
+    def _lease_limited(
+        self,
+        conn: psycopg.Connection[Any],
+        rules: Sequence[LimitRule],
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now_us: int,
+        lease_us: int,
+        plan: LeasePlan,
+        task_types: Sequence[str] | None,
+    ) -> Callable[[], builtins.list[Any]]:
+        """A lease that keeps ``rules`` (see :mod:`.limiting`): under the rules' locks, the
+        candidates no full bucket holds, walked in order (or in turns), counted against every
+        rule they match; the picks leased and the rate state and turns written."""
+        # A little more than asked: a start may fill a bucket half-way through a batch.
+        window = limit + min(limit, 32) + 8
+        sel = limiting.Selection(
+            conn,
+            self._sql,
+            rules,
+            now_us,
+            lock_schema=self.schema,
+            ahead=(plan, queues, task_types, window) if plan.rerank is None else None,
+        )
+        if plan.rerank is None:
+            rows = sel.candidates(plan, queues, now_us, task_types, window)
+            chosen = sel.pick(rows, limit) if sel.fair is None else sel.pick_locked(rows, limit)
+        else:
+            # The plan's window as usual, its held tasks left out before the re-ranking, and
+            # the choice walked again (one start may fill a bucket for the next).
+            window_rows = sel.candidates(plan, queues, now_us, task_types, plan.window, fair=False)
+            allowed = {row[0]: row for row in window_rows if sel.allowed_alone(row)}
+            if not allowed:
+                return list
+            offered = [
+                Candidate(
+                    id=row[0],
+                    task_type=row[2],
+                    priority=row[-4],
+                    queue=row[1],
+                    created_at_us=row[-2],
+                    run_after_us=row[-3],
+                    partition=None if row[-1] is None else json.loads(row[-1]),
+                )
+                for row in allowed.values()
+            ]
+            offered.sort(key=_candidate_order(plan, self._due_us(conn, now_us, tuple(plan.order))))
+            ranked = dict.fromkeys(i for i in plan.rerank(offered, limit) if i in allowed)
+            chosen = sel.pick([allowed[i] for i in ranked], limit)
+        if not chosen:
+            return list
+        cursor = conn.execute(
+            self._sql(q.LEASE_CHOSEN),
+            {"ids": chosen, "worker": worker_id, "until": now_us + lease_us, "now": now_us},
+        )
+        sel.write()
+
+        def fetch_chosen() -> builtins.list[Any]:
+            by_id = {r[_ID]: r for r in cursor.fetchall()}
+            return [by_id[i] for i in chosen if i in by_id]
+
+        return fetch_chosen
+
     def _due_us(self, conn: psycopg.Connection[Any], now_us: int, keys: tuple[SortKey, ...]) -> int:
         """The instant due times were compared with (``now``, or the newest task's enqueue
         instant if later), for ordering fetched rows as the statement did: only aging reads
@@ -1296,6 +1400,10 @@ class PostgresStore:
             state.sent = True
             conn.execute(self._sql(q.PRUNE_WORKERS), {"before": older_than_us})
             conn.execute(self._sql(q.PRUNE_TICKS), {"before": older_than_us})
+            # Rate state that ran out before the cut-off allows a full burst: as if none;
+            # a turn not served since is as if never served (first in line either way).
+            conn.execute(self._sql(q.RATE_PRUNE), {"before": older_than_us})
+            conn.execute(self._sql(q.TURN_PRUNE), {"before": older_than_us})
         return total
 
     def _newest_id(self) -> int:
@@ -1629,41 +1737,70 @@ class PostgresStore:
             already=tuple(already),
         )
 
-    # -- limits (not implemented in this store yet) --------------------------------------------
+    # -- limits ------------------------------------------------------------------------------
 
     def set_limit(self, rule: LimitRule, now_us: int) -> str:
-        """Refused: limits are not implemented in the PostgreSQL store yet.
+        """Store a limit rule by name (created, or replaced as a whole), in one transaction;
+        workers are notified (a looser rule may let held tasks start).
 
-        :raises StoreError: always; nothing is stored.
+        :returns: ``"created"``, ``"updated"`` or ``"unchanged"``.
         """
+        if not isinstance(rule, LimitRule):
+            raise ValidationError(
+                "rule",
+                rule,
+                "is not a LimitRule",
+                "build one: LimitRule(name=..., concurrency=...)",
+            )
         self._ready()
-        raise StoreError(
-            f"{self._location}: the PostgreSQL store does not implement limits yet; limit "
-            f"{getattr(rule, 'name', rule)!r} was not stored. Fix: use a SQLite queue for "
-            "limits (docs/limits.md)"
-        )
+        params = limiting.rule_params(rule, now_us)
+        changed = {"channel": self._channel, "queue": rule.queue or ""}
+        sql = self._sql
+        with self._cx.transaction() as conn:
+            # The name taken: lock that row and compare (deleted meanwhile: create again).
+            while conn.execute(sql(q.LIMIT_CREATE), params).fetchone() is None:
+                row = conn.execute(sql(q.LIMIT_LOCK), {"name": rule.name}).fetchone()
+                if row is None:
+                    continue
+                if limiting.rule_from_row(row) == rule:
+                    return "unchanged"
+                conn.execute(sql(q.LIMIT_UPDATE), params)
+                conn.execute(q.LIMIT_CHANGED, changed)
+                return "updated"
+            conn.execute(q.LIMIT_CHANGED, changed)
+            return "created"
 
     def delete_limit(self, name: str) -> bool:
-        """No rule is ever stored here: False."""
+        """Delete a stored rule with its rate state and turns, in one transaction; workers
+        are notified (the tasks it held may start).
+
+        :returns: False when no rule had that name.
+        """
         self._ready()
-        return False
+        with self._cx.transaction() as conn:
+            row = conn.execute(self._sql(q.LIMIT_DELETE), {"name": name}).fetchone()
+            if row is not None:
+                conn.execute(q.LIMIT_CHANGED, {"channel": self._channel, "queue": row[0]})
+        return row is not None
 
     def list_limits(self) -> builtins.list[LimitRule]:
-        """No rule is ever stored here: empty."""
+        """The stored rules, by name (one statement)."""
         self._ready()
-        return []
+        with self._cx.read() as conn:
+            return self._stored_rules(conn)
 
     def limit_usage(
         self, now_us: int, rules: Sequence[LimitRule] | None = None
     ) -> builtins.list[LimitUsage]:
-        """Refused for given ``rules`` (:class:`StoreError`); no stored rules: empty."""
+        """Per rule (the stored ones, or ``rules``) and bucket with running or due tasks:
+        counts and what is held back now — read in one REPEATABLE READ snapshot, so the
+        counts agree with each other (a read; no lock)."""
         self._ready()
-        if rules:
-            raise StoreError(
-                f"{self._location}: the PostgreSQL store does not implement limits yet; "
-                "its usage cannot be counted. Fix: use a SQLite queue for limits"
-            )
-        return []
+        with self._cx.snapshot() as conn:
+            chosen = self._stored_rules(conn) if rules is None else list(rules)
+            chosen.sort(key=lambda r: r.name)
+            sel = limiting.Selection(conn, self._sql, chosen, now_us, load_turns=False)
+            return sel.usage()
 
     def vacuum(self) -> None:
         """``VACUUM (ANALYZE)`` the task table: dead row versions become reusable space

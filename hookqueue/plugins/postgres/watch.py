@@ -7,7 +7,9 @@ put back to ``queued``, an expired lease requeued, a task retried by hand — se
 delivered exactly when the work becomes visible, never for a rolled-back write, and no crash
 can fall between the two. PostgreSQL folds identical notifications of one transaction, so a
 batch of a thousand tasks for one queue sends one. Completions and leases notify nobody:
-they bring no work, and every notifying commit takes a database-wide lock at COMMIT.
+they bring no work, and every notifying commit takes a database-wide lock at COMMIT — except
+the end (settlement or expiry) of a task that a stored concurrency limit counts: its slot is
+free, and workers it held back have work again.
 
 :class:`ListenWatcher` holds a connection of its own (never one from the pool: ``LISTEN``
 belongs to a session) and waits in ``select()`` on its socket and on a self-pipe that

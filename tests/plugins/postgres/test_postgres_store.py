@@ -199,6 +199,51 @@ def test_a_version_2_schema_migrates_forward_and_its_tasks_can_be_waited_for(
     assert persistence == ("u",), "task_waits is UNLOGGED"
 
 
+def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
+    postgres_dsn: str,
+) -> None:
+    """A schema of version 3 (before limits) gains the limit tables and the bucket function
+    on first use: a rule is stored, its running task (there from before) counts against it,
+    and a lease keeps it."""
+    from hookqueue.core.models import LeasePlan, LimitRule
+    from hookqueue.plugins.postgres.schema import MIGRATIONS
+    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
+
+    v3 = Statements("hookqueue")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(v3(CREATE_SCHEMA))
+        for step in MIGRATIONS[:3]:
+            conn.execute(v3(step))
+        conn.execute(v3(UPSERT_META), {"version": "3"})
+        conn.execute(
+            "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
+            "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
+            "started_at) VALUES ('default', 'old', '{\"tenant\": \"a\"}', 100, 'running', 1, "
+            "3, 10, 10, 'w1', 99999999, 10), ('default', 'old', '{\"tenant\": \"a\"}', 100, "
+            "'queued', 0, 3, 10, 10, NULL, NULL, NULL), ('default', 'old', "
+            "'{\"tenant\": \"b\"}', 100, 'queued', 0, 3, 10, 10, NULL, NULL, NULL)"
+        )
+    store = PostgresStore(postgres_dsn)
+    try:
+        assert store.schema_version() == 3
+        rule = LimitRule(name="tenant", concurrency=1, partition_by="tenant")
+        assert store.set_limit(rule, 20) == "created"
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        leased, _ = store.lease(
+            worker_id="w2",
+            queues=["default"],
+            limit=5,
+            now_us=20,
+            lease_us=1_000_000,
+            plan=LeasePlan(stored_limits=True),
+            decide_expired=lambda t: (None, ""),
+        )
+        assert [t.payload for t in leased] == [{"tenant": "b"}]
+        assert store.list_limits() == [rule] and store.check() == []
+    finally:
+        store.close()
+
+
 def test_a_foreign_schema_is_refused_untouched(postgres_dsn: str) -> None:
     """A schema of that name holding someone else's tables is refused, naming the fix; a
     ``meta`` table that is not hookqueue's too."""
@@ -502,37 +547,3 @@ def test_a_lease_passes_over_rows_another_transaction_holds(postgres_dsn: str) -
             holder.rollback()
         assert [t.id for t in leased] == ids[1:]
         assert store.get(ids[0]).status is TaskStatus.QUEUED
-
-
-def test_limits_are_refused_with_the_gap_named(postgres_url: str) -> None:
-    """Until the PostgreSQL store implements limits, a plan carrying rules and ``set_limit``
-    are refused with a StoreError that says so — and a plan that only asks for stored rules
-    (what the limits plugin sends) works, with the new ``plan=`` keywords accepted."""
-    from hookqueue.core.models import LeasePlan, LimitRule
-
-    with Queue(postgres_url) as queue:
-        store = queue.db
-        now = queue.clock.now_us()
-        rule = LimitRule(name="one", concurrency=1)
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.set_limit(rule, now)
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.lease(
-                worker_id="w",
-                queues=["default"],
-                limit=1,
-                now_us=now,
-                lease_us=1_000_000,
-                plan=LeasePlan(limits=(rule,)),
-                decide_expired=lambda t: (None, ""),
-            )
-        with pytest.raises(StoreError, match="does not implement limits"):
-            store.has_work(["default"], now, plan=LeasePlan(limits=(rule,)))
-        assert store.list_limits() == [] and store.delete_limit("one") is False
-        queue.enqueue("job", {})
-        asked = LeasePlan(stored_limits=True)
-        assert store.has_work(["default"], now, plan=asked) is True
-        assert store.next_wakeup_delay_us(["default"], now, plan=asked) is None
-        queue.handlers.register_handler("job", lambda t: 1)
-        WorkerEngine(queue, worker_id="w").run_until_idle()
-        assert queue.counts()["completed"] == 1

@@ -1,0 +1,51 @@
+"""The ``limits`` plugin's tests (``tests/plugins/limits/test_limits_plugin.py``) on a
+PostgreSQL-backed queue: the same functions, run with this module's ``db_path`` (the per-test
+database's URL; their ``Queue`` loads the entry points, the PostgreSQL store's and the limits
+plugin among them) — real workers keeping stored rules, woken by a freed slot or a reopening
+rate with a 60 s idle poll, the API's and the CLI's answers, stats and metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[2]
+
+
+def _load(relative: str) -> ModuleType:
+    """A test module, loaded again under a name of its own."""
+    path = TESTS / relative
+    spec = importlib.util.spec_from_file_location(f"_on_postgres_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_plugin_tests = _load("plugins/limits/test_limits_plugin.py")
+
+#: The fixture and the tests that run here too, unchanged.
+REUSED = (
+    "q",
+    "test_a_worker_keeps_the_stored_limits",
+    "test_blocking_the_plugin_leaves_stored_rules_unapplied",
+    "test_the_plan_stays_the_schedulers",
+    "test_a_freed_slot_wakes_a_waiting_worker_without_polling",
+    "test_a_reopening_rate_wakes_the_worker",
+    "test_removing_a_limit_releases_what_it_held",
+    "test_bad_definitions_name_the_field_and_store_nothing",
+    "test_a_bad_name_and_mixed_arguments_are_refused",
+    "test_usage_stats_and_metrics_show_what_waits",
+    "test_cli_set_ls_rm",
+)
+for _name in REUSED:
+    globals()[_name] = getattr(_plugin_tests, _name)
+
+
+@pytest.fixture
+def db_path(postgres_url: str) -> str:
+    """The per-test database's URL, where the core tests take a file."""
+    return postgres_url
