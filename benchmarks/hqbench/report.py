@@ -27,10 +27,21 @@ ROWS: list[tuple[str, ...]] = [
     ("W3", "drain by huey's consumer (1 worker process), tasks/s", "consumer_tasks_s", "count"),
     ("W3p4", "drain, 4 worker processes, tasks/s", "tasks_s", "rate"),
     ("W3p4", "lost / duplicated", "lost_dup", "count"),
+    ("W3c", "drain, 1 process, default concurrency, tasks/s", "tasks_s_default", "count"),
+    ("W3c", "drain, 1 process, concurrency=32, tasks/s", "tasks_s_32", "count"),
+    ("W3c", "drain, 1 process, concurrency=64, tasks/s", "tasks_s_64", "count"),
+    ("W3c", "default ÷ best setting", "default_vs_best", "count"),
     ("W4", "producer + 4 workers, tasks/s", "tasks_s", "rate"),
     ("W4", "enqueue-to-start p50 (backlog included), ms", "pickup_p50_ms", "count"),
     ("W4", "enqueue-to-start p99 (backlog included), ms", "pickup_p99_ms", "count"),
     ("W4", "lost / duplicated", "lost_dup", "count"),
+    ("W4s", "one enqueue per task + 4 workers, tasks/s", "tasks_s", "rate"),
+    ("W4s", "producer enqueue p50 with workers, µs", "enqueue_p50_us", "time"),
+    ("W4s", "producer enqueue p99 with workers, µs", "enqueue_p99_us", "time"),
+    ("W4s", "producer alone, enqueues/s", "alone_ops_s", "rate"),
+    ("W4s", "producer alone, enqueue p99, µs", "alone_enqueue_p99_us", "time"),
+    ("W4s", "enqueue p99 with workers ÷ alone", "enqueue_p99_ratio", "count"),
+    ("W4s", "lost / duplicated", "lost_dup", "count"),
     ("W4lat", "pickup p50 at 500/s, ms", "pickup_p50_ms", "time"),
     ("W4lat", "pickup p99 at 500/s, ms", "pickup_p99_ms", "time"),
     ("W4lat", "lost / duplicated", "lost_dup", "count"),
@@ -218,6 +229,29 @@ def _delivered(workload: str) -> Check:
     return check
 
 
+def _w4s_huey(res: Results) -> tuple[str, bool] | None:
+    hq, huey = _get(res, "W4s", "hookqueue", "tasks_s"), _get(res, "W4s", "huey", "tasks_s")
+    if hq is None or not huey:
+        return None
+    return f"{hq / huey:.2f}× huey", hq >= 1.5 * huey
+
+
+def _w4s_p99(res: Results) -> tuple[str, bool] | None:
+    ratio = _get(res, "W4s", "hookqueue", "enqueue_p99_ratio")
+    if ratio is None:
+        return None
+    raw = _get(res, "W4s", "raw", "enqueue_p99_ratio")
+    shown = f"{ratio:.2f}×" + (f" (raw apsw: {raw:.2f}×)" if raw is not None else "")
+    return shown, ratio <= 2
+
+
+def _w3c(res: Results) -> tuple[str, bool] | None:
+    ratio = _get(res, "W3c", "hookqueue", "default_vs_best")
+    if ratio is None:
+        return None
+    return f"{ratio:.2f}× the best", ratio >= 0.9
+
+
 def _w4lat(res: Results) -> tuple[str, bool] | None:
     p50 = _get(res, "W4lat", "hookqueue", "pickup_p50_ms")
     p99 = _get(res, "W4lat", "hookqueue", "pickup_p99_ms")
@@ -262,6 +296,11 @@ TARGETS: list[tuple[str, str, str | None, str, Check]] = [
     ("W3p4", "tasks_s", None, "≥ W3", _w3p4),
     ("W4", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4")),
     ("W4", "tasks_s", None, "≥ 0.8× raw", _ratio_check("W4", "tasks_s", 0.8)),
+    ("W3c", "default_vs_best", None, "default within 10% of the best", _w3c),
+    ("W4s", "tasks_s", None, "≥ 0.6× raw", _ratio_check("W4s", "tasks_s", 0.6)),
+    ("W4s", "tasks_s", "full", "≥ 1.5× huey", _w4s_huey),
+    ("W4s", "enqueue_p99_ratio", None, "≤ 2× the producer alone", _w4s_p99),
+    ("W4s", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4s")),
     ("W4lat", "pickup_p50_ms", None, "p50 ≤ 2 ms, p99 ≤ 10 ms", _w4lat),
     ("W4lat", "lost_dup", None, "0 lost, 0 duplicated", _delivered("W4lat")),
     ("W5", "status_p50_us", "normal", "status p50 ≤ 30 µs, cancel p50 ≤ 60 µs", _w5),
@@ -326,6 +365,8 @@ WORKLOAD_TEXT = """\
 | W3 | 10,000 pre-enqueued no-op tasks drained by one worker process (`WorkerEngine(concurrency=32).run_until_idle()`, every installed first-party plugin active). Raw: one process settling the last 32 and leasing the next 32 in one transaction with hookqueue's statements. huey twice: `dequeue` + `execute` in a loop (its worker without idle back-off), and its own consumer with one worker process (from its first task's start to its last's; the "≥ 10× huey" target is judged against this one); litequeue: `pop` + `done`. |
 | W3p4 | W3 with four worker processes. litequeue sits out W3p4 and W4: it has no worker, and its `pop` sorts every ready row, so four processes popping a large backlog take minutes per run (W3 shows that cost with one). |
 | W4 | One producer process enqueueing 20,000 tasks (`enqueue_many`, batches of 100) while four worker processes (`WorkerEngine.run()`, stopped by SIGTERM at the end) take them: throughput from the producer's start to the last task's start, enqueue-to-start latency (it includes the backlog), and every task's sequence number checked: lost / duplicated. huey runs its own consumer with four process workers and enqueues one task per commit (it has no batch API). |
+| W3c | W3 in one worker process at the worker's default `concurrency` (what `hookqueue worker` runs) and at 32 and 64: the default's rate ÷ the best setting's. hookqueue only. |
+| W4s | W4 with the commonest real producer: one `Queue.enqueue` (one transaction) per task, as fast as it goes, 4,000 tasks, while four worker processes with their defaults (`WorkerEngine.run()`, default `concurrency`) drain: tasks/s from the producer's start to the last task's start, the producer's per-call p50/p99, lost / duplicated. Then the same producer alone (no workers) on a fresh file: its rate and p99, and p99 with workers ÷ alone. Raw: single inserts and raw workers claiming one task per transaction (settling the last in it), polling `PRAGMA data_version` every 1 ms. huey: one `enqueue` per task and its own consumer with four process workers. litequeue sits out (as in W4). |
 | W4lat | The producer paced at 500 tasks/s, one `enqueue` each, four idle workers: pickup latency (handler start − enqueue instant, `time.time_ns()` in the payload and in the handler, across processes). Raw workers poll `PRAGMA data_version` every 1 ms as hookqueue's do; litequeue's poll `pop` every 1 ms; huey's consumer uses its default polling. |
 | W5 | On a queue of 10,000 queued tasks: `Queue.get` (status) and `Queue.cancel` per call, p50/p99. Raw: `SQL_GET` and `SQL_CANCEL_QUEUED`. litequeue: `get` and `mark_failed`; huey keeps no per-task status, its `revoke_by_id` stands for cancel. |
 | W6 | Enqueue and lease latency (lease 32; they are released in the next lease's transaction so the table keeps its size) with 1,000 vs 1,000,000 rows — all queued, or 1,000 queued beside 1,000,000 finished and retained. The large tables are built with bulk SQL, not through the API. Then `Queue.prune` of the finished rows and `vacuum`: the file size at each step. |

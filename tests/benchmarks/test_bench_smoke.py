@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
-WORKLOADS = ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6", "memory"]
+WORKLOADS = ["W1", "W1c", "W2", "W3", "W3p4", "W3c", "W4", "W4s", "W4lat", "W5", "W6", "memory"]
 
 
 def _run(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -63,11 +63,11 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     # hookqueue and the raw baseline run every workload that has a raw counterpart.
     for workload in WORKLOADS:
         assert "hookqueue" in res[workload], workload
-    for workload in ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6"]:
+    for workload in ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4s", "W4lat", "W5", "W6"]:
         assert "raw" in res[workload], workload
     # huey and litequeue come with the bench extra; where installed, they run beside hookqueue.
     if importlib.util.find_spec("huey") is not None:
-        for workload in ["W1", "W3", "W3p4", "W4", "W4lat"]:
+        for workload in ["W1", "W3", "W3p4", "W4", "W4s", "W4lat"]:
             assert "huey" in res[workload], workload
         assert _number(res["W3"]["huey"]["consumer_tasks_s"])
     else:
@@ -79,6 +79,7 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
         assert "litequeue" in data["config"]["missing"]
     # Where a system has no such operation it is left out, never given a made-up figure.
     assert "huey" not in res["W2"] and "litequeue" not in res["W4"]
+    assert "litequeue" not in res["W4s"] and set(res["W3c"]) == {"hookqueue"}
 
     assert _number(res["W1"]["hookqueue"]["ops_s"]) and res["W1"]["hookqueue"]["ops_s"] > 0
     assert _number(res["W1"]["hookqueue"]["p99_us"])
@@ -89,10 +90,21 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     assert res["memory"]["hookqueue"]["completed"] == data["config"]["sizes"]["memory"]
 
     # Every task of the multi-process workloads ran exactly once, in every system.
-    for workload in ["W3", "W3p4", "W4", "W4lat"]:
+    for workload in ["W3", "W3p4", "W3c", "W4", "W4s", "W4lat"]:
         for system, m in res[workload].items():
             assert (m["lost"], m["duplicated"], m["unexpected"]) == (0, 0, 0), (workload, system, m)
     assert res["W4"]["hookqueue"]["not_completed"] == 0
+    assert res["W4s"]["hookqueue"]["not_completed"] == 0
+    # W4s: the producer's latency with workers and alone, for the p99 ratio (hookqueue and raw).
+    for system in ("hookqueue", "raw"):
+        w4s = res["W4s"][system]
+        for key in ("enqueue_p99_us", "alone_enqueue_p99_us", "enqueue_p99_ratio", "alone_ops_s"):
+            assert _number(w4s[key]), (system, key)
+    # W3c: the default concurrency and the other settings each drained, and the ratio.
+    w3c = res["W3c"]["hookqueue"]
+    for key in ("tasks_s_default", "tasks_s_32", "tasks_s_64", "default_vs_best"):
+        assert _number(w3c[key]), key
+    assert 0 < w3c["default_vs_best"] <= 1
 
     # The worker processes reported which plugins they ran with.
     names = {p["name"] for p in data["plugins"]}
