@@ -187,31 +187,52 @@ BUSY_FIRST_SLEEP = 0.00005
 BUSY_MAX_SLEEP = 0.002
 
 
-def busy_handler(timeout: float) -> Callable[[int], bool]:
+class BusyHandler:
     """A busy handler that retries a locked database for ``timeout`` seconds, sleeping
     :data:`BUSY_FIRST_SLEEP` at first and doubling to at most :data:`BUSY_MAX_SLEEP`, so a
     waiting writer takes the lock soon after it is free. ``time.sleep`` releases the GIL, so
     other threads of the process (the one holding the lock, perhaps) run meanwhile.
+
+    While :attr:`patient` is False it does not wait at all (SQLite answers SQLITE_BUSY at
+    once): :meth:`Connections.begin_yielding` sets that around its ``BEGIN``.
     """
+
     # SQLite's own busy timeout sleeps 1, 2, 5, 10 ... 100 ms: a write lock held for a
     # fraction of a millisecond (one lease) would cost a waiting worker 10 ms or more.
-    deadline = 0.0
-    monotonic = time.monotonic
-    sleep = time.sleep
+    __slots__ = ("deadline", "patient", "timeout")
 
-    def handler(prior_calls: int) -> bool:
-        nonlocal deadline
-        now = monotonic()
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = 0.0
+        #: False: give up at once instead of waiting for the lock.
+        self.patient = True
+
+    def __call__(self, prior_calls: int) -> bool:
+        """SQLite's callback: True to try again (after a sleep), False to give up."""
+        if not self.patient:
+            return False
+        now = time.monotonic()
         if prior_calls == 0:
-            deadline = now + timeout
-        remaining = deadline - now
+            self.deadline = now + self.timeout
+        remaining = self.deadline - now
         if remaining <= 0:
             return False  # SQLite raises SQLITE_BUSY: DatabaseBusy
         delay = BUSY_FIRST_SLEEP * (1 << prior_calls) if prior_calls < 6 else BUSY_MAX_SLEEP
-        sleep(min(delay, BUSY_MAX_SLEEP, remaining))
+        time.sleep(min(delay, BUSY_MAX_SLEEP, remaining))
         return True
 
-    return handler
+
+def busy_handler(timeout: float) -> BusyHandler:
+    """A :class:`BusyHandler` for ``timeout`` seconds (what every connection is given)."""
+    return BusyHandler(timeout)
+
+
+#: A yielding ``BEGIN`` (:meth:`Connections.begin_yielding`) that finds the write lock taken
+#: sleeps this long before it looks again, doubling up to :data:`YIELD_MAX_SLEEP` — ten times
+#: the busy handler's sleeps, so a writer waiting in the busy handler (a producer's enqueue)
+#: takes the lock first.
+YIELD_FIRST_SLEEP = 0.0005
+YIELD_MAX_SLEEP = 0.004
 
 
 class _ThreadConnection:
@@ -321,7 +342,8 @@ class Connections:
                 vfs=self.vfs,
             )
             try:
-                conn.set_busy_handler(busy_handler(self.busy_timeout))
+                handler = BusyHandler(self.busy_timeout)
+                conn.set_busy_handler(handler)
                 verify_identity(conn, self.path)
                 # apsw's best practice, per connection: never bestpractice.apply(), which
                 # would change every connection in the host application.
@@ -336,6 +358,7 @@ class Connections:
                 conn.close()
                 raise
         self._local.conn = conn
+        self._local.busy = handler
         self._local.fork_generation = _fork_generation
         # Closes the connection when its thread ends (the thread-local dies with it), so
         # short-lived threads (a worker's store thread, asyncio.to_thread) do not leak one.
@@ -431,6 +454,43 @@ class Connections:
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         return conn
+
+    def begin_yielding(self, still_wanted: Callable[[], bool]) -> apsw.Connection | None:
+        """``BEGIN IMMEDIATE`` that gives way to other writers — for a worker's claim, which
+        can wait, while the producers' enqueues keep the normal busy wait.
+
+        It tries without waiting. When another connection holds the write lock it sleeps
+        :data:`YIELD_FIRST_SLEEP`, doubling to :data:`YIELD_MAX_SLEEP`, asks ``still_wanted``
+        (a read, no lock: is there still something to claim?) and tries again, within
+        ``busy_timeout`` like any other write. Call inside ``with self.errors`` and end with
+        :meth:`commit` or :meth:`rollback`.
+
+        :returns: this thread's connection in a transaction, or None when ``still_wanted``
+            said no (nothing was written).
+        :raises apsw.BusyError: the lock stayed taken for ``busy_timeout`` (``self.errors``
+            turns it into :class:`~hookqueue.core.errors.DatabaseBusy`).
+        """
+        conn = self.conn()
+        handler: BusyHandler = self._local.busy
+        delay = YIELD_FIRST_SLEEP
+        deadline: float | None = None
+        while True:
+            handler.patient = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return conn
+            except apsw.BusyError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                elif now >= deadline:
+                    raise
+            finally:
+                handler.patient = True
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, YIELD_MAX_SLEEP)
+            if not still_wanted():
+                return None
 
     @staticmethod
     def rollback(conn: apsw.Connection) -> None:
