@@ -558,7 +558,7 @@ def w3(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
 
 
 #: The concurrency settings W3c drains with; 0 is the worker's default.
-W3C_SETTINGS = (0, 32, 64)
+W3C_SETTINGS = (0, 32, 64, 128)
 
 
 def w3c(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:

@@ -334,3 +334,23 @@ def test_postgres_quick_run_measures_every_workload(tmp_path: Path, postgres_ser
             figures = data["medians"][workload][system]
             assert figures and all(_number(v) for v in figures.values()), (workload, figures)
         assert f"| {system} |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_producer_p99_script_measures_every_case(tmp_path: Path) -> None:
+    """``benchmarks/producer_p99.py``: the producer alone, beside idle workers and beside
+    draining workers, for hookqueue and raw apsw; every case has its figures."""
+    out = tmp_path / "p99.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "producer_p99.py"), "--rounds", "1",
+         "--tasks", "50", "--durability", "normal", "--out", str(out),
+         "--workdir", str(tmp_path / "dbs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    medians = json.loads(out.read_text(encoding="utf-8"))["medians"]["normal"]
+    for system in ("hookqueue", "raw"):
+        assert set(medians[system]) == {"alone", "4 idle workers", "4 workers draining"}
+        for case in medians[system].values():
+            assert _number(case["p99_us"]) and _number(case["ops_s"]) and case["ops_s"] > 0
+    assert "| normal | hookqueue | 4 workers draining |" in proc.stdout
