@@ -28,7 +28,12 @@ from hookqueue import (
 from hookqueue.core.models import LeasePlan, TaskStatus
 from hookqueue.core.storage import InsertRow
 from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
-from hookqueue.core.store.connection import WAL_CHECKPOINT_PAGES, checkpoint_after_commit
+from hookqueue.core.store.connection import (
+    WAL_CHECKPOINT_PAGES,
+    BusyHandler,
+    WalCheckpointer,
+    checkpoint_after_commit,
+)
 from hookqueue.core.store.schema import verify_identity
 
 
@@ -333,7 +338,7 @@ class _CheckpointFails:
         self.error = error
         self.calls = 0
 
-    def wal_checkpoint(self, dbname: str) -> None:
+    def wal_checkpoint(self, dbname: str, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE) -> None:
         self.calls += 1
         raise self.error
 
@@ -451,3 +456,33 @@ def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> N
         assert db.list(statuses=[TaskStatus.RUNNING], limit=10) == leased
     finally:
         db.close()
+
+
+class _RecordsCheckpoints:
+    """A connection that records each checkpoint's mode and whether the busy handler would
+    have waited meanwhile."""
+
+    filename = "q.db"
+
+    def __init__(self, busy: BusyHandler) -> None:
+        self.busy = busy
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def wal_checkpoint(self, dbname: str, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE) -> None:
+        self.calls.append((dbname, mode, self.busy.patient))
+        raise apsw.BusyError("database is locked")  # what RESTART reports when it cannot
+
+
+def test_the_wal_hook_restarts_the_log_without_waiting() -> None:
+    """Past the threshold, a connection's WAL hook runs a RESTART checkpoint (so the log can
+    start over although other connections keep writing) with the busy handler impatient (so
+    a commit never waits for other connections' readers or writers), and a checkpoint that
+    could not restart the log leaves the commit standing and the handler patient again."""
+    busy = BusyHandler(5.0)
+    hook = WalCheckpointer(busy)
+    conn = _RecordsCheckpoints(busy)
+    assert hook(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert conn.calls == []
+    assert hook(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert conn.calls == [("main", apsw.SQLITE_CHECKPOINT_RESTART, False)]
+    assert busy.patient

@@ -154,21 +154,26 @@ class ErrorTranslator:
 WAL_CHECKPOINT_PAGES = 1000
 
 
-def checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> int:
+def checkpoint_after_commit(
+    conn: apsw.Connection, dbname: str, pages: int, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE
+) -> int:
     """hookqueue's own automatic checkpoint (it replaces SQLite's; a WAL hook).
 
     SQLite's checkpoints after a commit, and when that checkpoint fails it reports the error
     from COMMIT although the transaction is committed — so a caller would be told "rolled
     back" about data that is stored. Here a failed checkpoint is logged and the commit stands;
     the WAL keeps the data and the next checkpoint tries again.
+
+    :param mode: SQLite's checkpoint mode (:class:`WalCheckpointer` runs ``RESTART``).
     """
     if pages >= WAL_CHECKPOINT_PAGES:
         try:
-            conn.wal_checkpoint(dbname)
+            conn.wal_checkpoint(dbname, mode)
         except (apsw.BusyError, apsw.LockedError) as exc:
-            # Another process is checkpointing right now: routine when several workers
-            # commit at once (the WAL stays over the threshold while readers hold old
-            # snapshots, so every commit tries). Not worth a warning per commit.
+            # Another process is checkpointing right now, or (RESTART without waiting)
+            # another connection writes or reads an old snapshot, so the pages that could be
+            # were copied and the log goes on: routine when several workers commit at once.
+            # Not worth a warning per commit.
             log.debug(
                 "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
             )
@@ -180,6 +185,41 @@ def checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> i
                 exc,
             )
     return int(apsw.SQLITE_OK)
+
+
+class WalCheckpointer:
+    """A connection's WAL hook: :func:`checkpoint_after_commit` in ``RESTART`` mode, without
+    waiting for anyone.
+
+    A passive checkpoint copies the log into the database, but the log starts over only when
+    the next writer began reading after the copy. With workers reading and writing all the
+    time that rarely happens, so the log stayed over the threshold and every commit of every
+    connection ran another checkpoint — each a sync of the database file, or a busy
+    checkpoint lock: a quarter of a producer's time with four workers running, and logs of
+    2,000-4,000 pages (docs/performance.md, issue #22). A ``RESTART`` checkpoint copies the
+    same pages and, when no other connection is writing or reading an old snapshot at that
+    moment, also makes the next writer start the log over, so the log comes back under the
+    threshold and the next ~1,000 pages of commits run no checkpoint at all. It does not
+    wait: while :attr:`busy` is impatient SQLite gives up on the writer and reader locks at
+    once and the checkpoint goes on as a passive one. Durability is unchanged: checkpoints
+    run at the same threshold, and each still syncs what it copies.
+    """
+
+    __slots__ = ("busy",)
+
+    def __init__(self, busy: BusyHandler) -> None:
+        #: The connection's busy handler, made impatient while the checkpoint runs.
+        self.busy = busy
+
+    def __call__(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        """SQLite's WAL hook, called after each commit with the log's size in pages."""
+        if pages < WAL_CHECKPOINT_PAGES:
+            return int(apsw.SQLITE_OK)
+        self.busy.patient = False
+        try:
+            return checkpoint_after_commit(conn, dbname, pages, apsw.SQLITE_CHECKPOINT_RESTART)
+        finally:
+            self.busy.patient = True
 
 
 #: The busy handler's first and longest sleep, in seconds.
@@ -353,7 +393,7 @@ class Connections:
                 self._switch_to_wal(conn)
                 conn.pragma("synchronous", SYNCHRONOUS[self.durability])
                 conn.transaction_mode = "IMMEDIATE"
-                conn.set_wal_hook(checkpoint_after_commit)
+                conn.set_wal_hook(WalCheckpointer(handler))
             except BaseException:
                 conn.close()
                 raise
