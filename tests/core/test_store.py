@@ -460,29 +460,40 @@ def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> N
 
 class _RecordsCheckpoints:
     """A connection that records each checkpoint's mode and whether the busy handler would
-    have waited meanwhile."""
+    have waited meanwhile; its RESTART checkpoints report busy (another reader)."""
 
     filename = "q.db"
 
-    def __init__(self, busy: BusyHandler) -> None:
+    def __init__(self, busy: BusyHandler, passive_busy: bool = False) -> None:
         self.busy = busy
+        self.passive_busy = passive_busy
         self.calls: list[tuple[str, int, bool]] = []
 
     def wal_checkpoint(self, dbname: str, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE) -> None:
         self.calls.append((dbname, mode, self.busy.patient))
-        raise apsw.BusyError("database is locked")  # what RESTART reports when it cannot
+        if mode != apsw.SQLITE_CHECKPOINT_PASSIVE or self.passive_busy:
+            raise apsw.BusyError("database is locked")
 
 
-def test_the_wal_hook_restarts_the_log_without_waiting() -> None:
-    """Past the threshold, a connection's WAL hook runs a RESTART checkpoint (so the log can
-    start over although other connections keep writing) with the busy handler impatient (so
-    a commit never waits for other connections' readers or writers), and a checkpoint that
-    could not restart the log leaves the commit standing and the handler patient again."""
+def test_the_wal_hook_copies_then_restarts_the_log_without_waiting() -> None:
+    """Past the threshold, a connection's WAL hook runs a passive checkpoint (it blocks no
+    writer), then a RESTART one (so the log can start over although other connections keep
+    writing), both with the busy handler impatient (a commit never waits for other
+    connections); a RESTART that could not restart the log leaves the commit standing and
+    the handler patient again, and when the passive one found another checkpoint running,
+    no RESTART is tried."""
     busy = BusyHandler(5.0)
     hook = WalCheckpointer(busy)
     conn = _RecordsCheckpoints(busy)
     assert hook(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK  # type: ignore[arg-type]
     assert conn.calls == []
     assert hook(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
-    assert conn.calls == [("main", apsw.SQLITE_CHECKPOINT_RESTART, False)]
+    assert conn.calls == [
+        ("main", apsw.SQLITE_CHECKPOINT_PASSIVE, False),
+        ("main", apsw.SQLITE_CHECKPOINT_RESTART, False),
+    ]
+    assert busy.patient
+    other = _RecordsCheckpoints(busy, passive_busy=True)
+    assert hook(other, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert other.calls == [("main", apsw.SQLITE_CHECKPOINT_PASSIVE, False)]
     assert busy.patient

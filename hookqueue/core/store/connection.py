@@ -164,51 +164,59 @@ def checkpoint_after_commit(
     back" about data that is stored. Here a failed checkpoint is logged and the commit stands;
     the WAL keeps the data and the next checkpoint tries again.
 
-    :param mode: SQLite's checkpoint mode (:class:`WalCheckpointer` runs ``RESTART``).
+    :param mode: SQLite's checkpoint mode (:class:`WalCheckpointer` runs a passive one, then
+        a ``RESTART`` one).
     """
     if pages >= WAL_CHECKPOINT_PAGES:
-        try:
-            conn.wal_checkpoint(dbname, mode)
-        except (apsw.BusyError, apsw.LockedError) as exc:
-            # Another process is checkpointing right now, or (RESTART without waiting)
-            # another connection writes or reads an old snapshot, so the pages that could be
-            # were copied and the log goes on: routine when several workers commit at once.
-            # Not worth a warning per commit.
-            log.debug(
-                "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
-            )
-        except apsw.Error as exc:
-            log.warning(
-                "%s: checkpointing the WAL failed (%s); the commit stands, the next commit "
-                "tries again",
-                conn.filename,
-                exc,
-            )
+        _checkpoint(conn, dbname, mode)
     return int(apsw.SQLITE_OK)
 
 
+def _checkpoint(conn: apsw.Connection, dbname: str, mode: int) -> bool:
+    """One checkpoint; False (logged) when it could not run to its end."""
+    try:
+        conn.wal_checkpoint(dbname, mode)
+    except (apsw.BusyError, apsw.LockedError) as exc:
+        # Another process is checkpointing right now, or (RESTART without waiting) another
+        # connection writes or reads an old snapshot: routine when several workers commit at
+        # once. Not worth a warning per commit.
+        log.debug(
+            "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
+        )
+        return False
+    except apsw.Error as exc:
+        log.warning(
+            "%s: checkpointing the WAL failed (%s); the commit stands, the next commit tries again",
+            conn.filename,
+            exc,
+        )
+        return False
+    return True
+
+
 class WalCheckpointer:
-    """A connection's WAL hook: :func:`checkpoint_after_commit` in ``RESTART`` mode, without
-    waiting for anyone.
+    """A connection's WAL hook: :func:`checkpoint_after_commit`, then a ``RESTART`` checkpoint,
+    neither waiting for anyone.
 
     A passive checkpoint copies the log into the database, but the log starts over only when
     the next writer began reading after the copy. With workers reading and writing all the
     time that rarely happens, so the log stayed over the threshold and every commit of every
     connection ran another checkpoint — each a sync of the database file, or a busy
     checkpoint lock: a quarter of a producer's time with four workers running, and logs of
-    2,000-4,000 pages (docs/performance.md, issue #22). A ``RESTART`` checkpoint copies the
-    same pages and, when no other connection is writing or reading an old snapshot at that
-    moment, also makes the next writer start the log over, so the log comes back under the
-    threshold and the next ~1,000 pages of commits run no checkpoint at all. It does not
-    wait: while :attr:`busy` is impatient SQLite gives up on the writer and reader locks at
-    once and the checkpoint goes on as a passive one. Durability is unchanged: checkpoints
-    run at the same threshold, and each still syncs what it copies.
+    2,000-4,000 pages (docs/performance.md, issue #22). So once the passive checkpoint has
+    copied the log (without blocking writers), a ``RESTART`` checkpoint — with the busy
+    handler impatient, so it takes the writer lock only if it is free and waits for no
+    reader — copies what was committed meanwhile (usually nothing) and, when no other
+    connection reads an old snapshot, makes the next writer start the log over: it comes
+    back under the threshold and the next ~1,000 pages of commits run no checkpoint at all.
+    Durability is unchanged: checkpoints run at the same threshold, and each syncs what it
+    copies.
     """
 
     __slots__ = ("busy",)
 
     def __init__(self, busy: BusyHandler) -> None:
-        #: The connection's busy handler, made impatient while the checkpoint runs.
+        #: The connection's busy handler, made impatient while the checkpoints run.
         self.busy = busy
 
     def __call__(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
@@ -217,9 +225,11 @@ class WalCheckpointer:
             return int(apsw.SQLITE_OK)
         self.busy.patient = False
         try:
-            return checkpoint_after_commit(conn, dbname, pages, apsw.SQLITE_CHECKPOINT_RESTART)
+            if _checkpoint(conn, dbname, apsw.SQLITE_CHECKPOINT_PASSIVE):
+                _checkpoint(conn, dbname, apsw.SQLITE_CHECKPOINT_RESTART)
         finally:
             self.busy.patient = True
+        return int(apsw.SQLITE_OK)
 
 
 #: The busy handler's first and longest sleep, in seconds.
