@@ -18,7 +18,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from hookqueue import Queue, TaskStatus, WorkerEngine
+from hookqueue import FakeClock, Queue, TaskStatus, WorkerEngine
 from hookqueue.core.errors import DatabaseBusy
 from hookqueue.core.store.connection import Connections
 
@@ -137,6 +137,34 @@ def test_claim_backs_off_and_finds_the_work_taken(tmp_path: Path) -> None:
     begins = [s for s in seen if s == "BEGIN IMMEDIATE"]
     assert len(begins) >= 2, seen  # it gave up at once and tried again
     assert "COMMIT" not in seen, seen  # and never took the lock: nothing was left to claim
+
+
+def test_a_sweep_that_finds_the_lock_taken_still_sweeps(tmp_path: Path) -> None:
+    """A sweep (``lease(limit=0)``) that finds the write lock taken keeps trying while a
+    lease has expired, and once the lock is free it requeues the task."""
+    path = tmp_path / "q.db"
+    clock = FakeClock()
+    q = Queue(path, load_entrypoints=False, durability="normal", clock=clock)
+    q.enqueue("job", max_attempts=3)
+    (held,) = q.runtime.lease("dead-worker", limit=1, lease_seconds=1.0)
+    clock.advance(5)  # its lease has expired
+    holder = _holder(path)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def commit_later() -> None:
+        time.sleep(0.1)
+        holder.execute("COMMIT")
+
+    thread = threading.Thread(target=commit_later)
+    thread.start()
+    try:
+        assert q.runtime.lease("sweeper", limit=0) == []
+    finally:
+        thread.join()
+        holder.close()
+    task = q.get(held.id)
+    assert task.status is TaskStatus.QUEUED and task.locked_by is None
+    q.close()
 
 
 def test_worker_finishes_everything_while_a_writer_holds_the_lock(tmp_path: Path) -> None:

@@ -951,7 +951,12 @@ class QueueDatabase:
         # for it, and when it finds the lock taken it looks again (a read) whether anything
         # is left to claim — often another worker's claim just took it (issue #22).
         def still_wanted() -> bool:
-            return bool(settlements) or (limit > 0 and self.has_work(queues, now_us, task_types))
+            if settlements:
+                return True
+            if limit > 0:
+                return self.has_work(queues, now_us, task_types)
+            # A sweep (limit 0): wanted while a lease has expired.
+            return self._cx.conn().execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
 
         with self._cx.errors, self._cx.unsynced() if not settlements else _NO_CHANGE:
             begun = self._cx.begin_yielding(still_wanted)
