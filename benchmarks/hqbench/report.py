@@ -555,35 +555,36 @@ worker processes, 8,000 enqueues at `normal`.
   like: raw gains from it too).
 
 **Before and after.** The code before this work (commit `76c35d8`) and after it, run
-interleaved (`python benchmarks/run.py --only W1,W2,W3,W3p4,W3c,W4s,W4lat,W5 --systems
-hookqueue,raw --runs 1`, three rounds each, alternating), medians of the three; load
-average 2.7–7.9 from other work on the two cores, so single runs varied by up to 3× and
-only large differences count. Each raw figure is from the same run as the hookqueue figure
-beside it (and raw uses hookqueue's checkpoint hook, so it gained too):
+interleaved (`python benchmarks/run.py --only W1,W3,W3p4,W3c,W4s,W4lat --systems
+hookqueue,raw --runs 1`, three rounds each, alternating), medians of the three, on a quiet
+machine (load average 0.2–2.6). Each raw figure is from the same run as the hookqueue
+figure beside it; raw uses hookqueue's checkpoint hook, so it gained too (at normal W4s raw
+went from 3,631 to 5,526 tasks/s):
 
 | figure | normal, before | normal, after | full, before | full, after |
 |---|---:|---:|---:|---:|
-| W4s tasks/s (raw apsw) | 1,874 (3,794) | 2,436 (4,259) | 538 (407) | 1,030 (1,374) |
-| W4s ÷ raw | 0.60× | 0.62× | 1.13× | 0.98× |
-| W4s producer enqueue p50 / p99 with workers, µs | 72 / 5,964 | 73 / 5,101 | 1,113 / 11,703 | 549 / 7,364 |
+| W4s tasks/s (raw apsw in the same run) | 2,478 (3,631) | 3,588 (5,526) | 958 (1,552) | 1,822 (1,585) |
+| W4s ÷ raw | 0.68× | 0.64× | 0.65× | 1.14× |
+| W4s producer enqueue p50 / p99 with workers, µs | 90 / 3,293 | 68 / 3,827 | 626 / 6,546 | 287 / 4,749 |
+| W4s producer enqueue p99 alone, µs | 175 | 156 | 596 | 513 |
 | W4s lost / duplicated | 0 / 0 | 0 / 0 | 0 / 0 | 0 / 0 |
-| W3p4 ÷ W3 | 0.66× | 1.19× | 1.11× | 0.80× |
-| W3c default ÷ best setting | 0.31 | 0.44 | 0.24 | 0.33 |
-| W4lat pickup p50 / p99, ms | 1.54 / 16.5 | 2.03 / 17.1 | 3.21 / 19.6 | 2.45 / 13.9 |
-| W4lat raw pickup p50 / p99, ms | 0.43 / 5.7 | 0.43 / 4.3 | 4.19 / 88.8 | 0.86 / 3.7 |
-| W1 ÷ raw (no regression) | 0.41× | 0.42× | 0.72× | 0.72× |
-| W2 ÷ raw | 0.19× | 0.18× | 0.23× | 0.22× |
-| W3 ÷ raw | 0.42× | 0.41× | 0.47× | 0.64× |
-| W5 status / cancel p50, µs | 6.9 / 39 | 6.7 / 40 | 6.7 / 366 | 6.5 / 231 |
+| W3p4 ÷ W3 | 1.14× | 1.23× | 1.20× | 1.04× |
+| W3c default ÷ best setting | 0.54 | 0.55 | 0.38 | 0.38 |
+| W4lat pickup p50 / p99, ms | 1.07 / 2.96 | 1.06 / 3.24 | 1.67 / 4.33 | 1.76 / 5.66 |
+| W1 ÷ raw (no regression) | 0.42× | 0.42× | 0.74× | 0.66× |
+| W3 ÷ raw | 0.36× | 0.34× | 0.47× | 0.49× |
 
-An earlier interleaved comparison at a lower load (1.1–6.8; with the `RESTART`-only
-checkpoint, before the passive one was put first) gave W4s 2,202 → 3,140 tasks/s at normal
-(0.57× → 0.85× raw) and 674 → 1,102 at full (0.67× → 1.06×); W3p4 ÷ W3 1.26× → 1.06× and
-0.88× → 1.25×; W4lat p50 1.13 → 1.16 ms and 3.02 → 1.87 ms. W6's lease growth (1.00× /
-1.09× at normal, 1.02× / 1.00× at full) and the worker's memory (+1.1–1.2 MB) stayed within
-their targets in a full run of the suite with the new code. W4s beside huey at `full`
-(`--only W4s --systems hookqueue,raw,huey --runs 3 --peer-runs 3`, load 2.7–4.9): hookqueue
-767 tasks/s, raw 976, huey 832 (0.92× huey).
+(W1 at full: 4,160 → 4,012 enqueues/s, the runs 3,909–4,495 before and 3,554–4,230 after,
+raw 5,657 → 5,711: within the noise; a checkpoint runs once per ~1,000 pages, and the
+busy handler only runs when another connection holds the lock.) The same comparison while
+other work loaded the machine (load 2.7–7.9, W2 and W5 included) varied up to 3× between
+runs but agreed: W4s 1,874 → 2,436 tasks/s at normal and 538 → 1,030 at full, W2 ÷ raw
+0.19× → 0.18× and 0.23× → 0.22×, W5 status p50 6.9 → 6.7 µs and 6.7 → 6.5 µs, cancel p50
+39 → 40 µs and 366 → 231 µs. W6's lease growth (1.00× / 1.09× at normal, 1.02× / 1.00× at
+full) and the worker's memory (+1.1–1.2 MB) stayed within their targets in a full run of
+the suite with the new code. W4s beside huey at `full` (`--only W4s --systems
+hookqueue,raw,huey --runs 3 --peer-runs 3`, load 2.2–2.6): hookqueue 1,787 tasks/s, raw
+1,553, huey 2,172 (0.82× huey).
 
 **Where the time goes now.** The W4s producer (py-spy, wall clock, 8,000 enqueues beside
 four workers at normal): 48 % of its time waiting in the busy handler for the write lock
@@ -611,32 +612,32 @@ against 13,374 enqueues/s): five processes on two cores. Draining, each task cos
 workers two write transactions (the claim, unsynced at `full`, and the outcome, synced),
 raw's loop about the same; the producer's p99 is where it waits behind them.
 
-**Targets.** Met: W4s ≥ 0.6× raw at both levels (0.62× / 0.98× in the interleaved run,
-0.85× / 1.06× in the earlier one), 0 lost / 0 duplicated in every run; W3p4 ≥ W3 at normal
-(1.19×; 1.06× in the earlier run) and at full in the earlier run (1.25×) but not in the
-latest (0.80×): on this machine the verdict flips with the load. Not met:
+**Targets.** Met: W4s ≥ 0.6× raw at both levels (0.64× / 1.14×), 0 lost / 0 duplicated in
+every run; W3p4 ≥ W3 at both levels (1.23× / 1.04×; under load it flipped below 1 at one
+level or the other); W4lat p50 ≤ 2 ms and p99 ≤ 10 ms at both levels (1.06 / 3.24 ms and
+1.76 / 5.66 ms; p99 a little above before, within the run-to-run spread). Not met:
 
-- *W4s ≥ 1.5× huey at full* (0.92×). hookqueue writes three transactions per task (the
+- *W4s ≥ 1.5× huey at full* (0.82×). hookqueue writes three transactions per task (the
   enqueue, the claim, the outcome; two of them synced) against huey's two (its enqueue and
-  its dequeue; it records no outcome).
-- *Producer enqueue p99 with workers ≤ 2× alone* (30× at normal, 12× at full in
-  `producer_p99.py` at load 2–3; W4s's own ratio, 3.8× / 4.2× in the interleaved run, is
-  not to be trusted: its "alone" p99 swung from 0.16 to 4.4 ms with the load). Raw apsw's
-  own single-insert/single-claim loop is at 11× / 4.5× on this machine, and idle workers
-  alone cost 3–4×: the target is below what the same SQL achieves on two shared cores.
-- *W3 at the default concurrency within 10 % of the best setting* (0.44 / 0.33). A worker
-  gives a slot a new task only once the outcome of the slot's last attempt is written —
-  that is what bounds the tasks a crash runs twice to `concurrency` — so it commits at
-  least once per `concurrency` finished tasks, and on no-op tasks the drain rate keeps
-  rising with the batch (W3c: 32 → 64 → 128). Only a default as large as the best setting
-  would be within 10 % of it; leasing ahead without weakening that bound gained nothing
-  (below). A larger default (32 drains ~2× faster than 10 here) is a product decision:
-  it also means up to that many sync handlers in threads at once, and up to that many
-  tasks run again after a worker is killed.
-- *W4lat pickup p99 ≤ 10 ms* (17.1 ms / 13.9 ms in the interleaved run; p50 within 2 ms at
-  normal, 2.45 ms at full). Raw apsw's pickup p99 in the same runs ranged from 1.4 to 98 ms:
-  the disk and cores were shared with other test runs; in the quieter earlier comparison
-  hookqueue's W4lat p50 was 1.16 ms / 1.87 ms.
+  its dequeue; it records no outcome). huey's workers also wait in SQLite's own busy
+  handler (1, 2, 5, 10 ms … sleeps), so they leave the lock to the producer — at the price
+  of a pickup p50 of 23–25 ms in W4lat.
+- *Producer enqueue p99 with workers ≤ 2× alone* (24× at normal, 9× at full in W4s;
+  30× / 12× in `producer_p99.py`). Raw apsw's own single-insert/single-claim loop is at 30×
+  / 27× in W4s and 11× / 4.5× in `producer_p99.py` on this machine, and idle workers alone
+  cost 3–4×: the target is below what the same SQL achieves on two shared cores. The claim
+  backing off cut the producer's p50 beside workers (90 → 68 µs, 626 → 287 µs) and its p99
+  at full (6.5 → 4.7 ms), not its p99 at normal.
+- *W3 at the default concurrency within 10 % of the best setting* (0.55 / 0.38, as
+  before). A worker gives a slot a new task only once the outcome of the slot's last
+  attempt is written — that is what bounds the tasks a crash runs twice to
+  `concurrency` — so it commits at least once per `concurrency` finished tasks, and on
+  no-op tasks the drain rate keeps rising with the batch (W3c: 32 → 64 → 128). Only a
+  default as large as the best setting would be within 10 % of it; leasing ahead without
+  weakening that bound gained nothing (below). A larger default (32 drains 1.5× / 1.9×
+  faster than 10 here) is a product decision: it also means up to that many sync
+  handlers in threads at once, and up to that many tasks run again after a worker is
+  killed.
 
 **Tried and dropped** (each measured; the figures are from this machine while other work
 loaded it, load average 3–10, so only large differences count):
