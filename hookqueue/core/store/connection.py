@@ -8,7 +8,9 @@ What it owns, so the statements in :mod:`.database` can assume a ready connectio
   thread ends or when the store closes;
 - refusing foreign and newer files (:mod:`.schema`) before anything is written;
 - write-ahead logging, switched on safely when several processes open a new file at once;
-- a busy handler with short sleeps, and hookqueue's own WAL checkpoint after commits;
+- a busy handler with short sleeps, a ``BEGIN`` for workers' claims that gives way to other
+  writers (:meth:`Connections.begin_yielding`), and hookqueue's own WAL checkpoint after
+  commits (:class:`WalCheckpointer`: passive, then RESTART, never waiting);
 - ``BEGIN IMMEDIATE`` / ``COMMIT`` / ``ROLLBACK`` that release the GIL while waiting;
 - turning apsw's exceptions into hookqueue's errors, each naming the file and the fix.
 """
