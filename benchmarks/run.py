@@ -53,22 +53,59 @@ CHOICES = [*WORKLOADS, "sched", "adapter"]
 PEERS = ("huey", "litequeue")
 
 
-#: The PostgreSQL section of docs/performance.md is written by benchmarks/postgres.py
-#: between these markers, under this heading; regenerating the page keeps it.
+#: The sections of docs/performance.md that other scripts write (benchmarks/postgres.py,
+#: postgres_limits.py, wait.py, dashboard.py) or that were written by hand: a section of the
+#: old page whose heading the new page lacks is kept. Those from this heading on stay at the
+#: end of the page; the others go before the targets, in the old page's order.
 PG_HEADING = "## PostgreSQL"
-PG_END = "<!-- postgres-benchmark:end -->"
+TARGETS_HEADING = "## Targets"
 
 
-def keep_postgres_section(page: str, old_path: Path) -> str:
-    """``page`` with the PostgreSQL section of the page at ``old_path`` kept at its end."""
+def _sections(text: str) -> list[tuple[str, str]]:
+    """``text`` cut at each level-2 heading: (heading line, the section's text) pairs; the
+    text before the first heading has the heading ''."""
+    parts: list[tuple[str, str]] = []
+    heading, start = "", 0
+    for line_start, line in _lines(text):
+        if line.startswith("## "):
+            parts.append((heading, text[start:line_start]))
+            heading, start = line.rstrip("\n"), line_start
+    parts.append((heading, text[start:]))
+    return parts
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    out, pos, fenced = [], 0, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced:
+            out.append((pos, line))
+        pos += len(line)
+    return out
+
+
+def keep_other_sections(page: str, old_path: Path) -> str:
+    """``page`` with the sections of the page at ``old_path`` that it does not generate."""
     try:
         old = old_path.read_text(encoding="utf-8")
     except OSError:
         return page
-    start, end = old.find(PG_HEADING + "\n"), old.find(PG_END)
-    if start < 0 or end < start:
-        return page
-    return page.rstrip() + "\n\n" + old[start : end + len(PG_END)] + "\n"
+    have = {heading for heading, _ in _sections(page)}
+    middle: list[str] = []
+    tail: list[str] = []
+    in_tail = False
+    for heading, text in _sections(old):
+        in_tail = in_tail or heading == PG_HEADING
+        if heading and heading not in have:
+            (tail if in_tail else middle).append(text.rstrip() + "\n")
+    if middle:
+        at = page.find("\n" + TARGETS_HEADING + "\n")
+        at = len(page) if at < 0 else at + 1
+        page = page[:at] + "\n".join(middle) + "\n" + page[at:]
+    if tail:
+        page = page.rstrip() + "\n\n" + "\n".join(tail)
+    return page
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -289,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         data["targets"] = evaluate(data["results"])
         docs = Path(args.docs_out)
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(keep_postgres_section(render_docs(data), docs), encoding="utf-8")
+        docs.write_text(keep_other_sections(render_docs(data), docs), encoding="utf-8")
         log(f"wrote {docs}")
         return 0
     data = run_suite(args)
@@ -306,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         docs = Path(args.docs_out)
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(keep_postgres_section(render_docs(data), docs), encoding="utf-8")
+        docs.write_text(keep_other_sections(render_docs(data), docs), encoding="utf-8")
         log(f"wrote {docs}")
     return 1 if data["errors"] else 0
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .common import rss_kib
+from .common import latency_summary, rss_kib
 
 Record = tuple[int, int, int]
 
@@ -83,7 +83,9 @@ def hq_worker(args: argparse.Namespace) -> None:
             count[0] += 1
 
     queue.handlers.register_handler("noop", noop)
-    engine = WorkerEngine(queue, worker_id=f"bench-{os.getpid()}", concurrency=args.concurrency)
+    # --concurrency 0: the worker's own default (what `hookqueue worker` runs with).
+    options: dict[str, Any] = {"concurrency": args.concurrency} if args.concurrency else {}
+    engine = WorkerEngine(queue, worker_id=f"bench-{os.getpid()}", **options)
     plugins = [
         {"name": s.name, "state": s.state, "reason": s.reason}
         for s in getattr(queue.pm, "hookqueue_status", [])
@@ -257,8 +259,26 @@ def _produce(
             t = time.time_ns()
             many([(i, t) for i in range(lo, min(n, lo + batch))])
     else:
+        # One call per task as fast as it goes (W4s): each call's duration is kept, so the
+        # producer's latency with workers running can be set beside its latency alone.
+        clock = time.perf_counter_ns
+        lat = [0] * n
         for i in range(n):
+            t0 = clock()
             one(i, time.time_ns())
+            lat[i] = clock() - t0
+        summary = latency_summary(lat)
+        _say(
+            {
+                "result": {
+                    "start_ns": start,
+                    "end_ns": time.time_ns(),
+                    "enqueue_p50_us": summary["p50_us"],
+                    "enqueue_p99_us": summary["p99_us"],
+                }
+            }
+        )
+        return
     _say({"result": {"start_ns": start, "end_ns": time.time_ns()}})
 
 
@@ -341,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--durability", choices=("normal", "full"), required=True)
     parser.add_argument("--mode", choices=("idle", "run"), default="idle")
     parser.add_argument("--log", default=None)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="0: the worker's default")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0)

@@ -71,14 +71,16 @@ _LEASE_PREFIX = "UPDATE tasks SET status = 'running', attempts = attempts + 1"
 def open_conn(path: Path | str, durability: str, busy_timeout: float = 10.0) -> apsw.Connection:
     """A connection set up exactly as ``QueueDatabase`` sets up its own."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-    conn.set_busy_handler(_connection.busy_handler(busy_timeout))
+    busy = _connection.busy_handler(busy_timeout)
+    conn.set_busy_handler(busy)
     apsw.bestpractice.connection_dqs(conn)
     apsw.bestpractice.connection_recursive_triggers(conn)
     apsw.bestpractice.connection_enable_foreign_keys(conn)
     apsw.bestpractice.connection_wal(conn)
     conn.pragma("synchronous", SYNCHRONOUS[durability])
     conn.transaction_mode = "IMMEDIATE"
-    conn.set_wal_hook(_connection.checkpoint_after_commit)
+    # The store's own checkpoint (RESTART without waiting, past the same threshold).
+    conn.set_wal_hook(_connection.WalCheckpointer(busy))
     return conn
 
 

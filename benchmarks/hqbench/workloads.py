@@ -1,4 +1,5 @@
-"""The workloads: W1, W1c, W2, W3, W3p4, W4, W4lat, W5, W6, memory, and the schedulers' costs.
+"""The workloads: W1, W1c, W2, W3, W3p4, W3c, W4, W4s, W4lat, W5, W6, memory, and the
+schedulers' costs.
 
 Each workload function measures one run of one system at one durability on a fresh database
 file and returns a flat dict of numbers (``None`` when the system has no such operation).
@@ -45,6 +46,7 @@ FULL_SIZES: dict[str, int] = {
     "w4": 20_000,
     "w4_batch": 100,
     "w4lat": 2500,
+    "w4s": 4000,
     "w4lat_rate": 500,
     "w5_queue": 10_000,
     "w5_ops": 1000,
@@ -68,6 +70,7 @@ QUICK_SIZES: dict[str, int] = {
     "w3": 400,
     "w4": 600,
     "w4lat": 60,
+    "w4s": 200,
     "w5_queue": 400,
     "w5_ops": 60,
     "w6_small": 200,
@@ -468,10 +471,19 @@ def _common_args(ctx: Context, path: Path, durability: str, logdir: Path) -> lis
     ]  # fmt: skip
 
 
-def drain(ctx: Context, system: str, durability: str, n: int, workers: int) -> dict[str, Any]:
+def drain(
+    ctx: Context,
+    system: str,
+    durability: str,
+    n: int,
+    workers: int,
+    *,
+    worker_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """``n`` pre-enqueued no-op tasks drained by ``workers`` processes, each working until the
     queue is empty (hookqueue: ``WorkerEngine.run_until_idle()``). Time runs from the moment
-    every process is released to the last one finishing."""
+    every process is released to the last one finishing. ``worker_args`` are added to each
+    worker's command line."""
     with ctx.workdir.fresh(f"drain-{system}") as path, children() as procs:
         logdir = path.parent
         prefill(system, path, durability, n)
@@ -482,6 +494,7 @@ def drain(ctx: Context, system: str, durability: str, n: int, workers: int) -> d
                 "idle",
                 "--log",
                 str(logs[k]),
+                *worker_args,
             ]
             procs.append(Child(ctx, _WORKER_ROLE[system], args, logdir))
         ready = [c.expect("ready", 60) for c in procs]
@@ -544,6 +557,30 @@ def w3(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
     return out
 
 
+#: The concurrency settings W3c drains with; 0 is the worker's default.
+W3C_SETTINGS = (0, 32, 64, 128)
+
+
+def w3c(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
+    """W3 (one worker process) at the worker's default ``concurrency`` and at each of
+    :data:`W3C_SETTINGS`: ``default_vs_best`` is the default's rate ÷ the best setting's.
+    hookqueue only (the others have no such setting)."""
+    if system != "hookqueue":
+        return None
+    n = ctx.sizes["w3"]
+    out: dict[str, Any] = {}
+    for setting in W3C_SETTINGS:
+        got = drain(ctx, system, durability, n, 1, worker_args=("--concurrency", str(setting)))
+        label = "default" if setting == 0 else str(setting)
+        out[f"tasks_s_{label}"] = got["tasks_s"]
+        for key in ("lost", "duplicated", "unexpected"):
+            out[key] = out.get(key, 0) + got[key]
+    best = max(out[f"tasks_s_{'default' if s == 0 else s}"] for s in W3C_SETTINGS)
+    out["tasks_s"] = out["tasks_s_default"]
+    out["default_vs_best"] = out["tasks_s_default"] / best
+    return out
+
+
 def w3p4(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
     """The same with four worker processes (not litequeue: see ``LITEQUEUE_SINGLE``)."""
     if system == "litequeue":
@@ -586,11 +623,19 @@ def _done_counter(system: str, path: Path, logdir: Path) -> Callable[[], int]:
 
 
 def produce_and_work(
-    ctx: Context, system: str, durability: str, n: int, *, batch: int, rate: float
+    ctx: Context,
+    system: str,
+    durability: str,
+    n: int,
+    *,
+    batch: int,
+    rate: float,
+    worker_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One producer process enqueueing ``n`` tasks while ``workers`` worker processes, started
     first and idle, take them (hookqueue: ``WorkerEngine.run()``, stopped by SIGTERM once every
-    task has run; huey: its own consumer with process workers)."""
+    task has run; huey: its own consumer with process workers). ``worker_args`` are added to
+    each worker's command line (not huey's consumer's)."""
     workers = ctx.sizes["workers"]
     with ctx.workdir.fresh(f"pw-{system}") as path, children() as procs:
         logdir = path.parent
@@ -604,7 +649,7 @@ def produce_and_work(
                 Child(
                     ctx,
                     _WORKER_ROLE[system],
-                    common + ["--mode", "run", "--log", str(logs[k])],
+                    common + ["--mode", "run", "--log", str(logs[k]), *worker_args],
                     logdir,
                 )
                 for k in range(workers)
@@ -670,7 +715,36 @@ def produce_and_work(
     }
     if leftover is not None:
         out["not_completed"] = leftover
+    for key in ("enqueue_p50_us", "enqueue_p99_us"):
+        if key in produced:
+            out[key] = produced[key]
     return out
+
+
+def produce_alone(ctx: Context, system: str, durability: str, n: int) -> dict[str, Any]:
+    """The W4s producer with no worker running: ``n`` single enqueues as fast as they go on
+    a fresh database; its rate and per-call p50/p99 (the yardstick for the same producer
+    with workers running)."""
+    with ctx.workdir.fresh(f"alone-{system}") as path, children() as procs:
+        logdir = path.parent
+        init_db(system, path, durability)
+        producer = Child(
+            ctx,
+            _PRODUCER_ROLE[system],
+            _common_args(ctx, path, durability, logdir)
+            + ["--n", str(n), "--batch", "1", "--rate", "0"],
+            logdir,
+        )
+        procs.append(producer)
+        producer.expect("ready", 60)
+        go = time.time_ns()
+        producer.go()
+        produced = producer.expect("result", ctx.timeout)["result"]
+    return {
+        "ops_s": n / ((produced["end_ns"] - go) / 1e9),
+        "enqueue_p50_us": produced["enqueue_p50_us"],
+        "enqueue_p99_us": produced["enqueue_p99_us"],
+    }
 
 
 def w4(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
@@ -680,6 +754,35 @@ def w4(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
     return produce_and_work(
         ctx, system, durability, ctx.sizes["w4"], batch=ctx.sizes["w4_batch"], rate=0
     )
+
+
+#: W4s's worker options per system: hookqueue's workers run with their defaults (what
+#: ``hookqueue worker`` runs: the issue's "with its defaults"); raw workers claim one task per
+#: transaction — the issue's baseline is raw apsw's single-insert/single-claim loop.
+_W4S_WORKER_ARGS: dict[str, tuple[str, ...]] = {
+    "hookqueue": ("--concurrency", "0"),
+    "raw": ("--batch", "1"),
+}
+
+
+def w4s(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
+    """W4 with the commonest real producer: one ``enqueue`` (one transaction) per task, as
+    fast as it goes, while four worker processes drain. The producer then runs again alone
+    (no workers) on a fresh file: ``enqueue_p99_ratio`` is its p99 with workers running ÷ its
+    p99 alone. litequeue sits out (see ``LITEQUEUE_SINGLE``)."""
+    if system == "litequeue":
+        return None
+    n = ctx.sizes["w4s"]
+    out = produce_and_work(
+        ctx, system, durability, n, batch=1, rate=0, worker_args=_W4S_WORKER_ARGS.get(system, ())
+    )
+    alone = produce_alone(ctx, system, durability, n)
+    out["alone_ops_s"] = alone["ops_s"]
+    out["alone_enqueue_p50_us"] = alone["enqueue_p50_us"]
+    out["alone_enqueue_p99_us"] = alone["enqueue_p99_us"]
+    if out.get("enqueue_p99_us") and alone["enqueue_p99_us"]:
+        out["enqueue_p99_ratio"] = out["enqueue_p99_us"] / alone["enqueue_p99_us"]
+    return out
 
 
 def w4lat(ctx: Context, system: str, durability: str) -> dict[str, Any] | None:
@@ -1043,7 +1146,9 @@ WORKLOADS: dict[str, Callable[[Context, str, str], dict[str, Any] | None]] = {
     "W2": w2,
     "W3": w3,
     "W3p4": w3p4,
+    "W3c": w3c,
     "W4": w4,
+    "W4s": w4s,
     "W4lat": w4lat,
     "W5": w5,
     "W6": w6,

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
-WORKLOADS = ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6", "memory"]
+WORKLOADS = ["W1", "W1c", "W2", "W3", "W3p4", "W3c", "W4", "W4s", "W4lat", "W5", "W6", "memory"]
 
 
 def _run(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -63,11 +63,11 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     # hookqueue and the raw baseline run every workload that has a raw counterpart.
     for workload in WORKLOADS:
         assert "hookqueue" in res[workload], workload
-    for workload in ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4lat", "W5", "W6"]:
+    for workload in ["W1", "W1c", "W2", "W3", "W3p4", "W4", "W4s", "W4lat", "W5", "W6"]:
         assert "raw" in res[workload], workload
     # huey and litequeue come with the bench extra; where installed, they run beside hookqueue.
     if importlib.util.find_spec("huey") is not None:
-        for workload in ["W1", "W3", "W3p4", "W4", "W4lat"]:
+        for workload in ["W1", "W3", "W3p4", "W4", "W4s", "W4lat"]:
             assert "huey" in res[workload], workload
         assert _number(res["W3"]["huey"]["consumer_tasks_s"])
     else:
@@ -79,6 +79,7 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
         assert "litequeue" in data["config"]["missing"]
     # Where a system has no such operation it is left out, never given a made-up figure.
     assert "huey" not in res["W2"] and "litequeue" not in res["W4"]
+    assert "litequeue" not in res["W4s"] and set(res["W3c"]) == {"hookqueue"}
 
     assert _number(res["W1"]["hookqueue"]["ops_s"]) and res["W1"]["hookqueue"]["ops_s"] > 0
     assert _number(res["W1"]["hookqueue"]["p99_us"])
@@ -89,10 +90,21 @@ def test_quick_run_produces_every_workload_table_and_json(tmp_path: Path) -> Non
     assert res["memory"]["hookqueue"]["completed"] == data["config"]["sizes"]["memory"]
 
     # Every task of the multi-process workloads ran exactly once, in every system.
-    for workload in ["W3", "W3p4", "W4", "W4lat"]:
+    for workload in ["W3", "W3p4", "W3c", "W4", "W4s", "W4lat"]:
         for system, m in res[workload].items():
             assert (m["lost"], m["duplicated"], m["unexpected"]) == (0, 0, 0), (workload, system, m)
     assert res["W4"]["hookqueue"]["not_completed"] == 0
+    assert res["W4s"]["hookqueue"]["not_completed"] == 0
+    # W4s: the producer's latency with workers and alone, for the p99 ratio (hookqueue and raw).
+    for system in ("hookqueue", "raw"):
+        w4s = res["W4s"][system]
+        for key in ("enqueue_p99_us", "alone_enqueue_p99_us", "enqueue_p99_ratio", "alone_ops_s"):
+            assert _number(w4s[key]), (system, key)
+    # W3c: the default concurrency and the other settings each drained, and the ratio.
+    w3c = res["W3c"]["hookqueue"]
+    for key in ("tasks_s_default", "tasks_s_32", "tasks_s_64", "default_vs_best"):
+        assert _number(w3c[key]), key
+    assert 0 < w3c["default_vs_best"] <= 1
 
     # The worker processes reported which plugins they ran with.
     names = {p["name"] for p in data["plugins"]}
@@ -426,3 +438,52 @@ def test_the_postgres_limits_benchmark_measures_every_case(
     assert medians["fair turns"]["tasks_per_lease"] == 10
     assert len(data["load_average_at_start"]) == 3
     assert "| fair turns |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_producer_p99_script_measures_every_case(tmp_path: Path) -> None:
+    """``benchmarks/producer_p99.py``: the producer alone, beside idle workers and beside
+    draining workers, for hookqueue and raw apsw; every case has its figures."""
+    out = tmp_path / "p99.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "producer_p99.py"), "--rounds", "1",
+         "--tasks", "50", "--durability", "normal", "--out", str(out),
+         "--workdir", str(tmp_path / "dbs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    medians = json.loads(out.read_text(encoding="utf-8"))["medians"]["normal"]
+    for system in ("hookqueue", "raw"):
+        assert set(medians[system]) == {"alone", "4 idle workers", "4 workers draining"}
+        for case in medians[system].values():
+            assert _number(case["p99_us"]) and _number(case["ops_s"]) and case["ops_s"] > 0
+    assert "| normal | hookqueue | 4 workers draining |" in proc.stdout
+
+
+def test_regenerating_the_page_keeps_the_sections_other_scripts_wrote(tmp_path: Path) -> None:
+    """``run.py --write-docs`` renders only its own sections: a section of the old page it does
+    not render (the dashboard's, wait's, PostgreSQL's) is kept, in place before the targets or
+    at the end from ``## PostgreSQL`` on; a heading inside a code block is not a section."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    old = tmp_path / "performance.md"
+    old.write_text(
+        "# Performance\n\n## Results\n\nold figures\n\n## The web dashboard\n\ndash\n\n"
+        "```\n## not a heading\n```\n\n## Targets\n\nold targets\n\n## PostgreSQL\n\npg\n\n"
+        "## PostgreSQL: what limits cost a lease\n\npg limits\n",
+        encoding="utf-8",
+    )
+    page = run.keep_other_sections(
+        "# Performance\n\n## Results\n\nnew\n\n## Targets\n\nnew t\n", old
+    )
+    assert page.index("## The web dashboard") < page.index("## Targets")
+    assert "dash\n\n```\n## not a heading\n```" in page
+    assert "old figures" not in page and "old targets" not in page
+    assert page.index("new t") < page.index("## PostgreSQL\n") < page.index("pg limits")
+    assert page.count("## Results") == 1

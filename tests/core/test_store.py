@@ -28,7 +28,12 @@ from hookqueue import (
 from hookqueue.core.models import LeasePlan, TaskStatus
 from hookqueue.core.storage import InsertRow
 from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
-from hookqueue.core.store.connection import WAL_CHECKPOINT_PAGES, checkpoint_after_commit
+from hookqueue.core.store.connection import (
+    WAL_CHECKPOINT_PAGES,
+    BusyHandler,
+    WalCheckpointer,
+    checkpoint_after_commit,
+)
 from hookqueue.core.store.schema import verify_identity
 
 
@@ -333,7 +338,7 @@ class _CheckpointFails:
         self.error = error
         self.calls = 0
 
-    def wal_checkpoint(self, dbname: str) -> None:
+    def wal_checkpoint(self, dbname: str, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE) -> None:
         self.calls += 1
         raise self.error
 
@@ -451,3 +456,44 @@ def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> N
         assert db.list(statuses=[TaskStatus.RUNNING], limit=10) == leased
     finally:
         db.close()
+
+
+class _RecordsCheckpoints:
+    """A connection that records each checkpoint's mode and whether the busy handler would
+    have waited meanwhile; its RESTART checkpoints report busy (another reader)."""
+
+    filename = "q.db"
+
+    def __init__(self, busy: BusyHandler, passive_busy: bool = False) -> None:
+        self.busy = busy
+        self.passive_busy = passive_busy
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def wal_checkpoint(self, dbname: str, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE) -> None:
+        self.calls.append((dbname, mode, self.busy.patient))
+        if mode != apsw.SQLITE_CHECKPOINT_PASSIVE or self.passive_busy:
+            raise apsw.BusyError("database is locked")
+
+
+def test_the_wal_hook_copies_then_restarts_the_log_without_waiting() -> None:
+    """Past the threshold, a connection's WAL hook runs a passive checkpoint (it blocks no
+    writer), then a RESTART one (so the log can start over although other connections keep
+    writing), both with the busy handler impatient (a commit never waits for other
+    connections); a RESTART that could not restart the log leaves the commit standing and
+    the handler patient again, and when the passive one found another checkpoint running,
+    no RESTART is tried."""
+    busy = BusyHandler(5.0)
+    hook = WalCheckpointer(busy)
+    conn = _RecordsCheckpoints(busy)
+    assert hook(conn, "main", WAL_CHECKPOINT_PAGES - 1) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert conn.calls == []
+    assert hook(conn, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert conn.calls == [
+        ("main", apsw.SQLITE_CHECKPOINT_PASSIVE, False),
+        ("main", apsw.SQLITE_CHECKPOINT_RESTART, False),
+    ]
+    assert busy.patient
+    other = _RecordsCheckpoints(busy, passive_busy=True)
+    assert hook(other, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
+    assert other.calls == [("main", apsw.SQLITE_CHECKPOINT_PASSIVE, False)]
+    assert busy.patient

@@ -8,7 +8,9 @@ What it owns, so the statements in :mod:`.database` can assume a ready connectio
   thread ends or when the store closes;
 - refusing foreign and newer files (:mod:`.schema`) before anything is written;
 - write-ahead logging, switched on safely when several processes open a new file at once;
-- a busy handler with short sleeps, and hookqueue's own WAL checkpoint after commits;
+- a busy handler with short sleeps, a ``BEGIN`` for workers' claims that gives way to other
+  writers (:meth:`Connections.begin_yielding`), and hookqueue's own WAL checkpoint after
+  commits (:class:`WalCheckpointer`: passive, then RESTART, never waiting);
 - ``BEGIN IMMEDIATE`` / ``COMMIT`` / ``ROLLBACK`` that release the GIL while waiting;
 - turning apsw's exceptions into hookqueue's errors, each naming the file and the fix.
 """
@@ -154,32 +156,82 @@ class ErrorTranslator:
 WAL_CHECKPOINT_PAGES = 1000
 
 
-def checkpoint_after_commit(conn: apsw.Connection, dbname: str, pages: int) -> int:
+def checkpoint_after_commit(
+    conn: apsw.Connection, dbname: str, pages: int, mode: int = apsw.SQLITE_CHECKPOINT_PASSIVE
+) -> int:
     """hookqueue's own automatic checkpoint (it replaces SQLite's; a WAL hook).
 
     SQLite's checkpoints after a commit, and when that checkpoint fails it reports the error
     from COMMIT although the transaction is committed — so a caller would be told "rolled
     back" about data that is stored. Here a failed checkpoint is logged and the commit stands;
     the WAL keeps the data and the next checkpoint tries again.
+
+    :param mode: SQLite's checkpoint mode (:class:`WalCheckpointer` runs a passive one, then
+        a ``RESTART`` one).
     """
     if pages >= WAL_CHECKPOINT_PAGES:
-        try:
-            conn.wal_checkpoint(dbname)
-        except (apsw.BusyError, apsw.LockedError) as exc:
-            # Another process is checkpointing right now: routine when several workers
-            # commit at once (the WAL stays over the threshold while readers hold old
-            # snapshots, so every commit tries). Not worth a warning per commit.
-            log.debug(
-                "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
-            )
-        except apsw.Error as exc:
-            log.warning(
-                "%s: checkpointing the WAL failed (%s); the commit stands, the next commit "
-                "tries again",
-                conn.filename,
-                exc,
-            )
+        _checkpoint(conn, dbname, mode)
     return int(apsw.SQLITE_OK)
+
+
+def _checkpoint(conn: apsw.Connection, dbname: str, mode: int) -> bool:
+    """One checkpoint; False (logged) when it could not run to its end."""
+    try:
+        conn.wal_checkpoint(dbname, mode)
+    except (apsw.BusyError, apsw.LockedError) as exc:
+        # Another process is checkpointing right now, or (RESTART without waiting) another
+        # connection writes or reads an old snapshot: routine when several workers commit at
+        # once. Not worth a warning per commit.
+        log.debug(
+            "%s: WAL checkpoint skipped (%s); another connection runs one", conn.filename, exc
+        )
+        return False
+    except apsw.Error as exc:
+        log.warning(
+            "%s: checkpointing the WAL failed (%s); the commit stands, the next commit tries again",
+            conn.filename,
+            exc,
+        )
+        return False
+    return True
+
+
+class WalCheckpointer:
+    """A connection's WAL hook: :func:`checkpoint_after_commit`, then a ``RESTART`` checkpoint,
+    neither waiting for anyone.
+
+    A passive checkpoint copies the log into the database, but the log starts over only when
+    the next writer began reading after the copy. With workers reading and writing all the
+    time that rarely happens, so the log stayed over the threshold and every commit of every
+    connection ran another checkpoint — each a sync of the database file, or a busy
+    checkpoint lock: a quarter of a producer's time with four workers running, and logs of
+    2,000-4,000 pages (docs/performance.md, issue #22). So once the passive checkpoint has
+    copied the log (without blocking writers), a ``RESTART`` checkpoint — with the busy
+    handler impatient, so it takes the writer lock only if it is free and waits for no
+    reader — copies what was committed meanwhile (usually nothing) and, when no other
+    connection reads an old snapshot, makes the next writer start the log over: it comes
+    back under the threshold and the next ~1,000 pages of commits run no checkpoint at all.
+    Durability is unchanged: checkpoints run at the same threshold, and each syncs what it
+    copies.
+    """
+
+    __slots__ = ("busy",)
+
+    def __init__(self, busy: BusyHandler) -> None:
+        #: The connection's busy handler, made impatient while the checkpoints run.
+        self.busy = busy
+
+    def __call__(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        """SQLite's WAL hook, called after each commit with the log's size in pages."""
+        if pages < WAL_CHECKPOINT_PAGES:
+            return int(apsw.SQLITE_OK)
+        self.busy.patient = False
+        try:
+            if _checkpoint(conn, dbname, apsw.SQLITE_CHECKPOINT_PASSIVE):
+                _checkpoint(conn, dbname, apsw.SQLITE_CHECKPOINT_RESTART)
+        finally:
+            self.busy.patient = True
+        return int(apsw.SQLITE_OK)
 
 
 #: The busy handler's first and longest sleep, in seconds.
@@ -187,31 +239,52 @@ BUSY_FIRST_SLEEP = 0.00005
 BUSY_MAX_SLEEP = 0.002
 
 
-def busy_handler(timeout: float) -> Callable[[int], bool]:
+class BusyHandler:
     """A busy handler that retries a locked database for ``timeout`` seconds, sleeping
     :data:`BUSY_FIRST_SLEEP` at first and doubling to at most :data:`BUSY_MAX_SLEEP`, so a
     waiting writer takes the lock soon after it is free. ``time.sleep`` releases the GIL, so
     other threads of the process (the one holding the lock, perhaps) run meanwhile.
+
+    While :attr:`patient` is False it does not wait at all (SQLite answers SQLITE_BUSY at
+    once): :meth:`Connections.begin_yielding` sets that around its ``BEGIN``.
     """
+
     # SQLite's own busy timeout sleeps 1, 2, 5, 10 ... 100 ms: a write lock held for a
     # fraction of a millisecond (one lease) would cost a waiting worker 10 ms or more.
-    deadline = 0.0
-    monotonic = time.monotonic
-    sleep = time.sleep
+    __slots__ = ("deadline", "patient", "timeout")
 
-    def handler(prior_calls: int) -> bool:
-        nonlocal deadline
-        now = monotonic()
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = 0.0
+        #: False: give up at once instead of waiting for the lock.
+        self.patient = True
+
+    def __call__(self, prior_calls: int) -> bool:
+        """SQLite's callback: True to try again (after a sleep), False to give up."""
+        if not self.patient:
+            return False
+        now = time.monotonic()
         if prior_calls == 0:
-            deadline = now + timeout
-        remaining = deadline - now
+            self.deadline = now + self.timeout
+        remaining = self.deadline - now
         if remaining <= 0:
             return False  # SQLite raises SQLITE_BUSY: DatabaseBusy
         delay = BUSY_FIRST_SLEEP * (1 << prior_calls) if prior_calls < 6 else BUSY_MAX_SLEEP
-        sleep(min(delay, BUSY_MAX_SLEEP, remaining))
+        time.sleep(min(delay, BUSY_MAX_SLEEP, remaining))
         return True
 
-    return handler
+
+def busy_handler(timeout: float) -> BusyHandler:
+    """A :class:`BusyHandler` for ``timeout`` seconds (what every connection is given)."""
+    return BusyHandler(timeout)
+
+
+#: A yielding ``BEGIN`` (:meth:`Connections.begin_yielding`) that finds the write lock taken
+#: sleeps this long before it looks again, doubling up to :data:`YIELD_MAX_SLEEP` — ten times
+#: the busy handler's sleeps, so a writer waiting in the busy handler (a producer's enqueue)
+#: takes the lock first.
+YIELD_FIRST_SLEEP = 0.0005
+YIELD_MAX_SLEEP = 0.004
 
 
 class _ThreadConnection:
@@ -321,7 +394,8 @@ class Connections:
                 vfs=self.vfs,
             )
             try:
-                conn.set_busy_handler(busy_handler(self.busy_timeout))
+                handler = BusyHandler(self.busy_timeout)
+                conn.set_busy_handler(handler)
                 verify_identity(conn, self.path)
                 # apsw's best practice, per connection: never bestpractice.apply(), which
                 # would change every connection in the host application.
@@ -331,11 +405,12 @@ class Connections:
                 self._switch_to_wal(conn)
                 conn.pragma("synchronous", SYNCHRONOUS[self.durability])
                 conn.transaction_mode = "IMMEDIATE"
-                conn.set_wal_hook(checkpoint_after_commit)
+                conn.set_wal_hook(WalCheckpointer(handler))
             except BaseException:
                 conn.close()
                 raise
         self._local.conn = conn
+        self._local.busy = handler
         self._local.fork_generation = _fork_generation
         # Closes the connection when its thread ends (the thread-local dies with it), so
         # short-lived threads (a worker's store thread, asyncio.to_thread) do not leak one.
@@ -431,6 +506,43 @@ class Connections:
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         return conn
+
+    def begin_yielding(self, still_wanted: Callable[[], bool]) -> apsw.Connection | None:
+        """``BEGIN IMMEDIATE`` that gives way to other writers — for a worker's claim, which
+        can wait, while the producers' enqueues keep the normal busy wait.
+
+        It tries without waiting. When another connection holds the write lock it sleeps
+        :data:`YIELD_FIRST_SLEEP`, doubling to :data:`YIELD_MAX_SLEEP`, asks ``still_wanted``
+        (a read, no lock: is there still something to claim?) and tries again, within
+        ``busy_timeout`` like any other write. Call inside ``with self.errors`` and end with
+        :meth:`commit` or :meth:`rollback`.
+
+        :returns: this thread's connection in a transaction, or None when ``still_wanted``
+            said no (nothing was written).
+        :raises apsw.BusyError: the lock stayed taken for ``busy_timeout`` (``self.errors``
+            turns it into :class:`~hookqueue.core.errors.DatabaseBusy`).
+        """
+        conn = self.conn()
+        handler: BusyHandler = self._local.busy
+        delay = YIELD_FIRST_SLEEP
+        deadline: float | None = None
+        while True:
+            handler.patient = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return conn
+            except apsw.BusyError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                elif now >= deadline:
+                    raise
+            finally:
+                handler.patient = True
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, YIELD_MAX_SLEEP)
+            if not still_wanted():
+                return None
 
     @staticmethod
     def rollback(conn: apsw.Connection) -> None:

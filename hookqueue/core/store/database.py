@@ -989,12 +989,29 @@ class QueueDatabase:
         # (decide_expired needs the task) and damaged rows.
         settled: builtins.list[tuple[str, Any, Task | None]] = []
         rows: builtins.list[Any] = []
+
         # A lease that carries no outcome is a claim, not an acknowledgement: if a power cut
         # loses it, the task runs again — exactly what the lease's expiry would bring about.
         # So at durability="full" it commits without waiting for the disk (the next synced
         # commit, by any connection, syncs it too); enqueues and outcomes still wait.
+        #
+        # The claim gives way to other writers (Connections.begin_yielding): while another
+        # connection holds the write lock it backs off instead of racing a producer's enqueue
+        # for it, and when it finds the lock taken it looks again (a read) whether anything
+        # is left to claim — often another worker's claim just took it (issue #22).
+        def still_wanted() -> bool:
+            if settlements:
+                return True
+            if limit > 0:
+                return self.has_work(queues, now_us, task_types)
+            # A sweep (limit 0): wanted while a lease has expired.
+            return self._cx.conn().execute(SQL_ANY_EXPIRED, (now_us,)).get is not None
+
         with self._cx.errors, self._cx.unsynced() if not settlements else _NO_CHANGE:
-            conn = self._cx.begin()
+            begun = self._cx.begin_yielding(still_wanted)
+            if begun is None:
+                return [], []
+            conn = begun
             try:
                 if settlements:
                     settled = self._settle(conn, worker_id, settlements, now_us)
