@@ -497,3 +497,29 @@ def test_the_wal_hook_copies_then_restarts_the_log_without_waiting() -> None:
     assert hook(other, "main", WAL_CHECKPOINT_PAGES) == apsw.SQLITE_OK  # type: ignore[arg-type]
     assert other.calls == [("main", apsw.SQLITE_CHECKPOINT_PASSIVE, False)]
     assert busy.patient
+
+
+def test_gauges_and_limit_usage_read_beside_a_writer_holding_the_lock(db_path: Path) -> None:
+    """The metrics' gauges and the limits' usage are reads: while another connection holds
+    the write lock they answer from the last commit at once — they would otherwise wait for
+    the lock, and end in DatabaseBusy after ``busy_timeout``."""
+    from hookqueue.core.models import LimitRule
+
+    with Queue(db_path) as queue:
+        queue.enqueue("t", {"tenant": "a"})
+    with QueueDatabase(db_path, busy_timeout=0.5) as db:
+        db.set_limit(LimitRule(name="one", concurrency=1), 1)
+        other = apsw.Connection(str(db_path))
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            now_us = time.time_ns() // 1000
+            gauges = db.queue_gauges(now_us)
+            usage = db.limit_usage(now_us)
+            waited = time.monotonic() - started
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert waited < 0.5, "a read waited for the write lock"
+    assert [(g.queue, g.due) for g in gauges] == [("default", 1)]
+    assert [(u.rule, u.due) for u in usage] == [("one", 1)]

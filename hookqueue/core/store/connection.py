@@ -499,6 +499,20 @@ class Connections:
                 raise
             self.commit(conn)
 
+    @contextmanager
+    def read(self) -> Iterator[apsw.Connection]:
+        """One read transaction (``BEGIN DEFERRED``), with apsw errors translated: several
+        statements see one snapshot, and no write lock is taken — apsw's ``with conn:``
+        begins as the connection's ``transaction_mode`` says (IMMEDIATE here), which would
+        queue a read behind every writer and hold writers up while it runs."""
+        with self.errors:
+            conn = self.conn()
+            conn.execute("BEGIN DEFERRED")
+            try:
+                yield conn
+            finally:
+                self.rollback(conn)  # nothing was written: ending the snapshot is all
+
     def begin(self) -> apsw.Connection:
         """``BEGIN IMMEDIATE`` on this thread's connection, for the hot paths that write
         without :meth:`write`'s generator (call inside ``with self.errors``; end with

@@ -796,8 +796,7 @@ class QueueDatabase:
     def queue_gauges(self, now_us: int) -> builtins.list[QueueGauge]:
         """Per queue name: due, delayed and running tasks and the oldest due ``run_after``
         (read in one transaction, so the figures are of one snapshot)."""
-        conn = self._cx.conn()
-        with self._cx.errors, conn:  # a read transaction: one snapshot for both statements
+        with self._cx.read() as conn:  # one snapshot for both statements, no write lock
             running: dict[str, int] = dict(conn.execute(SQL_RUNNING_BY_QUEUE).fetchall())  # type: ignore[arg-type]
             queued: builtins.list[Any] = conn.execute(
                 SQL_QUEUED_BY_QUEUE, (now_us, now_us, now_us)
@@ -1816,9 +1815,8 @@ class QueueDatabase:
         self, now_us: int, rules: Sequence[LimitRule] | None = None
     ) -> builtins.list[LimitUsage]:
         """Per rule (the stored ones, or ``rules``) and bucket with running or due tasks:
-        counts and what is held back now (a read; no lock)."""
-        conn = self._cx.conn()
-        with self._cx.errors:
+        counts and what is held back now (a read of one snapshot; no lock)."""
+        with self._cx.read() as conn:
             chosen = limiting.stored_rules(conn) if rules is None else list(rules)
             chosen.sort(key=lambda r: r.name)
             due_us = self._due_us(conn, now_us)
