@@ -26,7 +26,8 @@ running set stay as they were. The cases:
 - **binding**: ``concurrency=10`` with 5 tasks held running by another worker: each lease
   starts 5 of the 10 it asks for;
 - **fair turns**: ``fair=True`` by tenant (50 tenants): the ranks are computed over every due
-  task, so this one grows with the backlog.
+  task, so this one grows with the backlog;
+- **fair turns, weighted**: the same with ``weights`` for 5 of the 50 tenants.
 
 Baselines in the same run: **raw apsw** (the suite's baseline: the statements of the SQLite
 store's FIFO lease on a file of as many tasks, ``benchmarks/hqbench/raw.py``) and **raw
@@ -89,6 +90,18 @@ CASES: dict[str, tuple[tuple[LimitRule, ...], LeasePlan, int]] = {
     "binding": ((LimitRule(name="b", concurrency=10),), LeasePlan(stored_limits=True), 5),
     "fair turns": (
         (LimitRule(name="f", fair=True, partition_by="tenant"),),
+        LeasePlan(stored_limits=True),
+        0,
+    ),
+    "fair turns, weighted": (
+        (
+            LimitRule(
+                name="f",
+                fair=True,
+                partition_by="tenant",
+                weights={"t0": 3, "t1": 2, "t2": 5, "t3": 4, "t4": 7},
+            ),
+        ),
         LeasePlan(stored_limits=True),
         0,
     ),
@@ -408,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     warmup = 5
-    cases = [c for c in CASES if not args.only or c in args.only]
+    # "no plugin" always runs: the table's last column divides by it.
+    cases = [c for c in CASES if not args.only or c in args.only or c == "no plugin"]
     load_start = [round(x, 2) for x in os.getloadavg()]
     server = Server(args.dsn)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in ["raw apsw", "raw psycopg"]}

@@ -427,15 +427,17 @@ def test_the_postgres_limits_benchmark_measures_every_case(
         "rate",
         "binding",
         "fair turns",
+        "fair turns, weighted",
         "contention, no rule",
         "contention, one rule",
     }
     per_lease = [m["us_per_lease"] for m in medians.values() if "us_per_lease" in m]
-    assert len(per_lease) == 9 and all(_number(v) and v > 0 for v in per_lease)
+    assert len(per_lease) == 10 and all(_number(v) and v > 0 for v in per_lease)
     for name in ("contention, no rule", "contention, one rule"):
         assert _number(medians[name]["leases_per_s"]) and medians[name]["tasks_per_s"] > 0
     assert medians["binding"]["tasks_per_lease"] == 5
     assert medians["fair turns"]["tasks_per_lease"] == 10
+    assert medians["fair turns, weighted"]["tasks_per_lease"] == 10
     assert len(data["load_average_at_start"]) == 3
     assert "| fair turns |" in proc.stdout
 

@@ -463,8 +463,8 @@ class LimitStoreContract:
 
     def test_the_limits_state_machine(self) -> None:
         """Random enqueues, leases by two workers at moving instants, settlements and lease
-        expiries under a global, a per-tenant and a rate limit: the limits always hold
-        (see :class:`LimitMachine`)."""
+        expiries under a global, a per-tenant and a rate limit, with weighted round-robin
+        turns between the tenants: the limits always hold (see :class:`LimitMachine`)."""
         run_state_machine_as_test(
             lambda: LimitMachine(self.make_store),  # type: ignore[arg-type]
             settings=self.machine_settings,
@@ -490,6 +490,8 @@ MACHINE_RULES = (
     LimitRule(name="all", concurrency=3),
     LimitRule(name="per-tenant", partition_by="tenant", concurrency=2),
     LimitRule(name="rate", partition_by="tenant", rate=4, period=1.0, burst=2),
+    # Weighted turns between the tenants: they change which tasks start, never how many.
+    LimitRule(name="turns", partition_by="tenant", fair=True, weights={"a": 3}),
 )
 #: Its tenants (``None``: a task without the key).
 MACHINE_TENANTS = ("a", "b", None)
@@ -499,7 +501,8 @@ class LimitMachine(RuleBasedStateMachine):
     """A store leased under limits through random sequences of operations.
 
     Rules: enqueue tasks of a tenant; lease (either worker, a limit of 1 to 5, half the time
-    with the plan's rules, half with the same rules stored) after moving time forward by 0 to
+    with the plan's rules, half with the same rules stored; tenant ``a`` weighted 3 in the
+    turns, so the fair walk, its stored positions and its clock are exercised too) after moving time forward by 0 to
     0.6 s; complete a running task; let every lease expire (the next lease sweeps them).
     After every step: no tenant has more than 2 running tasks and no more than 3 run in all;
     every tenant's starts keep the rate's token-bucket bound (``burst + elapsed / interval``

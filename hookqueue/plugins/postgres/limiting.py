@@ -19,7 +19,7 @@ Then, as in the SQLite store:
    LOCKED``; walked in Python, counting each start against every rule it matches, so a batch
    never overshoots a limit;
 3. with a fair rule the candidates are the first few of every bucket, served in turns: the
-   bucket served longest ago first. Ranking them reads every due task's key (its cost grows
+   bucket served least (by its weight, ``LimitRule.weights``) first. Ranking them reads every due task's key (its cost grows
    with the backlog); they are not locked — the picks are, ``SKIP LOCKED``, and a pick
    another transaction holds is walked around (:meth:`Selection.pick_locked`);
 4. the picks are leased, and the rate state and turns written, in the same transaction.
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import heapq
 import json
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -56,7 +57,10 @@ MAX_EXCLUDED = 200
 
 def rule_from_row(row: Sequence[Any]) -> LimitRule:
     """A stored rule (a row of ``LIMIT_COLS``) as a :class:`LimitRule`."""
-    name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair = row
+    (name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair) = (
+        row[:10]
+    )
+    weights = row[10]
     return LimitRule(
         name=name,
         queue=queue,
@@ -68,6 +72,7 @@ def rule_from_row(row: Sequence[Any]) -> LimitRule:
         period=float(period),
         burst=int(burst),
         fair=bool(fair),
+        weights=() if weights is None else [tuple(pair) for pair in json.loads(weights)],
     )
 
 
@@ -84,6 +89,7 @@ def rule_params(rule: LimitRule, now_us: int) -> dict[str, Any]:
         "period": float(rule.period),
         "burst": rule.burst,
         "fair": bool(rule.fair),
+        "weights": json.dumps([list(pair) for pair in rule.weights]) if rule.weights else None,
         "now": now_us,
     }
 
@@ -98,6 +104,13 @@ def partition_value(bucket: str) -> Any:
     """A bucket's key as a value for reports: the JSON value, or None for ``''``."""
     return None if bucket == "" else json.loads(bucket)
 
+
+#: One turn of a weight-1 bucket in a fair rule's stored positions (divisible by every weight
+#: up to 16, so common weights advance exactly); as in the SQLite store.
+TURN = 720_720
+#: Where a fair rule's clock is kept among its buckets' positions (never a bucket's key: those
+#: are JSON numbers, quoted strings, or ``''``).
+CLOCK_BUCKET = "*"
 
 #: Rules read from the database, by their row (decoding validates, so it is done once).
 _RULES: dict[tuple[Any, ...], LimitRule] = {}
@@ -244,7 +257,6 @@ class Selection:
         self.turns: dict[str, int] = {}
         #: The fair rule's buckets served by this lease (their turns are written).
         self.served: set[str] = set()
-        self.turn = 0
         #: The candidates asked for ahead (``window``, cursor), see :meth:`candidates`.
         self._ahead: tuple[int, Any] | None = None
         self._load(lock_schema, load_turns, ahead)
@@ -318,7 +330,6 @@ class Selection:
                         r.held.append(bucket)
         if turns is not None:
             self.turns = _counts(turns.fetchall())
-            self.turn = max(self.turns.values(), default=0)
 
     # -- candidates ------------------------------------------------------------------------
 
@@ -476,35 +487,55 @@ class Selection:
         for row in rows:
             key = row[col] if fair.rule.matches(row[1], row[2]) else None
             groups.setdefault(key, deque()).append(row)
-        # The bucket served longest ago first (never served: first of all), ties in the
-        # order their heads came; tasks the fair rule does not match take turns as one group.
-        heads = {k: i for i, k in enumerate(groups)}
-        order = sorted(groups, key=lambda k: (-1 if k is None else self.turns.get(k, 0), heads[k]))
-        turn: deque[str | None] = deque(order)
-        while turn and len(picked) < limit:
-            key = turn.popleft()
+        # Weighted fair queueing by "virtual time", as in the SQLite store: each bucket's
+        # stored position grows by 1/weight of a turn per task served and the lowest goes
+        # next (ties: the order of the buckets' first tasks). The rule's clock (stored under
+        # CLOCK_BUCKET) is the position of the latest pick: a bucket never served, or back
+        # after a quiet spell, starts from it — first in line, without the turns it missed.
+        # Tasks the fair rule does not match take their turns as one more bucket. The clock
+        # is written with every lease that serves (its served_at keeps it from prune while
+        # the rule is in use).
+        clock = self.turns.get(CLOCK_BUCKET, 0)
+        first = {key: i for i, key in enumerate(groups)}
+        heap = [
+            (clock if key is None else max(self.turns.get(key, clock), clock), first[key], key)
+            for key in groups
+        ]
+        heapq.heapify(heap)
+        while heap and len(picked) < limit:
+            at, order, key = heapq.heappop(heap)
             queue = groups[key]
             while queue:
                 row = queue.popleft()
                 if self._try(row):
                     picked.append(row[0])
+                    step = TURN // self._weight(fair.rule, key)
                     if key is not None:
-                        self.turn += 1
-                        self.turns[key] = self.turn
+                        self.turns[key] = at + step
                         self.served.add(key)
-                    turn.append(key)
+                    clock = max(clock, at)
+                    self.turns[CLOCK_BUCKET] = clock
+                    self.served.add(CLOCK_BUCKET)
+                    heapq.heappush(heap, (at + step, order, key))
                     break
         return picked
 
+    @staticmethod
+    def _weight(rule: LimitRule, bucket: str | None) -> int:
+        """The turns per round of a fair rule's bucket (1 unless weighted)."""
+        if not rule.weights or bucket is None or bucket == "":
+            return 1
+        return rule.weight_of(partition_value(bucket))
+
     def _save(self) -> tuple[Any, ...]:
         rules = [(dict(r.running), dict(r.tat), set(r.dirty)) for r in self.rules]
-        return rules, dict(self.turns), set(self.served), self.turn
+        return rules, dict(self.turns), set(self.served)
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
-        rules, turns, served, turn = saved
+        rules, turns, served = saved
         for r, (running, tat, dirty) in zip(self.rules, rules, strict=True):
             r.running, r.tat, r.dirty = running, tat, dirty
-        self.turns, self.served, self.turn = turns, served, turn
+        self.turns, self.served = turns, served
 
     def pick_locked(self, rows: Sequence[Sequence[Any]], limit: int) -> builtins.list[int]:
         """:meth:`pick` over unlocked rows (the fair query's), then lock the picks (``SKIP

@@ -196,9 +196,11 @@ MIGRATIONS: tuple[str, ...] = (
     $$;
     """,
     # v4: limits (the limits plugin's, through the store's named methods; the SQLite store's
-    # version 6). Rules by name; per rule and bucket the rate's state (its theoretical
-    # arrival time) and the round-robin turn of a fair rule's buckets (with the instant it
-    # was served, so prune can forget turns not served for long). All three are read and
+    # version 6). Rules by name (a fair rule's weights as the JSON text of its sorted
+    # [value, weight] pairs, NULL when unweighted); per rule and bucket the rate's state (its
+    # theoretical arrival time) and the round-robin position of a fair rule's buckets, with
+    # the rule's clock under bucket '*' (and the instant each was served, so prune can forget
+    # positions not served for long). All three are read and
     # written inside the lease transaction, under the advisory locks of the rules the lease
     # keeps, so every process counts the same starts.
     # limit_bucket() is a task's bucket under a partitioned rule: the JSON text of the value
@@ -220,6 +222,7 @@ MIGRATIONS: tuple[str, ...] = (
         period       double precision NOT NULL CHECK (period > 0),
         burst        bigint  NOT NULL DEFAULT 1 CHECK (burst >= 1),
         fair         boolean NOT NULL DEFAULT false,
+        weights      text,
         created_at   bigint  NOT NULL,
         updated_at   bigint  NOT NULL
     );

@@ -810,14 +810,15 @@ def sql_matching(shape: FilterShape, select: str) -> str:
 
 #: The columns of a stored rule, in ``rule_from_row`` order.
 LIMIT_COLS = (
-    "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair"
+    "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair, "
+    "weights"
 )
 LIMITS_ALL = "SELECT " + LIMIT_COLS + " FROM {lim} ORDER BY name"
 #: A new rule, unless the name is taken (then nothing: a concurrent creator is waited for).
 LIMIT_CREATE = (
     "INSERT INTO {lim} (" + LIMIT_COLS + ", created_at, updated_at) VALUES (%(name)s, "
     "%(queue)s, %(task_type)s, %(partition_by)s, %(partition_in)s, %(concurrency)s, %(rate)s, "
-    "%(period)s, %(burst)s, %(fair)s, %(now)s::bigint, %(now)s::bigint) "
+    "%(period)s, %(burst)s, %(fair)s, %(weights)s, %(now)s::bigint, %(now)s::bigint) "
     "ON CONFLICT (name) DO NOTHING RETURNING name"
 )
 LIMIT_LOCK = "SELECT " + LIMIT_COLS + " FROM {lim} WHERE name = %(name)s FOR UPDATE"
@@ -825,7 +826,7 @@ LIMIT_UPDATE = (
     "UPDATE {lim} SET queue = %(queue)s, task_type = %(task_type)s, "
     "partition_by = %(partition_by)s, partition_in = %(partition_in)s, "
     "concurrency = %(concurrency)s, rate = %(rate)s, period = %(period)s, burst = %(burst)s, "
-    "fair = %(fair)s, updated_at = %(now)s::bigint WHERE name = %(name)s"
+    "fair = %(fair)s, weights = %(weights)s, updated_at = %(now)s::bigint WHERE name = %(name)s"
 )
 #: A rule with its rate state and turns; returns the deleted rule's queue (a row when found).
 LIMIT_DELETE = (
@@ -854,8 +855,9 @@ TURN_PUT = (
     "%(now)s::bigint FROM unnest(%(buckets)s::text[], %(values)s::bigint[]) AS x(b, v) "
     "ON CONFLICT (rule, bucket) DO UPDATE SET turn = excluded.turn, served_at = excluded.served_at"
 )
-#: A bucket not served since the cut-off forgets its turn: it is then "never served", first
-#: in line, where having been served longest ago put it anyway.
+#: A bucket not served since the cut-off forgets its position: it then starts from the rule's
+#: clock, first in line, where having been served longest ago put it anyway (the clock is
+#: written by every lease that serves, so it goes only when the whole rule was idle).
 TURN_PRUNE = "DELETE FROM {lturn} WHERE served_at < %(before)s::bigint"
 
 #: A task's bucket under a partitioned rule, by where the key is read (the key is bound as

@@ -120,8 +120,11 @@ def test_the_plan_stays_the_schedulers(q: Queue) -> None:
 
 def test_a_freed_slot_wakes_a_waiting_worker_without_polling(db_path: Path) -> None:
     """A task held by a slot that another process holds starts as soon as that task
-    settles — through the store's change notification, with a 60 s idle poll — and the
-    worker does not lease in a loop while it waits."""
+    settles — through the store's change notification — and the worker does not lease in a
+    loop while it waits. Every other way to look again is set far beyond the 10 s allowed:
+    a 60 s idle poll, 600 s leases for the worker (its idle heartbeat, a commit that also
+    makes it look, then comes every 150 s) and for the held task (its expiry would wake the
+    worker too), so only the wake-up can start the task in time."""
     counter = _LeaseCounter()
     q = Queue(db_path, durability="normal", plugins=[counter])
     other = Queue(db_path, durability="normal")
@@ -131,9 +134,10 @@ def test_a_freed_slot_wakes_a_waiting_worker_without_polling(db_path: Path) -> N
         set_limit(q, "one", concurrency=1)
         # Another process's worker holds the one slot.
         other.enqueue("job", {})
-        [held] = other.runtime.lease("elsewhere", limit=1)
+        [held] = other.runtime.lease("elsewhere", limit=1, lease_seconds=600)
         waiting = q.enqueue("job", {})
-        worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0)
+        worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0, lease_seconds=600.0)
+        assert worker.heartbeat_interval >= 60
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         time.sleep(0.5)

@@ -282,9 +282,10 @@ def test_prune_forgets_stale_rate_state_and_turns(postgres_dsn: str) -> None:
             assert rates is not None and turns is not None
             return int(rates[0]), int(turns[0])
 
-        assert state() == (1, 1)
+        # One rate bucket; one served bucket and the fair rule's clock.
+        assert state() == (1, 2)
         store.prune(older_than_us=t0, statuses=[TaskStatus.COMPLETED])
-        assert state() == (1, 1)
+        assert state() == (1, 2)
         store.prune(older_than_us=t0 + 2 * SECOND, statuses=[TaskStatus.COMPLETED])
         assert state() == (0, 0)
 

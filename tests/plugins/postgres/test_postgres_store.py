@@ -204,7 +204,7 @@ def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
 ) -> None:
     """A schema of version 3 (before limits) gains the limit tables and the bucket function
     on first use: a rule is stored, its running task (there from before) counts against it,
-    and a lease keeps it."""
+    and a lease keeps it; a weighted fair rule is stored and listed as set."""
     from hookqueue.core.models import LeasePlan, LimitRule
     from hookqueue.plugins.postgres.schema import MIGRATIONS
     from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
@@ -240,6 +240,10 @@ def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
         )
         assert [t.payload for t in leased] == [{"tenant": "b"}]
         assert store.list_limits() == [rule] and store.check() == []
+        # The v4 step's limits table stores a fair rule's weights too.
+        weighted = LimitRule(name="w", fair=True, partition_by="tenant", weights={"a": 2, 5: 3})
+        assert store.set_limit(weighted, 30) == "created"
+        assert store.list_limits() == [rule, weighted]
     finally:
         store.close()
 
