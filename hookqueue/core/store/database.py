@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import apsw
 import attrs
 
+from .. import limitwalk
 from ..clock import from_us, to_us
 from ..errors import DamagedRow, InvalidTransition, StoreError, TaskNotFound, ValidationError
 from ..models import (
@@ -1226,7 +1227,7 @@ class QueueDatabase:
             window_rows = sel.candidates(
                 plan, queues, due_us, task_types, order_params, plan.window, fair=False
             )
-            allowed = {row[0]: row for row in window_rows if _allowed_alone(sel, row)}
+            allowed = {row[0]: row for row in window_rows if sel.allowed_alone(row)}
             if not allowed:
                 return []
             offered = self._window(conn, plan, list(allowed), due_us)
@@ -1789,7 +1790,7 @@ class QueueDatabase:
             if row is None:
                 conn.execute(SQL_LIMIT_INSERT, (rule.name, *values, now_us, now_us))
                 return "created"
-            if limiting.rule_from_row(row) == rule:
+            if limitwalk.rule_from_row(row) == rule:
                 return "unchanged"
             conn.execute(SQL_LIMIT_UPDATE, (*values, now_us, rule.name))
             return "updated"
@@ -1949,17 +1950,6 @@ def _row_order(plan: LeasePlan, now_us: int) -> Callable[[Any], tuple[Any, ...]]
         return tuple(parts)
 
     return key
-
-
-def _allowed_alone(sel: limiting.Selection, row: Sequence[Any]) -> bool:
-    """Would ``row`` be allowed to start by itself (nothing else starting with it)?"""
-    queue, task_type = row[1], row[2]
-    for r in sel.rules:
-        if r.rule.matches(queue, task_type):
-            bucket = "" if r.part is None else row[3 + r.part]
-            if not r.allows(bucket, sel.now_us):
-                return False
-    return True
 
 
 def _priority_key(row: Any) -> tuple[Any, ...]:

@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import builtins
 import functools
-import heapq
 import json
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apsw
 
-from ..errors import ValidationError
+from ..limitwalk import (
+    MAX_EXCLUDED,
+    MAX_PARTS,
+    LimitWalk,
+    RuleState,
+    concerning,
+    counts,
+    decode_rules,
+    weights_json,
+)
 from ..models import LeasePlan, LimitRule, SortKey
-from ..storage import CLOCK_SLACK_US, LimitUsage
+from ..storage import LimitUsage
 from .statements import NOT_PAUSED, _due_clause, _type_filter, order_by, placeholders
 
 # -- statements --------------------------------------------------------------------------------
@@ -102,6 +109,7 @@ PART_NAMES = (
     "p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13",
     "p14", "p15",
 )  # fmt: skip
+assert len(PART_NAMES) == MAX_PARTS
 #: One exclusion: ``(has_queue, has_type, source or "", number of buckets; 0: the whole rule)``.
 ExclShape = tuple[tuple[bool, bool, str, int], ...]
 
@@ -207,27 +215,6 @@ def sql_limit_buckets(n: int, parts: PartShape) -> str:
 # -- rules ---------------------------------------------------------------------------------------
 
 
-def rule_from_row(row: Sequence[Any]) -> LimitRule:
-    """A stored rule (a row of ``LIMIT_COLS``) as a :class:`LimitRule`."""
-    (name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair) = (
-        row[:10]
-    )
-    weights = row[10]
-    return LimitRule(
-        name=name,
-        queue=queue,
-        task_type=task_type,
-        partition_by=partition_by,
-        partition_in=partition_in,
-        concurrency=concurrency,
-        rate=rate,
-        period=period,
-        burst=burst,
-        fair=bool(fair),
-        weights=() if weights is None else [tuple(pair) for pair in json.loads(weights)],
-    )
-
-
 def rule_values(rule: LimitRule) -> tuple[Any, ...]:
     """A rule's values in ``LIMIT_COLS`` order after the name."""
     return (
@@ -240,7 +227,7 @@ def rule_values(rule: LimitRule) -> tuple[Any, ...]:
         float(rule.period),
         rule.burst,
         int(rule.fair),
-        json.dumps([list(pair) for pair in rule.weights]) if rule.weights else None,
+        weights_json(rule),
     )
 
 
@@ -249,33 +236,9 @@ def path_of(rule: LimitRule) -> str:
     return "$." + json.dumps(rule.partition_by)
 
 
-def partition_value(bucket: str) -> Any:
-    """A bucket's key as a value for reports: the JSON value, or None for ``''``."""
-    return None if bucket == "" else json.loads(bucket)
-
-
-#: One turn of a weight-1 bucket in a fair rule's stored positions (divisible by every weight
-#: up to 16, so common weights advance exactly).
-TURN = 720_720
-#: Where a fair rule's clock is kept among its buckets' positions (never a bucket's key: those
-#: are JSON numbers, quoted strings, or ``''``).
-CLOCK_BUCKET = "*"
-
-#: Rules read from the database, by their row (decoding validates, so it is done once).
-_RULES: dict[tuple[Any, ...], LimitRule] = {}
-
-
 def stored_rules(conn: apsw.Connection) -> builtins.list[LimitRule]:
     """The stored rules, by name."""
-    out = []
-    for row in conn.execute(SQL_LIMITS_ALL):
-        rule = _RULES.get(row)
-        if rule is None:
-            if len(_RULES) > 1024:
-                _RULES.clear()
-            rule = _RULES[row] = rule_from_row(row)
-        out.append(rule)
-    return out
+    return decode_rules(conn.execute(SQL_LIMITS_ALL))
 
 
 def plan_rules(
@@ -291,74 +254,17 @@ def plan_rules(
     rules = list(plan.limits)
     if plan.stored_limits:
         rules += stored_rules(conn)
-    return [
-        r
-        for r in rules
-        if (r.queue is None or queues is None or r.queue in queues)
-        and (r.task_type is None or task_types is None or r.task_type in task_types)
-    ]
+    return concerning(rules, queues, task_types)
 
 
 # -- the selection ---------------------------------------------------------------------------------
 
 
-class _Rule:
-    """One rule's state during one lease: its running counts and rate state per bucket."""
-
-    __slots__ = ("rule", "part", "running", "tat", "dirty", "held")
-
-    def __init__(self, rule: LimitRule, part: int | None) -> None:
-        self.rule = rule
-        #: Index of its partition column (None: one bucket, ``''``).
-        self.part = part
-        self.running: dict[str, int] = {}
-        self.tat: dict[str, int] = {}
-        self.dirty: set[str] = set()
-        #: Buckets full now (before this lease's starts).
-        self.held: builtins.list[str] = []
-
-    def allows(self, bucket: str, now_us: int) -> bool:
-        rule = self.rule
-        if rule.concurrency is not None and self.running.get(bucket, 0) >= rule.concurrency:
-            return False
-        if rule.rate is not None:
-            tat = self.tat.get(bucket, now_us)
-            if tat - (rule.burst - 1) * rule.interval_us > now_us:
-                return False
-        return True
-
-    def take(self, bucket: str, now_us: int) -> None:
-        rule = self.rule
-        if rule.concurrency is not None:
-            self.running[bucket] = self.running.get(bucket, 0) + 1
-        if rule.rate is not None:
-            self.tat[bucket] = max(self.tat.get(bucket, now_us), now_us) + rule.interval_us
-            self.dirty.add(bucket)
-
-
-def _counts(cursor: Iterable[Any]) -> dict[str, int]:
-    """``bucket -> integer`` from a query of two columns."""
-    return {str(bucket): int(n) for bucket, n in cursor}
-
-
-def _effective_tat(rule: LimitRule, tat: int, now_us: int) -> int:
-    """Stored rate state, with a reading more than the clock slack ahead of what any start
-    at ``now_us`` could have written (a clock that reads far ahead wrote it) ignored: the
-    bucket is then as if unused, so one wrong clock cannot hold it until its instant."""
-    if tat > now_us + rule.burst * rule.interval_us + CLOCK_SLACK_US:
-        return now_us
-    return tat
-
-
-class Selection:
+class Selection(LimitWalk):
     """Which due tasks a lease with limits may start, computed inside one transaction.
 
     :meth:`pick` returns ids in the order to lease them; :meth:`write` stores the rate state
     and turns of what was picked (call it only when the picks are leased)."""
-
-    #: Held buckets listed in the candidate query per rule at most (more: they are skipped
-    #: while walking the window instead).
-    MAX_EXCLUDED = 200
 
     def __init__(
         self,
@@ -368,37 +274,14 @@ class Selection:
         *,
         load_turns: bool = True,
     ) -> None:
+        super().__init__(rules, now_us, path_of)
         self.conn = conn
-        self.now_us = now_us
-        parts: builtins.list[tuple[str, str]] = []
-        self.rules: builtins.list[_Rule] = []
-        for rule in rules:
-            part = None
-            if rule.partition_by is not None:
-                key = (rule.partition_in, path_of(rule))
-                if key not in parts:
-                    parts.append(key)
-                part = parts.index(key)
-            self.rules.append(_Rule(rule, part))
-        if len(parts) > len(PART_NAMES):
-            raise ValidationError(
-                "limits",
-                len(parts),
-                f"the rules of one lease read more than {len(PART_NAMES)} partition keys",
-                "partition the rules of a queue by fewer keys",
-            )
-        #: The partition columns: ``(source, path)``.
-        self.parts = parts
-        self.fair: _Rule | None = next((r for r in self.rules if r.rule.fair), None)
-        self.turns: dict[str, int] = {}
-        #: The fair rule's buckets served by this lease (their positions are written).
-        self.served: set[str] = set()
         for r in self.rules:
             self._load(r)
         if self.fair is not None and load_turns:
-            self.turns = _counts(conn.execute(SQL_TURNS, (self.fair.rule.name,)))
+            self.turns = counts(conn.execute(SQL_TURNS, (self.fair.rule.name,)))
 
-    def _bucket_args(self, r: _Rule) -> tuple[str, tuple[Any, ...]]:
+    def _bucket_args(self, r: RuleState) -> tuple[str, tuple[Any, ...]]:
         if r.part is None:
             return "", ()
         source, path = self.parts[r.part]
@@ -408,19 +291,14 @@ class Selection:
     def _match_args(rule: LimitRule) -> tuple[Any, ...]:
         return tuple(v for v in (rule.queue, rule.task_type) if v is not None)
 
-    def _load(self, r: _Rule) -> None:
-        rule, now_us = r.rule, self.now_us
+    def _load(self, r: RuleState) -> None:
+        rule = r.rule
         source, bucket_args = self._bucket_args(r)
         if rule.concurrency is not None:
             sql = sql_rule_running(rule.queue is not None, rule.task_type is not None, source)
-            r.running = _counts(self.conn.execute(sql, (*bucket_args, *self._match_args(rule))))
-            r.held += [b for b, n in r.running.items() if n >= rule.concurrency]
+            r.load_running(counts(self.conn.execute(sql, (*bucket_args, *self._match_args(rule)))))
         if rule.rate is not None:
-            for bucket, tat in self.conn.execute(SQL_RATE_AHEAD, (rule.name, now_us)):
-                tat = _effective_tat(rule, tat, now_us)
-                r.tat[bucket] = tat
-                if tat - (rule.burst - 1) * rule.interval_us > now_us and bucket not in r.held:
-                    r.held.append(bucket)
+            r.load_rates(self.conn.execute(SQL_RATE_AHEAD, (rule.name, self.now_us)), self.now_us)
 
     # -- candidates ------------------------------------------------------------------------------
 
@@ -435,7 +313,7 @@ class Selection:
             if r.part is None:
                 shape.append((has_q, has_t, "", 0))
                 params += self._match_args(rule)
-            elif len(r.held) <= self.MAX_EXCLUDED:
+            elif len(r.held) <= MAX_EXCLUDED:
                 source, bucket_args = self._bucket_args(r)
                 shape.append((has_q, has_t, source, len(r.held)))
                 params += [*self._match_args(rule), *bucket_args, *r.held]
@@ -500,97 +378,6 @@ class Selection:
         rows = self.conn.execute(sql_limit_buckets(len(ids), parts), (*part_params, *ids))
         return {row[0]: row for row in rows}
 
-    def roomy(self, n: int) -> bool:
-        """True when ``n`` more starts cannot fill any bucket of any rule (so every due
-        candidate the held-bucket exclusion lets through will start)."""
-        if self.fair is not None:
-            return False
-        now_us = self.now_us
-        for r in self.rules:
-            rule = r.rule
-            if rule.concurrency is not None:
-                if rule.concurrency - max(r.running.values(), default=0) < n:
-                    return False
-            if rule.rate is not None:
-                if rule.burst < n:
-                    return False
-                worst = max(r.tat.values(), default=now_us)
-                if (rule.burst * rule.interval_us - max(0, worst - now_us)) < n * rule.interval_us:
-                    return False
-        return True
-
-    # -- the walk --------------------------------------------------------------------------------
-
-    def _try(self, row: Sequence[Any]) -> bool:
-        """Start ``row`` if every rule it matches allows it (then count it)."""
-        queue, task_type = row[1], row[2]
-        now_us = self.now_us
-        hit = []
-        for r in self.rules:
-            if not r.rule.matches(queue, task_type):
-                continue
-            bucket = "" if r.part is None else row[3 + r.part]
-            if not r.allows(bucket, now_us):
-                return False
-            hit.append((r, bucket))
-        for r, bucket in hit:
-            r.take(bucket, now_us)
-        return True
-
-    def pick(self, rows: Iterable[Sequence[Any]], limit: int) -> builtins.list[int]:
-        """The ids to start among ``rows`` (in order), at most ``limit``; with a fair rule,
-        in turns between its buckets."""
-        picked: builtins.list[int] = []
-        if self.fair is None:
-            for row in rows:
-                if len(picked) >= limit:
-                    break
-                if self._try(row):
-                    picked.append(row[0])
-            return picked
-        fair = self.fair
-        assert fair.part is not None
-        col = 3 + fair.part
-        groups: dict[str | None, deque[Sequence[Any]]] = {}
-        for row in rows:
-            key = row[col] if fair.rule.matches(row[1], row[2]) else None
-            groups.setdefault(key, deque()).append(row)
-        # Weighted fair queueing by "virtual time": each bucket's stored position grows by
-        # 1/weight of a turn per task served and the lowest goes next (ties: the order of
-        # the buckets' first tasks). The rule's clock (stored under CLOCK_BUCKET) is the
-        # position of the latest pick: a bucket never served, or back after a quiet spell,
-        # starts from it — first in line, without the turns it missed. Tasks the fair rule
-        # does not match take their turns as one more bucket.
-        clock = self.turns.get(CLOCK_BUCKET, 0)
-        first = {key: i for i, key in enumerate(groups)}
-        heap = [
-            (clock if key is None else max(self.turns.get(key, clock), clock), first[key], key)
-            for key in groups
-        ]
-        heapq.heapify(heap)
-        while heap and len(picked) < limit:
-            at, order, key = heapq.heappop(heap)
-            queue = groups[key]
-            while queue:
-                row = queue.popleft()
-                if self._try(row):
-                    picked.append(row[0])
-                    step = TURN // self._weight(fair.rule, key)
-                    if key is not None:
-                        self.turns[key] = at + step
-                        self.served.add(key)
-                    if at > clock:
-                        clock = self.turns[CLOCK_BUCKET] = at
-                        self.served.add(CLOCK_BUCKET)
-                    heapq.heappush(heap, (at + step, order, key))
-                    break
-        return picked
-
-    def _weight(self, rule: LimitRule, bucket: str | None) -> int:
-        if not rule.weights or bucket is None or bucket == "":
-            return 1
-        return rule.weight_of(partition_value(bucket))
-
     def write(self) -> None:
         """Store the rate state and turns of the picks (inside the lease transaction)."""
         for r in self.rules:
@@ -609,19 +396,13 @@ class Selection:
         """The earliest instant a held rate bucket allows a start again (for a bucket of an
         unpartitioned rule, only if it has a due task waiting)."""
         best: int | None = None
-        for r in self.rules:
+        for r, at in self.rate_openings():
             rule = r.rule
-            if rule.rate is None:
-                continue
-            for tat in r.tat.values():
-                at = tat - (rule.burst - 1) * rule.interval_us
-                if at <= self.now_us:
+            if r.part is None:
+                sql = sql_rule_any_due(rule.queue is not None, rule.task_type is not None)
+                if self.conn.execute(sql, (due_us, *self._match_args(rule))).get is None:
                     continue
-                if r.part is None:
-                    sql = sql_rule_any_due(rule.queue is not None, rule.task_type is not None)
-                    if self.conn.execute(sql, (due_us, *self._match_args(rule))).get is None:
-                        continue
-                best = at if best is None else min(best, at)
+            best = at if best is None else min(best, at)
         return best
 
     def usage(self, due_us: int) -> builtins.list[LimitUsage]:
@@ -630,40 +411,20 @@ class Selection:
         for r in self.rules:
             rule = r.rule
             source, bucket_args = self._bucket_args(r)
-            sql = sql_rule_due(rule.queue is not None, rule.task_type is not None, source)
-            due = _counts(self.conn.execute(sql, (*bucket_args, due_us, *self._match_args(rule))))
-            if rule.concurrency is None:
-                source_sql = sql_rule_running(
-                    rule.queue is not None, rule.task_type is not None, source
+            match = self._match_args(rule)
+            has_q, has_t = rule.queue is not None, rule.task_type is not None
+            due = counts(
+                self.conn.execute(
+                    sql_rule_due(has_q, has_t, source), (*bucket_args, due_us, *match)
                 )
-                running = _counts(
-                    self.conn.execute(source_sql, (*bucket_args, *self._match_args(rule)))
+            )
+            if rule.concurrency is None:
+                running = counts(
+                    self.conn.execute(
+                        sql_rule_running(has_q, has_t, source), (*bucket_args, *match)
+                    )
                 )
             else:
                 running = r.running
-            rows = []
-            for bucket in set(due) | set(running):
-                n_due = due.get(bucket, 0)
-                next_at = None
-                waiting = 0
-                if rule.rate is not None and bucket in r.tat:
-                    at = r.tat[bucket] - (rule.burst - 1) * rule.interval_us
-                    if at > self.now_us:
-                        next_at = at
-                        waiting = n_due
-                if rule.concurrency is not None and not waiting:
-                    free = max(0, rule.concurrency - running.get(bucket, 0))
-                    waiting = max(0, n_due - free)
-                rows.append(
-                    LimitUsage(
-                        rule=rule.name,
-                        partition=partition_value(bucket),
-                        running=running.get(bucket, 0),
-                        due=n_due,
-                        waiting=waiting,
-                        next_start_us=next_at,
-                    )
-                )
-            rows.sort(key=lambda u: (-u.waiting, -u.due, -u.running, str(u.partition)))
-            out += rows
+            out += self.usage_of(r, due, running)
         return out

@@ -34,46 +34,23 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import heapq
-import json
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from hookqueue.core.errors import ValidationError
+from hookqueue.core.limitwalk import (
+    FIRST_PART,
+    MAX_EXCLUDED,
+    LimitWalk,
+    RuleState,
+    counts,
+    weights_json,
+)
 from hookqueue.core.models import LeasePlan, LimitRule, SortKey
-from hookqueue.core.storage import CLOCK_SLACK_US, LimitUsage
+from hookqueue.core.storage import LimitUsage
 
 from . import statements as q
-
-#: At most this many distinct partition keys among the rules of one lease.
-MAX_PARTS = 16
-#: Held buckets listed in the candidate query per rule at most (more: they are skipped while
-#: walking the window instead).
-MAX_EXCLUDED = 200
-
-
-def rule_from_row(row: Sequence[Any]) -> LimitRule:
-    """A stored rule (a row of ``LIMIT_COLS``) as a :class:`LimitRule`."""
-    (name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair) = (
-        row[:10]
-    )
-    weights = row[10]
-    return LimitRule(
-        name=name,
-        queue=queue,
-        task_type=task_type,
-        partition_by=partition_by,
-        partition_in=partition_in,
-        concurrency=None if concurrency is None else int(concurrency),
-        rate=None if rate is None else int(rate),
-        period=float(period),
-        burst=int(burst),
-        fair=bool(fair),
-        weights=() if weights is None else [tuple(pair) for pair in json.loads(weights)],
-    )
 
 
 def rule_params(rule: LimitRule, now_us: int) -> dict[str, Any]:
@@ -89,7 +66,7 @@ def rule_params(rule: LimitRule, now_us: int) -> dict[str, Any]:
         "period": float(rule.period),
         "burst": rule.burst,
         "fair": bool(rule.fair),
-        "weights": json.dumps([list(pair) for pair in rule.weights]) if rule.weights else None,
+        "weights": weights_json(rule),
         "now": now_us,
     }
 
@@ -100,111 +77,18 @@ def lock_key(schema: str, name: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def partition_value(bucket: str) -> Any:
-    """A bucket's key as a value for reports: the JSON value, or None for ``''``."""
-    return None if bucket == "" else json.loads(bucket)
+def rule_shape(r: RuleState, source: str) -> q.RuleShape:
+    """How a rule appears in the statements: queue named, type named, partition source and
+    column."""
+    return (
+        r.rule.queue is not None,
+        r.rule.task_type is not None,
+        source,
+        0 if r.part is None else r.part,
+    )
 
 
-#: One turn of a weight-1 bucket in a fair rule's stored positions (divisible by every weight
-#: up to 16, so common weights advance exactly); as in the SQLite store.
-TURN = 720_720
-#: Where a fair rule's clock is kept among its buckets' positions (never a bucket's key: those
-#: are JSON numbers, quoted strings, or ``''``).
-CLOCK_BUCKET = "*"
-
-#: Rules read from the database, by their row (decoding validates, so it is done once).
-_RULES: dict[tuple[Any, ...], LimitRule] = {}
-
-
-def decode_rules(rows: Iterable[Sequence[Any]]) -> builtins.list[LimitRule]:
-    """Stored rule rows as rules, in the order given."""
-    out = []
-    for row in rows:
-        key = tuple(row)
-        rule = _RULES.get(key)
-        if rule is None:
-            if len(_RULES) > 1024:
-                _RULES.clear()
-            rule = _RULES[key] = rule_from_row(row)
-        out.append(rule)
-    return out
-
-
-def concerning(
-    rules: Iterable[LimitRule], queues: Sequence[str] | None, task_types: Sequence[str] | None
-) -> builtins.list[LimitRule]:
-    """The rules that can concern a lease of ``queues`` and ``task_types`` (a rule of
-    another queue, or of a type the worker does not run, is left out)."""
-    return [
-        r
-        for r in rules
-        if (r.queue is None or queues is None or r.queue in queues)
-        and (r.task_type is None or task_types is None or r.task_type in task_types)
-    ]
-
-
-class _Rule:
-    """One rule's state during one lease: its running counts and rate state per bucket."""
-
-    __slots__ = ("rule", "index", "part", "running", "tat", "dirty", "held")
-
-    def __init__(self, rule: LimitRule, index: int, part: int | None) -> None:
-        self.rule = rule
-        #: Its position among the lease's rules (names its parameters).
-        self.index = index
-        #: Index of its partition column (None: one bucket, ``''``).
-        self.part = part
-        self.running: dict[str, int] = {}
-        self.tat: dict[str, int] = {}
-        self.dirty: set[str] = set()
-        #: Buckets full now (before this lease's starts).
-        self.held: builtins.list[str] = []
-
-    def allows(self, bucket: str, now_us: int) -> bool:
-        rule = self.rule
-        if rule.concurrency is not None and self.running.get(bucket, 0) >= rule.concurrency:
-            return False
-        if rule.rate is not None:
-            tat = self.tat.get(bucket, now_us)
-            if tat - (rule.burst - 1) * rule.interval_us > now_us:
-                return False
-        return True
-
-    def take(self, bucket: str, now_us: int) -> None:
-        rule = self.rule
-        if rule.concurrency is not None:
-            self.running[bucket] = self.running.get(bucket, 0) + 1
-        if rule.rate is not None:
-            self.tat[bucket] = max(self.tat.get(bucket, now_us), now_us) + rule.interval_us
-            self.dirty.add(bucket)
-
-    def shape(self, source: str) -> q.RuleShape:
-        return (
-            self.rule.queue is not None,
-            self.rule.task_type is not None,
-            source,
-            0 if self.part is None else self.part,
-        )
-
-
-def _effective_tat(rule: LimitRule, tat: int, now_us: int) -> int:
-    """Stored rate state, with a reading more than the clock slack ahead of what any start
-    at ``now_us`` could have written (a clock that reads far ahead wrote it) ignored."""
-    if tat > now_us + rule.burst * rule.interval_us + CLOCK_SLACK_US:
-        return now_us
-    return tat
-
-
-def _counts(rows: Iterable[Any]) -> dict[str, int]:
-    return {str(bucket): int(n) for bucket, n in rows}
-
-
-#: Where a row's columns are (``_limit_columns`` order): parts start at 3, then these from
-#: the end: priority, run_after, created_at, the plan's partition.
-_FIRST_PART = 3
-
-
-class Selection:
+class Selection(LimitWalk):
     """Which due tasks a lease with limits may start, computed inside one transaction.
 
     :param conn: the connection (inside the lease's transaction, or a read).
@@ -220,6 +104,10 @@ class Selection:
         rules' locks are held (when a bucket is full, they are asked for again without it).
     """
 
+    #: The fair rule's clock is written with every lease that serves it: its ``served_at``
+    #: keeps it from prune while the rule is in use.
+    KEEP_CLOCK_FRESH = True
+
     def __init__(
         self,
         conn: psycopg.Connection[Any],
@@ -231,45 +119,19 @@ class Selection:
         load_turns: bool = True,
         ahead: tuple[LeasePlan, Sequence[str], Sequence[str] | None, int] | None = None,
     ) -> None:
+        super().__init__(rules, now_us, lambda rule: str(rule.partition_by))
         self.conn = conn
         self.sql = sql
-        self.now_us = now_us
-        parts: builtins.list[tuple[str, str]] = []
-        self.rules: builtins.list[_Rule] = []
-        for i, rule in enumerate(rules):
-            part = None
-            if rule.partition_by is not None:
-                key = (rule.partition_in, rule.partition_by)
-                if key not in parts:
-                    parts.append(key)
-                part = parts.index(key)
-            self.rules.append(_Rule(rule, i, part))
-        if len(parts) > MAX_PARTS:
-            raise ValidationError(
-                "limits",
-                len(parts),
-                f"the rules of one lease read more than {MAX_PARTS} partition keys",
-                "partition the rules of a queue by fewer keys",
-            )
-        #: The partition columns: ``(source, key)``.
-        self.parts = parts
-        self.fair: _Rule | None = next((r for r in self.rules if r.rule.fair), None)
-        self.turns: dict[str, int] = {}
-        #: The fair rule's buckets served by this lease (their turns are written).
-        self.served: set[str] = set()
         #: The candidates asked for ahead (``window``, cursor), see :meth:`candidates`.
         self._ahead: tuple[int, Any] | None = None
         self._load(lock_schema, load_turns, ahead)
 
     # -- parameters ------------------------------------------------------------------------
 
-    def _source(self, r: _Rule) -> str:
-        return "" if r.part is None else self.parts[r.part][0]
-
     def _part_params(self) -> dict[str, Any]:
         return {f"k{n}": key for n, (_, key) in enumerate(self.parts)}
 
-    def _rule_params(self, r: _Rule, i: int) -> dict[str, Any]:
+    def _rule_params(self, r: RuleState, i: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if r.rule.queue is not None:
             out[f"q{i}"] = r.rule.queue
@@ -277,7 +139,7 @@ class Selection:
             out[f"y{i}"] = r.rule.task_type
         return out
 
-    def _one_rule_params(self, r: _Rule) -> dict[str, Any]:
+    def _one_rule_params(self, r: RuleState) -> dict[str, Any]:
         """Parameters of a statement about rule ``r`` alone (rule 0 there)."""
         params = self._rule_params(r, 0)
         if r.part is not None:
@@ -303,7 +165,8 @@ class Selection:
             rule = r.rule
             if rule.concurrency is not None:
                 cur = conn.execute(
-                    sql(q.sql_rule_running(r.shape(self._source(r)))), self._one_rule_params(r)
+                    sql(q.sql_rule_running(rule_shape(r, self.source_of(r)))),
+                    self._one_rule_params(r),
                 )
                 pending.append((r, "running", cur))
             if rule.rate is not None:
@@ -317,19 +180,12 @@ class Selection:
             text, params = self._query(plan, queues, self.now_us, task_types, window, lock=True)
             self._ahead = (window, conn.execute(sql(text), params))
         for r, what, cur in pending:
-            rule = r.rule
             if what == "running":
-                assert rule.concurrency is not None
-                r.running = _counts(cur.fetchall())
-                r.held += [b for b, n in r.running.items() if n >= rule.concurrency]
+                r.load_running(counts(cur.fetchall()))
             else:
-                for bucket, tat in cur.fetchall():
-                    tat = _effective_tat(rule, int(tat), now_us)
-                    r.tat[bucket] = tat
-                    if tat - (rule.burst - 1) * rule.interval_us > now_us and bucket not in r.held:
-                        r.held.append(bucket)
+                r.load_rates(cur.fetchall(), now_us)
         if turns is not None:
-            self.turns = _counts(turns.fetchall())
+            self.turns = counts(turns.fetchall())
 
     # -- candidates ------------------------------------------------------------------------
 
@@ -341,10 +197,10 @@ class Selection:
                 continue
             i = r.index
             if r.part is None:
-                shape.append((r.shape(""), False, i))
+                shape.append((rule_shape(r, ""), False, i))
                 params.update(self._rule_params(r, i))
             elif len(r.held) <= MAX_EXCLUDED:
-                shape.append((r.shape(self._source(r)), True, i))
+                shape.append((rule_shape(r, self.source_of(r)), True, i))
                 params.update(self._rule_params(r, i))
                 params[f"b{i}"] = list(r.held)
         return tuple(shape), params
@@ -434,7 +290,7 @@ class Selection:
         seen: dict[Any, int] = {}
         out = []
         for row in rows:
-            bucket = row[_FIRST_PART + col]
+            bucket = row[FIRST_PART + col]
             n = seen.get(bucket, 0)
             if n < per_bucket:
                 seen[bucket] = n + 1
@@ -443,100 +299,6 @@ class Selection:
 
     # -- the walk --------------------------------------------------------------------------
 
-    def allowed_alone(self, row: Sequence[Any]) -> bool:
-        """Would ``row`` be allowed to start by itself (nothing else starting with it)?"""
-        queue, task_type = row[1], row[2]
-        for r in self.rules:
-            if r.rule.matches(queue, task_type):
-                bucket = "" if r.part is None else row[_FIRST_PART + r.part]
-                if not r.allows(bucket, self.now_us):
-                    return False
-        return True
-
-    def _try(self, row: Sequence[Any]) -> bool:
-        """Start ``row`` if every rule it matches allows it (then count it)."""
-        queue, task_type = row[1], row[2]
-        now_us = self.now_us
-        hit = []
-        for r in self.rules:
-            if not r.rule.matches(queue, task_type):
-                continue
-            bucket = "" if r.part is None else row[_FIRST_PART + r.part]
-            if not r.allows(bucket, now_us):
-                return False
-            hit.append((r, bucket))
-        for r, bucket in hit:
-            r.take(bucket, now_us)
-        return True
-
-    def pick(self, rows: Iterable[Sequence[Any]], limit: int) -> builtins.list[int]:
-        """The ids to start among ``rows`` (in order), at most ``limit``; with a fair rule,
-        in turns between its buckets."""
-        picked: builtins.list[int] = []
-        if self.fair is None:
-            for row in rows:
-                if len(picked) >= limit:
-                    break
-                if self._try(row):
-                    picked.append(row[0])
-            return picked
-        fair = self.fair
-        assert fair.part is not None
-        col = _FIRST_PART + fair.part
-        groups: dict[str | None, deque[Sequence[Any]]] = {}
-        for row in rows:
-            key = row[col] if fair.rule.matches(row[1], row[2]) else None
-            groups.setdefault(key, deque()).append(row)
-        # Weighted fair queueing by "virtual time", as in the SQLite store: each bucket's
-        # stored position grows by 1/weight of a turn per task served and the lowest goes
-        # next (ties: the order of the buckets' first tasks). The rule's clock (stored under
-        # CLOCK_BUCKET) is the position of the latest pick: a bucket never served, or back
-        # after a quiet spell, starts from it — first in line, without the turns it missed.
-        # Tasks the fair rule does not match take their turns as one more bucket. The clock
-        # is written with every lease that serves (its served_at keeps it from prune while
-        # the rule is in use).
-        clock = self.turns.get(CLOCK_BUCKET, 0)
-        first = {key: i for i, key in enumerate(groups)}
-        heap = [
-            (clock if key is None else max(self.turns.get(key, clock), clock), first[key], key)
-            for key in groups
-        ]
-        heapq.heapify(heap)
-        while heap and len(picked) < limit:
-            at, order, key = heapq.heappop(heap)
-            queue = groups[key]
-            while queue:
-                row = queue.popleft()
-                if self._try(row):
-                    picked.append(row[0])
-                    step = TURN // self._weight(fair.rule, key)
-                    if key is not None:
-                        self.turns[key] = at + step
-                        self.served.add(key)
-                    clock = max(clock, at)
-                    self.turns[CLOCK_BUCKET] = clock
-                    self.served.add(CLOCK_BUCKET)
-                    heapq.heappush(heap, (at + step, order, key))
-                    break
-        return picked
-
-    @staticmethod
-    def _weight(rule: LimitRule, bucket: str | None) -> int:
-        """The turns per round of a fair rule's bucket (1 unless weighted)."""
-        if not rule.weights or bucket is None or bucket == "":
-            return 1
-        return rule.weight_of(partition_value(bucket))
-
-    def _save(self) -> tuple[Any, ...]:
-        rules = [(dict(r.running), dict(r.tat), set(r.dirty)) for r in self.rules]
-        return rules, dict(self.turns), set(self.served)
-
-    def _restore(self, saved: tuple[Any, ...]) -> None:
-        rules, turns, served = saved
-        for r, (running, tat, dirty) in zip(self.rules, rules, strict=True):
-            r.running, r.tat, r.dirty = running, tat, dirty
-        self.turns, self.served = turns, served
-
     def pick_locked(self, rows: Sequence[Sequence[Any]], limit: int) -> builtins.list[int]:
         """:meth:`pick` over unlocked rows (the fair query's), then lock the picks (``SKIP
         LOCKED``); when some cannot be locked (another transaction holds them, or they are
@@ -544,7 +306,7 @@ class Selection:
         locked (a subset of allowed starts is allowed; the state counts what is leased)."""
         rows = list(rows)
         for attempt in range(4):
-            saved = self._save()
+            saved = self.save()
             picked = self.pick(rows, limit)
             if not picked:
                 return []
@@ -554,7 +316,7 @@ class Selection:
             }
             if len(got) == len(picked):
                 return picked
-            self._restore(saved)
+            self.restore(saved)
             if attempt == 3:
                 by_id = {row[0]: row for row in rows}
                 return self.pick([by_id[i] for i in picked if i in got], limit)
@@ -593,20 +355,14 @@ class Selection:
         """The earliest instant a held rate bucket allows a start again (for a bucket of an
         unpartitioned rule, only if it has a due task waiting)."""
         best: int | None = None
-        for r in self.rules:
+        for r, at in self.rate_openings():
             rule = r.rule
-            if rule.rate is None:
-                continue
-            for tat in r.tat.values():
-                at = tat - (rule.burst - 1) * rule.interval_us
-                if at <= self.now_us:
+            if r.part is None:
+                sql = q.sql_rule_any_due(rule.queue is not None, rule.task_type is not None)
+                params = {**self._rule_params(r, 0), "now": self.now_us}
+                if self.conn.execute(self.sql(sql), params).fetchone() is None:
                     continue
-                if r.part is None:
-                    sql = q.sql_rule_any_due(rule.queue is not None, rule.task_type is not None)
-                    params = {**self._rule_params(r, 0), "now": self.now_us}
-                    if self.conn.execute(self.sql(sql), params).fetchone() is None:
-                        continue
-                best = at if best is None else min(best, at)
+            best = at if best is None else min(best, at)
         return best
 
     def usage(self) -> builtins.list[LimitUsage]:
@@ -615,40 +371,16 @@ class Selection:
         sql = self.sql
         for r in self.rules:
             rule = r.rule
-            shape = r.shape(self._source(r))
+            shape = rule_shape(r, self.source_of(r))
             params = {**self._one_rule_params(r), "now": self.now_us}
-            due = _counts(self.conn.execute(sql(q.sql_rule_due(shape)), params).fetchall())
+            due = counts(self.conn.execute(sql(q.sql_rule_due(shape)), params).fetchall())
             if rule.concurrency is None:
-                running = _counts(
+                running = counts(
                     self.conn.execute(
                         sql(q.sql_rule_running(shape)), self._one_rule_params(r)
                     ).fetchall()
                 )
             else:
                 running = r.running
-            rows = []
-            for bucket in set(due) | set(running):
-                n_due = due.get(bucket, 0)
-                next_at = None
-                waiting = 0
-                if rule.rate is not None and bucket in r.tat:
-                    at = r.tat[bucket] - (rule.burst - 1) * rule.interval_us
-                    if at > self.now_us:
-                        next_at = at
-                        waiting = n_due
-                if rule.concurrency is not None and not waiting:
-                    free = max(0, rule.concurrency - running.get(bucket, 0))
-                    waiting = max(0, n_due - free)
-                rows.append(
-                    LimitUsage(
-                        rule=rule.name,
-                        partition=partition_value(bucket),
-                        running=running.get(bucket, 0),
-                        due=n_due,
-                        waiting=waiting,
-                        next_start_us=next_at,
-                    )
-                )
-            rows.sort(key=lambda u: (-u.waiting, -u.due, -u.running, str(u.partition)))
-            out += rows
+            out += self.usage_of(r, due, running)
         return out

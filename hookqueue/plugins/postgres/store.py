@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import psycopg
 
+from hookqueue.core import limitwalk
 from hookqueue.core.clock import from_us, to_us
 from hookqueue.core.errors import (
     DamagedRow,
@@ -755,7 +756,7 @@ class PostgresStore:
 
     def _stored_rules(self, conn: psycopg.Connection[Any]) -> builtins.list[LimitRule]:
         """The stored rules, by name."""
-        return limiting.decode_rules(conn.execute(self._sql(q.LIMITS_ALL)).fetchall())
+        return limitwalk.decode_rules(conn.execute(self._sql(q.LIMITS_ALL)).fetchall())
 
     def _plan_rules(
         self,
@@ -772,7 +773,7 @@ class PostgresStore:
         rules = list(plan.limits)
         if plan.stored_limits:
             rules += self._stored_rules(conn) if stored is None else stored
-        return limiting.concerning(rules, queues, task_types)
+        return limitwalk.concerning(rules, queues, task_types)
 
     def has_work(
         self,
@@ -899,7 +900,7 @@ class PostgresStore:
             if limit > 0 and queues:
                 rules: builtins.list[LimitRule] = []
                 if plan.limits or stored is not None:
-                    known = None if stored is None else limiting.decode_rules(stored.fetchall())
+                    known = None if stored is None else limitwalk.decode_rules(stored.fetchall())
                     rules = self._plan_rules(conn, plan, queues, task_types, known)
                 if rules:
                     fetch_leased = self._lease_limited(
@@ -1762,7 +1763,7 @@ class PostgresStore:
                 row = conn.execute(sql(q.LIMIT_LOCK), {"name": rule.name}).fetchone()
                 if row is None:
                     continue
-                if limiting.rule_from_row(row) == rule:
+                if limitwalk.rule_from_row(row) == rule:
                     return "unchanged"
                 conn.execute(sql(q.LIMIT_UPDATE), params)
                 conn.execute(q.LIMIT_CHANGED, changed)
