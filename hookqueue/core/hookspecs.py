@@ -226,6 +226,18 @@ def hookqueue_event(events: Sequence[TaskEvent]) -> None:
 
     An implementation that raises is logged and skipped; the other implementations still
     run and the task is unaffected. Keep it fast: it runs on the hot path.
+
+    **Where this hook departs from pluggy, and why.** pluggy stops a hook call at the first
+    implementation that raises and hands the exception to the caller. Here one observer's
+    bug must neither fail the write that already committed nor keep the events from the
+    other observers (a broken exporter must not blind the metrics). So the core makes the
+    call through pluggy as usual and, when an observer raises, logs it naming the plugin and
+    makes a second call through ``PluginManager.subset_hook_caller`` for the observers that
+    had not run yet (again if another raises). A ``wrapper=True`` implementation therefore
+    sees the observer's exception at its ``yield`` in the first call (it may log it; what it
+    returns or raises is not passed on), then wraps each further call: per event batch it runs
+    once more for every observer that raised, never fewer than once. Observers themselves run
+    once each, in pluggy's order. Hook-call monitoring and tracing see every call.
     """
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -242,9 +242,10 @@ def _load_entrypoints(pm: pluggy.PluginManager, blocked: set[str]) -> list[Plugi
 
 def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     """The name of the plugin whose implementation of ``caller``'s hook raised ``exc``: the
-    first of its implementations whose code is running in the exception's traceback — for a
+    innermost of its implementations whose code is in the exception's traceback — for a
     method, on that very plugin object (public pluggy API only: ``get_hookimpls`` and each
-    implementation's function)."""
+    implementation's function). Innermost, because a wrapper that lets an exception through
+    (``try: yield ... except: ...; raise``) is in the traceback too, outside the raiser."""
     by_code: dict[Any, list[tuple[Any, str]]] = {}
     for impl in caller.get_hookimpls():
         function = getattr(impl.function, "__func__", impl.function)
@@ -252,17 +253,20 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
         if code is not None:
             owner = getattr(impl.function, "__self__", None)
             by_code.setdefault(code, []).append((owner, impl.plugin_name))
+    found = None
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         for owner, name in by_code.get(frame.f_code, ()):
             if owner is None:
-                return name
+                found = name
+                break
             args = frame.f_code.co_varnames[: frame.f_code.co_argcount]
             if args and frame.f_locals.get(args[0]) is owner:
-                return name
+                found = name
+                break
         tb = tb.tb_next
-    return None
+    return found
 
 
 class Hooks:
@@ -301,6 +305,34 @@ class Hooks:
             for impl in reversed(self._h.hookqueue_enqueue.get_hookimpls())
             if impl.plugin_name != CORE_PLUGIN_NAME
         ]
+
+    def enqueue_culprits(
+        self, queue: Any, new_tasks: list[NewTask], is_wrong: Callable[[list[NewTask]], bool]
+    ) -> list[str]:
+        """Which enqueue plugins produce a wrong answer on their own: each of
+        :meth:`enqueue_plugins` is called again alone (with the core, through a pluggy
+        subset caller) on the same tasks, and named when ``is_wrong`` holds of its answer.
+
+        Only for an error message, after the full chain's answer was refused and before
+        anything is written: it runs each plugin's implementation once more. An answer that
+        only the plugins together get wrong names none of them (the caller then lists them
+        all)."""
+        names = self.enqueue_plugins()
+        if len(names) < 2:
+            return names
+        out = []
+        for name in names:
+            alone = self.pm.subset_hook_caller(
+                "hookqueue_enqueue",
+                remove_plugins=[self.pm.get_plugin(other) for other in names if other != name],
+            )
+            try:
+                answer = alone(queue=queue, new_tasks=list(new_tasks))
+            except Exception:  # it fails on its own too: not the answer asked about
+                continue
+            if is_wrong(answer):
+                out.append(name)
+        return out
 
     def lease(self, queue: Any, request: LeaseRequest) -> LeasePlan:
         """Run ``hookqueue_lease``; returns the plan."""

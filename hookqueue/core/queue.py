@@ -271,34 +271,53 @@ class Queue:
         changed (the caller's were checked already): a plugin that returns an invalid task,
         or not one task per task, is refused naming it, before anything is written."""
         result = self.hooks.enqueue(self, new_tasks)
-        if type(result) is not list or len(result) != len(new_tasks):
-            raise self._bad_enqueue_answer(result, len(new_tasks))
+        if _wrong_shape(result, new_tasks):
+            raise self._bad_enqueue_answer(result, new_tasks)
         for index, after in enumerate(result):
             before = new_tasks[index]
             if after is before:
                 continue
-            if not isinstance(after, NewTask):
-                raise self._bad_enqueue_answer(result, len(new_tasks))
             try:
                 validate_changes(before, after)
             except ValidationError as exc:
                 where = f"tasks[{index}].{exc.field}" if batch else exc.field
+
+                def sets_it(answer: Any, index: int = index, field: str = exc.field) -> bool:
+                    if _wrong_shape(answer, new_tasks) or answer[index] is new_tasks[index]:
+                        return False
+                    try:
+                        validate_changes(new_tasks[index], answer[index])
+                    except ValidationError as again:
+                        return again.field == field
+                    return False
+
                 raise PluginError(
-                    f"hookqueue_enqueue: {self._enqueue_plugins()} set {where}="
-                    f"{_short_repr(exc.value)}, which {exc.problem}. Nothing was written. Fix: "
-                    f"correct the plugin ({exc.fix}), or block it (HOOKQUEUE_DISABLE_PLUGINS)"
+                    f"hookqueue_enqueue: {self._enqueue_plugins(new_tasks, sets_it)} set "
+                    f"{where}={_short_repr(exc.value)}, which {exc.problem}. Nothing was "
+                    f"written. Fix: correct the plugin ({exc.fix}), or block it "
+                    "(HOOKQUEUE_DISABLE_PLUGINS)"
                 ) from None
         return result
 
-    def _bad_enqueue_answer(self, result: Any, n: int) -> PluginError:
+    def _bad_enqueue_answer(self, result: Any, new_tasks: list[NewTask]) -> PluginError:
+        def wrong(answer: Any) -> bool:
+            return _wrong_shape(answer, new_tasks)
+
         return PluginError(
-            f"hookqueue_enqueue: {self._enqueue_plugins()} returned {_describe(result)} "
-            f"for a batch of {n} task(s). Nothing was written. Fix: return a list with one "
-            "NewTask per task, in order: [attrs.evolve(t, ...) for t in (yield)]"
+            f"hookqueue_enqueue: {self._enqueue_plugins(new_tasks, wrong)} returned "
+            f"{_describe(result)} for a batch of {len(new_tasks)} task(s). Nothing was written. "
+            "Fix: return a list with one NewTask per task, in order: "
+            "[attrs.evolve(t, ...) for t in (yield)]"
         )
 
-    def _enqueue_plugins(self) -> str:
-        names = self.hooks.enqueue_plugins()
+    def _enqueue_plugins(
+        self, new_tasks: list[NewTask], is_wrong: Callable[[list[NewTask]], bool]
+    ) -> str:
+        """Who gave the refused answer: the plugin that gives it on its own when one does,
+        else every enqueue plugin."""
+        names = self.hooks.enqueue_culprits(self, new_tasks, is_wrong) or (
+            self.hooks.enqueue_plugins()
+        )
         if len(names) == 1:
             return f"plugin {names[0]!r}"
         return "one of the plugins " + ", ".join(repr(n) for n in names) if names else "a plugin"
@@ -1041,6 +1060,15 @@ def _describe(value: Any) -> str:
         kinds = sorted({type(v).__name__ for v in value})
         return f"a list of {len(value)} ({', '.join(kinds) or 'nothing'})"
     return f"a {type(value).__name__}"
+
+
+def _wrong_shape(answer: Any, new_tasks: list[NewTask]) -> bool:
+    """Not one :class:`NewTask` per task (the enqueue hook's answer)."""
+    return (
+        type(answer) is not list
+        or len(answer) != len(new_tasks)
+        or not all(isinstance(t, NewTask) for t in answer)
+    )
 
 
 def _short_repr(value: Any, width: int = 60) -> str:

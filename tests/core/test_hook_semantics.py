@@ -70,6 +70,67 @@ def test_a_wrapper_that_writes_an_invalid_field_is_refused_naming_it(
         assert q.counts()["queued"] == 0, "nothing was written"
 
 
+def test_among_several_enqueue_plugins_the_one_that_broke_the_task_is_named(
+    tmp_path: Path,
+) -> None:
+    """With other enqueue plugins installed (the default ones: retry, opentelemetry, ...),
+    the error names the plugin that set the value, not the whole list."""
+    breaker = SetsField("breaker", queue="")
+    with Queue(tmp_path / "q.db", plugins=[SetsField("harmless", priority=3), breaker]) as q:
+        assert len(q.hooks.enqueue_plugins()) >= 3, "the default plugins take part too"
+        with pytest.raises(PluginError) as info:
+            q.enqueue("t")
+        message = str(info.value)
+        assert "plugin 'breaker' set queue=''" in message
+        assert "harmless" not in message and "one of the plugins" not in message
+        assert q.counts()["queued"] == 0
+
+
+def test_a_wrong_shape_among_several_plugins_names_the_one_that_returned_it(
+    tmp_path: Path,
+) -> None:
+    class Drops:
+        hookqueue_name = "drops"
+
+        @hookimpl(wrapper=True)
+        def hookqueue_enqueue(self, new_tasks: list[NewTask]) -> Generator[None, Any, Any]:
+            result = yield
+            return result[:-1]
+
+    with _queue(tmp_path / "q.db", SetsField("harmless", priority=3), Drops()) as q:
+        with pytest.raises(PluginError, match="plugin 'drops' returned"):
+            q.enqueue_many([{"task_type": "a"}, {"task_type": "b"}])
+
+
+def test_plugins_that_break_a_task_only_together_are_all_listed(tmp_path: Path) -> None:
+    """Neither answer is wrong alone, so no single plugin can be named."""
+
+    class Marks:
+        hookqueue_name = "marks"
+
+        @hookimpl(wrapper=True)
+        def hookqueue_enqueue(self, new_tasks: list[NewTask]) -> Generator[None, Any, Any]:
+            result = yield
+            return [attrs.evolve(t, headers={**t.headers, "route": "none"}) for t in result]
+
+    class Routes:
+        hookqueue_name = "routes"
+
+        @hookimpl(wrapper=True, tryfirst=True)  # outermost: it sees what "marks" did
+        def hookqueue_enqueue(self, new_tasks: list[NewTask]) -> Generator[None, Any, Any]:
+            result = yield
+            return [
+                attrs.evolve(t, queue="") if t.headers.get("route") == "none" else t for t in result
+            ]
+
+    with _queue(tmp_path / "q.db", Marks(), Routes()) as q:
+        with pytest.raises(
+            PluginError, match="one of the plugins ('marks', 'routes'|'routes', 'marks') set queue"
+        ):
+            q.enqueue("t")
+        assert q.counts()["queued"] == 0
+
+
 def test_a_tryfirst_plain_implementation_cannot_skip_the_checks(tmp_path: Path) -> None:
     """The built-in used to validate innermost, so a plain ``tryfirst`` answer skipped it;
     now the queue checks what the hook returns, whoever answered."""
@@ -179,6 +240,33 @@ def test_an_observer_that_raises_is_logged_by_name_and_the_rest_still_observe(
         assert q.get(task.id).status.value == "queued", "the enqueue is unaffected"
     assert sorted(log) == ["a", "b", "c"], "every observer saw the events exactly once"
     assert f"plugin {names[broken]!r} raised in hookqueue_event" in caplog.text
+
+
+def test_after_an_observer_raises_the_wrappers_see_the_error_then_wrap_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the event hook departs from pluggy (hookspecs.hookqueue_event says why): the
+    wrapper sees the observer's exception in the first call, and wraps a second call made
+    for the observers that had not run."""
+    log: list[str] = []
+    seen: list[str] = []
+
+    class Watching(Around):
+        @hookimpl(wrapper=True)
+        def hookqueue_event(self, events: Sequence[TaskEvent]) -> Generator[None, None, None]:
+            try:
+                yield
+                seen.append("ok")
+            except RuntimeError as exc:
+                seen.append(str(exc))
+                raise
+
+    # pluggy calls the last registered first: c (broken), then b, a.
+    plugins = [Observer("a", log), Observer("b", log), Observer("c", log, broken=True)]
+    with caplog.at_level(logging.ERROR), _queue(tmp_path / "q.db", *plugins, Watching(log)) as q:
+        q.enqueue("t")
+    assert [x for x in log if x in "abc"] == ["c", "b", "a"], "each observer ran once"
+    assert seen == ["c is broken", "ok"], "the wrapper saw the error, then wrapped the rest"
 
 
 # -- registrations: wrappers may filter; duplicates name both plugins --------------------------
