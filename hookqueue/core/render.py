@@ -49,9 +49,16 @@ def shorten(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def when(value: datetime | None) -> str:
-    """An instant as ``YYYY-MM-DD HH:MM:SS`` (UTC), or an empty string."""
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+def when(value: datetime | None, tz: str | None = None) -> str:
+    """An instant as ``YYYY-MM-DD HH:MM:SS`` (UTC), or an empty string; with ``tz`` (an IANA
+    name), in that zone and followed by its abbreviation."""
+    if value is None:
+        return ""
+    if tz is None:
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    from zoneinfo import ZoneInfo
+
+    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def duration(seconds: float | None) -> str:

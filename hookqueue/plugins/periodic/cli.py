@@ -7,11 +7,10 @@ naming the problem and the fix, with exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import datetime
 from typing import Any
 
 from hookqueue.core.models import CliCommand
+from hookqueue.core.render import print_json, table, when
 
 from .manage import (
     add_schedule,
@@ -23,28 +22,6 @@ from .manage import (
 from .schedule import MISFIRE_POLICIES, Schedule, ScheduleInfo
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
-
-
-def _when(value: datetime | None, tz: str) -> str:
-    if value is None:
-        return ""
-    from zoneinfo import ZoneInfo
-
-    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    cells = [headers, *rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _row(info: ScheduleInfo) -> list[str]:
     s = info.schedule
     state = "paused" if info.paused else ("done" if info.next_tick is None else "active")
@@ -53,8 +30,8 @@ def _row(info: ScheduleInfo) -> list[str]:
         s.when + ("" if s.tz == "UTC" else f" ({s.tz})"),
         s.task_type or "",
         state,
-        _when(info.next_tick, s.tz),
-        _when(info.last_tick, s.tz),
+        when(info.next_tick, s.tz),
+        when(info.last_tick, s.tz),
         f"{info.fired}/{info.skipped}",
         s.misfire + ("" if s.overlap else ", no overlap"),
         info.source,
@@ -63,7 +40,7 @@ def _row(info: ScheduleInfo) -> list[str]:
 
 def _show(info: ScheduleInfo, verb: str) -> None:
     s = info.schedule
-    nxt = _when(info.next_tick, s.tz) or "none"
+    nxt = when(info.next_tick, s.tz) or "none"
     print(f"schedule {s.key!r} {verb}: {s.when} → {s.task_type}; next tick {nxt}")
 
 
@@ -93,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         if action == "ls":
             infos = list_schedules(queue)
             if args.json:
-                _print_json([i.to_dict() for i in infos])
+                print_json([i.to_dict() for i in infos])
             elif not infos:
                 print("no schedules (declare them on handlers, or: hookqueue schedules add)")
             else:
@@ -108,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
                     "misfire",
                     "source",
                 ]
-                print(_table([_row(i) for i in infos], headers))
+                print(table([_row(i) for i in infos], headers))
             return 0
         if action == "add":
             schedule = Schedule(
@@ -137,12 +114,12 @@ def _run(args: argparse.Namespace) -> int:
         else:
             remove_schedule(queue, args.name, force=args.force)
             if args.json:
-                _print_json({"removed": args.name})
+                print_json({"removed": args.name})
             else:
                 print(f"schedule {args.name!r} removed")
             return 0
     if args.json:
-        _print_json(info.to_dict())
+        print_json(info.to_dict())
     else:
         _show(info, verb)
     return 0
