@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         mode = " (read-only)" if args.read_only else ""
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(
-            f"serving the dashboard of {queue.db.path}{mode} on http://{host}:{port}/ "
+            f"serving the dashboard of {queue.db.location}{mode} on http://{host}:{port}/ "
             "(Ctrl-C to stop)",
             flush=True,
         )
