@@ -48,7 +48,6 @@ from .leasekeeper import LeaseKeeper
 from .models import Task, WorkerInfo
 from .queue import Queue
 from .storage import ChangeWatcher, Settlement, TaskStore
-from .store import QueueDatabase
 
 log = logging.getLogger("hookqueue.worker")
 
@@ -127,7 +126,7 @@ class WorkerEngine:
         scheduler: bool = True,
     ) -> None:
         if queue_or_db is None:
-            queue_or_db = QueueDatabase()
+            queue_or_db = Queue()  # HOOKQUEUE_DB or the default file; a URL opens its store
         self.queue = Queue.for_database(queue_or_db)
         #: The queue's runtime: the store, hooks and clock, and the protocol workers call.
         self.runtime = self.queue.runtime

@@ -72,8 +72,9 @@ def default_database_path() -> Path:
             "HOOKQUEUE_DB",
             env,
             "is a store URL, and a QueueDatabase is always a SQLite file",
-            "open it with Queue() or the hookqueue command (they read HOOKQUEUE_DB and open "
-            "the store that serves it), or set HOOKQUEUE_DB to a file path",
+            "open it with Queue(), the adapter's get_or_create_queue_database() or the "
+            "hookqueue command (they read HOOKQUEUE_DB and open the store that serves it), or "
+            "set HOOKQUEUE_DB to a file path",
         )
     if env:
         return Path(env).expanduser()

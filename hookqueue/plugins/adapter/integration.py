@@ -11,8 +11,9 @@ from typing import Any
 
 from hookqueue import QueueDatabase
 from hookqueue.core.errors import ValidationError
-from hookqueue.core.plugins import plugin_statuses
+from hookqueue.core.plugins import Hooks, make_plugin_manager, plugin_statuses
 from hookqueue.core.queue import Queue
+from hookqueue.core.storage import TaskStore
 
 from .background import BackgroundTaskManager
 from .queued import QueuedTaskManager
@@ -23,35 +24,49 @@ TOGGLE = "USE_QUEUE_SYSTEM"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
-_databases: dict[Path, QueueDatabase] = {}
+#: The open stores, by resolved file path or by URL.
+_databases: dict[Path | str, TaskStore] = {}
 _databases_lock = threading.Lock()
 
 
-def _resolve(db_path: str | os.PathLike[str] | None) -> Path:
-    path = Path(db_path).expanduser() if db_path is not None else QueueDatabase.default_path()
+def _key(db_path: str | os.PathLike[str] | None) -> Path | str:
+    """The cache key of a location: a store URL as written, a file path resolved."""
+    location = os.fspath(db_path) if db_path is not None else os.environ.get("HOOKQUEUE_DB")
+    if location and "://" in location:
+        return location
+    path = Path(location).expanduser() if location else QueueDatabase.default_path()
     return path.resolve()
 
 
-def get_or_create_queue_database(db_path: str | os.PathLike[str] | None = None) -> QueueDatabase:
-    """The process's one :class:`~hookqueue.QueueDatabase` for ``db_path`` (default:
-    ``HOOKQUEUE_DB``, else the per-user data directory), schema ready.
+def get_or_create_queue_database(db_path: str | os.PathLike[str] | None = None) -> TaskStore:
+    """The process's one store for ``db_path`` (default: ``HOOKQUEUE_DB``, else the per-user
+    data directory), schema ready: a :class:`~hookqueue.QueueDatabase` for a file path, and
+    for a store URL (``postgresql://...``) the store a plugin opens for it (the
+    ``hookqueue_store`` hook, as ``Queue(url)`` does) — so an application written this way
+    moves to PostgreSQL by setting ``HOOKQUEUE_DB``, without a code change.
 
-    The same path (however spelled) gives the same object, so the whole process shares its
-    connections and its :class:`~hookqueue.Queue` (and with it the handler registry). A
-    closed database is replaced by a new one. Thread-safe.
+    The same location (a path however spelled, a URL as written) gives the same object, so
+    the whole process shares its connections and its :class:`~hookqueue.Queue` (and with it
+    the handler registry). A closed store is replaced by a new one. Thread-safe.
+
+    :raises ValidationError: a URL whose scheme no installed store serves (naming the extra
+        to install).
     """
-    path = _resolve(db_path)
+    key = _key(db_path)
     with _databases_lock:
-        db = _databases.get(path)
+        db = _databases.get(key)
         if db is None or db.closed:
-            db = QueueDatabase(path)
+            if isinstance(key, str):
+                db = Hooks(make_plugin_manager()).open_store(key, {})
+            else:
+                db = QueueDatabase(key)
             db.initialize_schema()
-            _databases[path] = db
+            _databases[key] = db
         return db
 
 
 def create_queued_task_manager(
-    queue_db: QueueDatabase | Queue | None = None,
+    queue_db: TaskStore | Queue | None = None,
     registry: RunRegistry | None = None,
     **options: Any,
 ) -> QueuedTaskManager:
@@ -91,7 +106,7 @@ def use_queue_system(environ: Any = None) -> bool:
 def create_task_manager(
     registry: RunRegistry | None = None,
     *,
-    queue_db: QueueDatabase | Queue | None = None,
+    queue_db: TaskStore | Queue | None = None,
     **options: Any,
 ) -> QueuedTaskManager | BackgroundTaskManager:
     """The task manager the ``USE_QUEUE_SYSTEM`` toggle asks for: a :class:`QueuedTaskManager`
@@ -111,8 +126,9 @@ def validate_queue_integration(db_path: str | os.PathLike[str] | None = None) ->
     """Check that the queue is ready for the adapter; never raises.
 
     :returns: ``{"success": bool, "database": {...}, "schema": {...}, "errors": [...],
-        "warnings": [...]}``. ``database`` has the ``path``, ``exists`` (whether the file
-        was there before the check, which creates a missing one), ``size_bytes``,
+        "warnings": [...]}``. ``database`` has the ``path`` (a store URL as the store names
+        it), ``exists`` (whether the file was there before the check, which creates a missing
+        one; None for a URL), ``size_bytes`` (files only),
         ``integrity`` problems, task ``counts`` and ``active_workers``; ``schema`` has the
         ``version`` found and the one ``expected``. Errors make ``success`` False; warnings
         (no live worker, the adapter plugin blocked) do not.
@@ -127,22 +143,27 @@ def validate_queue_integration(db_path: str | os.PathLike[str] | None = None) ->
     errors: list[str] = result["errors"]
     warnings: list[str] = result["warnings"]
     try:
-        path = _resolve(db_path)
+        key = _key(db_path)
     except Exception as exc:  # a bad path spelling, an unreadable home directory
         errors.append(f"database path {db_path!r}: {exc}")
         return result
     database = result["database"]
-    database["path"] = str(path)
-    database["exists"] = path.exists()  # before this check creates it
+    file = key if isinstance(key, Path) else None
+    # A URL is shown as the store names itself (never with its password), once it is open.
+    database["path"] = None if file is None else str(file)
+    database["exists"] = None if file is None else file.exists()  # before the check creates it
     try:
-        db = get_or_create_queue_database(path)
-        database["size_bytes"] = path.stat().st_size
+        db = get_or_create_queue_database(key)
+        if file is not None:
+            database["size_bytes"] = file.stat().st_size
+        else:
+            database["path"] = db.location
+        expected = getattr(type(db), "SCHEMA_VERSION", None)
+        result["schema"]["expected"] = expected
         version = db.schema_version()
         result["schema"]["version"] = version
-        if version != QueueDatabase.SCHEMA_VERSION:
-            errors.append(
-                f"schema version {version} is not the expected {QueueDatabase.SCHEMA_VERSION}"
-            )
+        if version != expected:
+            errors.append(f"schema version {version} is not the expected {expected}")
         problems = db.check()
         database["integrity"] = problems
         errors += [f"integrity: {p}" for p in problems]

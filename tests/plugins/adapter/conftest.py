@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _services.adapter import fresh_database_cache
 
 from hookqueue import FakeClock, Queue
-from hookqueue.plugins.adapter import QueuedTaskManager, Run, RunRegistry, RunStatus, integration
+from hookqueue.plugins.adapter import QueuedTaskManager, Run, RunRegistry, RunStatus
 
 _ids = itertools.count(1)
 
@@ -22,13 +23,8 @@ _ids = itertools.count(1)
 @pytest.fixture(autouse=True)
 def _fresh_database_cache() -> Iterator[None]:
     """``get_or_create_queue_database`` caches per process; each test starts with none."""
-    saved = dict(integration._databases)
-    integration._databases.clear()
-    yield
-    for db in integration._databases.values():
-        db.close()
-    integration._databases.clear()
-    integration._databases.update(saved)
+    with fresh_database_cache():
+        yield
 
 
 @pytest.fixture
