@@ -440,7 +440,10 @@ def test_the_periodic_plugins_schedules_page(dashboard: Any, page: Any, screensh
     nightly = page.locator("#schedules tr[data-schedule=nightly-report]")
     assert digest.locator(".schedule-state").inner_text() == "active"
     assert nightly.locator(".schedule-state").inner_text() == "paused"
-    assert digest.locator(".fired").inner_text() == str(infos["digest"].fired) == "5"
+    # The seed runs the scheduler over 49.5 minutes of its fake clock ending at the real
+    # time: 4 or 5 ten-minute ticks fall in that span, depending on the wall clock.
+    assert digest.locator(".fired").inner_text() == str(infos["digest"].fired)
+    assert infos["digest"].fired in (4, 5)
     assert digest.locator(".skipped").inner_text() == "0"
     next_tick = infos["digest"].next_tick
     assert next_tick is not None
