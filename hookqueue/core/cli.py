@@ -180,7 +180,8 @@ def _filter(queue: Queue, args: argparse.Namespace, ids: Sequence[int] = ()) -> 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
     """Ask ``question`` on the terminal (``--yes`` answers it); a script without a terminal
-    must pass ``--yes``."""
+    must pass ``--yes``, with or without ``--json``. The question goes to standard error, so
+    standard output holds only the answer's report (JSON with ``--json``)."""
     if args.yes:
         return True
     if not sys.stdin.isatty():
@@ -190,7 +191,8 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
             "is needed to confirm when no one is at a terminal",
             "add --yes (or run it interactively)",
         )
-    answer = input(f"{question} [y/N] ").strip().lower()
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = input().strip().lower()
     return answer in ("y", "yes")
 
 
@@ -218,18 +220,16 @@ def _bulk(
             if newest:  # tasks enqueued after the confirmation are left alone
                 scoped = attrs.evolve(scoped, max_id=newest[0].id)
         matching = 0 if scoped is None else queue.count(scoped)
-        if matching == 0:
-            done = 0
-        elif args.json or _confirm(args, f"{verb} {matching} task(s) ({what})?"):
+        done: int | None = 0  # None: the confirmation was declined
+        if matching and _confirm(args, f"{verb} {matching} task(s) ({what})?"):
             done = act(queue, scoped) if scoped is not None else 0
-        else:
-            print("nothing done")
-            return 1
+        elif matching:
+            done = None
     if args.json:
-        print_json({"matched": matching, verb.replace(" ", "_"): done, "filter": what})
+        print_json({"matched": matching, verb.replace(" ", "_"): done or 0, "filter": what})
     else:
-        print(f"{verb}: {done} task(s) ({what})")
-    return 0
+        print("nothing done" if done is None else f"{verb}: {done} task(s) ({what})")
+    return 1 if done is None else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _command import hookqueue_command
 
 from hookqueue import Queue, TaskStatus, WorkerEngine, __version__
 from hookqueue.core.cli import main
@@ -82,19 +83,40 @@ def test_a_bulk_command_asks_at_a_terminal(
     capsys: pytest.CaptureFixture[str], filled: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
-    answers = iter(["n", "y"])
-    questions: list[str] = []
-
-    def answer(question: str) -> str:
-        questions.append(question)
-        return next(answers)
-
-    monkeypatch.setattr("builtins.input", answer)
-    code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
+    answers = iter(["n", "y", "n", "y"])
+    monkeypatch.setattr("builtins.input", lambda: next(answers))
+    code, out, err = run(capsys, "purge", "--type", "sms", "--db", str(filled))
     assert code == 1 and "nothing done" in out
-    assert "purge 2 task(s) (status queued; type sms)?" in questions[0]
+    assert "purge 2 task(s) (status queued; type sms)? [y/N]" in err, "asked on stderr"
     code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
     assert code == 0 and "purge: 2 task(s)" in out
+    # --json asks too, and keeps stdout for the JSON answer.
+    code, out, err = run(capsys, "cancel", "--type", "mail", "--json", "--db", str(filled))
+    assert code == 1 and json.loads(out) == {
+        "matched": 3,
+        "cancel": 0,
+        "filter": "status queued or running; type mail",
+    }
+    assert "cancel 3 task(s)" in err
+    code, out, _ = run(capsys, "cancel", "--type", "mail", "--json", "--db", str(filled))
+    assert code == 0 and json.loads(out)["cancel"] == 3
+
+
+def test_json_output_does_not_confirm_a_bulk_command(filled: Path) -> None:
+    """``--json`` changes only the output: a script without a terminal (stdin /dev/null)
+    still has to pass ``--yes``, and is refused with one line naming it."""
+    db = str(filled)
+    for verb in ("cancel", "retry", "purge"):
+        refused = hookqueue_command(verb, "--all", "--json", "--db", db)
+        assert refused.returncode == 2, (verb, refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        [line] = refused.stderr.splitlines()
+        assert "--yes" in line and "Fix:" in line and "Traceback" not in line
+    assert _counts(filled) == {
+        "queued": 5, "running": 0, "completed": 0, "failed": 2, "cancelled": 0,
+    }, "nothing was touched"  # fmt: skip
+    done = hookqueue_command("cancel", "--all", "--json", "--yes", "--db", db)
+    assert done.returncode == 0 and json.loads(done.stdout)["cancel"] == 5
 
 
 def test_show_prints_the_failed_attempts_with_tracebacks(
