@@ -24,12 +24,13 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
@@ -96,11 +97,13 @@ def parse_duration(text: str) -> timedelta:
             f"{text!r} is not a duration; use e.g. 90, 30s, 15m, 12h, 7d"
         ) from None
     if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be finite, e.g. 30s or 7d")
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite; use e.g. 30s, 12h or 7d")
     if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; use 0 or more, e.g. 15m")
     if seconds > 1000 * 365 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: longer than a thousand years")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is longer than a thousand years; use a shorter duration, e.g. 52w"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -124,9 +127,11 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; use one from 1 up, e.g. 10"
+        ) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is below 1; use 1 or more")
     return value
 
 
@@ -134,9 +139,13 @@ def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds; use e.g. 30 or 2.5"
+        ) from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive, finite number of seconds; use e.g. 30 or 2.5"
+        )
     return value
 
 
@@ -144,10 +153,44 @@ def _task_id(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (an integer)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a task id; use the integer id hookqueue ls shows"
+        ) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (ids start at 1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id; ids start at 1")
     return value
+
+
+#: argparse's own complaints, reworded as "problem; fix" (the rest are kept as they are).
+_ARGPARSE_MESSAGES = (
+    (re.compile(r"^argument ([^:]+): "), r"\1: "),
+    (
+        re.compile(r"invalid choice: (.+?) \(choose from (.+)\)$"),
+        r"\1 is not one of the choices; use one of \2",
+    ),
+    (re.compile(r"invalid int value: (.+)$"), r"\1 is not a whole number; give one, e.g. 5"),
+    (re.compile(r"invalid float value: (.+)$"), r"\1 is not a number; give one, e.g. 2.5"),
+    (re.compile(r"expected one argument$"), "needs a value; give one after it"),
+    (re.compile(r"^the following arguments are required: (.+)$"), r"\1 missing; give it"),
+    (
+        re.compile(r"^unrecognized arguments: (.+)$"),
+        r"\1 not understood; check the spelling (no option may be abbreviated)",
+    ),
+)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, except that a refused command line is one line on standard error —
+    ``hookqueue enqueue: --delay: 'inf' is not finite; use e.g. 30s, 12h or 7d (see hookqueue
+    enqueue --help)`` — and exit code 2, without the usage block. ``--help`` is unchanged.
+    Subcommands (plugins' included) get this class from ``add_subparsers``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the problem and where the help is, then exit 2."""
+        for pattern, replacement in _ARGPARSE_MESSAGES:
+            message = pattern.sub(replacement, message)
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: {line} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -822,12 +865,10 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         )
         return parser
 
-    common = options(argparse.ArgumentParser(add_help=False, allow_abbrev=False), suppress=True)
+    common = options(CommandParser(add_help=False, allow_abbrev=False), suppress=True)
     parser = options(
         # No abbreviations: a plugin's "--log" must not collide with a prefix of ours.
-        argparse.ArgumentParser(
-            prog="hookqueue", description="A persistent task queue.", allow_abbrev=False
-        ),
+        CommandParser(prog="hookqueue", description="A persistent task queue.", allow_abbrev=False),
         suppress=False,
     )
     parser.add_argument("--version", action="version", version=f"hookqueue {__version__}")
