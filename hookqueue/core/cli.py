@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 import attrs
+import pluggy
 
 from . import logs
 from .errors import (
@@ -43,7 +44,7 @@ from .errors import (
 )
 from .handlers import TaskHandlerRegistry
 from .models import Task, TaskFilter, TaskStatus
-from .plugins import Hooks, make_plugin_manager, plugin_statuses
+from .plugins import CORE_PLUGIN_NAME, Hooks, make_plugin_manager, plugin_statuses
 from .queue import Queue
 from .render import error_line, print_json, shorten, table, when
 from .store import user_database_path
@@ -707,13 +708,43 @@ def banner(worker: Any, queue: Queue, processes: int) -> str:
         + (f", recycled after {worker.max_tasks} tasks" if worker.max_tasks else ""),
         "  handlers:",
     ]
+    default, honours_options = default_retry_policy(queue.pm)
     for task_type in worker.handler_registry.get_registered_types():
         spec = worker.handler_registry.find(task_type)
         retry = spec.options.get("retry") if spec is not None else None
         timeout = f"{spec.timeout:g}s" if spec is not None and spec.timeout else "none"
-        policy = repr(retry) if retry is not None else "the queue's default policy"
+        if retry is None:
+            policy = f"{default} (the queue's default)"
+        elif honours_options:
+            policy = repr(retry)
+        else:
+            policy = f"{default} ({retry!r} is unused: no retry plugin is active)"
         lines.append(f"    {task_type:<24} retry: {policy}; timeout: {timeout}")
     return "\n".join(lines)
+
+
+def default_retry_policy(pm: pluggy.PluginManager) -> tuple[str, bool]:
+    """The retry policy of a task type without one of its own, as the banner names it: that
+    of the first ``hookqueue_retry`` implementation pluggy calls — a registered policy
+    (``Queue(plugins=[FixedDelay(delay=30)])``), a plugin module's ``DEFAULT_POLICY`` (the
+    ``retry`` plugin's ``ExponentialBackoff``), another plugin by name, or the core's, which
+    retries nothing (only a crashed worker's task runs again).
+
+    :returns: the description, and whether a type's own policy (``options["retry"]``) is
+        honoured — not when the core answers alone.
+    """
+    for impl in reversed(pm.hook.hookqueue_retry.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        for candidate in (impl.plugin, getattr(impl.plugin, "DEFAULT_POLICY", None)):
+            if callable(getattr(candidate, "decide", None)) and isinstance(
+                getattr(candidate, "max_attempts", None), int
+            ):
+                return repr(candidate), True
+        if impl.plugin_name == CORE_PLUGIN_NAME:
+            break
+        return f"what plugin {impl.plugin_name!r} decides", True
+    return "none: a failed attempt is final (no retry plugin is active)", False
 
 
 def _worker_child(args: argparse.Namespace) -> int:

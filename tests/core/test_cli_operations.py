@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _command import env as command_env
 from _command import hookqueue_command
 
 from hookqueue import Queue, TaskStatus, WorkerEngine, __version__
@@ -288,3 +289,49 @@ def test_read_only_commands_never_create_a_database(
     assert _cli(["enqueue", "t", "--db", str(missing)]).returncode == 0
     assert missing.exists()
     assert TaskStatus.QUEUED.value in run(capsys, "ls", "--db", str(missing))[1]
+
+
+POLICY_APP = """
+import os
+from hookqueue import Queue
+from hookqueue.plugins.retry import FixedDelay, NoRetry
+queue = Queue(os.environ["APP_DB"], plugins=[FixedDelay(delay=30)])
+queue.handlers.register_handler("plain", lambda task: None)
+queue.handlers.register_handler("once", lambda task: None, options={"retry": NoRetry()})
+"""
+
+
+def test_the_banner_names_the_policy_a_handler_without_its_own_gets(tmp_path: Path) -> None:
+    """A handler without a retry policy of its own is shown with the queue's: here the
+    FixedDelay the app registered, not a vague "default"."""
+    (tmp_path / "policyapp.py").write_text(POLICY_APP)
+    result = hookqueue_command(
+        "worker", "--app", "policyapp:queue", "--until-idle",
+        cwd=tmp_path,
+        environ=command_env(
+            APP_DB=str(tmp_path / "q.db"),
+            HOOKQUEUE_DISABLE_PLUGINS="prometheus,opentelemetry,dashboard,metrics",
+        ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stderr.splitlines() if "retry:" in line}
+    assert "retry: FixedDelay(max_attempts=5" in lines["plain"]
+    assert "delay_seconds=30" in lines["plain"] and "(the queue's default)" in lines["plain"]
+    assert "retry: NoRetry(" in lines["once"] and "max_attempts=1" in lines["once"]
+    assert "default policy" not in result.stderr
+
+
+def test_default_retry_policy_follows_the_plugins(db_path: Path) -> None:
+    from hookqueue.core.cli import banner, default_retry_policy
+    from hookqueue.plugins.retry import NoRetry
+
+    with Queue(db_path, block=["prometheus", "opentelemetry", "dashboard"]) as q:
+        described, honoured = default_retry_policy(q.pm)
+    assert described.startswith("ExponentialBackoff(max_attempts=5") and honoured
+    with Queue(db_path, load_entrypoints=False) as q:
+        described, honoured = default_retry_policy(q.pm)
+        q.handlers.register_handler("t", _boom, options={"retry": NoRetry()})
+        shown = banner(WorkerEngine(q, worker_id="w"), q, 1)
+    assert described.startswith("none: a failed attempt is final") and not honoured
+    assert "retry: none: a failed attempt is final" in shown
+    assert "NoRetry(" in shown and "is unused: no retry plugin is active" in shown
