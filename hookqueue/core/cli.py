@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 import attrs
 import pluggy
 
-from . import logs
+from . import clock, logs
 from .errors import (
     HookqueueError,
     TaskDidNotComplete,
@@ -86,26 +86,21 @@ def queue_from_args(args: argparse.Namespace, *, create: bool = False, **kwargs:
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    raw = text.strip().lower()
-    unit = raw[-1] if raw and raw[-1] in units else "s"
-    number = raw[:-1] if raw and raw[-1] in units else raw
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0): an
+    argparse ``type`` (plugin subcommands use it too) around
+    :func:`hookqueue.core.clock.parse_duration`."""
     try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; use e.g. 90, 30s, 15m, 12h, 7d"
-        ) from None
-    if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"{text!r} is not finite; use e.g. 30s, 12h or 7d")
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; use 0 or more, e.g. 15m")
-    if seconds > 1000 * 365 * 86400:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is longer than a thousand years; use a shorter duration, e.g. 52w"
-        )
-    return timedelta(seconds=seconds)
+        return clock.parse_duration(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc.problem}; {exc.fix}") from None
+
+
+def _interval(text: str) -> timedelta:
+    """A duration longer than zero (``--prune-every``)."""
+    value = parse_duration(text)
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all; use e.g. 1h or 30m")
+    return value
 
 
 def json_option(option: str, text: str | None) -> Any:
@@ -439,10 +434,28 @@ def _has_filter(args: argparse.Namespace) -> bool:
     return bool(args.status or args.type or args.queue or args.older_than or args.error)
 
 
+def _prune_queue(args: argparse.Namespace) -> Queue:
+    """The queue ``hookqueue prune`` works on: ``--app``'s (its database and retention; with
+    another ``--db``, that database with the app's retention), else ``--db``'s."""
+    if not args.app:
+        return queue_from_args(args)
+    app_queue, _ = load_app(args.app)
+    if app_queue is None:
+        raise ValidationError(
+            "--app",
+            args.app,
+            "names a TaskHandlerRegistry, which has no retention",
+            "name the Queue whose retention prune should use, e.g. --app myapp.tasks:queue",
+        )
+    if args.db is None or app_queue.db.location == str(args.db):
+        return app_queue
+    return queue_from_args(args, retention=app_queue.retention)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """``hookqueue prune``: delete finished tasks older than the retention (and vacuum)."""
     statuses = args.status or ["completed", "failed", "cancelled"]
-    with queue_from_args(args) as queue:
+    with _prune_queue(args) as queue:
         older = args.older_than if args.older_than is not None else queue.retention
         removed = queue.prune(older_than=older, statuses=statuses)
         if args.vacuum:
@@ -706,6 +719,12 @@ def banner(worker: Any, queue: Queue, processes: int) -> str:
         f"  concurrency: {worker.concurrency} per process x {processes} process(es), "
         f"lease {worker.lease_seconds:g}s"
         + (f", recycled after {worker.max_tasks} tasks" if worker.max_tasks else ""),
+        f"  retention:   {queue.retention} ("
+        + (
+            f"pruned every {timedelta(seconds=worker.prune_interval)})"
+            if worker.prune_interval
+            else "pruned by hookqueue prune; --prune-every to have workers do it)"
+        ),
         "  handlers:",
     ]
     default, honours_options = default_retry_policy(queue.pm)
@@ -778,6 +797,7 @@ def _worker_child(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         max_tasks=args.max_tasks_per_child,
         scheduler=not args.no_scheduler,
+        prune_interval=args.prune_every,
     )
     if not args.quiet:
         print(banner(worker, queue, args.total_processes or args.processes), file=sys.stderr)
@@ -950,7 +970,11 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--older-than",
         type=parse_duration,
-        help="finished more than this long ago (default: the queue's retention, 7d)",
+        help="finished more than this long ago (default: the queue's retention: --app's, "
+        "else $HOOKQUEUE_RETENTION, else 7d)",
+    )
+    p.add_argument(
+        "--app", help="module:attribute of the Queue whose retention (and database) to use"
     )
     p.add_argument("--status", action="append", choices=["completed", "failed", "cancelled"])
     p.add_argument("--vacuum", action="store_true", help="give the space back to the file system")
@@ -998,6 +1022,12 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         "--max-tasks-per-child",
         type=positive_int,
         help="restart each worker process after it finished this many tasks",
+    )
+    p.add_argument(
+        "--prune-every",
+        type=_interval,
+        help="delete finished tasks older than the queue's retention at start and then this "
+        "often (e.g. 1h; off by default; with --processes, the first process does it)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no start banner and stop line")
     # Set by the supervisor on its first child, whose banner speaks for all of them.
