@@ -480,6 +480,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(error_line(exc), file=sys.stderr)
             return 1
         except WaitTimeout as exc:
+            if args.json:
+                print_json(
+                    {
+                        "id": exc.task_id,
+                        "status": "timeout",
+                        "task_status": exc.status,
+                        "waited_seconds": exc.timeout,
+                    }
+                )
             print(error_line(exc), file=sys.stderr)
             return EXIT_TIMEOUT
     if args.json:

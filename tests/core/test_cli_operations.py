@@ -155,6 +155,13 @@ def test_wait_exit_codes(capsys: pytest.CaptureFixture[str], filled: Path) -> No
     assert code == 1 and "failed" in err and "smtp refused" in err
     code, _, err = run(capsys, "wait", "1", "--timeout", "0.2", "--db", db)
     assert code == 4 and "still queued" in err
+    code, out, _ = run(capsys, "wait", "1", "--timeout", "0.2", "--db", db, "--json")
+    assert code == 4 and json.loads(out) == {
+        "id": 1,
+        "status": "timeout",
+        "task_status": "queued",
+        "waited_seconds": 0.2,
+    }
     q = Queue(filled, load_entrypoints=False)
     q.handlers.register_handler("mail", lambda task: {"sent": task.id})
     worker = threading.Thread(
