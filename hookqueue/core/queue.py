@@ -998,9 +998,25 @@ class Queue:
         """:meth:`purge` for coroutines."""
         return await self._in_thread(self.purge, filter, **fields)
 
+    async def delete_matching_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`delete_matching` for coroutines."""
+        return await self._in_thread(self.delete_matching, filter, **fields)
+
     async def history_async(self, task_id: int | str) -> builtins.list[AttemptFailure]:
         """:meth:`history` for coroutines."""
         return await self._in_thread(self.history, task_id)
+
+    async def pause_async(self, queue: str) -> bool:
+        """:meth:`pause` for coroutines."""
+        return await self._in_thread(self.pause, queue)
+
+    async def resume_async(self, queue: str) -> bool:
+        """:meth:`resume` for coroutines."""
+        return await self._in_thread(self.resume, queue)
+
+    async def paused_queues_async(self) -> dict[str, datetime]:
+        """:meth:`paused_queues` for coroutines."""
+        return await self._in_thread(self.paused_queues)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
