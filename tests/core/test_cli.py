@@ -120,6 +120,26 @@ def test_help_still_shows_usage_and_options(capsys: pytest.CaptureFixture[str]) 
     assert out.startswith("usage: hookqueue enqueue [-h]") and "--delay DELAY" in out
 
 
+def test_a_repeated_key_says_it_answered_the_existing_task(
+    capsys: pytest.CaptureFixture[str], db_path: Path
+) -> None:
+    db = str(db_path)
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db, "--json")
+    first = json.loads(out)
+    assert code == 0 and first["deduplicated"] is False
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db)
+    assert code == 0
+    assert out.strip() == (
+        f"task {first['id']} (report) already holds key 'nov': nothing new was enqueued "
+        "(it is queued)"
+    )
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db, "--json")
+    again = json.loads(out)
+    assert code == 0 and again["deduplicated"] is True and again["id"] == first["id"]
+    with Queue(db_path, load_entrypoints=False) as q:
+        assert q.counts()["queued"] == 1
+
+
 def test_options_before_the_subcommand(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
     assert run(capsys, "--db", str(db_path), "enqueue", "t")[0] == 0
     code, out, _ = run(capsys, "--db", str(db_path), "--json", "ls")

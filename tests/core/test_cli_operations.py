@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _command import CONSOLE_SCRIPT, PACKAGE_PARENT, hookqueue_command
 from _command import env as command_env
-from _command import hookqueue_command
 
 from hookqueue import Queue, TaskStatus, WorkerEngine, __version__
 from hookqueue.core.cli import main
@@ -342,3 +342,74 @@ def test_default_retry_policy_follows_the_plugins(db_path: Path) -> None:
     assert described.startswith("none: a failed attempt is final") and not honoured
     assert "retry: none: a failed attempt is final" in shown
     assert "NoRetry(" in shown and "is unused: no retry plugin is active" in shown
+
+
+MYMOD = """
+from hookqueue import Queue
+queue = Queue("q.db", load_entrypoints=False)
+queue.handlers.register_handler("t", lambda task: task.payload + 1)
+"""
+
+
+def test_the_console_script_finds_the_app_in_the_current_directory(tmp_path: Path) -> None:
+    """``hookqueue worker --app mymod:queue`` through the installed console script, whose
+    ``sys.path`` starts at the script's directory, not the current one (``python -m``
+    would put that there itself), imports ``./mymod.py``. PYTHONPATH holds only the package
+    under test (see tests/_command.py), never the app's directory."""
+    assert CONSOLE_SCRIPT.is_file(), f"no console script at {CONSOLE_SCRIPT}: pip install -e ."
+    (tmp_path / "mymod.py").write_text(MYMOD)
+    with Queue(tmp_path / "q.db", load_entrypoints=False) as q:
+        q.enqueue_many([{"task_type": "t", "payload": i} for i in range(3)])
+    environ = command_env(HOOKQUEUE_PLUGIN_AUTOLOAD="0")
+    environ["PYTHONPATH"] = str(PACKAGE_PARENT)
+    assert str(tmp_path) not in environ["PYTHONPATH"].split(os.pathsep)
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "worker", "--app", "mymod:queue", "--until-idle"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 completed" in result.stderr
+    with Queue(tmp_path / "q.db", load_entrypoints=False) as q:
+        assert sorted(t.result for t in q.list()) == [1, 2, 3]
+
+
+TASKLOG_PLUGINS_OFF = "prometheus,opentelemetry,dashboard,metrics,periodic,limits,postgres"
+
+
+def _tasklog_worker(tmp_path: Path, *options: str) -> tuple[list[int], str]:
+    (tmp_path / "app.py").write_text(APP)
+    db = tmp_path / "q.db"
+    with Queue(db, load_entrypoints=False) as q:
+        ids = [t.id for t in q.enqueue_many([{"task_type": "t", "payload": i} for i in range(3)])]
+    result = hookqueue_command(
+        "worker", "--app", "app:registry", "--db", str(db), "--until-idle", *options,
+        cwd=tmp_path, environ=command_env(HOOKQUEUE_DISABLE_PLUGINS=TASKLOG_PLUGINS_OFF),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return ids, result.stderr
+
+
+def test_worker_v_logs_one_line_per_task_start_and_completion(tmp_path: Path) -> None:
+    ids, err = _tasklog_worker(tmp_path, "-v")
+    lines = [line for line in err.splitlines() if " INFO hookqueue.tasks: " in line]
+    for tid in ids:
+        head = f"hookqueue.tasks: task {tid} (t) attempt 1/1"
+        assert sum(line.endswith(f"{head} started") for line in lines) == 1, lines
+        assert sum(f"{head} completed in " in line for line in lines) == 1, lines
+    assert len(lines) == 2 * len(ids), "nothing else at INFO from the tasklog plugin"
+    (tmp_path / "quiet").mkdir()
+    _, quiet = _tasklog_worker(tmp_path / "quiet")
+    assert "hookqueue.tasks" not in quiet, "starts and completions only at -v"
+
+
+def test_worker_json_logs_are_one_object_per_task_event(tmp_path: Path) -> None:
+    ids, err = _tasklog_worker(tmp_path, "-v", "--log-format", "json", "-q")
+    records = [json.loads(line) for line in err.splitlines()]  # every line is JSON
+    tasks = [r for r in records if r["logger"] == "hookqueue.tasks"]
+    for tid in ids:
+        events = [r for r in tasks if r["task_id"] == tid]
+        assert [r["event"] for r in events] == ["started", "completed"], events
+        done = events[1]
+        assert done["task_type"] == "t" and done["attempt"] == 1 and done["level"] == "info"
+        assert isinstance(done["duration"], float) and done["duration"] >= 0
+        assert done["message"].startswith(f"task {tid} (t) attempt 1/1 completed in ")
