@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from _command import env
@@ -64,3 +68,63 @@ def test_the_demo_json_summary_is_one_object_on_stdout(tmp_path: Path) -> None:
     assert "hookqueue demo: 31 tasks" in result.stderr and "31/31" in result.stderr
     with Queue(db, load_entrypoints=False) as q:
         assert q.counts()["completed"] == summary["by_status"]["completed"]
+
+
+#: The progress bar.
+BAR = re.compile(r"\[[#.]{30}\] \d+/\d+  queued ")
+#: A tasklog line as the demo shows it (worker stderr, text format).
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING hookqueue\.tasks: task \d+ ")
+
+
+def _screen_lines(raw: bytes) -> list[str]:
+    """What a terminal shows of ``raw``, line by line: a carriage return starts the line
+    over and ``ESC [ K`` clears what followed, so the text after the last one stays."""
+    lines = []
+    for line in raw.decode(errors="replace").split("\n"):
+        shown = line.rstrip("\r").split("\r")[-1].replace("\033[K", "")
+        lines.append(shown)
+    return lines
+
+
+def test_the_demo_prints_worker_lines_on_their_own_lines_at_a_terminal(tmp_path: Path) -> None:
+    """At a terminal the progress bar is redrawn in place; the banner and the workers' log
+    lines (import_feed's failure) are printed above it, each on its own line, never glued
+    to the bar."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hookqueue", "demo", "--db", str(tmp_path / "demo.db"),
+         "--tasks", "40", "--processes", "2"],
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE, env=env(),
+    )  # fmt: skip
+    os.close(terminal)
+    raw = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(controller)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.wait(60) == 0, err
+    assert b"\r[" in raw, "the bar is redrawn in place at a terminal"
+    lines = _screen_lines(bytes(raw))
+    assert any(line.startswith("hookqueue 0.") and " worker demo-0 " in line for line in lines)
+    assert any(line.startswith("  handlers:") for line in lines)
+    failures = [line for line in lines if "(import_feed) attempt 2/2 failed" in line]
+    assert failures and all(LOG_LINE.match(line) for line in failures), failures
+    bars = [line for line in lines if BAR.search(line)]
+    assert bars, "the last state of the bar stays on screen"
+    for line in bars:  # nothing of a worker's output on the bar's line, before or after it
+        assert BAR.match(line) and "hookqueue" not in line and "WARNING" not in line, line
+    assert "summary" in lines and any(line.startswith("  drained 41 tasks") for line in lines)
