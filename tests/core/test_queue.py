@@ -380,21 +380,17 @@ async def test_async_forms_of_queue_operations(db_path: Path, clock: FakeClock) 
     threads: list[str] = []
 
     class Store(QueueDatabase):
-        def pause_queue(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            threads.append(threading.current_thread().name)
-            return super().pause_queue(*args, **kwargs)
+        """Notes the thread each of the store calls below runs on."""
 
-        def resume_queue(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def recording(name: str) -> Any:
+        def call(self: QueueDatabase, *args: Any, **kwargs: Any) -> Any:
             threads.append(threading.current_thread().name)
-            return super().resume_queue(*args, **kwargs)
+            return getattr(QueueDatabase, name)(self, *args, **kwargs)
 
-        def paused_queues(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            threads.append(threading.current_thread().name)
-            return super().paused_queues(*args, **kwargs)
+        return call
 
-        def delete_matching(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            threads.append(threading.current_thread().name)
-            return super().delete_matching(*args, **kwargs)
+    for name in ("pause_queue", "resume_queue", "paused_queues", "delete_matching"):
+        setattr(Store, name, recording(name))
 
     with Queue(Store(db_path), load_entrypoints=False, clock=clock) as q:
         assert await q.pause_async("mail") is True
