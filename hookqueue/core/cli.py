@@ -24,16 +24,18 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
+import pluggy
 
-from . import logs
+from . import clock, logs
 from .errors import (
     HookqueueError,
     TaskDidNotComplete,
@@ -42,7 +44,7 @@ from .errors import (
 )
 from .handlers import TaskHandlerRegistry
 from .models import Task, TaskFilter, TaskStatus
-from .plugins import Hooks, make_plugin_manager, plugin_statuses
+from .plugins import CORE_PLUGIN_NAME, Hooks, make_plugin_manager, plugin_statuses
 from .queue import Queue
 from .render import error_line, print_json, shorten, table, when
 from .store import user_database_path
@@ -84,24 +86,21 @@ def queue_from_args(args: argparse.Namespace, *, create: bool = False, **kwargs:
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    raw = text.strip().lower()
-    unit = raw[-1] if raw and raw[-1] in units else "s"
-    number = raw[:-1] if raw and raw[-1] in units else raw
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0): an
+    argparse ``type`` (plugin subcommands use it too) around
+    :func:`hookqueue.core.clock.parse_duration`."""
     try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; use e.g. 90, 30s, 15m, 12h, 7d"
-        ) from None
-    if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be finite, e.g. 30s or 7d")
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
-    if seconds > 1000 * 365 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: longer than a thousand years")
-    return timedelta(seconds=seconds)
+        return clock.parse_duration(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc.problem}; {exc.fix}") from None
+
+
+def _interval(text: str) -> timedelta:
+    """A duration longer than zero (``--prune-every``)."""
+    value = parse_duration(text)
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all; use e.g. 1h or 30m")
+    return value
 
 
 def json_option(option: str, text: str | None) -> Any:
@@ -124,9 +123,11 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; use one from 1 up, e.g. 10"
+        ) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is below 1; use 1 or more")
     return value
 
 
@@ -134,9 +135,13 @@ def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds; use e.g. 30 or 2.5"
+        ) from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive, finite number of seconds; use e.g. 30 or 2.5"
+        )
     return value
 
 
@@ -144,10 +149,44 @@ def _task_id(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (an integer)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a task id; use the integer id hookqueue ls shows"
+        ) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (ids start at 1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id; ids start at 1")
     return value
+
+
+#: argparse's own complaints, reworded as "problem; fix" (the rest are kept as they are).
+_ARGPARSE_MESSAGES = (
+    (re.compile(r"^argument ([^:]+): "), r"\1: "),
+    (
+        re.compile(r"invalid choice: (.+?) \(choose from (.+)\)$"),
+        r"\1 is not one of the choices; use one of \2",
+    ),
+    (re.compile(r"invalid int value: (.+)$"), r"\1 is not a whole number; give one, e.g. 5"),
+    (re.compile(r"invalid float value: (.+)$"), r"\1 is not a number; give one, e.g. 2.5"),
+    (re.compile(r"expected one argument$"), "needs a value; give one after it"),
+    (re.compile(r"^the following arguments are required: (.+)$"), r"\1 missing; give it"),
+    (
+        re.compile(r"^unrecognized arguments: (.+)$"),
+        r"\1 not understood; check the spelling (no option may be abbreviated)",
+    ),
+)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, except that a refused command line is one line on standard error —
+    ``hookqueue enqueue: --delay: 'inf' is not finite; use e.g. 30s, 12h or 7d (see hookqueue
+    enqueue --help)`` — and exit code 2, without the usage block. ``--help`` is unchanged.
+    Subcommands (plugins' included) get this class from ``add_subparsers``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the problem and where the help is, then exit 2."""
+        for pattern, replacement in _ARGPARSE_MESSAGES:
+            message = pattern.sub(replacement, message)
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: {line} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +219,8 @@ def _filter(queue: Queue, args: argparse.Namespace, ids: Sequence[int] = ()) -> 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
     """Ask ``question`` on the terminal (``--yes`` answers it); a script without a terminal
-    must pass ``--yes``."""
+    must pass ``--yes``, with or without ``--json``. The question goes to standard error, so
+    standard output holds only the answer's report (JSON with ``--json``)."""
     if args.yes:
         return True
     if not sys.stdin.isatty():
@@ -190,7 +230,8 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
             "is needed to confirm when no one is at a terminal",
             "add --yes (or run it interactively)",
         )
-    answer = input(f"{question} [y/N] ").strip().lower()
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = input().strip().lower()
     return answer in ("y", "yes")
 
 
@@ -218,18 +259,16 @@ def _bulk(
             if newest:  # tasks enqueued after the confirmation are left alone
                 scoped = attrs.evolve(scoped, max_id=newest[0].id)
         matching = 0 if scoped is None else queue.count(scoped)
-        if matching == 0:
-            done = 0
-        elif args.json or _confirm(args, f"{verb} {matching} task(s) ({what})?"):
+        done: int | None = 0  # None: the confirmation was declined
+        if matching and _confirm(args, f"{verb} {matching} task(s) ({what})?"):
             done = act(queue, scoped) if scoped is not None else 0
-        else:
-            print("nothing done")
-            return 1
+        elif matching:
+            done = None
     if args.json:
-        print_json({"matched": matching, verb.replace(" ", "_"): done, "filter": what})
+        print_json({"matched": matching, verb.replace(" ", "_"): done or 0, "filter": what})
     else:
-        print(f"{verb}: {done} task(s) ({what})")
-    return 0
+        print("nothing done" if done is None else f"{verb}: {done} task(s) ({what})")
+    return 1 if done is None else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,10 +434,28 @@ def _has_filter(args: argparse.Namespace) -> bool:
     return bool(args.status or args.type or args.queue or args.older_than or args.error)
 
 
+def _prune_queue(args: argparse.Namespace) -> Queue:
+    """The queue ``hookqueue prune`` works on: ``--app``'s (its database and retention; with
+    another ``--db``, that database with the app's retention), else ``--db``'s."""
+    if not args.app:
+        return queue_from_args(args)
+    app_queue, _ = load_app(args.app)
+    if app_queue is None:
+        raise ValidationError(
+            "--app",
+            args.app,
+            "names a TaskHandlerRegistry, which has no retention",
+            "name the Queue whose retention prune should use, e.g. --app myapp.tasks:queue",
+        )
+    if args.db is None or app_queue.db.location == str(args.db):
+        return app_queue
+    return queue_from_args(args, retention=app_queue.retention)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """``hookqueue prune``: delete finished tasks older than the retention (and vacuum)."""
     statuses = args.status or ["completed", "failed", "cancelled"]
-    with queue_from_args(args) as queue:
+    with _prune_queue(args) as queue:
         older = args.older_than if args.older_than is not None else queue.retention
         removed = queue.prune(older_than=older, statuses=statuses)
         if args.vacuum:
@@ -423,6 +480,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(error_line(exc), file=sys.stderr)
             return 1
         except WaitTimeout as exc:
+            if args.json:
+                print_json(
+                    {
+                        "id": exc.task_id,
+                        "status": "timeout",
+                        "task_status": exc.status,
+                        "waited_seconds": exc.timeout,
+                    }
+                )
             print(error_line(exc), file=sys.stderr)
             return EXIT_TIMEOUT
     if args.json:
@@ -662,15 +728,51 @@ def banner(worker: Any, queue: Queue, processes: int) -> str:
         f"  concurrency: {worker.concurrency} per process x {processes} process(es), "
         f"lease {worker.lease_seconds:g}s"
         + (f", recycled after {worker.max_tasks} tasks" if worker.max_tasks else ""),
+        f"  retention:   {queue.retention} ("
+        + (
+            f"pruned every {timedelta(seconds=worker.prune_interval)})"
+            if worker.prune_interval
+            else "pruned by hookqueue prune; --prune-every to have workers do it)"
+        ),
         "  handlers:",
     ]
+    default, honours_options = default_retry_policy(queue.pm)
     for task_type in worker.handler_registry.get_registered_types():
         spec = worker.handler_registry.find(task_type)
         retry = spec.options.get("retry") if spec is not None else None
         timeout = f"{spec.timeout:g}s" if spec is not None and spec.timeout else "none"
-        policy = repr(retry) if retry is not None else "the queue's default policy"
+        if retry is None:
+            policy = f"{default} (the queue's default)"
+        elif honours_options:
+            policy = repr(retry)
+        else:
+            policy = f"{default} ({retry!r} is unused: no retry plugin is active)"
         lines.append(f"    {task_type:<24} retry: {policy}; timeout: {timeout}")
     return "\n".join(lines)
+
+
+def default_retry_policy(pm: pluggy.PluginManager) -> tuple[str, bool]:
+    """The retry policy of a task type without one of its own, as the banner names it: that
+    of the first ``hookqueue_retry`` implementation pluggy calls — a registered policy
+    (``Queue(plugins=[FixedDelay(delay=30)])``), a plugin module's ``DEFAULT_POLICY`` (the
+    ``retry`` plugin's ``ExponentialBackoff``), another plugin by name, or the core's, which
+    retries nothing (only a crashed worker's task runs again).
+
+    :returns: the description, and whether a type's own policy (``options["retry"]``) is
+        honoured — not when the core answers alone.
+    """
+    for impl in reversed(pm.hook.hookqueue_retry.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        for candidate in (impl.plugin, getattr(impl.plugin, "DEFAULT_POLICY", None)):
+            if callable(getattr(candidate, "decide", None)) and isinstance(
+                getattr(candidate, "max_attempts", None), int
+            ):
+                return repr(candidate), True
+        if impl.plugin_name == CORE_PLUGIN_NAME:
+            break
+        return f"what plugin {impl.plugin_name!r} decides", True
+    return "none: a failed attempt is final (no retry plugin is active)", False
 
 
 def _worker_child(args: argparse.Namespace) -> int:
@@ -704,6 +806,7 @@ def _worker_child(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         max_tasks=args.max_tasks_per_child,
         scheduler=not args.no_scheduler,
+        prune_interval=args.prune_every,
     )
     if not args.quiet:
         print(banner(worker, queue, args.total_processes or args.processes), file=sys.stderr)
@@ -822,12 +925,10 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         )
         return parser
 
-    common = options(argparse.ArgumentParser(add_help=False, allow_abbrev=False), suppress=True)
+    common = options(CommandParser(add_help=False, allow_abbrev=False), suppress=True)
     parser = options(
         # No abbreviations: a plugin's "--log" must not collide with a prefix of ours.
-        argparse.ArgumentParser(
-            prog="hookqueue", description="A persistent task queue.", allow_abbrev=False
-        ),
+        CommandParser(prog="hookqueue", description="A persistent task queue.", allow_abbrev=False),
         suppress=False,
     )
     parser.add_argument("--version", action="version", version=f"hookqueue {__version__}")
@@ -878,7 +979,11 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--older-than",
         type=parse_duration,
-        help="finished more than this long ago (default: the queue's retention, 7d)",
+        help="finished more than this long ago (default: the queue's retention: --app's, "
+        "else $HOOKQUEUE_RETENTION, else 7d)",
+    )
+    p.add_argument(
+        "--app", help="module:attribute of the Queue whose retention (and database) to use"
     )
     p.add_argument("--status", action="append", choices=["completed", "failed", "cancelled"])
     p.add_argument("--vacuum", action="store_true", help="give the space back to the file system")
@@ -926,6 +1031,12 @@ def build_parser(hooks: Hooks | None = None) -> argparse.ArgumentParser:
         "--max-tasks-per-child",
         type=positive_int,
         help="restart each worker process after it finished this many tasks",
+    )
+    p.add_argument(
+        "--prune-every",
+        type=_interval,
+        help="delete finished tasks older than the queue's retention at start and then this "
+        "often (e.g. 1h; off by default; with --processes, the first process does it)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no start banner and stop line")
     # Set by the supervisor on its first child, whose banner speaks for all of them.

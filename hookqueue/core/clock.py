@@ -11,6 +11,7 @@ move time forward with :class:`FakeClock` instead of sleeping.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -133,3 +134,36 @@ def from_us(value: int) -> datetime:
 def seconds_to_us(seconds: float) -> int:
     """Convert a duration in seconds to whole microseconds."""
     return int(round(seconds * 1_000_000))
+
+
+#: The units a duration may end with, in seconds (none: seconds).
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest duration accepted: longer ones end past datetime's range once added to now.
+_MAX_DURATION_SECONDS = 1000 * 365 * 86400
+
+
+def parse_duration(text: str, field: str = "duration") -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta (finite, >= 0, at
+    most a thousand years). The command line's options and ``HOOKQUEUE_RETENTION`` read
+    durations with this.
+
+    :raises ValidationError: naming ``field``, with what is wrong and the fix.
+    """
+    raw = text.strip().lower()
+    unit = raw[-1] if raw and raw[-1] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw and raw[-1] in _DURATION_UNITS else raw
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValidationError(
+            field, text, "is not a duration", "use e.g. 90, 30s, 15m, 12h, 7d"
+        ) from None
+    if not math.isfinite(seconds):
+        raise ValidationError(field, text, "is not finite", "use e.g. 30s, 12h or 7d")
+    if seconds < 0:
+        raise ValidationError(field, text, "is negative", "use 0 or more, e.g. 15m")
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ValidationError(
+            field, text, "is longer than a thousand years", "use a shorter duration, e.g. 52w"
+        )
+    return timedelta(seconds=seconds)

@@ -184,6 +184,10 @@ class WaitTimeout(HookqueueError, TimeoutError):
 
     def __init__(self, task_id: int, timeout: float, status: str) -> None:
         self.task_id = task_id
+        #: How long the wait lasted, in seconds.
+        self.timeout = timeout
+        #: The task's status when the wait gave up (``queued`` or ``running``).
+        self.status = status
         super().__init__(
             f"task {task_id} is still {status} after {timeout:g}s of waiting; it was left "
             "alone. Fix: wait longer, or look at it later (hookqueue show)"

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
-from .clock import Clock, SystemClock, from_us, seconds_to_us, to_us
+from .clock import Clock, SystemClock, from_us, parse_duration, seconds_to_us, to_us
 from .defaults import validate_changes, validate_new_task
 from .encoding import IMMUTABLE_JSON, encode_json, flat_copy
 from .errors import PluginError, TaskNotFound, ValidationError
@@ -49,6 +49,9 @@ T = TypeVar("T")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
 _DEFAULT = object()
+#: How long finished tasks are kept when neither ``retention`` nor ``HOOKQUEUE_RETENTION``
+#: says otherwise.
+DEFAULT_RETENTION = timedelta(days=7)
 #: Any delay longer than this ends past datetime's range (year 9999) once added to now.
 _MAX_DELAY_US = 1000 * 365 * 86400 * 1_000_000
 
@@ -77,6 +80,26 @@ def _as_us(field: str, value: datetime | timedelta | float | int) -> int:
     return us
 
 
+def _retention_from_environment() -> timedelta:
+    """``HOOKQUEUE_RETENTION`` as a duration (unset or empty: :data:`DEFAULT_RETENTION`).
+
+    :raises ValidationError: naming the variable, when it does not hold a duration.
+    """
+    text = os.environ.get("HOOKQUEUE_RETENTION", "")
+    if not text.strip():
+        return DEFAULT_RETENTION
+    try:
+        return parse_duration(text, "HOOKQUEUE_RETENTION")
+    except ValidationError as exc:
+        raise ValidationError(
+            "HOOKQUEUE_RETENTION",
+            text,
+            exc.problem,
+            "set it to how long finished tasks are kept, e.g. HOOKQUEUE_RETENTION=3d or 12h "
+            "(or unset it for 7 days)",
+        ) from None
+
+
 class _Prepared(NamedTuple):
     """A task ready to insert: as the enqueue hooks left it, encoded for the store, and the
     payload the returned :class:`Task` will own."""
@@ -103,8 +126,9 @@ class Queue:
         deduplicates (a timedelta or seconds); None (default) keeps the key until the task is
         pruned.
     :param retention: how long finished tasks — their results, errors and history — are kept
-        (a timedelta or seconds; default 7 days): what :meth:`prune` and ``hookqueue prune``
-        delete by default.
+        (a timedelta or seconds): what :meth:`prune`, ``hookqueue prune`` and a worker's
+        ``prune_interval`` delete by default. None (default) reads ``HOOKQUEUE_RETENTION`` (a
+        duration such as ``3d`` or ``12h``), else 7 days.
     :param max_payload_bytes: the largest payload, as UTF-8 JSON (default 1 MiB).
     :param create: create the database when it does not exist (default); False refuses a
         missing one (tools that only read must not create a database at a mistyped path).
@@ -124,7 +148,7 @@ class Queue:
         durability: Durability = "full",
         busy_timeout: float = 10.0,
         idempotency_window: timedelta | float | None = None,
-        retention: timedelta | float = timedelta(days=7),
+        retention: timedelta | float | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         inline: bool = False,
         vfs: str | None = None,
@@ -171,7 +195,11 @@ class Queue:
         )
         #: How long finished tasks (their results, errors and history) are kept: what
         #: :meth:`prune` deletes by default.
-        self.retention = timedelta(microseconds=_as_us("retention", retention))
+        self.retention = timedelta(
+            microseconds=_as_us(
+                "retention", retention if retention is not None else _retention_from_environment()
+            )
+        )
         #: The store, hooks, handlers and clock this queue shares with its workers, and the
         #: worker-facing protocol (lease, settle, heartbeat, retry decisions, wake-ups).
         self.runtime = QueueRuntime(self, self.db, pm, clock or SystemClock())
@@ -989,9 +1017,25 @@ class Queue:
         """:meth:`purge` for coroutines."""
         return await self._in_thread(self.purge, filter, **fields)
 
+    async def delete_matching_async(self, filter: TaskFilter | None = None, **fields: Any) -> int:
+        """:meth:`delete_matching` for coroutines."""
+        return await self._in_thread(self.delete_matching, filter, **fields)
+
     async def history_async(self, task_id: int | str) -> builtins.list[AttemptFailure]:
         """:meth:`history` for coroutines."""
         return await self._in_thread(self.history, task_id)
+
+    async def pause_async(self, queue: str) -> bool:
+        """:meth:`pause` for coroutines."""
+        return await self._in_thread(self.pause, queue)
+
+    async def resume_async(self, queue: str) -> bool:
+        """:meth:`resume` for coroutines."""
+        return await self._in_thread(self.resume, queue)
+
+    async def paused_queues_async(self) -> dict[str, datetime]:
+        """:meth:`paused_queues` for coroutines."""
+        return await self._in_thread(self.paused_queues)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

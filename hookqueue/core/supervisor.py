@@ -48,6 +48,9 @@ def child_command(args: argparse.Namespace, index: int, *, restart: bool = False
         cmd.append("--all-queues")
     if getattr(args, "max_tasks_per_child", None):
         cmd += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
+    if getattr(args, "prune_every", None) and index == 0:
+        # One process prunes for the group (the others would only wait for its lock).
+        cmd += ["--prune-every", f"{args.prune_every.total_seconds()}s"]
     if getattr(args, "quiet", False) or index > 0 or restart:
         # One banner is enough: the first child prints it for all of them.
         cmd.append("--quiet")

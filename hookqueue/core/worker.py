@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -101,6 +102,10 @@ class WorkerEngine:
         ``periodic`` plugin declares its handlers' schedules and fires due ticks in every
         worker where this is True; ``hookqueue worker --no-scheduler`` sets it False). The
         core itself only carries the switch, as :attr:`scheduler`, for plugins to read.
+    :param prune_interval: prune as the worker starts and then this often (seconds or a
+        timedelta): delete the tasks that finished longer ago than the queue's ``retention``
+        (:meth:`Queue.prune`), on the queue's I/O threads, never on the event loop, and log
+        how many went. None (default): the worker never prunes (``hookqueue prune`` does).
 
     Every run method (:meth:`run`, :meth:`run_async`, :meth:`run_until_idle`,
     :meth:`run_until_idle_async`) may be called again on the same worker once the previous
@@ -124,6 +129,7 @@ class WorkerEngine:
         all_queues: bool = False,
         max_tasks: int | None = None,
         scheduler: bool = True,
+        prune_interval: float | timedelta | None = None,
     ) -> None:
         if queue_or_db is None:
             queue_or_db = Queue()  # HOOKQUEUE_DB or the default file; a URL opens its store
@@ -159,6 +165,11 @@ class WorkerEngine:
         _check_positive("heartbeat_interval", heartbeat_interval, "e.g. 2.5", allow_none=True)
         _check_positive("wake_poll_interval", wake_poll_interval, "e.g. 0.001")
         _check_positive("idle_poll_interval", idle_poll_interval, "e.g. 1.0")
+        if isinstance(prune_interval, timedelta):
+            prune_interval = prune_interval.total_seconds()
+        _check_positive("prune_interval", prune_interval, "e.g. 3600", allow_none=True)
+        #: Seconds between two prunes by this worker (None: it never prunes).
+        self.prune_interval = None if prune_interval is None else float(prune_interval)
         if (
             isinstance(shutdown_grace, bool)
             or not isinstance(shutdown_grace, int | float)
@@ -352,6 +363,7 @@ class WorkerEngine:
             name=f"hookqueue-leases-{self.worker_id}",
         )
         tick = loop.call_later(LOOP_TICK, self._tick)
+        pruner: asyncio.Task[None] | None = None
         try:
             now = self.queue.now()
             await self._store(
@@ -378,6 +390,8 @@ class WorkerEngine:
                 watcher.start()
             self.runtime.hooks.worker_start(self)
             keeper.start()
+            if self.prune_interval is not None:
+                pruner = loop.create_task(self._prune_regularly(self.prune_interval))
             self._started.set()
             await self._work(until_idle)
         finally:
@@ -385,6 +399,8 @@ class WorkerEngine:
                 await self._shutdown()
             finally:
                 tick.cancel()
+                if pruner is not None:
+                    pruner.cancel()
                 keeper.stop()
                 watcher_stop.set()
                 change_watcher = self._change_watcher
@@ -405,6 +421,32 @@ class WorkerEngine:
                     self._loop = None
                     self._started.clear()
         return self.stats
+
+    async def _prune_regularly(self, interval: float) -> None:
+        """Prune now and then every ``interval`` seconds until cancelled. A failed prune is
+        logged and tried again at the next turn: it must not stop the worker."""
+        while True:
+            try:
+                removed = await self.queue.prune_async()
+            except Exception as exc:
+                log.warning(
+                    "worker %s: pruning finished tasks failed (%s); trying again in %gs",
+                    self.worker_id,
+                    exc,
+                    interval,
+                    exc_info=not isinstance(exc, StoreError),
+                )
+            else:
+                log.info(
+                    "worker %s pruned %d task(s) finished more than %s ago (retention); "
+                    "next prune in %gs",
+                    self.worker_id,
+                    removed,
+                    self.queue.retention,
+                    interval,
+                    extra={"pruned": removed},
+                )
+            await asyncio.sleep(interval)
 
     def _install_signals(self) -> list[int]:
         if threading.current_thread() is not threading.main_thread():

@@ -6,6 +6,9 @@ hookqueue.plugins.demo:registry``). The batch mixes task types, priorities, dela
 webhook that fails before it succeeds and an import that always fails, so every part of the
 lifecycle shows up in the summary.
 
+``hookqueue demo --json`` prints the progress on standard error and the final summary as one
+JSON object on standard output.
+
 The demo works on a database of its own (``demo.db`` in the user's data directory, or
 ``--db``), which it starts afresh each run. It only ever deletes a database it made itself —
 marked by a file beside it (``<db>.hookqueue-demo``) — and refuses any other existing file.
@@ -34,6 +37,7 @@ from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import CliCommand, Task, TaskStatus
 from hookqueue.core.plugins import plugin_statuses
 from hookqueue.core.queue import Queue
+from hookqueue.core.render import print_json
 
 #: The handlers the demo's worker processes run.
 registry = TaskHandlerRegistry()
@@ -151,7 +155,8 @@ def _start_afresh(path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit code."""
+    """Run the demo; returns the exit code. With ``--json`` the progress goes to standard
+    error and standard output holds only the summary, as one JSON object."""
     path = Path(args.db) if args.db else QueueDatabase.default_path().parent / "demo.db"
     _start_afresh(path)
     queue = Queue(path, durability="normal")
@@ -159,10 +164,11 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     queue.enqueue_many(batch)
     total = len(batch)
+    out = sys.stderr if args.json else sys.stdout
     active = [s.name for s in plugin_statuses(queue.pm) if s.state == "active"]
-    print(f"hookqueue demo: {total} tasks in {path}")
-    print(f"plugins: {', '.join(active)}")
-    print(f"starting {args.processes} worker processes x 20 concurrent tasks ...")
+    print(f"hookqueue demo: {total} tasks in {path}", file=out)
+    print(f"plugins: {', '.join(active)}", file=out)
+    print(f"starting {args.processes} worker processes x 20 concurrent tasks ...", file=out)
     cmd = [
         sys.executable,
         "-m",
@@ -194,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
         reader.start()
         readers.append(reader)
         workers.append(worker)
-    tty = sys.stdout.isatty()
+    tty = out.isatty()
     last_print = 0.0
     deadline = started + 120
     try:
@@ -209,12 +215,12 @@ def main(args: argparse.Namespace) -> int:
             )
             while not output.empty():
                 text = output.get()
-                print(("\r\033[K" if tty else "") + text, flush=True)
+                print(("\r\033[K" if tty else "") + text, file=out, flush=True)
                 last_print = 0.0
             if tty:
-                print("\r" + line, end="", flush=True)
+                print("\r" + line, end="", file=out, flush=True)
             elif time.monotonic() - last_print >= 1 or done == total:
-                print(line, flush=True)
+                print(line, file=out, flush=True)
                 last_print = time.monotonic()
             if done == total:
                 break
@@ -233,45 +239,91 @@ def main(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 w.kill()
     if tty:
-        print()
+        print(file=out)
     for reader in readers:  # the workers have exited: their pipes end
         reader.join(timeout=5)
     while not output.empty():
-        print(output.get())
+        print(output.get(), file=out)
+    summary = _summary(queue, path, total, args.processes, drained)
+    queue.close()
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    return 0 if summary["ok"] else 1
+
+
+def _summary(
+    queue: Queue, path: Path, total: int, processes: int, drained: float
+) -> dict[str, Any]:
+    """What the demo reports at the end (printed as text, or as JSON with ``--json``)."""
     tasks = queue.list(limit=100_000)
     by_status = Counter(t.status.value for t in tasks)
-    by_type = Counter((t.task_type, t.status.value) for t in tasks)
-    retries = sum(max(0, t.attempts - 1) for t in tasks)
-    per_worker = {w.worker_id: w.processed for w in queue.workers()}
-    print("\nsummary")
-    print(
-        f"  drained {total} tasks in {drained:.1f}s with {args.processes} processes "
-        "(the delayed tasks set that pace: they are due 1-4 s after enqueue)"
-    )
+    by_type: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        per_type = by_type.setdefault(t.task_type, {})
+        per_type[t.status.value] = per_type.get(t.status.value, 0) + 1
     ready = [t for t in tasks if t.run_after <= t.created_at and t.attempts == 1 and t.finished_at]
+    ready_at_once = None
     if ready:
         first = min(t.created_at for t in ready)
         last = max(t.finished_at for t in ready if t.finished_at is not None)
         span = max((last - first).total_seconds(), 1e-6)
-        print(
-            f"  {len(ready)} tasks ready at once ran in {span:.2f}s: {len(ready) / span:,.0f} tasks/s"
-        )
-    print("  by status: " + ", ".join(f"{s.value} {by_status.get(s.value, 0)}" for s in TaskStatus))
-    for task_type in sorted({t for t, _ in by_type}):
-        parts = ", ".join(f"{s} {n}" for (t, s), n in sorted(by_type.items()) if t == task_type)
-        print(f"  {task_type:<16} {parts}")
-    print(
-        f"  retries: {retries} (flaky_webhook succeeds on attempt 2; import_feed fails after 2 attempts)"
-    )
-    print("  tasks per worker: " + ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items())))
+        ready_at_once = {
+            "tasks": len(ready),
+            "seconds": span,
+            "tasks_per_second": len(ready) / span,
+        }
     failed = [t for t in tasks if t.status is TaskStatus.FAILED]
-    for t in failed[:3]:
-        print(f"  failed task {t.id} ({t.task_type}): {t.error_message}")
+    return {
+        "database": str(path),
+        "tasks": total,
+        "processes": processes,
+        "drained_seconds": drained,
+        "ready_at_once": ready_at_once,
+        "by_status": {s.value: by_status.get(s.value, 0) for s in TaskStatus},
+        "by_type": {name: dict(sorted(c.items())) for name, c in sorted(by_type.items())},
+        "retries": sum(max(0, t.attempts - 1) for t in tasks),
+        "tasks_per_worker": {w.worker_id: w.processed for w in queue.workers()},
+        "failed": [
+            {"id": t.id, "task_type": t.task_type, "error": t.error_message} for t in failed
+        ],
+        "ok": by_status.get("completed", 0) + len(failed) == total,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    path = summary["database"]
+    print("\nsummary")
     print(
-        f"\ninspect it: hookqueue ls --db {path}   |   hookqueue show {failed[0].id if failed else 1} --db {path}"
+        f"  drained {summary['tasks']} tasks in {summary['drained_seconds']:.1f}s with "
+        f"{summary['processes']} processes "
+        "(the delayed tasks set that pace: they are due 1-4 s after enqueue)"
     )
-    queue.close()
-    return 0 if by_status.get("completed", 0) + len(failed) == total else 1
+    ready = summary["ready_at_once"]
+    if ready:
+        print(
+            f"  {ready['tasks']} tasks ready at once ran in {ready['seconds']:.2f}s: "
+            f"{ready['tasks_per_second']:,.0f} tasks/s"
+        )
+    print("  by status: " + ", ".join(f"{s} {n}" for s, n in summary["by_status"].items()))
+    for task_type, counts in summary["by_type"].items():
+        print(f"  {task_type:<16} " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    print(
+        f"  retries: {summary['retries']} (flaky_webhook succeeds on attempt 2; "
+        "import_feed fails after 2 attempts)"
+    )
+    print(
+        "  tasks per worker: "
+        + ", ".join(f"{w} {n}" for w, n in sorted(summary["tasks_per_worker"].items()))
+    )
+    failed = summary["failed"]
+    for t in failed[:3]:
+        print(f"  failed task {t['id']} ({t['task_type']}): {t['error']}")
+    print(
+        f"\ninspect it: hookqueue ls --db {path}   |   "
+        f"hookqueue show {failed[0]['id'] if failed else 1} --db {path}"
+    )
 
 
 def _forward_lines(worker: subprocess.Popen[str], output: stdlib_queue.SimpleQueue[str]) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _command import hookqueue_command
 
 from hookqueue import Queue
 from hookqueue.core.cli import main, parse_duration
@@ -77,6 +78,66 @@ def test_errors_are_one_clear_line_and_exit_2(
     code, _, err = run(capsys, "ls", "--db", str(foreign))
     assert code == 2 and str(foreign) in err
     assert foreign.read_text() == "hello\n" * 1000
+
+
+@pytest.mark.parametrize(
+    ("argv", "start", "words"),
+    [
+        (["enqueue", "t", "--delay", "inf"], "hookqueue enqueue: --delay: 'inf'", ["finite", "7d"]),
+        (["enqueue", "t", "--priority", "x"], "hookqueue enqueue: --priority: 'x'", ["whole"]),
+        (["ls", "--status", "bogus"], "hookqueue ls: --status: 'bogus'", ["'failed'"]),
+        (["--log-format", "xml", "ls"], "hookqueue: --log-format: 'xml'", ["'json'"]),
+        (["wait"], "hookqueue wait: task_id missing", ["give it"]),
+        # a plugin's subcommand, two levels down, gets the same parser
+        (
+            ["schedules", "add", "n", "every 1s", "--type", "t", "--misfire", "bogus"],
+            "hookqueue schedules add: --misfire: 'bogus'",
+            ["'latest'"],
+        ),
+    ],
+    ids=["duration", "integer", "choice", "top-level", "missing", "plugin-subcommand"],
+)
+def test_a_bad_option_value_is_one_line_and_exit_2(
+    tmp_path: Path, argv: list[str], start: str, words: list[str]
+) -> None:
+    """No usage block and no traceback: one line with the option, the problem, the fix and
+    where the help is."""
+    result = hookqueue_command(*argv, "--db", str(tmp_path / "q.db"))
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(start) and "; " in line, line
+    command = start.split(":")[0]
+    assert line.endswith(f"(see {command} --help)"), line
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "q.db").exists()
+
+
+def test_help_still_shows_usage_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["enqueue", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert out.startswith("usage: hookqueue enqueue [-h]") and "--delay DELAY" in out
+
+
+def test_a_repeated_key_says_it_answered_the_existing_task(
+    capsys: pytest.CaptureFixture[str], db_path: Path
+) -> None:
+    db = str(db_path)
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db, "--json")
+    first = json.loads(out)
+    assert code == 0 and first["deduplicated"] is False
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db)
+    assert code == 0
+    assert out.strip() == (
+        f"task {first['id']} (report) already holds key 'nov': nothing new was enqueued "
+        "(it is queued)"
+    )
+    code, out, _ = run(capsys, "enqueue", "report", "--key", "nov", "--db", db, "--json")
+    again = json.loads(out)
+    assert code == 0 and again["deduplicated"] is True and again["id"] == first["id"]
+    with Queue(db_path, load_entrypoints=False) as q:
+        assert q.counts()["queued"] == 1
 
 
 def test_options_before_the_subcommand(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:

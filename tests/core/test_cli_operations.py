@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _command import CONSOLE_SCRIPT, PACKAGE_PARENT, hookqueue_command
+from _command import env as command_env
 
 from hookqueue import Queue, TaskStatus, WorkerEngine, __version__
 from hookqueue.core.cli import main
@@ -82,19 +84,40 @@ def test_a_bulk_command_asks_at_a_terminal(
     capsys: pytest.CaptureFixture[str], filled: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
-    answers = iter(["n", "y"])
-    questions: list[str] = []
-
-    def answer(question: str) -> str:
-        questions.append(question)
-        return next(answers)
-
-    monkeypatch.setattr("builtins.input", answer)
-    code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
+    answers = iter(["n", "y", "n", "y"])
+    monkeypatch.setattr("builtins.input", lambda: next(answers))
+    code, out, err = run(capsys, "purge", "--type", "sms", "--db", str(filled))
     assert code == 1 and "nothing done" in out
-    assert "purge 2 task(s) (status queued; type sms)?" in questions[0]
+    assert "purge 2 task(s) (status queued; type sms)? [y/N]" in err, "asked on stderr"
     code, out, _ = run(capsys, "purge", "--type", "sms", "--db", str(filled))
     assert code == 0 and "purge: 2 task(s)" in out
+    # --json asks too, and keeps stdout for the JSON answer.
+    code, out, err = run(capsys, "cancel", "--type", "mail", "--json", "--db", str(filled))
+    assert code == 1 and json.loads(out) == {
+        "matched": 3,
+        "cancel": 0,
+        "filter": "status queued or running; type mail",
+    }
+    assert "cancel 3 task(s)" in err
+    code, out, _ = run(capsys, "cancel", "--type", "mail", "--json", "--db", str(filled))
+    assert code == 0 and json.loads(out)["cancel"] == 3
+
+
+def test_json_output_does_not_confirm_a_bulk_command(filled: Path) -> None:
+    """``--json`` changes only the output: a script without a terminal (stdin /dev/null)
+    still has to pass ``--yes``, and is refused with one line naming it."""
+    db = str(filled)
+    for verb in ("cancel", "retry", "purge"):
+        refused = hookqueue_command(verb, "--all", "--json", "--db", db)
+        assert refused.returncode == 2, (verb, refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        [line] = refused.stderr.splitlines()
+        assert "--yes" in line and "Fix:" in line and "Traceback" not in line
+    assert _counts(filled) == {
+        "queued": 5, "running": 0, "completed": 0, "failed": 2, "cancelled": 0,
+    }, "nothing was touched"  # fmt: skip
+    done = hookqueue_command("cancel", "--all", "--json", "--yes", "--db", db)
+    assert done.returncode == 0 and json.loads(done.stdout)["cancel"] == 5
 
 
 def test_show_prints_the_failed_attempts_with_tracebacks(
@@ -132,6 +155,13 @@ def test_wait_exit_codes(capsys: pytest.CaptureFixture[str], filled: Path) -> No
     assert code == 1 and "failed" in err and "smtp refused" in err
     code, _, err = run(capsys, "wait", "1", "--timeout", "0.2", "--db", db)
     assert code == 4 and "still queued" in err
+    code, out, _ = run(capsys, "wait", "1", "--timeout", "0.2", "--db", db, "--json")
+    assert code == 4 and json.loads(out) == {
+        "id": 1,
+        "status": "timeout",
+        "task_status": "queued",
+        "waited_seconds": 0.2,
+    }
     q = Queue(filled, load_entrypoints=False)
     q.handlers.register_handler("mail", lambda task: {"sent": task.id})
     worker = threading.Thread(
@@ -266,3 +296,120 @@ def test_read_only_commands_never_create_a_database(
     assert _cli(["enqueue", "t", "--db", str(missing)]).returncode == 0
     assert missing.exists()
     assert TaskStatus.QUEUED.value in run(capsys, "ls", "--db", str(missing))[1]
+
+
+POLICY_APP = """
+import os
+from hookqueue import Queue
+from hookqueue.plugins.retry import FixedDelay, NoRetry
+queue = Queue(os.environ["APP_DB"], plugins=[FixedDelay(delay=30)])
+queue.handlers.register_handler("plain", lambda task: None)
+queue.handlers.register_handler("once", lambda task: None, options={"retry": NoRetry()})
+"""
+
+
+def test_the_banner_names_the_policy_a_handler_without_its_own_gets(tmp_path: Path) -> None:
+    """A handler without a retry policy of its own is shown with the queue's: here the
+    FixedDelay the app registered, not a vague "default"."""
+    (tmp_path / "policyapp.py").write_text(POLICY_APP)
+    result = hookqueue_command(
+        "worker", "--app", "policyapp:queue", "--until-idle",
+        cwd=tmp_path,
+        environ=command_env(
+            APP_DB=str(tmp_path / "q.db"),
+            HOOKQUEUE_DISABLE_PLUGINS="prometheus,opentelemetry,dashboard,metrics",
+        ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stderr.splitlines() if "retry:" in line}
+    assert "retry: FixedDelay(max_attempts=5" in lines["plain"]
+    assert "delay_seconds=30" in lines["plain"] and "(the queue's default)" in lines["plain"]
+    assert "retry: NoRetry(" in lines["once"] and "max_attempts=1" in lines["once"]
+    assert "default policy" not in result.stderr
+
+
+def test_default_retry_policy_follows_the_plugins(db_path: Path) -> None:
+    from hookqueue.core.cli import banner, default_retry_policy
+    from hookqueue.plugins.retry import NoRetry
+
+    with Queue(db_path, block=["prometheus", "opentelemetry", "dashboard"]) as q:
+        described, honoured = default_retry_policy(q.pm)
+    assert described.startswith("ExponentialBackoff(max_attempts=5") and honoured
+    with Queue(db_path, load_entrypoints=False) as q:
+        described, honoured = default_retry_policy(q.pm)
+        q.handlers.register_handler("t", _boom, options={"retry": NoRetry()})
+        shown = banner(WorkerEngine(q, worker_id="w"), q, 1)
+    assert described.startswith("none: a failed attempt is final") and not honoured
+    assert "retry: none: a failed attempt is final" in shown
+    assert "NoRetry(" in shown and "is unused: no retry plugin is active" in shown
+
+
+MYMOD = """
+from hookqueue import Queue
+queue = Queue("q.db", load_entrypoints=False)
+queue.handlers.register_handler("t", lambda task: task.payload + 1)
+"""
+
+
+def test_the_console_script_finds_the_app_in_the_current_directory(tmp_path: Path) -> None:
+    """``hookqueue worker --app mymod:queue`` through the installed console script, whose
+    ``sys.path`` starts at the script's directory, not the current one (``python -m``
+    would put that there itself), imports ``./mymod.py``. PYTHONPATH holds only the package
+    under test (see tests/_command.py), never the app's directory."""
+    assert CONSOLE_SCRIPT.is_file(), f"no console script at {CONSOLE_SCRIPT}: pip install -e ."
+    (tmp_path / "mymod.py").write_text(MYMOD)
+    with Queue(tmp_path / "q.db", load_entrypoints=False) as q:
+        q.enqueue_many([{"task_type": "t", "payload": i} for i in range(3)])
+    environ = command_env(HOOKQUEUE_PLUGIN_AUTOLOAD="0")
+    environ["PYTHONPATH"] = str(PACKAGE_PARENT)
+    assert str(tmp_path) not in environ["PYTHONPATH"].split(os.pathsep)
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "worker", "--app", "mymod:queue", "--until-idle"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 completed" in result.stderr
+    with Queue(tmp_path / "q.db", load_entrypoints=False) as q:
+        assert sorted(t.result for t in q.list()) == [1, 2, 3]
+
+
+TASKLOG_PLUGINS_OFF = "prometheus,opentelemetry,dashboard,metrics,periodic,limits,postgres"
+
+
+def _tasklog_worker(tmp_path: Path, *options: str) -> tuple[list[int], str]:
+    (tmp_path / "app.py").write_text(APP)
+    db = tmp_path / "q.db"
+    with Queue(db, load_entrypoints=False) as q:
+        ids = [t.id for t in q.enqueue_many([{"task_type": "t", "payload": i} for i in range(3)])]
+    result = hookqueue_command(
+        "worker", "--app", "app:registry", "--db", str(db), "--until-idle", *options,
+        cwd=tmp_path, environ=command_env(HOOKQUEUE_DISABLE_PLUGINS=TASKLOG_PLUGINS_OFF),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return ids, result.stderr
+
+
+def test_worker_v_logs_one_line_per_task_start_and_completion(tmp_path: Path) -> None:
+    ids, err = _tasklog_worker(tmp_path, "-v")
+    lines = [line for line in err.splitlines() if " INFO hookqueue.tasks: " in line]
+    for tid in ids:
+        head = f"hookqueue.tasks: task {tid} (t) attempt 1/1"
+        assert sum(line.endswith(f"{head} started") for line in lines) == 1, lines
+        assert sum(f"{head} completed in " in line for line in lines) == 1, lines
+    assert len(lines) == 2 * len(ids), "nothing else at INFO from the tasklog plugin"
+    (tmp_path / "quiet").mkdir()
+    _, quiet = _tasklog_worker(tmp_path / "quiet")
+    assert "hookqueue.tasks" not in quiet, "starts and completions only at -v"
+
+
+def test_worker_json_logs_are_one_object_per_task_event(tmp_path: Path) -> None:
+    ids, err = _tasklog_worker(tmp_path, "-v", "--log-format", "json", "-q")
+    records = [json.loads(line) for line in err.splitlines()]  # every line is JSON
+    tasks = [r for r in records if r["logger"] == "hookqueue.tasks"]
+    for tid in ids:
+        events = [r for r in tasks if r["task_id"] == tid]
+        assert [r["event"] for r in events] == ["started", "completed"], events
+        done = events[1]
+        assert done["task_type"] == "t" and done["attempt"] == 1 and done["level"] == "info"
+        assert isinstance(done["duration"], float) and done["duration"] >= 0
+        assert done["message"].startswith(f"task {tid} (t) attempt 1/1 completed in ")

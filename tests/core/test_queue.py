@@ -16,6 +16,7 @@ from hookqueue import (
     InvalidTransition,
     NewTask,
     Queue,
+    QueueDatabase,
     TaskEvent,
     TaskNotFound,
     TaskStatus,
@@ -371,6 +372,41 @@ async def test_async_forms_do_the_same_work(core_queue: Queue) -> None:
     assert cancelled.status is TaskStatus.CANCELLED
     assert (await core_queue.retry_async(task.id)).status is TaskStatus.QUEUED
     assert await core_queue.prune_async(0) == 0
+
+
+async def test_async_forms_of_queue_operations(db_path: Path, clock: FakeClock) -> None:
+    """pause, resume, paused_queues and delete_matching have async forms that do the same
+    work on the queue's I/O threads, never on the event loop."""
+    threads: list[str] = []
+
+    class Store(QueueDatabase):
+        """Notes the thread each of the store calls below runs on."""
+
+    def recording(name: str) -> Any:
+        def call(self: QueueDatabase, *args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return getattr(QueueDatabase, name)(self, *args, **kwargs)
+
+        return call
+
+    for name in ("pause_queue", "resume_queue", "paused_queues", "delete_matching"):
+        setattr(Store, name, recording(name))
+
+    with Queue(Store(db_path), load_entrypoints=False, clock=clock) as q:
+        assert await q.pause_async("mail") is True
+        assert await q.pause_async("mail") is False, "paused already"
+        assert await q.paused_queues_async() == {"mail": clock.now()}
+        assert await q.resume_async("mail") is True
+        assert await q.resume_async("mail") is False
+        assert await q.paused_queues_async() == {}
+        q.enqueue_many([{"task_type": "a"}, {"task_type": "a"}, {"task_type": "b"}])
+        assert await q.delete_matching_async(task_type="a") == 2
+        assert await q.delete_matching_async(q.filter(task_type="b")) == 1
+        assert q.counts()["queued"] == 0
+        with pytest.raises(ValidationError, match="queue"):
+            await q.pause_async("")
+    loop_thread = threading.current_thread().name
+    assert len(threads) == 8 and loop_thread not in threads, threads
 
 
 async def test_concurrent_async_enqueues_are_group_committed(core_queue: Queue) -> None:

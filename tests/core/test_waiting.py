@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _command import env
 
+import hookqueue.core.waiting as waiting
 from hookqueue import (
     Queue,
     TaskFailed,
@@ -204,3 +206,25 @@ def test_a_commit_in_another_process_wakes_the_wait(q: Queue, tmp_path: Path) ->
         proc.wait(60)
     assert done.result == 100 and done.locked_by is None
     assert proc.returncode == 0
+
+
+def test_another_processs_commit_wakes_the_wait_not_the_safety_look(
+    q: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite too, the wait is ended by the store's change notification: with the waiter
+    thread's safety look pinned at 600 s, it returns soon after the other process's commit
+    (a timeout of 30 s, far below the look, would fail the test otherwise)."""
+    monkeypatch.setattr(waiting, "SAFETY_LOOK", 600.0)
+    task = q.enqueue("double", 21)
+    script = tmp_path / "work.py"
+    script.write_text(WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), str(q.db.location)], env=env())
+    try:
+        done = q.wait(task.id, timeout=30)
+        returned = time.time()
+    finally:
+        proc.wait(60)
+    assert done.result == 42 and done.locked_by is None and proc.returncode == 0
+    assert done.finished_at is not None
+    lag = returned - done.finished_at.timestamp()
+    assert lag < 5, f"the wait returned {lag:.2f}s after the commit"

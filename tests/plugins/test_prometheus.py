@@ -281,7 +281,7 @@ def test_without_the_extra_the_plugin_is_unavailable_with_the_install_command(
     # The other plugins still load, and the metrics subcommand is simply absent.
     with pytest.raises(SystemExit):
         main(["metrics", "text"])
-    assert "invalid choice: 'metrics'" in capsys.readouterr().err
+    assert "'metrics' is not one of the choices" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

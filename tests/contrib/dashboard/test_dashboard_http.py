@@ -501,7 +501,7 @@ def test_without_the_web_extra_the_plugin_is_unavailable_with_the_install_comman
     assert "unavailable" in line and "pip install 'hookqueue[web]'" in line
     with pytest.raises(SystemExit):
         main(["dashboard"])
-    assert "invalid choice: 'dashboard'" in capsys.readouterr().err
+    assert "'dashboard' is not one of the choices" in capsys.readouterr().err
 
 
 def test_the_command_binds_loopback_by_default() -> None:
