@@ -27,9 +27,10 @@ Requires pytest (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,9 +47,19 @@ from hookqueue.contrib.contracts.store import (
     ExpiryRecorder,
     make_row,
 )
+from hookqueue.core.clock import from_us
 from hookqueue.core.errors import StoreError
-from hookqueue.core.models import Candidate, LeasePlan, LimitRule, SortKey, Task, TaskStatus
+from hookqueue.core.models import (
+    Candidate,
+    LeasePlan,
+    LeaseRequest,
+    LimitRule,
+    SortKey,
+    Task,
+    TaskStatus,
+)
 from hookqueue.core.storage import CLOCK_SLACK_US, Settlement, TaskStore
+from hookqueue.plugins.priority import FairShare, Scheduler, WeightedRandom
 
 __all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 
@@ -56,6 +67,28 @@ __all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 def limited(*rules: LimitRule, **changes: Any) -> LeasePlan:
     """A FIFO plan (unless ``changes`` say otherwise) carrying ``rules``."""
     return LeasePlan(limits=rules, **changes)
+
+
+#: The 99.9th percentile of the chi-square distribution with 2 degrees of freedom.
+CHI2_2DF_999 = 13.816
+
+
+def chi_square(observed: Mapping[str, int], weights: Mapping[str, float]) -> float:
+    """Pearson's χ² of ``observed`` counts against shares proportional to ``weights``."""
+    total = sum(observed.values())
+    norm = sum(weights.values())
+    return sum(
+        (observed.get(k, 0) - total * w / norm) ** 2 / (total * w / norm)
+        for k, w in weights.items()
+    )
+
+
+def scheduler_plan(scheduler: Scheduler, *rules: LimitRule) -> LeasePlan:
+    """``scheduler``'s plan for a lease of the default queue, carrying ``rules``."""
+    request = LeaseRequest(
+        worker_id="w1", queues=("default",), limit=1, now=from_us(T0), lease_seconds=30.0
+    )
+    return attrs.evolve(scheduler.plan(request), limits=rules)
 
 
 def _never(task: Task) -> tuple[int | None, str]:
@@ -134,6 +167,13 @@ class LimitStoreContract:
             settlements=settlements,
         )
         return leased
+
+    @staticmethod
+    def add_types(store: TaskStore, task_types: Sequence[str]) -> None:
+        """Insert one task due at ``T0`` per entry of ``task_types``, in that order."""
+        for lo in range(0, len(task_types), 1000):
+            rows = [make_row(T0, task_type=t) for t in task_types[lo : lo + 1000]]
+            store.insert(rows, T0)
 
     @staticmethod
     def tenants(tasks: Sequence[Task], key: str = "tenant") -> list[Any]:
@@ -377,9 +417,12 @@ class LimitStoreContract:
         assert store.next_wakeup_delay_us(["default"], T0, plan=plan) == SECOND // 4
         assert store.next_wakeup_delay_us(["default"], T0 + SECOND // 8, plan=plan) == SECOND // 8
 
-    def test_a_rerank_is_offered_only_what_the_limits_allow(self, store: TaskStore) -> None:
-        """A re-ranking plan's window leaves out held tasks, and its choice is walked again
-        so one lease cannot overshoot."""
+    @pytest.mark.parametrize("group_by", [None, "partition", "task_type"])
+    def test_a_rerank_is_offered_only_what_the_limits_allow(
+        self, store: TaskStore, group_by: str | None
+    ) -> None:
+        """A re-ranking plan's window — the head of the queue, or drawn per group — leaves
+        out held tasks, and its choice is walked again so one lease cannot overshoot."""
         for tenant in ("a", "a", "a", "b"):
             self.add(store, T0, payload={"tenant": tenant})
         self.lease(store, T0, limited(), limit=1)  # tenant a runs one
@@ -393,10 +436,94 @@ class LimitStoreContract:
             LimitRule(name="c", concurrency=1, partition_by="tenant"),
             rerank=rerank,
             order=(SortKey.FIFO,),
+            group_by=group_by,
+            partition_key="tenant" if group_by == "partition" else None,
         )
         leased = self.lease(store, T0, plan, limit=10)
         assert self.tenants(leased) == ["b"]
         assert offered == [[4]]
+
+    # -- re-ranking schedulers under limits ------------------------------------------------------
+
+    def test_a_grouped_window_keeps_a_schedulers_shares_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``WeightedRandom`` (6 : 3 : 1 by task type, window 64) under a rule that never
+        binds, each type's backlog 25 times the window: the window is drawn per group as
+        without limits, so 1,200 tasks leased 20 at a time keep the shares (χ² below the
+        99.9th percentile), not the enqueue mix."""
+        weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+        scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(20261205))
+        plan = scheduler_plan(scheduler, LimitRule(name="roomy", concurrency=10**6))
+        self.add_types(store, [t for _ in range(1600) for t in "abc"])
+        counts = Counter(
+            t.task_type for _ in range(60) for t in self.lease(store, T0, plan, limit=20)
+        )
+        assert sum(counts.values()) == 1200
+        assert chi_square(counts, weights) < CHI2_2DF_999, counts
+
+    def test_a_grouped_window_keeps_fair_share_weights_under_a_stored_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``FairShare`` by tenant (gold weighs 3, window 32) under a stored per-tenant rule
+        that never binds: 400 tasks leased 20 at a time split exactly 300 : 100."""
+        scheduler = FairShare(partition_key="tenant", weights={"gold": 3}, window=32)
+        store.set_limit(LimitRule(name="roomy", concurrency=10**6, partition_by="tenant"), T0)
+        plan = attrs.evolve(scheduler_plan(scheduler), stored_limits=True)
+        for _ in range(500):
+            for tenant in ("gold", "tin"):
+                self.add(store, T0, payload={"tenant": tenant})
+        counts = Counter(
+            tenant
+            for _ in range(20)
+            for tenant in self.tenants(self.lease(store, T0, plan, limit=20))
+        )
+        assert counts == {"gold": 300, "tin": 100}
+
+    def test_a_grouped_window_reaches_a_group_behind_another_groups_backlog_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """Task type ``b``'s 3 tasks enqueued after 1,000 of ``a``: under a rule that never
+        binds, ``FairShare`` by task type (window 16) is offered them in the first lease and
+        serves them in turns — all 3 in the first 3 leases of 2. The same under
+        ``WeightedRandom`` 6 : 3 : 1 with 1,600 each enqueued one type after the other:
+        the shares hold."""
+        self.add_types(store, ["a"] * 1000 + ["b"] * 3)
+        plan = scheduler_plan(FairShare(window=16), LimitRule(name="roomy", concurrency=10**6))
+        first = [self.lease(store, T0, plan, limit=2) for _ in range(3)]
+        assert [Counter(t.task_type for t in batch)["b"] for batch in first] == [1, 1, 1]
+
+    def test_a_grouped_window_reaches_groups_enqueued_one_after_the_other_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``WeightedRandom`` 6 : 3 : 1 by task type, 1,600 of each enqueued one type after
+        the other, under a rule that never binds: the shares hold (before the window was
+        drawn per group under limits, every task leased was ``a``)."""
+        weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+        scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(7))
+        plan = scheduler_plan(scheduler, LimitRule(name="roomy", concurrency=10**6))
+        self.add_types(store, [t for t in "abc" for _ in range(1600)])
+        counts = Counter(
+            t.task_type for _ in range(60) for t in self.lease(store, T0, plan, limit=20)
+        )
+        assert chi_square(counts, weights) < CHI2_2DF_999, counts
+
+    @pytest.mark.parametrize("per_group", [True, False], ids=["per-group", "head-window"])
+    def test_a_fair_rule_reaches_a_small_tenant_behind_a_rerank(
+        self, store: TaskStore, per_group: bool
+    ) -> None:
+        """A fair rule on ``tenant`` with a re-ranking scheduler that groups by something
+        else (``WeightedRandom`` by task type, window 64): a small tenant's 5 tasks enqueued
+        after 1,000 of a big one still get their turns — the fair rule's buckets' first
+        tasks follow the scheduler's choice — so all 5 are leased in the first 3 leases of
+        4, alternating with the big tenant; with the scheduler's head window too."""
+        self.add(store, T0, 1000, payload={"tenant": "big"})
+        small = set(self.add(store, T0, 5, payload={"tenant": "small"}))
+        scheduler = WeightedRandom(window=64, per_group=per_group, rng=random.Random(1))
+        plan = scheduler_plan(scheduler, LimitRule(name="fair", fair=True, partition_by="tenant"))
+        leases = [self.lease(store, T0, plan, limit=4) for _ in range(3)]
+        assert [self.tenants(batch) for batch in leases[:2]] == [["big", "small"] * 2] * 2
+        assert small <= {t.id for batch in leases for t in batch}
 
     def test_limits_leave_paused_queues_alone(self, store: TaskStore) -> None:
         """A paused queue stays paused under a limit too."""
