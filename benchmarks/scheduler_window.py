@@ -281,56 +281,61 @@ def table(medians: dict[str, Any]) -> str:
 def _limits_table(medians: dict[str, Any]) -> str:
     """Under limits: the head window (what a limited lease read before) and the window per
     group, beside the same scheduler's lease per group without a rule (if run)."""
-    lines = [
+
+    def cells(m: dict[str, float]) -> list[str]:
+        bare = m.get("per group")
+        fair = m.get("per group, fair rule")
+        return [
+            _fmt(m["head, limit"]),
+            _fmt(m["per group, limit"]),
+            f"{m['per group, limit'] / m['head, limit']:.2f}×",
+            _fmt(bare) if bare else "",
+            f"{m['per group, limit'] / bare:.2f}×" if bare else "",
+            _fmt(fair) if fair else "",
+            f"{fair / bare:.2f}×" if fair and bare else "",
+        ]
+
+    header = (
         "| store | due tasks | scheduler | head, limit (before), µs "
         "| per group, limit (after), µs | after ÷ before | per group, no limit, µs "
-        "| limit ÷ no limit | per group, fair rule, µs | fair rule ÷ no limit |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for store, by_n in medians.items():
-        for n, rows in by_n.items():
-            for label, m in rows.items():
-                bare = m.get("per group")
-                fair = m.get("per group, fair rule")
-                cells = [
-                    store,
-                    f"{int(n):,}",
-                    f"`{label}`",
-                    _fmt(m["head, limit"]),
-                    _fmt(m["per group, limit"]),
-                    f"{m['per group, limit'] / m['head, limit']:.2f}×",
-                    _fmt(bare) if bare else "",
-                    f"{m['per group, limit'] / bare:.2f}×" if bare else "",
-                    _fmt(fair) if fair else "",
-                    f"{fair / bare:.2f}×" if fair and bare else "",
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        "| limit ÷ no limit | per group, fair rule, µs | fair rule ÷ no limit |"
+    )
+    return _markdown(medians, header, cells)
 
 
 def _windows_table(medians: dict[str, Any]) -> str:
     """Without limits: the head window and the window per group, beside raw apsw."""
-    lines = [
+
+    def cells(m: dict[str, float]) -> list[str]:
+        raw = m.get("raw per group")
+        return [
+            _fmt(m["head"]),
+            _fmt(m["per group"]),
+            f"{m['per group'] / m['head']:.2f}×",
+            _fmt(raw) if raw else "",
+            f"{m['per group'] / raw:.2f}×" if raw else "",
+            f"{m['head'] / m['raw head']:.2f}×" if raw else "",
+        ]
+
+    header = (
         "| store | due tasks | scheduler | head (before), µs | per group (after), µs "
-        "| after ÷ before | raw per group, µs | hq ÷ raw (after) | hq ÷ raw (before) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| after ÷ before | raw per group, µs | hq ÷ raw (after) | hq ÷ raw (before) |"
+    )
+    return _markdown(medians, header, cells)
+
+
+def _markdown(
+    medians: dict[str, Any], header: str, cells: Callable[[dict[str, float]], list[str]]
+) -> str:
+    """A Markdown table: ``header``, then a row per store, backlog and scheduler whose last
+    cells are ``cells`` of its medians (numbers right-aligned)."""
+    align = "|---|---:|---|" + "---:|" * (header.count("|") - 4)
+    lines = [header, align]
     for store, by_n in medians.items():
         for n, rows in by_n.items():
             for label, m in rows.items():
-                raw = m.get("raw per group")
-                cells = [
-                    store,
-                    f"{int(n):,}",
-                    f"`{label}`",
-                    _fmt(m["head"]),
-                    _fmt(m["per group"]),
-                    f"{m['per group'] / m['head']:.2f}×",
-                    _fmt(raw) if raw else "",
-                    f"{m['per group'] / raw:.2f}×" if raw else "",
-                    f"{m['head'] / m['raw head']:.2f}×" if raw else "",
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
+                row = [store, f"{int(n):,}", f"`{label}`", *cells(m)]
+                lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ import json
 import random
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.contrib.contracts.store import (
     LEASE_US,
     SECOND,
@@ -67,20 +68,6 @@ __all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 def limited(*rules: LimitRule, **changes: Any) -> LeasePlan:
     """A FIFO plan (unless ``changes`` say otherwise) carrying ``rules``."""
     return LeasePlan(limits=rules, **changes)
-
-
-#: The 99.9th percentile of the chi-square distribution with 2 degrees of freedom.
-CHI2_2DF_999 = 13.816
-
-
-def chi_square(observed: Mapping[str, int], weights: Mapping[str, float]) -> float:
-    """Pearson's χ² of ``observed`` counts against shares proportional to ``weights``."""
-    total = sum(observed.values())
-    norm = sum(weights.values())
-    return sum(
-        (observed.get(k, 0) - total * w / norm) ** 2 / (total * w / norm)
-        for k, w in weights.items()
-    )
 
 
 def scheduler_plan(scheduler: Scheduler, *rules: LimitRule) -> LeasePlan:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hookqueue import Queue, WorkerEngine
-from hookqueue.contrib.contracts.limits import CHI2_2DF_999, chi_square
+from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.core.cli import main
 from hookqueue.core.errors import ValidationError
 from hookqueue.core.hookspecs import hookimpl
