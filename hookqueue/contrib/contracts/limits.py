@@ -616,8 +616,12 @@ class LimitMachine(RuleBasedStateMachine):
 
     Rules: enqueue tasks of a tenant; lease (either worker, a limit of 1 to 5, half the time
     with the plan's rules, half with the same rules stored; tenant ``a`` weighted 3 in the
-    turns, so the fair walk, its stored positions and its clock are exercised too) after moving time forward by 0 to
-    0.6 s; complete a running task; let every lease expire (the next lease sweeps them).
+    turns, so the fair walk, its stored positions and its clock are exercised too; the order
+    FIFO, or a re-ranking scheduler's — ``FairShare`` by tenant with a window of 4 drawn per
+    group, or ``WeightedRandom`` by task type with a head window of 4 — so the re-ranked
+    choice and the fair rule's reserve are walked through the limits too) after moving time
+    forward by 0 to 0.6 s; complete a running task; let every lease expire (the next lease
+    sweeps them).
     After every step: no tenant has more than 2 running tasks and no more than 3 run in all;
     every tenant's starts keep the rate's token-bucket bound (``burst + elapsed / interval``
     over any run of starts); a task's attempts equal the times it was leased (a task held
@@ -636,6 +640,11 @@ class LimitMachine(RuleBasedStateMachine):
         self.running: dict[int, str] = {}
         self.starts: dict[Any, list[int]] = defaultdict(list)
         self.stored = False
+        #: The re-ranking schedulers' plans, by name (their state lives for the run).
+        self.schedulers = {
+            "per-group": scheduler_plan(FairShare(partition_key="tenant", window=4)),
+            "head": scheduler_plan(WeightedRandom(window=4, per_group=False, rng=random.Random(3))),
+        }
 
     def teardown(self) -> None:
         """Check the store's own consistency, then close it."""
@@ -657,8 +666,11 @@ class LimitMachine(RuleBasedStateMachine):
         limit=st.integers(1, 5),
         dt_ms=st.integers(0, 600),
         stored=st.booleans(),
+        scheduler=st.sampled_from((None, "per-group", "head")),
     )
-    def lease(self, worker: str, limit: int, dt_ms: int, stored: bool) -> None:
+    def lease(
+        self, worker: str, limit: int, dt_ms: int, stored: bool, scheduler: str | None
+    ) -> None:
         self.now += dt_ms * 1000
         if stored and not self.stored:
             for r in MACHINE_RULES:
@@ -668,6 +680,10 @@ class LimitMachine(RuleBasedStateMachine):
         if not stored and self.stored:
             # The plan's rules and the stored ones are the same rules by name: keep them once.
             plan = LeasePlan(stored_limits=True)
+        if scheduler is not None:
+            plan = attrs.evolve(
+                self.schedulers[scheduler], limits=plan.limits, stored_limits=plan.stored_limits
+            )
         now = self.now
 
         def requeue(task: Task) -> tuple[int | None, str]:
