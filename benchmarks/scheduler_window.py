@@ -6,6 +6,7 @@ Usage::
     python benchmarks/scheduler_window.py --quick          # tiny sizes, one round (smoke test)
     python benchmarks/scheduler_window.py --postgres       # also on a throwaway PostgreSQL
     python benchmarks/scheduler_window.py --backlogs 1000,20000 --rounds 5
+    python benchmarks/scheduler_window.py --variant "per group" --variant "per group, limit"
 
 For each backlog of due tasks (the schedulers workload's mix: four task types, ten
 priorities, eight tenants, in random order) and each re-ranking scheduler, the median time of
@@ -15,7 +16,16 @@ priorities, eight tenants, in random order) and each re-ranking scheduler, the m
   ``LeasePlan.group_by`` makes the store draw the window per group (every group's first due
   task, then every group's second, …), so the shares hold whatever the backlogs;
 - **head** — ``per_group=False``: the first ``window`` due tasks in priority order, as every
-  lease read before issue #19 (the shares drift once a group's backlog exceeds the window).
+  lease read before issue #19 (the shares drift once a group's backlog exceeds the window);
+
+and under limits, through the ``limits`` plugin with one stored rule (set before the variant's
+leases, removed after):
+
+- **head, limit** — ``per_group=False`` under ``concurrency=10**6`` (a rule that never binds):
+  what every limited lease read before the limited lease drew its window per group too;
+- **per group, limit** — the scheduler as it comes under the same rule;
+- **per group, fair rule** — the scheduler as it comes under a fair rule on ``tenant`` (the
+  window per group, and every tenant's first tasks as the fair turns' reserve).
 
 Each leased batch is released again (untimed), so the backlog stays the same. On SQLite, raw
 apsw runs the same two statements in the same run — ``BEGIN IMMEDIATE``, the window
@@ -50,8 +60,9 @@ sys.path.insert(0, str(HERE))
 from hqbench.common import machine_info  # noqa: E402
 
 from hookqueue import LeaseRequest, Queue  # noqa: E402
-from hookqueue.core.models import LeasePlan, SortKey  # noqa: E402
+from hookqueue.core.models import LeasePlan, LimitRule, SortKey  # noqa: E402
 from hookqueue.core.store import Settlement  # noqa: E402
+from hookqueue.plugins import limits  # noqa: E402
 from hookqueue.plugins.priority import FairShare, Scheduler, WeightedRandom  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
@@ -73,8 +84,18 @@ SCHEDULERS: dict[str, Callable[[bool], Scheduler]] = {
         partition_key="tenant", per_group=per_group
     ),
 }
-#: ``per_group`` of each variant.
-VARIANTS = {"head": False, "per group": True}
+#: A stored rule that never binds, and a fair rule between the tenants.
+ROOMY = LimitRule(name="roomy", concurrency=10**6)
+FAIR = LimitRule(name="turns", partition_by="tenant", fair=True)
+#: ``per_group`` of each variant, and the stored rule it leases under (None: no ``limits``
+#: plugin).
+VARIANTS: dict[str, tuple[bool, LimitRule | None]] = {
+    "head": (False, None),
+    "per group": (True, None),
+    "head, limit": (False, ROOMY),
+    "per group, limit": (True, ROOMY),
+    "per group, fair rule": (True, FAIR),
+}
 #: Puts a task raw leased back (untimed), so the backlog stays the same.
 UNLEASE = (
     "UPDATE tasks SET status = 'queued', attempts = attempts - 1, locked_by = NULL, "
@@ -121,9 +142,15 @@ def _queue(location: str, *plugins: Any) -> Queue:
     return Queue(location, durability="normal", plugins=plugins, load_entrypoints=False)
 
 
-def hq_lease_us(location: str, scheduler: Scheduler, leases: int) -> float:
-    """Median µs of ``lease(limit=32)`` through a queue whose scheduler is ``scheduler``."""
-    with _queue(location, scheduler) as q:
+def hq_lease_us(
+    location: str, scheduler: Scheduler, leases: int, rule: LimitRule | None = None
+) -> float:
+    """Median µs of ``lease(limit=32)`` through a queue whose scheduler is ``scheduler``
+    (with the ``limits`` plugin and ``rule`` stored, if given; removed again after)."""
+    plugins: tuple[Any, ...] = (scheduler,) if rule is None else (scheduler, limits)
+    with _queue(location, *plugins) as q:
+        if rule is not None:
+            limits.set_limit(q, rule)
         samples: list[int] = []
         for _ in range(leases):
             t0 = time.perf_counter_ns()
@@ -135,6 +162,8 @@ def hq_lease_us(location: str, scheduler: Scheduler, leases: int) -> float:
                 limit=0,
                 settlements=[Settlement(task_id=t.id, kind="release") for t in leased],
             )
+        if rule is not None:
+            limits.remove_limit(q, rule.name)
     return statistics.median(samples) / 1000
 
 
@@ -182,9 +211,15 @@ def raw_lease_us(path: Path, plan: LeasePlan, leases: int) -> float:
 
 
 def one_round(
-    store: str, backlogs: list[int], leases: int, workdir: Path, server: Any
+    store: str,
+    backlogs: list[int],
+    leases: int,
+    workdir: Path,
+    server: Any,
+    variants: list[str],
 ) -> dict[str, Any]:
-    """Every backlog, scheduler and variant once on ``store``: µs per lease."""
+    """Every backlog, scheduler and variant once on ``store``: µs per lease (raw apsw
+    beside the variants without a rule, on SQLite)."""
     out: dict[str, Any] = {}
     for n in backlogs:
         if store == "sqlite":
@@ -199,10 +234,11 @@ def one_round(
             rows: dict[str, Any] = {}
             for label, make in SCHEDULERS.items():
                 row: dict[str, float] = {}
-                for variant, per_group in VARIANTS.items():
+                for variant in variants:
+                    per_group, rule = VARIANTS[variant]
                     scheduler = make(per_group)
-                    row[variant] = hq_lease_us(location, scheduler, leases)
-                    if store == "sqlite":
+                    row[variant] = hq_lease_us(location, scheduler, leases, rule)
+                    if store == "sqlite" and rule is None:
                         row[f"raw {variant}"] = raw_lease_us(path, _plan(scheduler), leases)
                 rows[label] = row
             out[str(n)] = rows
@@ -231,28 +267,75 @@ def _fmt(value: float) -> str:
 
 
 def table(medians: dict[str, Any]) -> str:
-    """The Markdown table of a run's medians."""
-    lines = [
+    """The Markdown tables of a run's medians: the windows without limits (when both were
+    run), and under limits (when both limit variants were)."""
+    some = next(iter(next(iter(next(iter(medians.values())).values())).values()))
+    out = []
+    if {"head", "per group"} <= set(some):
+        out.append(_windows_table(medians))
+    if {"head, limit", "per group, limit"} <= set(some):
+        out.append(_limits_table(medians))
+    return "\n\n".join(out)
+
+
+def _limits_table(medians: dict[str, Any]) -> str:
+    """Under limits: the head window (what a limited lease read before) and the window per
+    group, beside the same scheduler's lease per group without a rule (if run)."""
+
+    def cells(m: dict[str, float]) -> list[str]:
+        bare = m.get("per group")
+        fair = m.get("per group, fair rule")
+        return [
+            _fmt(m["head, limit"]),
+            _fmt(m["per group, limit"]),
+            f"{m['per group, limit'] / m['head, limit']:.2f}×",
+            _fmt(bare) if bare else "",
+            f"{m['per group, limit'] / bare:.2f}×" if bare else "",
+            _fmt(fair) if fair else "",
+            f"{fair / bare:.2f}×" if fair and bare else "",
+        ]
+
+    header = (
+        "| store | due tasks | scheduler | head, limit (before), µs "
+        "| per group, limit (after), µs | after ÷ before | per group, no limit, µs "
+        "| limit ÷ no limit | per group, fair rule, µs | fair rule ÷ no limit |"
+    )
+    return _markdown(medians, header, cells)
+
+
+def _windows_table(medians: dict[str, Any]) -> str:
+    """Without limits: the head window and the window per group, beside raw apsw."""
+
+    def cells(m: dict[str, float]) -> list[str]:
+        raw = m.get("raw per group")
+        return [
+            _fmt(m["head"]),
+            _fmt(m["per group"]),
+            f"{m['per group'] / m['head']:.2f}×",
+            _fmt(raw) if raw else "",
+            f"{m['per group'] / raw:.2f}×" if raw else "",
+            f"{m['head'] / m['raw head']:.2f}×" if raw else "",
+        ]
+
+    header = (
         "| store | due tasks | scheduler | head (before), µs | per group (after), µs "
-        "| after ÷ before | raw per group, µs | hq ÷ raw (after) | hq ÷ raw (before) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| after ÷ before | raw per group, µs | hq ÷ raw (after) | hq ÷ raw (before) |"
+    )
+    return _markdown(medians, header, cells)
+
+
+def _markdown(
+    medians: dict[str, Any], header: str, cells: Callable[[dict[str, float]], list[str]]
+) -> str:
+    """A Markdown table: ``header``, then a row per store, backlog and scheduler whose last
+    cells are ``cells`` of its medians (numbers right-aligned)."""
+    align = "|---|---:|---|" + "---:|" * (header.count("|") - 4)
+    lines = [header, align]
     for store, by_n in medians.items():
         for n, rows in by_n.items():
             for label, m in rows.items():
-                raw = m.get("raw per group")
-                cells = [
-                    store,
-                    f"{int(n):,}",
-                    f"`{label}`",
-                    _fmt(m["head"]),
-                    _fmt(m["per group"]),
-                    f"{m['per group'] / m['head']:.2f}×",
-                    _fmt(raw) if raw else "",
-                    f"{m['per group'] / raw:.2f}×" if raw else "",
-                    f"{m['head'] / m['raw head']:.2f}×" if raw else "",
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
+                row = [store, f"{int(n):,}", f"`{label}`", *cells(m)]
+                lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -268,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL")
     parser.add_argument("--dsn", default=None, help="with --postgres: a scratch server's DSN")
     parser.add_argument("--out", type=Path, default=None, help="where to write the JSON")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        help="a variant to run (repeat for several; default: all)",
+    )
     args = parser.parse_args(argv)
+    variants = [v for v in VARIANTS if v in (args.variant or VARIANTS)]
     rounds = args.rounds or (1 if args.quick else 3)
     default_backlogs = "200,1000" if args.quick else "1000,10000,100000"
     backlogs = [int(x) for x in (args.backlogs or default_backlogs).split(",")]
@@ -279,7 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         data: dict[str, Any] = {
             "machine": machine_info(workdir),
-            "config": {"rounds": rounds, "backlogs": backlogs, "leases": leases, "limit": LIMIT},
+            "config": {
+                "rounds": rounds,
+                "backlogs": backlogs,
+                "leases": leases,
+                "limit": LIMIT,
+                "variants": variants,
+            },
             "rounds": {},
             "medians": {},
         }
@@ -291,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             data["postgres"] = server.settings()
         try:
             for store in stores:
-                runs = [one_round(store, backlogs, leases, workdir, server) for _ in range(rounds)]
+                runs = [
+                    one_round(store, backlogs, leases, workdir, server, variants)
+                    for _ in range(rounds)
+                ]
                 data["rounds"][store] = runs
                 data["medians"][store] = _median(runs)
         finally:

@@ -11,7 +11,11 @@ whatever the engine, and lives here once:
   period/N);
 - :class:`LimitWalk` — the walk over the candidates in the plan's order, counting each start
   against every rule it matches so a batch never overshoots a limit, and with a fair rule the
-  weighted turns between its buckets; what is held back and why (:meth:`LimitWalk.usage_of`).
+  weighted turns between its buckets; what is held back and why (:meth:`LimitWalk.usage_of`);
+- what a re-ranking plan's choice is walked as (:meth:`LimitWalk.ranked`): the scheduler is
+  offered its window as an unlimited lease draws it (per group with ``LeasePlan.group_by``),
+  less the held buckets, and with a fair rule every bucket's first tasks follow its choice,
+  so the turns reach a bucket the window or the choice left out.
 
 A store subclasses :class:`LimitWalk` with the statements that load the counts and the
 candidates and write back the rate state and turns (``hookqueue.core.store.limiting`` for
@@ -28,9 +32,10 @@ from __future__ import annotations
 
 import builtins
 import heapq
+import itertools
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import ValidationError
@@ -50,6 +55,13 @@ MAX_PARTS = 16
 MAX_EXCLUDED = 200
 #: Index of a candidate row's first partition column (after id, queue, task_type).
 FIRST_PART = 3
+
+
+def with_spare(limit: int) -> int:
+    """Candidates to read for a batch of ``limit`` (per bucket, for a fair rule): a little
+    more than asked, as a start may fill a bucket half-way through the batch (its later
+    tasks are then skipped)."""
+    return limit + min(limit, 32) + 8
 
 
 # -- rules as stored -----------------------------------------------------------------------------
@@ -340,6 +352,29 @@ class LimitWalk:
                     heapq.heappush(heap, (at + step, order, key))
                     break
         return picked
+
+    def ranked(
+        self,
+        choice: Iterable[int],
+        window: Mapping[int, Sequence[Any]],
+        heads: Iterable[Sequence[Any]] = (),
+    ) -> builtins.list[Sequence[Any]]:
+        """The rows to :meth:`pick` from for a re-ranking plan: first the scheduler's
+        ``choice`` (ids of ``window``, the allowed candidates it was offered, in the plan's
+        order), each once. With a fair rule a reserve follows — ``heads``, the first tasks
+        of every bucket of the fair rule in the plan's order, then the rest of ``window`` —
+        so the turns reach a bucket the window or the choice left out: such a bucket is
+        served its first tasks in the plan's order, and the others the scheduler's choice
+        first. Without a fair rule only the choice is walked."""
+        rows = [window[i] for i in dict.fromkeys(choice) if i in window]
+        if self.fair is None:
+            return rows
+        seen = {row[0] for row in rows}
+        for row in itertools.chain(heads, window.values()):
+            if row[0] not in seen:
+                seen.add(row[0])
+                rows.append(row)
+        return rows
 
     @staticmethod
     def weight(rule: LimitRule, bucket: str | None) -> int:

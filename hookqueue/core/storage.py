@@ -54,7 +54,12 @@ records (``plan.limits``) and/or ask for the rules stored with :meth:`TaskStore.
 - *fair*: the buckets of a fair rule take turns — each lease serves first the bucket served
   least, a task costing a bucket one turn divided by its weight (``LimitRule.weights``); a
   bucket new or back after a quiet spell starts level with the latest turn. The positions
-  are stored, so turns hold across leases and processes.
+  are stored, so turns hold across leases and processes;
+- *re-ranking plans* (``plan.rerank``): the window is drawn as without limits (per group with
+  ``plan.group_by``, else the head of the queue), less the tasks of buckets full now, and
+  the choice is walked through the rules start by start. With a fair rule the first tasks of
+  every bucket follow the choice, so the turns reach a bucket the window or the choice left
+  out (``hookqueue.core.limitwalk.LimitWalk.ranked``).
 
 A task held back stays ``queued`` with its attempts unchanged. ``has_work`` and
 ``next_wakeup_delay_us`` take the same plan: a worker whose only due tasks are held back has

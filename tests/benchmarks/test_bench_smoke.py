@@ -371,7 +371,9 @@ def test_postgres_quick_run_measures_every_workload(tmp_path: Path, postgres_ser
 
 
 @pytest.mark.slow
-def test_the_scheduler_window_script_measures_both_windows_beside_raw(tmp_path: Path) -> None:
+def test_the_scheduler_window_script_measures_both_windows_beside_raw_and_under_limits(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "window.json"
     proc = subprocess.run(
         [
@@ -393,9 +395,18 @@ def test_the_scheduler_window_script_measures_both_windows_beside_raw(tmp_path: 
     rows = data["medians"]["sqlite"]["100"]
     assert len(rows) == 4
     for row in rows.values():
-        assert sorted(row) == ["head", "per group", "raw head", "raw per group"]
+        assert sorted(row) == [
+            "head",
+            "head, limit",
+            "per group",
+            "per group, fair rule",
+            "per group, limit",
+            "raw head",
+            "raw per group",
+        ]
         assert all(_number(v) and v > 0 for v in row.values())
     assert "| sqlite | 100 | `FairShare()` |" in proc.stdout
+    assert "| head, limit (before), µs |" in proc.stdout
 
 
 PG_LIMITS = ROOT / "benchmarks" / "postgres_limits.py"

@@ -14,7 +14,7 @@ import pytest
 from _first_party import OTHERS, START, make_queue
 
 from hookqueue import FakeClock, PluginError, Queue, Task, ValidationError, WorkerEngine
-from hookqueue.contrib.contracts.scheduler import SchedulerContract
+from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, SchedulerContract, chi_square
 from hookqueue.core.clock import to_us
 from hookqueue.core.models import Candidate, LeaseRequest
 from hookqueue.core.plugins import plugin_statuses
@@ -29,9 +29,6 @@ from hookqueue.plugins.priority import (
     StrictPriority,
     WeightedRandom,
 )
-
-#: The 99.9th percentile of the chi-square distribution with 2 degrees of freedom.
-CHI2_2DF_999 = 13.816
 
 
 @pytest.fixture
@@ -56,15 +53,6 @@ def lease_one_by_one(queue: Queue, queues: Sequence[str] = ("default",)) -> list
     while batch := queue.runtime.lease("w", queues=queues, limit=1):
         out += batch
     return out
-
-
-def chi_square(observed: dict[str, int], weights: dict[str, float]) -> float:
-    total = sum(observed.values())
-    norm = sum(weights.values())
-    return sum(
-        (observed.get(k, 0) - total * w / norm) ** 2 / (total * w / norm)
-        for k, w in weights.items()
-    )
 
 
 # ---------------------------------------------------------------------------------------------

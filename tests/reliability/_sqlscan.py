@@ -56,6 +56,7 @@ SQL_HELPERS = {
     "sql_limit_candidates",
     "sql_limit_fair",
     "sql_limit_buckets",
+    "sql_limit_window_grouped",
     "_exclusions",
     "_part_columns",
 }

@@ -27,6 +27,7 @@ Requires pytest (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.contrib.contracts.store import (
     LEASE_US,
     SECOND,
@@ -46,9 +48,19 @@ from hookqueue.contrib.contracts.store import (
     ExpiryRecorder,
     make_row,
 )
+from hookqueue.core.clock import from_us
 from hookqueue.core.errors import StoreError
-from hookqueue.core.models import Candidate, LeasePlan, LimitRule, SortKey, Task, TaskStatus
+from hookqueue.core.models import (
+    Candidate,
+    LeasePlan,
+    LeaseRequest,
+    LimitRule,
+    SortKey,
+    Task,
+    TaskStatus,
+)
 from hookqueue.core.storage import CLOCK_SLACK_US, Settlement, TaskStore
+from hookqueue.plugins.priority import FairShare, Scheduler, WeightedRandom
 
 __all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 
@@ -56,6 +68,14 @@ __all__ = ["LimitMachine", "LimitStoreContract", "limited"]
 def limited(*rules: LimitRule, **changes: Any) -> LeasePlan:
     """A FIFO plan (unless ``changes`` say otherwise) carrying ``rules``."""
     return LeasePlan(limits=rules, **changes)
+
+
+def scheduler_plan(scheduler: Scheduler, *rules: LimitRule) -> LeasePlan:
+    """``scheduler``'s plan for a lease of the default queue, carrying ``rules``."""
+    request = LeaseRequest(
+        worker_id="w1", queues=("default",), limit=1, now=from_us(T0), lease_seconds=30.0
+    )
+    return attrs.evolve(scheduler.plan(request), limits=rules)
 
 
 def _never(task: Task) -> tuple[int | None, str]:
@@ -134,6 +154,13 @@ class LimitStoreContract:
             settlements=settlements,
         )
         return leased
+
+    @staticmethod
+    def add_types(store: TaskStore, task_types: Sequence[str]) -> None:
+        """Insert one task due at ``T0`` per entry of ``task_types``, in that order."""
+        for lo in range(0, len(task_types), 1000):
+            rows = [make_row(T0, task_type=t) for t in task_types[lo : lo + 1000]]
+            store.insert(rows, T0)
 
     @staticmethod
     def tenants(tasks: Sequence[Task], key: str = "tenant") -> list[Any]:
@@ -377,9 +404,12 @@ class LimitStoreContract:
         assert store.next_wakeup_delay_us(["default"], T0, plan=plan) == SECOND // 4
         assert store.next_wakeup_delay_us(["default"], T0 + SECOND // 8, plan=plan) == SECOND // 8
 
-    def test_a_rerank_is_offered_only_what_the_limits_allow(self, store: TaskStore) -> None:
-        """A re-ranking plan's window leaves out held tasks, and its choice is walked again
-        so one lease cannot overshoot."""
+    @pytest.mark.parametrize("group_by", [None, "partition", "task_type"])
+    def test_a_rerank_is_offered_only_what_the_limits_allow(
+        self, store: TaskStore, group_by: str | None
+    ) -> None:
+        """A re-ranking plan's window — the head of the queue, or drawn per group — leaves
+        out held tasks, and its choice is walked again so one lease cannot overshoot."""
         for tenant in ("a", "a", "a", "b"):
             self.add(store, T0, payload={"tenant": tenant})
         self.lease(store, T0, limited(), limit=1)  # tenant a runs one
@@ -393,10 +423,94 @@ class LimitStoreContract:
             LimitRule(name="c", concurrency=1, partition_by="tenant"),
             rerank=rerank,
             order=(SortKey.FIFO,),
+            group_by=group_by,
+            partition_key="tenant" if group_by == "partition" else None,
         )
         leased = self.lease(store, T0, plan, limit=10)
         assert self.tenants(leased) == ["b"]
         assert offered == [[4]]
+
+    # -- re-ranking schedulers under limits ------------------------------------------------------
+
+    def test_a_grouped_window_keeps_a_schedulers_shares_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``WeightedRandom`` (6 : 3 : 1 by task type, window 64) under a rule that never
+        binds, each type's backlog 25 times the window: the window is drawn per group as
+        without limits, so 1,200 tasks leased 20 at a time keep the shares (χ² below the
+        99.9th percentile), not the enqueue mix."""
+        weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+        scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(20261205))
+        plan = scheduler_plan(scheduler, LimitRule(name="roomy", concurrency=10**6))
+        self.add_types(store, [t for _ in range(1600) for t in "abc"])
+        counts = Counter(
+            t.task_type for _ in range(60) for t in self.lease(store, T0, plan, limit=20)
+        )
+        assert sum(counts.values()) == 1200
+        assert chi_square(counts, weights) < CHI2_2DF_999, counts
+
+    def test_a_grouped_window_keeps_fair_share_weights_under_a_stored_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``FairShare`` by tenant (gold weighs 3, window 32) under a stored per-tenant rule
+        that never binds: 400 tasks leased 20 at a time split exactly 300 : 100."""
+        scheduler = FairShare(partition_key="tenant", weights={"gold": 3}, window=32)
+        store.set_limit(LimitRule(name="roomy", concurrency=10**6, partition_by="tenant"), T0)
+        plan = attrs.evolve(scheduler_plan(scheduler), stored_limits=True)
+        for _ in range(500):
+            for tenant in ("gold", "tin"):
+                self.add(store, T0, payload={"tenant": tenant})
+        counts = Counter(
+            tenant
+            for _ in range(20)
+            for tenant in self.tenants(self.lease(store, T0, plan, limit=20))
+        )
+        assert counts == {"gold": 300, "tin": 100}
+
+    def test_a_grouped_window_reaches_a_group_behind_another_groups_backlog_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """Task type ``b``'s 3 tasks enqueued after 1,000 of ``a``: under a rule that never
+        binds, ``FairShare`` by task type (window 16) is offered them in the first lease and
+        serves them in turns — all 3 in the first 3 leases of 2. The same under
+        ``WeightedRandom`` 6 : 3 : 1 with 1,600 each enqueued one type after the other:
+        the shares hold."""
+        self.add_types(store, ["a"] * 1000 + ["b"] * 3)
+        plan = scheduler_plan(FairShare(window=16), LimitRule(name="roomy", concurrency=10**6))
+        first = [self.lease(store, T0, plan, limit=2) for _ in range(3)]
+        assert [Counter(t.task_type for t in batch)["b"] for batch in first] == [1, 1, 1]
+
+    def test_a_grouped_window_reaches_groups_enqueued_one_after_the_other_under_a_limit(
+        self, store: TaskStore
+    ) -> None:
+        """``WeightedRandom`` 6 : 3 : 1 by task type, 1,600 of each enqueued one type after
+        the other, under a rule that never binds: the shares hold (before the window was
+        drawn per group under limits, every task leased was ``a``)."""
+        weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+        scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(7))
+        plan = scheduler_plan(scheduler, LimitRule(name="roomy", concurrency=10**6))
+        self.add_types(store, [t for t in "abc" for _ in range(1600)])
+        counts = Counter(
+            t.task_type for _ in range(60) for t in self.lease(store, T0, plan, limit=20)
+        )
+        assert chi_square(counts, weights) < CHI2_2DF_999, counts
+
+    @pytest.mark.parametrize("per_group", [True, False], ids=["per-group", "head-window"])
+    def test_a_fair_rule_reaches_a_small_tenant_behind_a_rerank(
+        self, store: TaskStore, per_group: bool
+    ) -> None:
+        """A fair rule on ``tenant`` with a re-ranking scheduler that groups by something
+        else (``WeightedRandom`` by task type, window 64): a small tenant's 5 tasks enqueued
+        after 1,000 of a big one still get their turns — the fair rule's buckets' first
+        tasks follow the scheduler's choice — so all 5 are leased in the first 3 leases of
+        4, alternating with the big tenant; with the scheduler's head window too."""
+        self.add(store, T0, 1000, payload={"tenant": "big"})
+        small = set(self.add(store, T0, 5, payload={"tenant": "small"}))
+        scheduler = WeightedRandom(window=64, per_group=per_group, rng=random.Random(1))
+        plan = scheduler_plan(scheduler, LimitRule(name="fair", fair=True, partition_by="tenant"))
+        leases = [self.lease(store, T0, plan, limit=4) for _ in range(3)]
+        assert [self.tenants(batch) for batch in leases[:2]] == [["big", "small"] * 2] * 2
+        assert small <= {t.id for batch in leases for t in batch}
 
     def test_limits_leave_paused_queues_alone(self, store: TaskStore) -> None:
         """A paused queue stays paused under a limit too."""
@@ -502,8 +616,12 @@ class LimitMachine(RuleBasedStateMachine):
 
     Rules: enqueue tasks of a tenant; lease (either worker, a limit of 1 to 5, half the time
     with the plan's rules, half with the same rules stored; tenant ``a`` weighted 3 in the
-    turns, so the fair walk, its stored positions and its clock are exercised too) after moving time forward by 0 to
-    0.6 s; complete a running task; let every lease expire (the next lease sweeps them).
+    turns, so the fair walk, its stored positions and its clock are exercised too; the order
+    FIFO, or a re-ranking scheduler's — ``FairShare`` by tenant with a window of 4 drawn per
+    group, or ``WeightedRandom`` by task type with a head window of 4 — so the re-ranked
+    choice and the fair rule's reserve are walked through the limits too) after moving time
+    forward by 0 to 0.6 s; complete a running task; let every lease expire (the next lease
+    sweeps them).
     After every step: no tenant has more than 2 running tasks and no more than 3 run in all;
     every tenant's starts keep the rate's token-bucket bound (``burst + elapsed / interval``
     over any run of starts); a task's attempts equal the times it was leased (a task held
@@ -522,6 +640,11 @@ class LimitMachine(RuleBasedStateMachine):
         self.running: dict[int, str] = {}
         self.starts: dict[Any, list[int]] = defaultdict(list)
         self.stored = False
+        #: The re-ranking schedulers' plans, by name (their state lives for the run).
+        self.schedulers = {
+            "per-group": scheduler_plan(FairShare(partition_key="tenant", window=4)),
+            "head": scheduler_plan(WeightedRandom(window=4, per_group=False, rng=random.Random(3))),
+        }
 
     def teardown(self) -> None:
         """Check the store's own consistency, then close it."""
@@ -543,8 +666,11 @@ class LimitMachine(RuleBasedStateMachine):
         limit=st.integers(1, 5),
         dt_ms=st.integers(0, 600),
         stored=st.booleans(),
+        scheduler=st.sampled_from((None, "per-group", "head")),
     )
-    def lease(self, worker: str, limit: int, dt_ms: int, stored: bool) -> None:
+    def lease(
+        self, worker: str, limit: int, dt_ms: int, stored: bool, scheduler: str | None
+    ) -> None:
         self.now += dt_ms * 1000
         if stored and not self.stored:
             for r in MACHINE_RULES:
@@ -554,6 +680,10 @@ class LimitMachine(RuleBasedStateMachine):
         if not stored and self.stored:
             # The plan's rules and the stored ones are the same rules by name: keep them once.
             plan = LeasePlan(stored_limits=True)
+        if scheduler is not None:
+            plan = attrs.evolve(
+                self.schedulers[scheduler], limits=plan.limits, stored_limits=plan.stored_limits
+            )
         now = self.now
 
         def requeue(task: Task) -> tuple[int | None, str]:

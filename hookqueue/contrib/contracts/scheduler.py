@@ -21,7 +21,7 @@ Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,4 +232,19 @@ class SchedulerContract(QueueContract):
             assert {t.id for t in rest} == {t.id for t in tasks} - set(ids)
 
 
-__all__ = ["START", "SchedulerContract", "TaskSpec"]
+#: The 99.9th percentile of the chi-square distribution with 2 degrees of freedom (three
+#: groups' shares), the bound the share tests hold a scheduler's leases to.
+CHI2_2DF_999 = 13.816
+
+
+def chi_square(observed: Mapping[str, int], weights: Mapping[str, float]) -> float:
+    """Pearson's χ² of ``observed`` counts against shares proportional to ``weights``."""
+    total = sum(observed.values())
+    norm = sum(weights.values())
+    return sum(
+        (observed.get(k, 0) - total * w / norm) ** 2 / (total * w / norm)
+        for k, w in weights.items()
+    )
+
+
+__all__ = ["CHI2_2DF_999", "START", "SchedulerContract", "TaskSpec", "chi_square"]

@@ -1218,21 +1218,25 @@ class QueueDatabase:
         if plan.rerank is None:
             # A little more than asked when a start may fill a bucket half-way through the
             # batch (its later tasks are then skipped); exactly the batch when none can.
-            window = limit if sel.roomy(limit) else limit + min(limit, 32) + 8
+            window = limit if sel.roomy(limit) else limitwalk.with_spare(limit)
             rows = sel.candidates(plan, queues, due_us, task_types, order_params, window)
             chosen = sel.pick(rows, limit)
         else:
-            # The plan's window as usual, its held tasks left out before the re-ranking, and
-            # the choice walked again (one start may fill a bucket for the next).
-            window_rows = sel.candidates(
-                plan, queues, due_us, task_types, order_params, plan.window, fair=False
-            )
+            # The plan's window drawn as without limits (per group with group_by), its held
+            # tasks left out before the re-ranking, and the choice walked again (one start
+            # may fill a bucket for the next); with a fair rule, its buckets' first tasks
+            # follow the choice, so the turns reach every bucket (LimitWalk.ranked).
+            window_rows = sel.window(plan, queues, due_us, task_types, order_params)
             allowed = {row[0]: row for row in window_rows if sel.allowed_alone(row)}
-            if not allowed:
-                return []
-            offered = self._window(conn, plan, list(allowed), due_us)
-            ranked = dict.fromkeys(i for i in plan.rerank(offered, limit) if i in allowed)
-            chosen = sel.pick([allowed[i] for i in ranked], limit)
+            heads = []
+            if sel.fair is not None:
+                heads = sel.candidates(
+                    plan, queues, due_us, task_types, order_params, limitwalk.with_spare(limit)
+                )
+            choice: Sequence[int] = ()
+            if allowed:
+                choice = plan.rerank(self._window(conn, plan, list(allowed), due_us), limit)
+            chosen = sel.pick(sel.ranked(choice, allowed, heads), limit)
         if not chosen:
             return []
         chosen_ids = _ids(conn.execute(sql_lease_chosen(len(chosen)), (*set_params, *chosen)))

@@ -11,7 +11,13 @@ A lease with limits reads, under the write lock it already holds:
    each start against every rule it matches, so a batch never overshoots a limit.
 
 With a fair rule the candidates are the first few of every bucket (a window function over the
-due tasks), served in turns: the bucket served least (by its weight) first. Rate state and turns are
+due tasks), served in turns: the bucket served least (by its weight) first.
+
+A re-ranking plan is offered its window drawn as an unlimited lease draws it — per group with
+``group_by`` (:func:`sql_limit_window_grouped`), else the head of the queue — less the held
+buckets; its choice is walked as above, and with a fair rule each bucket's first tasks follow
+the choice (``LimitWalk.ranked``), so the turns reach a bucket the window or the choice left
+out. Rate state and turns are
 written before the transaction commits, so every process sees the same counts.
 
 Every statement is built here from constant pieces and counts (no value is formatted in: the
@@ -40,7 +46,14 @@ from ..limitwalk import (
 )
 from ..models import LeasePlan, LimitRule, SortKey
 from ..storage import LimitUsage
-from .statements import NOT_PAUSED, _due_clause, _type_filter, order_by, placeholders
+from .statements import (
+    NOT_PAUSED,
+    WINDOW_GROUP_TERMS,
+    _due_clause,
+    _type_filter,
+    order_by,
+    placeholders,
+)
 
 # -- statements --------------------------------------------------------------------------------
 
@@ -202,6 +215,42 @@ def sql_limit_fair(
         f"WHERE status = 'queued' AND queue IN ({placeholders(n_queues)}) "
         f"AND {_due_clause(keys)}{_type_filter(n_types)}{NOT_PAUSED}{_exclusions(excl)})) "
         f"WHERE rn <= ? ORDER BY rn, {order}"
+    )
+
+
+#: What a window is drawn per, as :data:`~.statements.WINDOW_GROUP_TERMS` (the partition value
+#: read in place: binds its path).
+LIMIT_GROUP_TERMS = {
+    **WINDOW_GROUP_TERMS,
+    "partition": "CASE WHEN json_valid(payload) THEN payload -> ? END",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def sql_limit_window_grouped(
+    keys: tuple[SortKey, ...],
+    n_queues: int,
+    n_types: int | None,
+    parts: PartShape,
+    excl: ExclShape,
+    group_by: str,
+) -> str:
+    """A re-ranking plan's window drawn per group as an unlimited lease draws it
+    (:func:`~.statements.sql_lease_window_grouped`: each group's first due task in the
+    plan's order, then each group's second, …, the first ``window`` of those), among the due
+    tasks no full bucket holds: ``id, queue, task_type, *partition columns``, in the plan's
+    order. Binds ``*parts' paths, [partition path,] *order params, *queues, due_us[,
+    *types], *exclusions' values, *order params, window, *order params``.
+
+    Like the unlimited one it numbers every due task, so its cost grows with them."""
+    order = order_by(keys)
+    return (
+        f"SELECT id, queue, task_type{_part_columns(parts)} FROM tasks WHERE id IN ("
+        f"SELECT id FROM (SELECT id, priority, run_after, row_number() OVER ("
+        f"PARTITION BY {LIMIT_GROUP_TERMS[group_by]} ORDER BY {order}) AS rn FROM tasks "
+        f"WHERE status = 'queued' AND queue IN ({placeholders(n_queues)}) AND run_after <= ?"
+        f"{_type_filter(n_types)}{NOT_PAUSED}{_exclusions(excl)}) "
+        f"ORDER BY rn, {order} LIMIT ?) ORDER BY {order}"
     )
 
 
@@ -368,6 +417,45 @@ class Selection(LimitWalk):
                 window,
                 *order_params,
             )
+        return self.conn.execute(sql, params).fetchall()
+
+    def window(
+        self,
+        plan: LeasePlan,
+        queues: Sequence[str],
+        due_us: int,
+        task_types: Sequence[str] | None,
+        order_params: tuple[Any, ...],
+    ) -> builtins.list[tuple[Any, ...]]:
+        """A re-ranking plan's window of candidates no full bucket holds, drawn as an
+        unlimited lease draws it: per group with ``plan.group_by``, else the first
+        ``plan.window`` due tasks in the plan's order."""
+        if plan.group_by is None:
+            return self.candidates(
+                plan, queues, due_us, task_types, order_params, plan.window, fair=False
+            )
+        types = () if task_types is None else tuple(task_types)
+        n_types = None if task_types is None else len(types)
+        excl, excl_params = self._exclusion()
+        parts, part_params = self._parts_shape()
+        group_params = (
+            ("$." + json.dumps(plan.partition_key),) if plan.group_by == "partition" else ()
+        )
+        sql = sql_limit_window_grouped(
+            tuple(plan.order), len(queues), n_types, parts, excl, plan.group_by
+        )
+        params = (
+            *part_params,
+            *group_params,
+            *order_params,
+            *queues,
+            due_us,
+            *types,
+            *excl_params,
+            *order_params,
+            plan.window,
+            *order_params,
+        )
         return self.conn.execute(sql, params).fetchall()
 
     def buckets_of(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:

@@ -22,7 +22,13 @@ Then, as in the SQLite store:
    bucket served least (by its weight, ``LimitRule.weights``) first. Ranking them reads every due task's key (its cost grows
    with the backlog); they are not locked — the picks are, ``SKIP LOCKED``, and a pick
    another transaction holds is walked around (:meth:`Selection.pick_locked`);
-4. the picks are leased, and the rate state and turns written, in the same transaction.
+4. a re-ranking plan is offered its window drawn as an unlimited lease draws it — per group
+   with ``group_by`` (``sql_limit_window_grouped``, not locked), else the head of the queue
+   (locked) — less the held buckets; its choice is walked as above, and with a fair rule each
+   bucket's first tasks follow the choice (``LimitWalk.ranked``), so the turns reach a
+   bucket the window or the choice left out; unlocked rows are locked as they are picked
+   (:meth:`Selection.pick_locked`);
+5. the picks are leased, and the rate state and turns written, in the same transaction.
 
 Freed capacity: the settlement or expiry of a task a stored concurrency rule counts notifies
 the work channel (``_FREES_SLOT`` in :mod:`.statements`), so held workers look again.
@@ -216,9 +222,11 @@ class Selection(LimitWalk):
         fair: bool = False,
         lock: bool = True,
         fast: bool = True,
+        grouped: bool = False,
     ) -> tuple[str, dict[str, Any]]:
         """The candidates' statement (its template) and parameters, leaving out the buckets
-        held now (``fast``: the fair query ranks by the raw key, see ``sql_limit_fair``)."""
+        held now (``fast``: the fair query ranks by the raw key, see ``sql_limit_fair``;
+        ``grouped``: the window drawn per ``plan.group_by``, not locked)."""
         keys = tuple(plan.order)
         excl, params = self._exclusion()
         params.update(self._part_params())
@@ -241,6 +249,11 @@ class Selection(LimitWalk):
         partition = bool(plan.partition_key) and plan.rerank is not None and lock
         if partition:
             params["pkey"] = plan.partition_key
+        if grouped:
+            assert plan.group_by is not None
+            params["window"] = window
+            sql = q.sql_limit_window_grouped(keys, typed, parts, excl, plan.group_by, partition)
+            return sql, params
         sql = q.sql_limit_candidates(keys, len(queues) > 1, typed, parts, excl, partition, lock)
         params["window"] = window
         return sql, params
@@ -271,6 +284,23 @@ class Selection(LimitWalk):
             if sent_window == window and lock and not self._exclusion()[0]:
                 return rows
         text, params = self._query(plan, queues, now_us, task_types, window, lock=lock)
+        return [tuple(row) for row in self.conn.execute(self.sql(text), params).fetchall()]
+
+    def window(
+        self,
+        plan: LeasePlan,
+        queues: Sequence[str],
+        now_us: int,
+        task_types: Sequence[str] | None,
+    ) -> builtins.list[tuple[Any, ...]]:
+        """A re-ranking plan's window of candidates no full bucket holds, drawn as an
+        unlimited lease draws it: per group with ``plan.group_by`` (not locked: lease the
+        picks through :meth:`pick_locked`), else the first ``plan.window`` due tasks in the
+        plan's order (locked ``SKIP LOCKED``)."""
+        if plan.group_by is None:
+            return self.candidates(plan, queues, now_us, task_types, plan.window, fair=False)
+        text, params = self._query(plan, queues, now_us, task_types, plan.window, grouped=True)
+        self.conn.execute(q.NO_PARALLEL)  # it numbers every due task through payload_part
         return [tuple(row) for row in self.conn.execute(self.sql(text), params).fetchall()]
 
     def _fair_candidates(

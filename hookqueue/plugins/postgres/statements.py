@@ -966,6 +966,43 @@ def sql_limit_candidates(
     return f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) {body}"
 
 
+@functools.lru_cache(maxsize=256)
+def sql_limit_window_grouped(
+    keys: tuple[SortKey, ...],
+    typed: bool,
+    parts: tuple[str, ...],
+    excl: ExclShape,
+    group_by: str,
+    partition: bool,
+) -> str:
+    """A re-ranking plan's window drawn per group as an unlimited lease draws it
+    (:func:`sql_lease_window_grouped`: each group's first due task in the plan's order, then
+    each group's second, …, the first ``%(window)s`` of those), among the due tasks no held
+    bucket holds: the columns of :func:`_limit_columns`, unordered (the caller sorts them).
+
+    Like the unlimited one it numbers every due task of ``%(queues)s`` and is read without
+    locks: lease its picks through :data:`LOCK_PICKS` (``SKIP LOCKED``)."""
+    order = order_by(keys)
+    types = " AND task_type = ANY(%(types)s)" if typed else ""
+    return (
+        f"WITH due AS MATERIALIZED (SELECT {DUE_AT} AS at) "
+        f"SELECT {_limit_columns(parts, 't', partition)} FROM {{t}} AS t WHERE t.id = ANY(ARRAY("
+        f"SELECT d.id FROM {{t}} AS d WHERE d.status = 'queued' AND d.queue = ANY(%(queues)s) "
+        f"AND d.run_after <= (SELECT at FROM due){types}{NOT_PAUSED}{_exclusions(excl)} "
+        f"ORDER BY row_number() OVER (PARTITION BY {WINDOW_GROUP_TERMS[group_by]} "
+        f"ORDER BY {order}), {order} LIMIT %(window)s))"
+    )
+
+
+#: Keeps the rest of a lease transaction off parallel plans. The key functions
+#: (``payload_part``, ``limit_bucket``) catch a damaged payload in an exception block, a
+#: subtransaction, which PostgreSQL 15 refuses during a parallel operation ("cannot start
+#: subtransactions during a parallel operation"); the limited grouped window over 100,000 due
+#: tasks was planned as a Parallel Seq Scan and failed so. Sent before a window drawn per
+#: group, limited or not.
+NO_PARALLEL = "SET LOCAL max_parallel_workers_per_gather = 0"
+
+
 #: A partition key's raw value as JSON text (any JSON type; NULL when missing): cheaper than
 #: ``limit_bucket`` (no plpgsql call, no exception block) but it raises on text that is not
 #: JSON, and groups more finely (null, true, an object are groups of their own where the

@@ -1098,6 +1098,7 @@ class PostgresStore:
             # Drawn per group, so no group is left out behind another group's backlog; read
             # without locks, the chosen tasks are locked (skipping held ones) as they are leased.
             window_sql = q.sql_lease_window_grouped(keys, typed, partition, plan.group_by)
+            conn.execute(self._sql(q.NO_PARALLEL))  # it numbers every due task: payload_part
         fetched = conn.execute(self._sql(window_sql), params).fetchall()
         if not fetched:
             return list
@@ -1149,7 +1150,7 @@ class PostgresStore:
         candidates no full bucket holds, walked in order (or in turns), counted against every
         rule they match; the picks leased and the rate state and turns written."""
         # A little more than asked: a start may fill a bucket half-way through a batch.
-        window = limit + min(limit, 32) + 8
+        window = limitwalk.with_spare(limit)
         sel = limiting.Selection(
             conn,
             self._sql,
@@ -1162,12 +1163,16 @@ class PostgresStore:
             rows = sel.candidates(plan, queues, now_us, task_types, window)
             chosen = sel.pick(rows, limit) if sel.fair is None else sel.pick_locked(rows, limit)
         else:
-            # The plan's window as usual, its held tasks left out before the re-ranking, and
-            # the choice walked again (one start may fill a bucket for the next).
-            window_rows = sel.candidates(plan, queues, now_us, task_types, plan.window, fair=False)
+            # The plan's window drawn as without limits (per group with group_by), its held
+            # tasks left out before the re-ranking, and the choice walked again (one start
+            # may fill a bucket for the next); with a fair rule, its buckets' first tasks
+            # follow the choice, so the turns reach every bucket (LimitWalk.ranked). Rows
+            # read without locks (the grouped window, the fair heads) are locked as picked.
+            window_rows = sel.window(plan, queues, now_us, task_types)
             allowed = {row[0]: row for row in window_rows if sel.allowed_alone(row)}
-            if not allowed:
-                return list
+            heads: builtins.list[tuple[Any, ...]] = []
+            if sel.fair is not None:
+                heads = sel.candidates(plan, queues, now_us, task_types, window)
             offered = [
                 Candidate(
                     id=row[0],
@@ -1181,8 +1186,13 @@ class PostgresStore:
                 for row in allowed.values()
             ]
             offered.sort(key=_candidate_order(plan, self._due_us(conn, now_us, tuple(plan.order))))
-            ranked = dict.fromkeys(i for i in plan.rerank(offered, limit) if i in allowed)
-            chosen = sel.pick([allowed[i] for i in ranked], limit)
+            allowed = {c.id: allowed[c.id] for c in offered}  # in the plan's order
+            choice = plan.rerank(offered, limit) if offered else ()
+            rows = sel.ranked(choice, allowed, heads)
+            if plan.group_by is None and sel.fair is None:
+                chosen = sel.pick(rows, limit)
+            else:
+                chosen = sel.pick_locked(rows, limit)
         if not chosen:
             return list
         cursor = conn.execute(

@@ -5,8 +5,10 @@ lease, held tasks spending no attempt, workers woken by a freed slot or a reopen
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from hookqueue import Queue, WorkerEngine
+from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.core.cli import main
 from hookqueue.core.errors import ValidationError
 from hookqueue.core.hookspecs import hookimpl
@@ -28,6 +31,7 @@ from hookqueue.plugins.limits import (
     set_limit,
 )
 from hookqueue.plugins.metrics import QueueMetrics, read_database_gauges
+from hookqueue.plugins.priority import WeightedRandom
 
 
 @pytest.fixture
@@ -188,6 +192,37 @@ def test_removing_a_limit_releases_what_it_held(q: Queue) -> None:
     assert WorkerEngine(q, worker_id="w").run_until_idle().completed == 2
     with pytest.raises(LimitNotFound, match="no limit named 'one'"):
         remove_limit(q, "one")
+
+
+def test_a_weighted_scheduler_keeps_its_shares_under_a_stored_limit(db_path: Path) -> None:
+    """``WeightedRandom`` 6 : 3 : 1 as the queue's scheduler and a stored rule that never
+    binds, through the ``limits`` plugin: 1,200 tasks leased 20 at a time from backlogs 25
+    times the window keep the shares (issue #19: under a limit the window was the head of
+    the queue again, and they split as enqueued, 415 : 415 : 370)."""
+    weights = {"a": 6.0, "b": 3.0, "c": 1.0}
+    scheduler = WeightedRandom(weights=weights, window=64, rng=random.Random(20261205))
+    with Queue(db_path, durability="normal", plugins=[scheduler]) as q:
+        set_limit(q, "roomy", concurrency=10**6)
+        q.enqueue_many([{"task_type": t} for _ in range(1600) for t in "abc"])
+        counts = Counter(t.task_type for _ in range(60) for t in q.runtime.lease("w", limit=20))
+    assert sum(counts.values()) == 1200
+    assert chi_square(counts, weights) < CHI2_2DF_999, counts
+
+
+def test_a_stored_fair_rule_reaches_a_small_tenant_behind_a_weighted_scheduler(
+    db_path: Path,
+) -> None:
+    """A stored fair rule on ``tenant`` with ``WeightedRandom`` by task type as the
+    scheduler: a small tenant's 5 tasks enqueued after 1,000 of a big one take turns with
+    it from the first lease (issue #19: 0 of 5 were leased)."""
+    scheduler = WeightedRandom(window=64, rng=random.Random(1))
+    with Queue(db_path, durability="normal", plugins=[scheduler]) as q:
+        set_limit(q, "turns", partition_by="tenant", fair=True)
+        q.enqueue_many([{"task_type": "job", "payload": {"tenant": "big"}}] * 1000)
+        small = q.enqueue_many([{"task_type": "job", "payload": {"tenant": "small"}}] * 5)
+        leased = [t for _ in range(3) for t in q.runtime.lease("w", limit=4)]
+    assert [t.payload["tenant"] for t in leased[:4]] == ["big", "small"] * 2
+    assert {t.id for t in small} <= {t.id for t in leased}
 
 
 @pytest.mark.parametrize(
