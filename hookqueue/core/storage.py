@@ -8,9 +8,11 @@ test suite (:mod:`hookqueue.contrib.contracts.store`).
 
 Rules every implementation keeps:
 
-- **Atomic operations.** Each method commits entirely or not at all. A method that reads and
-  then writes does both in one transaction that excludes other writers of the same rows, so
-  two processes never both act on what they read (two workers never lease one task).
+- **Atomic operations.** Each method commits entirely or not at all, except those that say
+  they work in batches that each commit (:meth:`TaskStore.prune` and the bulk actions by
+  filter). A method that reads and then writes does both in one transaction that excludes
+  other writers of the same rows, so two processes never both act on what they read (two
+  workers never lease one task).
 - **Time comes from the caller.** Instants are integer microseconds since the epoch (UTC),
   passed in (``now_us``); a store never reads a clock of its own, so tests move time. A
   queued task is *due* when its ``run_after`` is at most ``max(now_us, the newest
@@ -19,14 +21,20 @@ Rules every implementation keeps:
 - **JSON only.** Payloads, results and headers travel as JSON text; nothing is unpickled.
 - **Parameters are bound.** No value is ever formatted into a statement.
 - **Nothing raises after it committed.** An error means the change is not stored — except
-  :class:`~hookqueue.core.errors.CommitOutcomeUnknown`, which says exactly that it may be.
-  Rows that cannot be decoded are reported (a :class:`~hookqueue.core.errors.DamagedRow`
-  for a single read; skipped and logged, or ended ``failed`` with the reason, where a batch
-  goes on) so one damaged row never stops a worker or a listing.
-- **Errors are hookqueue's.** A store raises :class:`~hookqueue.core.errors.StoreError` and
-  its subclasses (``DatabaseBusy``, ``DatabaseFull``, ``NotAHookqueueDatabase``,
-  ``SchemaTooNew``, ``CommitOutcomeUnknown``, ``DamagedRow``), ``TaskNotFound`` and
-  ``InvalidTransition`` — never its driver's exceptions — each naming the store and the fix.
+  :class:`~hookqueue.core.errors.CommitOutcomeUnknown`, which says exactly that it may be,
+  and where a member says otherwise (the batches a bulk action committed before its error;
+  the write that ends a damaged leased row ``failed`` after :meth:`TaskStore.lease`
+  committed). Rows that cannot be decoded are reported (a
+  :class:`~hookqueue.core.errors.DamagedRow` for a single read or change, which then changes
+  nothing; skipped and logged, or ended ``failed`` with the reason, where a batch goes on) so
+  one damaged row never stops a worker or a listing.
+- **Errors are hookqueue's.** A store raises the *store-wide errors* —
+  :class:`~hookqueue.core.errors.StoreError` and its subclasses (``DatabaseBusy``,
+  ``DatabaseFull``, ``NotAHookqueueDatabase``, ``SchemaTooNew``, ``CommitOutcomeUnknown``,
+  ``DamagedRow``), defined in :class:`TaskStore` — and the errors each member names
+  (``TaskNotFound``, ``InvalidTransition``, ``ValidationError``; ``ValueError`` for a call
+  the protocol forbids), never its driver's exceptions. A ``StoreError`` names the store and
+  the fix.
 - **Threads.** Every method may be called from any thread; a store keeps whatever
   per-thread state its driver needs.
 
@@ -357,10 +365,12 @@ class LimitUsage:
 class ChangeWatcher(Protocol):
     """Tells a waiting thread that another connection may have committed.
 
-    Made by :meth:`TaskStore.watch_changes`; used from one thread (``wait`` and ``close``),
-    with :meth:`interrupt` callable from any thread. A watcher may report a change that
-    turns out to concern nobody (callers then look and find nothing); it must not miss one
-    for longer than the ``timeout`` given to ``wait``.
+    Made by :meth:`TaskStore.watch_changes`; used from one thread (``wait``,
+    ``watch_tasks`` and ``close``), with :meth:`interrupt` callable from any thread. A watcher
+    may report a change that turns out to concern nobody (callers then look and find
+    nothing); it must not miss one for longer than the ``timeout`` given to ``wait``. Its
+    errors are its store's *store-wide errors* (see :class:`TaskStore`), where a member says
+    it raises any.
     """
 
     def wait(self, timeout: float) -> bool:
@@ -368,11 +378,21 @@ class ChangeWatcher(Protocol):
 
         :returns: True when something may have changed since the previous call (or since
             the watcher was made), False on timeout or interrupt.
+
+        A watcher that reads the store to wait raises only the store-wide errors (the SQLite
+        store's raises :class:`~hookqueue.core.errors.StoreError` once its store is closed,
+        for one). A watcher that listens on a connection of its own (the PostgreSQL store's)
+        raises nothing: it reconnects when that connection is lost, and reports a change
+        once it listens again.
         """
         ...
 
     def interrupt(self) -> None:
-        """Make a ``wait`` in progress (or the next one) return at once."""
+        """Make a ``wait`` in progress (or the next one) return at once. Harmless after
+        :meth:`close`.
+
+        :raises: nothing, not even the store-wide errors.
+        """
         ...
 
     def watch_tasks(self, task_ids: Collection[int]) -> None:
@@ -385,13 +405,22 @@ class ChangeWatcher(Protocol):
         during it. It may stop reporting other changes (a waiter needs no word of new work).
         A store whose notification already covers every commit may ignore the call (the
         SQLite store does); one that notifies only what someone listens for registers the
-        set (the PostgreSQL store: a row per task and listening session).
+        set (the PostgreSQL store: a row per task and listening session). A lost connection
+        is not an error there: the next ``wait`` registers the set again.
+
+        :raises StoreError: (a store that registers the set) the registration failed, with
+            one of the store-wide errors; the next call that changes the set, or a
+            reconnection, registers it again. A store that ignores the call raises nothing.
         """
         ...
 
     def close(self) -> None:
         """Release the watcher's resources (from the waiting thread); a store that
-        registered the tasks of :meth:`watch_tasks` forgets them."""
+        registered the tasks of :meth:`watch_tasks` forgets them (a failure to is logged:
+        the store sweeps them later). Idempotent, also after the store was closed.
+
+        :raises: nothing, not even the store-wide errors.
+        """
         ...
 
 
@@ -402,41 +431,105 @@ class TaskStore(Protocol):
     A store is opened by its constructor and creates or migrates its schema on first use;
     a store written by a newer hookqueue is refused
     (:class:`~hookqueue.core.errors.SchemaTooNew`) and left untouched.
+
+    **Errors.** Each member says which errors are its own (a ``:raises X: when ...`` line).
+    Besides those, any member but :meth:`close`, :attr:`closed` and :attr:`location` may
+    raise the **store-wide errors** — all :class:`~hookqueue.core.errors.StoreError`, so
+    ``except StoreError`` catches each of them, and each names the store and the fix:
+
+    - :class:`~hookqueue.core.errors.StoreError` itself: the store was closed (every later
+      call raises it); it cannot be opened or reached (a file that cannot be created, a
+      server that is down, permission denied, a read-only server); or the engine refused a
+      value (an integer beyond 64 bits, text PostgreSQL cannot hold, a broken constraint).
+      Nothing was written.
+    - :class:`~hookqueue.core.errors.NotAHookqueueDatabase`,
+      :class:`~hookqueue.core.errors.SchemaTooNew`: from the first call, which opens the store
+      and creates or migrates its schema (see :meth:`initialize_schema`). Nothing was changed.
+    - :class:`~hookqueue.core.errors.DatabaseBusy`: what the call needed stayed locked by
+      another connection or transaction for longer than the store's busy timeout (or no
+      pooled connection came free in that time, or the engine broke a deadlock). Nothing
+      was written; the call may be repeated.
+    - :class:`~hookqueue.core.errors.DatabaseFull`: a write found the disk, or the store's
+      size limit, full. It was rolled back.
+    - :class:`~hookqueue.core.errors.CommitOutcomeUnknown`: from a call that writes, only (a
+      first call that creates the schema writes too): the disk or the connection failed while
+      committing, so the change may or may not be stored.
+    - :class:`~hookqueue.core.errors.DamagedRow`: a stored row whose text the engine cannot
+      read at all (SQLite: bytes that are not valid UTF-8; PostgreSQL stores none) — except
+      where a member says it leaves damaged rows out or ends them ``failed``, which it does
+      instead.
+
+    A member that raises nothing more says so ("raises only the store-wide errors"). An
+    error raised by the caller's own code that a member calls (a plan's ``rerank``, a
+    ``decide_expired``) reaches the caller, and nothing of the call is written.
     """
 
-    #: ``"full"`` or ``"normal"`` (see :data:`Durability`).
+    #: ``"full"`` or ``"normal"`` (see :data:`Durability`); set by the constructor. Reading
+    #: it raises nothing.
     durability: Durability
 
     @property
     def location(self) -> str:
-        """Where the store lives, for messages: a file path, or a URL without its password."""
+        """Where the store lives, for messages: a file path, or a URL without its password.
+
+        :raises: nothing, not even the store-wide errors (also after :meth:`close`).
+        """
         ...
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`close`."""
+        """True after :meth:`close`.
+
+        :raises: nothing, not even the store-wide errors.
+        """
         ...
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def initialize_schema(self) -> None:
-        """Create or migrate the schema. Idempotent; safe when several processes call it at
-        once (one migrates, the others see the result)."""
+        """Create or migrate the schema, in one transaction (all or none). Idempotent; safe
+        when several processes call it at once (one migrates, the others wait for it and see
+        the result). Any first call does the same; this one does it explicitly.
+
+        :raises NotAHookqueueDatabase: the file or schema holds something that is not a
+            hookqueue store; it was not changed.
+        :raises SchemaTooNew: a newer hookqueue wrote it; it was not changed.
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     def schema_version(self) -> int:
-        """The schema version stored."""
+        """The schema version stored.
+
+        Before the store's first use the engines differ: one that brings the schema up to
+        date as it opens (SQLite) does that first and answers the current version; one that
+        does not (PostgreSQL) answers the version it finds — 0 where there is no schema yet
+        — and changes nothing. After :meth:`initialize_schema` (or any other first call) both
+        answer the current version.
+
+        Raises only the store-wide errors (a schema that is not hookqueue's, or too new, is
+        refused as on the first call).
+        """
         ...
 
     def check(self) -> builtins.list[str]:
         """Integrity and consistency problems (empty when healthy): the engine's own check,
         then hookqueue's invariants (a running task has a lease owner and expiry; attempts
-        never exceed max_attempts; ``finished_at`` is set exactly for final statuses)."""
+        never exceed max_attempts; ``finished_at`` is set exactly for final statuses). A read.
+
+        Raises only the store-wide errors (a file too damaged for the engine's check is a
+        :class:`~hookqueue.core.errors.NotAHookqueueDatabase`).
+        """
         ...
 
     def close(self) -> None:
-        """Close every connection this store opened, in any thread. Idempotent; later calls
-        raise :class:`~hookqueue.core.errors.StoreError`."""
+        """Close every connection this store opened, in any thread. Idempotent; every later
+        call of another member raises :class:`~hookqueue.core.errors.StoreError` (a watcher
+        from :meth:`watch_changes` is closed by its own ``close``).
+
+        :raises: nothing, not even the store-wide errors.
+        """
         ...
 
     # -- enqueue -----------------------------------------------------------------------------
@@ -461,32 +554,56 @@ class TaskStore(Protocol):
             leased to that worker with their first attempt counted, in the same transaction.
         :returns: per row, ``(id, None)`` for a new task or ``(id, existing task)`` when a
             task with the same idempotency key is remembered (race-free across processes).
+        :raises StoreError: the engine refuses a row (``max_attempts`` below 1, an integer
+            beyond 64 bits); none of the rows is stored.
+        :raises DamagedRow: the task holding a row's idempotency key cannot be decoded; none
+            of the rows is stored.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def insert_one(self, row: InsertRow, now_us: int) -> int:
         """Insert one task without an idempotency key in its own transaction; its id.
 
-        :raises ValueError: the row has an idempotency key (use :meth:`insert`).
+        :raises ValueError: the row has an idempotency key (use :meth:`insert`); nothing is
+            written.
+        :raises StoreError: the engine refuses the row, as :meth:`insert`; nothing is
+            stored.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, task_id: int) -> Task:
-        """The task with this id.
+        """The task with this id (one statement).
 
-        :raises TaskNotFound: there is none. :raises DamagedRow: it cannot be decoded.
+        :raises TaskNotFound: there is none.
+        :raises DamagedRow: it cannot be decoded (a payload that is not JSON, an unknown
+            status, an instant out of range); ``task_id`` names it.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def get_many(self, task_ids: Sequence[int]) -> builtins.list[Task]:
-        """The tasks with these ids that exist, in the order of ``task_ids`` (one snapshot
-        per chunk of ids). A task that cannot be decoded is left out and logged."""
+        """The tasks with these ids that exist, in the order of ``task_ids``, each chunk of
+        ids read in one snapshot (an engine may read them all in one). A task that cannot be
+        decoded is left out and logged.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def find_by_key(self, key: str) -> Task | None:
-        """The task holding this idempotency key, or None."""
+        """The task holding this idempotency key, or None (one statement).
+
+        :raises DamagedRow: the task holding it cannot be decoded.
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     def list(
@@ -499,45 +616,75 @@ class TaskStore(Protocol):
         after_id: int | None = None,
         newest_first: bool = False,
     ) -> builtins.list[Task]:
-        """Tasks matching every given filter, ordered by id, at most ``limit``; page with
-        ``after_id`` (the last id of the previous page). Rows that cannot be decoded are
-        left out and logged, so one damaged task does not hide the others."""
+        """Tasks matching every given filter, ordered by id, at most ``limit``, in one
+        snapshot; page with ``after_id`` (the last id of the previous page). Rows that cannot
+        be decoded are left out and logged, so one damaged task does not hide the others.
+
+        :raises ValueError: a status that is not a :class:`~hookqueue.core.models.TaskStatus`
+            value.
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     def counts(self, *, by_type: bool = False) -> dict[str, Any]:
         """Tasks per status, every status present (``{"queued": n, ...}``), in one snapshot;
-        with ``by_type``, ``{task_type: {status: n}}``."""
+        with ``by_type``, ``{task_type: {status: n}}``. Damaged rows are counted too.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def oldest_due_queued_us(self, now_us: int) -> int | None:
-        """``run_after`` of the longest-waiting due queued task, or None."""
+        """``run_after`` of the longest-waiting due queued task, or None (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def queue_gauges(self, now_us: int) -> builtins.list[QueueGauge]:
         """Per queue name with active tasks: due, delayed and running counts and the oldest
-        due task's ``run_after``, in one snapshot; ordered by queue name."""
+        due task's ``run_after``, in one snapshot; ordered by queue name.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def finished_count_since(self, since_us: int) -> int:
-        """How many tasks reached a final status at or after ``since_us``."""
+        """How many tasks reached a final status at or after ``since_us`` (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def recent_finished(self, since_us: int, limit: int) -> builtins.list[FinishedSample]:
         """The most recently finished tasks (at or after ``since_us``), newest first, at
-        most ``limit``."""
+        most ``limit`` (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def waiting_retry_count(self) -> int:
-        """Queued tasks that already had an attempt (waiting to run again)."""
+        """Queued tasks that already had an attempt (waiting to run again; one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def due_queue_names(self, now_us: int) -> builtins.list[str]:
         """Queue names that have a due queued task or a running task whose lease expired,
-        sorted."""
+        sorted (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first."""
+        """Every recorded worker, oldest first (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def list_matching(
@@ -549,34 +696,55 @@ class TaskStore(Protocol):
         newest_first: bool = False,
     ) -> builtins.list[Task]:
         """Tasks a :class:`~hookqueue.core.models.TaskFilter` matches, ordered by id, at
-        most ``limit``; page with ``after_id`` (ids above it, or below it with
-        ``newest_first``). Damaged rows are left out and logged."""
+        most ``limit``, in one snapshot; page with ``after_id`` (ids above it, or below it
+        with ``newest_first``). Damaged rows are left out and logged.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def count_matching(self, flt: TaskFilter) -> int:
-        """How many tasks a filter matches (one snapshot)."""
+        """How many tasks a filter matches (one snapshot; damaged rows count too).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def finished_buckets(
         self, since_us: int, bucket_us: int
     ) -> builtins.list[tuple[int, str, int]]:
         """Tasks that reached a final status since ``since_us``, per ``bucket_us``-long
-        interval and status: ``(bucket start, status, count)``, oldest first."""
+        interval and status: ``(bucket start, status, count)``, oldest first (one
+        statement).
+
+        :raises ValidationError: ``bucket_us`` is not positive; nothing is read.
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     def task_failures(self, task_id: int) -> builtins.list[AttemptFailure]:
         """The failed attempts of a task (each settlement of kind ``fail``, ``retry`` or
         ``cancelled``, with its traceback, and each expired lease), oldest first; they go
-        when the task goes."""
+        when the task goes. Empty for a task without any, or an unknown id (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def paused_queues(self) -> dict[str, datetime]:
-        """The paused queue names and when each was paused."""
+        """The paused queue names and when each was paused (one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def queued_queue_names(self) -> builtins.list[str]:
         """The names of the queues that have queued tasks (due or not), sorted (a worker of
-        every queue leases from these)."""
+        every queue leases from these; one statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     # -- what workers call -------------------------------------------------------------------
@@ -591,11 +759,18 @@ class TaskStore(Protocol):
     ) -> bool:
         """True if a task of ``task_types`` (None: any) is due in one of ``queues``, or a
         lease has expired in any queue (a lease takes those over). A read: takes no write
-        lock.
+        lock, statement by statement (a commit in between makes the answer stale, and that commit
+        is reported to the watchers again).
 
         :param plan: the plan a lease would use: with limits (``plan.limits``,
-            ``plan.stored_limits``) a due task the limits hold back is not work. A store
-            without limits refuses a plan carrying rules (:class:`StoreError`).
+            ``plan.stored_limits``) a due task the limits hold back is not work.
+        :raises ValidationError: the limits that concern ``queues`` and ``task_types`` read
+            more than 16 distinct partition keys (:data:`~hookqueue.core.limitwalk.MAX_PARTS`),
+            as :meth:`lease` refuses them.
+        :raises StoreError: a store that does not implement limits, given a plan carrying
+            rules (neither built-in store).
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
@@ -605,19 +780,32 @@ class TaskStore(Protocol):
         """Microseconds until a delayed task in ``queues`` becomes due or a lease expires
         — and, with a ``plan`` carrying rate limits, until a rate next allows a start of a
         held bucket (such a wake-up may find nothing to do); None when nothing is
-        scheduled."""
+        scheduled. A read: takes no write lock, statement by statement.
+
+        :raises ValidationError: the plan carries a rate limit and its rules that concern
+            ``queues`` read more than 16 distinct partition keys (as :meth:`has_work`).
+        :raises StoreError: a store that does not implement limits, given a plan carrying
+            rules.
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     def watch_changes(
         self, poll_interval: float = 0.001, *, sleep_while_idle: bool = True
     ) -> ChangeWatcher:
-        """A :class:`ChangeWatcher` for this store (for a worker's wake-ups).
+        """A :class:`ChangeWatcher` for this store (for a worker's wake-ups). Its resources
+        (a connection of its own, an inotify watch) are the caller's to release with its
+        ``close``.
 
         :param poll_interval: where the engine has to poll, how often while writes are
             happening (an engine with notifications ignores it).
         :param sleep_while_idle: an engine that polls may sleep while the store is idle when
             it has a cheap signal of writes (SQLite: inotify on its log); False polls all
-            the time. Engines with notifications ignore it."""
+            the time. Engines with notifications ignore it.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def lease(
@@ -635,7 +823,7 @@ class TaskStore(Protocol):
         task_types: Sequence[str] | None = None,
     ) -> tuple[builtins.list[Task], builtins.list[Transition]]:
         """Settle finished attempts, sweep expired leases, and lease new tasks — in one
-        transaction.
+        transaction: all of it is written, or none.
 
         :param worker_id: written to ``locked_by``.
         :param queues: lease only from these queues.
@@ -655,41 +843,71 @@ class TaskStore(Protocol):
         :param task_types: lease only tasks of these types (the worker's handlers); None:
             any type. Tasks of other types stay queued for a worker that has them.
         :returns: ``(leased tasks in the plan's order, transitions)``. Leased tasks are
-            ``running`` with ``attempts`` counting this attempt; a leased row that cannot be
-            decoded is ended ``failed`` with the reason instead of being returned.
+            ``running`` with ``attempts`` counting this attempt. A leased or expired row that
+            cannot be decoded is ended ``failed`` with the reason (and logged) instead of
+            being returned: inside the transaction, or — a leased row the engine could read
+            but not decode — in a transaction of its own right after it. Should that second
+            write fail, its store-wide error is raised although the lease committed (the
+            leased tasks come back when their leases expire).
+        :raises ValidationError: the limits that concern ``queues`` and ``task_types`` read
+            more than 16 distinct partition keys (:data:`~hookqueue.core.limitwalk.MAX_PARTS`);
+            nothing is written.
+        :raises StoreError: a store that does not implement limits, given a plan carrying
+            rules; nothing is written.
+        :raises Exception: whatever ``plan.rerank`` or ``decide_expired`` raises reaches
+            the caller; nothing is written.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def settle(
         self, worker_id: str, settlements: Sequence[Settlement], now_us: int
     ) -> builtins.list[Transition]:
-        """Write the outcomes of finished attempts in one transaction.
+        """Write the outcomes of finished attempts in one transaction (all or none).
 
         An outcome is written only while ``worker_id`` still holds the task (it is running
         and locked by that worker — also past ``lease_expires_at`` when nobody has taken it
         over yet); one for a lease that was lost (taken over, or the task ended) is dropped
-        and logged, so a slow worker never overwrites a newer attempt. A ``retry`` of a task
-        whose cancellation was requested ends it ``cancelled``; one with no attempts left
-        ends it ``failed``.
+        and logged, so a slow worker never overwrites a newer attempt — and so is a second
+        outcome for one task in one call. A ``retry`` of a task whose cancellation was
+        requested ends it ``cancelled``; one with no attempts left ends it ``failed``.
+
+        :returns: ``(event kind, task after the change)`` per outcome written. An outcome
+            whose task cannot be decoded is written all the same; it only has no transition
+            (logged).
+
+        Raises only the store-wide errors.
         """
         ...
 
     def renew(
         self, worker_id: str, task_ids: Sequence[int], now_us: int, lease_us: int
     ) -> tuple[set[int], set[int]]:
-        """Extend the leases ``worker_id`` holds and record its heartbeat.
+        """Extend the leases ``worker_id`` holds and record its heartbeat, in one
+        transaction.
 
         :returns: ``(ids still held, ids whose cancellation was requested)``; an id missing
             from the first set was lost.
+
+        Raises only the store-wide errors.
         """
         ...
 
     def register_worker(self, info: WorkerInfo) -> None:
-        """Record a starting worker, replacing an earlier record with the same id."""
+        """Record a starting worker, replacing an earlier record with the same id (one
+        statement).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def worker_stopped(self, worker_id: str, now_us: int) -> None:
-        """Record that a worker shut down cleanly."""
+        """Record that a worker shut down cleanly (one statement; an unknown id changes
+        nothing).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     # -- periodic schedules ------------------------------------------------------------------
@@ -711,6 +929,11 @@ class TaskStore(Protocol):
 
         :param replace: False leaves an existing schedule untouched (answered ``"exists"``).
         :returns: per schedule, ``"created"``, ``"updated"``, ``"unchanged"`` or ``"exists"``.
+        :raises DatabaseBusy: also when another process deleted one of the schedules while
+            this call declared it (PostgreSQL); nothing is written, and the call may be
+            repeated.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
@@ -721,11 +944,17 @@ class TaskStore(Protocol):
         due_by_us: int | None = None,
     ) -> builtins.list[ScheduleRow]:
         """Schedules by name (all, or those named), in one snapshot; with ``due_by_us`` only
-        those not paused whose next tick is at or before it, oldest next tick first."""
+        those not paused whose next tick is at or before it, oldest next tick first.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def next_schedule_tick_us(self) -> int | None:
-        """The earliest next tick of the schedules that are not paused, or None (a read)."""
+        """The earliest next tick of the schedules that are not paused, or None (a read).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def set_schedule_paused(
@@ -737,6 +966,8 @@ class TaskStore(Protocol):
         paused schedule or resuming a running one changes nothing.
 
         :returns: the schedule after the call, or None when no schedule has that name.
+
+        Raises only the store-wide errors.
         """
         ...
 
@@ -744,6 +975,8 @@ class TaskStore(Protocol):
         """Delete a schedule and its tick marks in one transaction (tasks it enqueued stay).
 
         :returns: False when no schedule had that name.
+
+        Raises only the store-wide errors.
         """
         ...
 
@@ -765,6 +998,10 @@ class TaskStore(Protocol):
         :returns: one :class:`FireOutcome` per :class:`TickFire`, in order.
         :raises ValueError: two steps of one schedule in a call, or a task row with an
             idempotency key (a tick's mark is what makes it unique); nothing is written.
+        :raises StoreError: the engine refuses a tick's task row (as :meth:`insert`);
+            nothing of the call is written.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
@@ -777,7 +1014,11 @@ class TaskStore(Protocol):
         state goes when the rule is deleted.
 
         :returns: ``"created"``, ``"updated"`` or ``"unchanged"``.
+        :raises ValidationError: ``rule`` is not a :class:`~hookqueue.core.models.LimitRule`;
+            nothing is stored.
         :raises StoreError: the store does not implement limits (nothing is stored).
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
@@ -787,11 +1028,16 @@ class TaskStore(Protocol):
         are notified of).
 
         :returns: False when no rule had that name.
+
+        Raises only the store-wide errors.
         """
         ...
 
     def list_limits(self) -> builtins.list[LimitRule]:
-        """The stored rules, by name (one snapshot)."""
+        """The stored rules, by name (one snapshot).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def limit_usage(
@@ -799,24 +1045,41 @@ class TaskStore(Protocol):
     ) -> builtins.list[LimitUsage]:
         """Per rule (the stored ones, or ``rules``) and bucket with running or due tasks,
         its counts and whether it holds tasks back now, in one snapshot; ordered by rule
-        name, then most waiting first. A read: takes no write lock."""
+        name, then most waiting first. A read: takes no write lock.
+
+        :raises ValidationError: the rules read more than 16 distinct partition keys
+            (:data:`~hookqueue.core.limitwalk.MAX_PARTS`).
+
+        Otherwise raises only the store-wide errors.
+        """
         ...
 
     # -- user actions ------------------------------------------------------------------------
 
     def cancel(self, task_id: int, now_us: int) -> Transition:
-        """Cancel a queued task at once, or flag a running one for its worker.
+        """Cancel a queued task at once, or flag a running one for its worker, in one
+        transaction.
 
         :returns: ``("cancelled" | "cancel_requested", task after the change)``.
-        :raises TaskNotFound: unknown id. :raises InvalidTransition: it already finished.
+        :raises TaskNotFound: unknown id.
+        :raises InvalidTransition: it already finished; nothing is changed.
+        :raises DamagedRow: the task cannot be decoded; nothing is changed (delete it
+            with :meth:`delete_matching`, which needs no decoding).
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def requeue(self, task_id: int, now_us: int) -> Task:
         """Put a failed or cancelled task back to ``queued`` at ``now_us`` with a fresh
-        attempt count and no error (its history of failed attempts stays).
+        attempt count and no error (its history of failed attempts stays), in one
+        transaction.
 
-        :raises TaskNotFound: unknown id. :raises InvalidTransition: not failed/cancelled.
+        :raises TaskNotFound: unknown id.
+        :raises InvalidTransition: it is not failed or cancelled; nothing is changed.
+        :raises DamagedRow: the task cannot be decoded; nothing is changed.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
@@ -826,55 +1089,87 @@ class TaskStore(Protocol):
         """Cancel the queued tasks a filter matches at once and flag its running ones for
         their workers (as :meth:`cancel` does one), in batches that each commit, up to the
         newest task that existed when it started (tasks enqueued meanwhile are left alone;
-        ``flt.max_id`` bounds it explicitly).
+        ``flt.max_id`` bounds it explicitly). A task that cannot be decoded is changed like
+        the others and left out of the answer (logged).
+
+        An error ends the call; the batches committed before it stay.
 
         :returns: ``("cancelled" | "cancel_requested", task after the change)`` per task.
+
+        Raises only the store-wide errors.
         """
         ...
 
     def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count and no error, in batches as
-        :meth:`cancel_matching` does (their history of failed attempts stays).
+        :meth:`cancel_matching` does (their history of failed attempts stays; a task that
+        cannot be decoded is requeued and left out of the answer, logged).
+
+        An error ends the call; the batches committed before it stay.
 
         :returns: the tasks after the change.
+
+        Raises only the store-wide errors.
         """
         ...
 
     def delete_matching(self, flt: TaskFilter) -> int:
         """Delete the queued and finished tasks a filter matches (never a running one), with
-        their history and idempotency keys, in batches as :meth:`cancel_matching` does.
+        their history and idempotency keys, in batches as :meth:`cancel_matching` does (a
+        damaged task is deleted like any other).
+
+        An error ends the call; the batches committed before it stay.
 
         :returns: how many were deleted.
-        :raises ValidationError: the filter names running tasks only.
+        :raises ValidationError: the filter names running tasks only; nothing is deleted.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def pause_queue(self, queue: str, now_us: int) -> bool:
         """Stop every worker of every process leasing from ``queue`` (running tasks finish;
-        leases, ``has_work`` and wake-up delays leave it out). Persisted.
+        leases, ``has_work`` and wake-up delays leave it out). Persisted, in one statement.
 
         :returns: False if it was paused already.
+
+        Raises only the store-wide errors.
         """
         ...
 
     def resume_queue(self, queue: str) -> bool:
-        """Let workers lease from ``queue`` again. :returns: False if it was not paused."""
+        """Let workers lease from ``queue`` again (one statement).
+
+        :returns: False if it was not paused.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def prune(self, *, older_than_us: int, statuses: Iterable[TaskStatus]) -> int:
         """Delete finished tasks in ``statuses`` that finished before ``older_than_us``, in
-        batches that each commit (so workers are never locked out for long), worker records
-        silent since then, and periodic tick marks fired before then. Their idempotency keys
-        go with them.
+        batches that each commit (so workers are never locked out for long), then in one
+        more transaction worker records silent since then, and periodic tick marks fired
+        before then. Their idempotency keys go with them.
+
+        An error ends the call; the batches committed before it stay.
 
         :returns: how many tasks were deleted.
-        :raises ValidationError: a status that is not final.
+        :raises ValidationError: a status that is not final; nothing is deleted.
+        :raises ValueError: a status that is not a :class:`~hookqueue.core.models.TaskStatus`
+            value; nothing is deleted.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 
     def vacuum(self) -> None:
-        """Give the space of deleted rows back to the file system (may lock the store)."""
+        """Give the space of deleted rows back to the file system (may lock the store while
+        it runs).
+
+        Raises only the store-wide errors.
+        """
         ...
 
     # -- moving a queue between stores (hookqueue copy) -----------------------------------------
@@ -882,17 +1177,25 @@ class TaskStore(Protocol):
     def export_rows(self, *, after_id: int = 0, limit: int = 1000) -> builtins.list[RawRow]:
         """Tasks exactly as stored (see :data:`RawRow`), with ids above ``after_id``, by id,
         at most ``limit`` (one snapshot per call; page with the last id). Nothing is
-        decoded, so a row the models would refuse is exported as it is."""
+        decoded, so a row the models would refuse is exported as it is.
+
+        Raises only the store-wide errors.
+        """
         ...
 
     def import_rows(self, rows: Iterable[RawRow]) -> int:
         """Insert tasks exactly as given (see :data:`RawRow`), ids and every column
-        included, in one transaction: all are stored, or none. New tasks inserted later get
-        ids above every imported one. Sends no wake-ups (start workers after an import).
+        included, in one transaction: all are stored, or none. Nothing is decoded, so a row
+        the models would refuse is stored as it is. New tasks inserted later get ids above
+        every imported one. Sends no wake-ups (start workers after an import).
 
         :returns: how many tasks were imported.
+        :raises ValidationError: a row does not have one value per column of
+            :data:`~hookqueue.core.models.TASK_COLUMNS`; nothing is stored.
         :raises StoreError: an id or idempotency key is already present, or a row breaks
-            the store's constraints (nothing is stored).
+            the store's constraints; nothing is stored.
+
+        Otherwise raises only the store-wide errors.
         """
         ...
 

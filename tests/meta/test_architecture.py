@@ -318,3 +318,99 @@ def test_the_private_door_scan_sees_one() -> None:
     assert len(private_doors(code, "x.py", privates)) == 2
     assert private_doors("def f(pm):\n    return pm._inner_hookexec\n", "x.py", set())
     assert private_doors("def f(self):\n    return self._in_thread\n", "x.py", privates) == []
+
+
+# -- the store contract says each member's errors ---------------------------------------------
+
+#: The store protocols, in ``hookqueue/core/storage.py``.
+STORAGE = PACKAGE / "core" / "storage.py"
+#: What a member says when it raises nothing of its own: the errors :class:`TaskStore`'s
+#: docstring defines as store-wide.
+STORE_WIDE = "only the store-wide errors"
+_RAISES_LINE = re.compile(r"^\s*:raises\b", re.MULTILINE)
+
+
+def _says_its_errors(doc: str) -> bool:
+    """A ``:raises`` line, or the store-wide phrase (however the lines wrap it)."""
+    return bool(_RAISES_LINE.search(doc)) or STORE_WIDE in " ".join(doc.split())
+
+
+def undocumented_errors(source: str, class_name: str) -> list[str]:
+    """The public members of class ``class_name`` in ``source`` whose errors are not written
+    down: a method or property without a docstring, or whose docstring has neither a
+    ``:raises`` line nor :data:`STORE_WIDE`; an attribute without a ``#:`` comment (reading
+    an attribute runs no store code)."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    found: list[str] = []
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                found.append(f"{class_name}.{node.name}: no docstring")
+            elif not _says_its_errors(doc):
+                found.append(
+                    f"{class_name}.{node.name}: no ':raises X: when ...' line and not "
+                    f"{STORE_WIDE!r}"
+                )
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
+            if not node.target.id.startswith("_") and not above.startswith("#:"):
+                found.append(f"{class_name}.{node.target.id}: no '#:' comment")
+    return found
+
+
+def _members(source: str, class_name: str) -> list[str]:
+    tree = ast.parse(source)
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    return [
+        n.name
+        for n in cls.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
+    ]
+
+
+@pytest.mark.parametrize("protocol", ["TaskStore", "ChangeWatcher"])
+def test_every_member_of_the_store_protocols_says_which_errors_it_raises(protocol: str) -> None:
+    source = STORAGE.read_text()
+    assert undocumented_errors(source, protocol) == [], (
+        "say what the member raises (':raises X: when ...') or that it raises "
+        f"{STORE_WIDE} (TaskStore's docstring lists them)"
+    )
+    # Not vacuous: the scan sees the members (55 of them in TaskStore).
+    assert len(_members(source, protocol)) >= (50 if protocol == "TaskStore" else 4)
+
+
+def test_the_store_wide_errors_are_defined_where_the_members_point() -> None:
+    from hookqueue.core.storage import TaskStore
+
+    doc = " ".join((TaskStore.__doc__ or "").split())
+    assert "store-wide errors" in doc
+    for name in ("StoreError", "DatabaseBusy", "CommitOutcomeUnknown", "SchemaTooNew"):
+        assert name in doc
+
+
+def test_the_error_scan_sees_a_member_that_says_nothing_of_its_errors() -> None:
+    source = (
+        "class P:\n"
+        '    """A protocol."""\n'
+        "    size: int\n"
+        "    #: documented\n"
+        "    kept: int\n"
+        "    def bare(self) -> None: ...\n"
+        "    def vague(self) -> None:\n"
+        '        """Does a thing; may fail."""\n'
+        "    def raises(self) -> None:\n"
+        '        """Does a thing.\n\n        :raises KeyError: when it fails.\n        """\n'
+        "    def wide(self) -> None:\n"
+        '        """Does a thing. Raises only the\n        store-wide errors."""\n'
+        "    def _private(self) -> None: ...\n"
+    )
+    assert undocumented_errors(source, "P") == [
+        "P.size: no '#:' comment",
+        "P.bare: no docstring",
+        f"P.vague: no ':raises X: when ...' line and not {STORE_WIDE!r}",
+    ]

@@ -42,6 +42,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.contrib.contracts.store import (
+    FIFO,
     LEASE_US,
     SECOND,
     T0,
@@ -49,7 +50,8 @@ from hookqueue.contrib.contracts.store import (
     make_row,
 )
 from hookqueue.core.clock import from_us
-from hookqueue.core.errors import StoreError
+from hookqueue.core.errors import StoreError, ValidationError
+from hookqueue.core.limitwalk import MAX_PARTS
 from hookqueue.core.models import (
     Candidate,
     LeasePlan,
@@ -583,6 +585,39 @@ class LimitStoreContract:
             lambda: LimitMachine(self.make_store),  # type: ignore[arg-type]
             settings=self.machine_settings,
         )
+
+    def test_rules_reading_too_many_partition_keys_are_refused(self, store: TaskStore) -> None:
+        """Rules of one lease that read more than ``MAX_PARTS`` (16) distinct partition keys
+        raise ValidationError from ``lease`` (its settlements not written either),
+        ``has_work``, ``next_wakeup_delay_us`` (with a rate among them) and ``limit_usage``."""
+        rules = [
+            LimitRule(name=f"r{i}", partition_by=f"k{i}", concurrency=5, rate=5)
+            for i in range(MAX_PARTS + 1)
+        ]
+        plan = limited(*rules)
+        [tid] = self.add(store, T0)
+        [done] = self.lease(store, T0, FIFO)
+        for call in (
+            lambda: self.lease(
+                store, T0 + 1, plan, settlements=[Settlement(task_id=done.id, kind="complete")]
+            ),
+            lambda: store.has_work(["default"], T0 + 1, plan=plan),
+            lambda: store.next_wakeup_delay_us(["default"], T0 + 1, plan=plan),
+            lambda: store.limit_usage(T0 + 1, rules),
+        ):
+            with pytest.raises(ValidationError):
+                call()
+        assert store.get(tid).status is TaskStatus.RUNNING
+        assert store.has_work(["default"], T0 + 2, plan=limited(*rules[:MAX_PARTS])) is False
+
+    def test_set_limit_refuses_what_is_not_a_limit_rule(self, store: TaskStore) -> None:
+        """``set_limit`` of anything but a :class:`LimitRule` raises ValidationError naming
+        ``rule``; nothing is stored."""
+        store.initialize_schema()
+        with pytest.raises(ValidationError) as info:
+            store.set_limit({"name": "x", "concurrency": 1}, T0)  # type: ignore[arg-type]
+        assert info.value.field == "rule"
+        assert store.list_limits() == []
 
     def test_a_closed_store_refuses_the_limit_calls(self, store: TaskStore) -> None:
         """After ``close`` the limit methods raise StoreError like every other."""

@@ -19,7 +19,8 @@ What it checks, section by section: inserting (all or none, increasing ids, idem
 their window, claiming), the reads, leasing (each order of a plan, limits, queue and type
 filters, delayed tasks, re-ranking, expired leases, settlements in the lease's transaction),
 settling, renewing, the user actions (cancel, requeue, prune), the lifecycle (schema, check,
-vacuum, close), wake-ups (``has_work``, ``next_wakeup_delay_us``, ``watch_changes``, the
+vacuum, close), the errors each member names (damaged rows put in through ``import_rows``
+among them), wake-ups (``has_work``, ``next_wakeup_delay_us``, ``watch_changes``, the
 watcher's ``watch_tasks``), concurrency (threads and processes never lease one task twice nor
 store one key twice), and a hypothesis state machine that drives the store beside a dict
 model.
@@ -34,6 +35,7 @@ Requires pytest and hypothesis (``pip install 'hookqueue[test]'``).
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -63,7 +65,7 @@ from hookqueue.contrib.contracts._base import START
 from hookqueue.contrib.contracts._store_child import StoreOpener, encode_arguments
 from hookqueue.core.clock import from_us, to_us
 from hookqueue.core.errors import (
-    HookqueueError,
+    DamagedRow,
     InvalidTransition,
     StoreError,
     TaskNotFound,
@@ -364,8 +366,8 @@ class StoreContract:
         return None
 
     def bad_row(self, now_us: int) -> InsertRow:
-        """A row the store refuses to insert (default: ``max_attempts=0``, below the minimum
-        of one)."""
+        """A row the store refuses to insert with a StoreError (default: ``max_attempts=0``,
+        below the minimum of one)."""
         return make_row(now_us, max_attempts=0)
 
     # -- fixtures ------------------------------------------------------------------------------
@@ -579,8 +581,8 @@ class StoreContract:
         assert sum(store.counts().values()) == 0
 
     def test_insert_is_all_or_none(self, store: TaskStore) -> None:
-        """A bad row in the middle of a batch: an error, and none of the batch is stored (not
-        even the keys of the good rows)."""
+        """A bad row in the middle of a batch: StoreError, and none of the batch is stored
+        (not even the keys of the good rows)."""
         store.initialize_schema()
         rows = [
             make_row(T0, idempotency_key="before"),
@@ -588,12 +590,12 @@ class StoreContract:
             self.bad_row(T0),
             make_row(T0, idempotency_key="after"),
         ]
-        with pytest.raises(HookqueueError):
+        with pytest.raises(StoreError):
             store.insert(rows, T0)
         assert sum(store.counts().values()) == 0
         assert store.list() == []
         assert store.find_by_key("before") is None and store.find_by_key("after") is None
-        with pytest.raises(HookqueueError):
+        with pytest.raises(StoreError):
             store.insert(rows, T0, claim=("w1", T0 + LEASE_US))
         assert sum(store.counts().values()) == 0
         # The store is still usable, and the keys are free.
@@ -601,17 +603,17 @@ class StoreContract:
         assert existing is None and store.find_by_key("before") == store.get(tid)
 
     def test_insert_one_of_a_bad_row_stores_nothing(self, store: TaskStore) -> None:
-        """``insert_one`` of a row the store refuses raises and leaves no row."""
+        """``insert_one`` of a row the store refuses raises StoreError and leaves no row."""
         store.initialize_schema()
-        with pytest.raises(HookqueueError):
+        with pytest.raises(StoreError):
             store.insert_one(self.bad_row(T0), T0)
         assert sum(store.counts().values()) == 0
 
-    def test_an_out_of_range_value_raises_a_hookqueue_error(self, store: TaskStore) -> None:
-        """A value beyond 64 bits is refused with a hookqueue error (never the driver's), and
+    def test_an_out_of_range_value_raises_a_store_error(self, store: TaskStore) -> None:
+        """A value beyond 64 bits is refused with a StoreError (never the driver's error), and
         nothing is stored."""
         store.initialize_schema()
-        with pytest.raises(HookqueueError):
+        with pytest.raises(StoreError):
             store.insert([make_row(T0), make_row(T0, priority=2**63)], T0)
         assert sum(store.counts().values()) == 0
 
@@ -1514,7 +1516,8 @@ class StoreContract:
 
     def test_a_failing_rerank_rolls_back_the_whole_lease(self, store: TaskStore) -> None:
         """Settlements, the sweep and the lease are one transaction: when the plan's
-        ``rerank`` raises, none of them is written."""
+        ``rerank`` raises, its error reaches the caller as raised and none of them is
+        written."""
         done = self.running(store, T0)
         expired = self.running(store, T0 - LEASE_US - SECOND, max_attempts=3)
         self.add(store, T0)
@@ -1523,7 +1526,7 @@ class StoreContract:
         def broken(candidates: Sequence[Candidate], limit: int) -> list[int]:
             raise RuntimeError("the scheduler broke")
 
-        with pytest.raises(Exception):  # noqa: B017 - the plan's error, whatever the store makes of it
+        with pytest.raises(RuntimeError, match="the scheduler broke"):
             self.lease(
                 store,
                 "w1",
@@ -1536,7 +1539,8 @@ class StoreContract:
         assert store.get(expired.id).status is TaskStatus.RUNNING
 
     def test_a_failing_decide_expired_rolls_back_the_whole_lease(self, store: TaskStore) -> None:
-        """When ``decide_expired`` raises, neither the settlements nor the sweep is written."""
+        """When ``decide_expired`` raises, its error reaches the caller as raised and neither
+        the settlements nor the sweep is written."""
         done = self.running(store, T0)
         self.running(store, T0 - LEASE_US - SECOND, max_attempts=3)
         self.add(store, T0)
@@ -1545,7 +1549,7 @@ class StoreContract:
         def broken(task: Task) -> tuple[int | None, str]:
             raise RuntimeError("the retry policy broke")
 
-        with pytest.raises(Exception):  # noqa: B017 - the decider's error, whatever the store makes of it
+        with pytest.raises(RuntimeError, match="the retry policy broke"):
             self.lease(
                 store,
                 "w1",
@@ -1686,6 +1690,22 @@ class StoreContract:
         for tid, worker in ((other.id, "w3"), (taken.id, "w1"), (ended.id, "w1")):
             assert store.settle(worker, [attrs.evolve(outcome, task_id=tid)], later + 1) == []
         assert store.list() == before
+
+    def test_a_second_outcome_for_one_task_in_one_call_is_dropped(self, store: TaskStore) -> None:
+        """Two outcomes for one task in one ``settle``: the first is written, the second
+        dropped (the attempt is over)."""
+        task = self.running(store, T0, max_attempts=3)
+        transitions = store.settle(
+            "w1",
+            [
+                Settlement(task_id=task.id, kind="complete", result_json="1"),
+                Settlement(task_id=task.id, kind="fail", error="late"),
+            ],
+            T0 + SECOND,
+        )
+        assert [kind for kind, _ in transitions] == ["completed"]
+        after = store.get(task.id)
+        assert after.status is TaskStatus.COMPLETED and after.error_message is None
 
     def test_settle_writes_every_outcome_in_one_call(self, store: TaskStore) -> None:
         """A batch of outcomes answers one transition per outcome written, in order, and
@@ -2585,8 +2605,8 @@ class StoreContract:
         assert (row.fired, row.skipped, row.last_task_id) == (2, 3, out.fired[0][1])
 
     def test_fire_ticks_is_all_or_none(self, store: TaskStore) -> None:
-        """A task row the store refuses, in any step, fails the call: no task, no mark and
-        no schedule change is stored, and the same ticks fire afterwards."""
+        """A task row the store refuses, in any step, fails the call with StoreError: no
+        task, no mark and no schedule change is stored, and the same ticks fire afterwards."""
         store.upsert_schedules([make_schedule("a", T0), make_schedule("b", T0)], T0)
         a, b = store.list_schedules()
         bad = TickFire(
@@ -2596,7 +2616,7 @@ class StoreContract:
             ticks=((T0, self.bad_row(T0)),),
             next_tick_us=T0 + SECOND,
         )
-        with pytest.raises(HookqueueError):
+        with pytest.raises(StoreError):
             store.fire_ticks([self.step(a, [T0], T0 + SECOND), bad], T0)
         assert sum(store.counts().values()) == 0
         assert store.list_schedules() == [a, b]
@@ -2735,8 +2755,8 @@ class StoreContract:
             other.close()
 
     def test_import_rows_is_all_or_none(self, store: TaskStore, tmp_path: Path) -> None:
-        """An import with an id (or a key) already present is refused whole: nothing of it
-        is stored."""
+        """An import with an id (or a key) already present is refused whole with StoreError:
+        nothing of it is stored."""
         self.add(store, T0, 3)
         self.add(store, T0, idempotency_key="k")
         rows = store.export_rows()
@@ -2744,16 +2764,192 @@ class StoreContract:
         try:
             other.initialize_schema()
             other.import_rows(rows[2:3])
-            with pytest.raises(HookqueueError):
+            with pytest.raises(StoreError):
                 other.import_rows(rows)
             assert [r[0] for r in other.export_rows()] == [rows[2][0]]
             clash = (rows[3][0] + 100, *rows[3][1:])  # a new id, the key of a held one
             other.import_rows([rows[3]])
-            with pytest.raises(HookqueueError):
+            with pytest.raises(StoreError):
                 other.import_rows([rows[0], clash])
             assert [r[0] for r in other.export_rows()] == [rows[2][0], rows[3][0]]
         finally:
             other.close()
+
+    # -- errors the contract names, and damaged rows ---------------------------------------------
+
+    def test_finished_buckets_refuses_a_bucket_that_is_not_positive(self, store: TaskStore) -> None:
+        """``bucket_us`` of zero or less raises ValidationError naming it."""
+        store.initialize_schema()
+        for bucket in (0, -SECOND):
+            with pytest.raises(ValidationError) as info:
+                store.finished_buckets(T0, bucket)
+            assert info.value.field == "bucket_us"
+
+    def test_a_status_that_is_no_task_status_is_refused(self, store: TaskStore) -> None:
+        """``list`` and ``prune`` refuse a status outside :class:`TaskStatus` with ValueError,
+        and ``prune`` then deletes nothing."""
+        done = self.in_status(store, TaskStatus.COMPLETED, T0)
+        with pytest.raises(ValueError):
+            store.list(statuses=["finished"])  # type: ignore[list-item]
+        with pytest.raises(ValueError):
+            store.prune(
+                older_than_us=T0 + SECOND,
+                statuses=[TaskStatus.COMPLETED, "finished"],  # type: ignore[list-item]
+            )
+        assert store.get(done).status is TaskStatus.COMPLETED
+
+    def test_import_rows_refuses_a_row_of_the_wrong_width(self, store: TaskStore) -> None:
+        """A row without exactly one value per ``TASK_COLUMNS`` raises ValidationError, and
+        none of the import is stored (not even the rows before it)."""
+        [tid] = self.add(store, T0)
+        [row] = store.export_rows()
+        store.delete_matching(TaskFilter(ids=(tid,)))
+        for bad in (row[:-1], (*row, None)):
+            with pytest.raises(ValidationError):
+                store.import_rows([row, bad])
+            assert store.export_rows() == []
+        assert store.import_rows([row]) == 1
+
+    def damaged(self, store: TaskStore, **columns: Any) -> int:
+        """A task whose payload is not JSON — a row a manual edit, a tool or an older version
+        could leave — put in through ``import_rows`` (which stores rows as given); its id.
+        ``columns`` set other stored values (``TASK_COLUMNS`` names)."""
+        [tid] = self.add(store, T0)
+        [row] = store.export_rows(after_id=tid - 1, limit=1)
+        store.delete_matching(TaskFilter(ids=(tid,)))
+        values = dict(zip(TASK_COLUMNS, row, strict=True))
+        values.update({"payload": "{not json", **columns})
+        assert store.import_rows([tuple(values[c] for c in TASK_COLUMNS)]) == 1
+        return tid
+
+    def test_a_damaged_task_is_an_error_for_one_read_and_left_out_of_many(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """``get`` and ``find_by_key`` of a task that cannot be decoded raise DamagedRow
+        naming it; ``list``, ``get_many`` and ``list_matching`` leave it out (and log it), so
+        it hides no other task; counts still count it, and ``export_rows`` gives it as
+        stored."""
+        [before] = self.add(store, T0)
+        tid = self.damaged(store, idempotency_key="k")
+        [after] = self.add(store, T0)
+        with pytest.raises(DamagedRow) as info:
+            store.get(tid)
+        assert info.value.task_id == tid
+        with pytest.raises(DamagedRow):
+            store.find_by_key("k")
+        with caplog.at_level(logging.ERROR):
+            assert [t.id for t in store.list()] == [before, after]
+            assert [t.id for t in store.get_many([before, tid, after])] == [before, after]
+            assert [t.id for t in store.list_matching(TaskFilter())] == [before, after]
+        assert f"task {tid}" in caplog.text
+        assert store.counts()["queued"] == 3 and store.count_matching(TaskFilter()) == 3
+        [row] = store.export_rows(after_id=before, limit=1)
+        assert row[0] == tid and row[TASK_COLUMNS.index("payload")] == "{not json"
+        assert store.delete_matching(TaskFilter(ids=(tid,))) == 1  # needs no decoding
+        assert [t.id for t in store.list()] == [before, after]
+
+    def test_an_outcome_for_a_damaged_task_is_written_without_its_transition(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """``settle`` writes the outcome of a running task that cannot be decoded like any
+        other; only its transition is missing (logged)."""
+        ok = self.running(store, T0)
+        tid = self.damaged(
+            store,
+            status="running",
+            attempts=1,
+            locked_by="w1",
+            lease_expires_at=T0 + LEASE_US,
+            started_at=T0,
+        )
+        done = [Settlement(task_id=i, kind="complete") for i in (ok.id, tid)]
+        with caplog.at_level(logging.ERROR):
+            transitions = store.settle("w1", done, T0 + SECOND)
+        assert [(kind, t.id) for kind, t in transitions] == [("completed", ok.id)]
+        assert f"task {tid}" in caplog.text
+        assert store.counts()["completed"] == 2
+
+    def test_a_damaged_task_leased_is_ended_failed_and_the_others_leased(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A leased row that cannot be decoded is not returned: it is ended ``failed`` with
+        the reason (and logged), and the other tasks of the batch are leased."""
+        [first] = self.add(store, T0)
+        tid = self.damaged(store)
+        [last] = self.add(store, T0)
+        with caplog.at_level(logging.ERROR):
+            leased, _ = self.lease(store, "w1", T0 + SECOND)
+        assert [t.id for t in leased] == [first, last]
+        assert f"task {tid}" in caplog.text
+        assert store.count_matching(TaskFilter(ids=(tid,), statuses=(TaskStatus.FAILED,))) == 1
+
+    def test_cancel_of_a_damaged_task_raises_damaged_row_and_changes_nothing(
+        self, store: TaskStore
+    ) -> None:
+        """``cancel`` of a task that cannot be decoded raises DamagedRow, and (nothing raises
+        after it committed) the task is left as it was."""
+        tid = self.damaged(store)
+        before = store.export_rows()
+        with pytest.raises(DamagedRow):
+            store.cancel(tid, T0 + SECOND)
+        assert store.export_rows() == before
+
+    def test_requeue_of_a_damaged_task_raises_damaged_row_and_changes_nothing(
+        self, store: TaskStore
+    ) -> None:
+        """``requeue`` of a failed task that cannot be decoded raises DamagedRow, and the task
+        is left as it was."""
+        tid = self.damaged(
+            store, status="failed", attempts=1, error_message="e", started_at=T0, finished_at=T0
+        )
+        before = store.export_rows()
+        with pytest.raises(DamagedRow):
+            store.requeue(tid, T0 + SECOND)
+        assert store.export_rows() == before
+
+    def test_an_insert_of_a_key_a_damaged_task_holds_raises_damaged_row_and_stores_nothing(
+        self, store: TaskStore
+    ) -> None:
+        """When the task holding a row's idempotency key cannot be decoded, ``insert`` raises
+        DamagedRow and none of the batch is stored."""
+        self.damaged(store, idempotency_key="k")
+        before = store.export_rows()
+        with pytest.raises(DamagedRow):
+            store.insert([make_row(T0), make_row(T0, idempotency_key="k")], T0)
+        assert store.export_rows() == before
+
+    def test_bulk_actions_leave_a_damaged_task_out_of_their_answer(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """``cancel_matching`` and ``requeue_matching`` change a task that cannot be decoded
+        like the others (the write needs no decoding) and leave it out of their answer, logged:
+        a batch goes on, and nothing raises after it committed."""
+        [ok] = self.add(store, T0)
+        tid = self.damaged(store)
+        with caplog.at_level(logging.ERROR):
+            cancelled = store.cancel_matching(TaskFilter(), T0 + SECOND)
+        assert [(kind, t.id) for kind, t in cancelled] == [("cancelled", ok)]
+        assert f"task {tid}" in caplog.text
+        assert store.counts()["cancelled"] == 2
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            requeued = store.requeue_matching(TaskFilter(), T0 + 2 * SECOND)
+        assert [t.id for t in requeued] == [ok]
+        assert f"task {tid}" in caplog.text
+        assert store.counts()["queued"] == 2
+
+    def test_a_closed_store_refuses_even_a_call_with_nothing_to_do(self, store: TaskStore) -> None:
+        """After ``close``, a call whose arguments leave nothing to read or change raises
+        StoreError too."""
+        self.add(store, T0)
+        store.close()
+        for call in (
+            lambda: store.get_many([]),
+            lambda: store.cancel_matching(TaskFilter(statuses=(TaskStatus.COMPLETED,)), T0),
+            lambda: store.requeue_matching(TaskFilter(statuses=(TaskStatus.QUEUED,)), T0),
+        ):
+            with pytest.raises(StoreError):
+                call()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -2945,6 +3141,26 @@ class StoreContract:
             assert time.monotonic() - started < 2.0
         finally:
             watcher.close()
+
+    def test_a_watcher_raises_at_most_a_store_error_and_closes_quietly(
+        self, store: TaskStore
+    ) -> None:
+        """A ``wait`` after the store was closed returns, or raises StoreError (a watcher that
+        reads the store to wait cannot); ``interrupt`` and ``close`` raise nothing, ``close``
+        may be called again, and ``interrupt`` after it is harmless."""
+        store.initialize_schema()
+        watcher = store.watch_changes()
+        store.close()
+        try:
+            waited = watcher.wait(0.05)
+        except StoreError:
+            pass
+        else:
+            assert isinstance(waited, bool)
+        watcher.interrupt()
+        watcher.close()
+        watcher.close()
+        watcher.interrupt()
 
     @pytest.mark.parametrize("end", ["complete", "fail", "cancel", "delete", "expire"])
     def test_watcher_reports_the_end_of_a_watched_task(self, store: TaskStore, end: str) -> None:
