@@ -1,12 +1,12 @@
 """The ``limits`` plugin through the Queue and real workers: stored rules kept by every
-lease, held tasks spending no attempt, workers woken by a freed slot or a reopening rate
-(never polling), the API's and the CLI's answers, stats and metrics."""
+lease, held tasks spending no attempt, the API's and the CLI's answers, stats and metrics.
+How a held worker is woken (a freed slot, a reopening rate; never polling) is in
+``test_limits_wakeups.py``."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ import pytest
 from hookqueue import Queue, WorkerEngine
 from hookqueue.core.cli import main
 from hookqueue.core.errors import ValidationError
-from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import LeasePlan
 from hookqueue.plugins.limits import (
     LimitNotFound,
@@ -56,17 +55,6 @@ class _Peak:
         with self.lock:
             for k in (key, "*"):
                 self.now[k] -= 1
-
-
-class _LeaseCounter:
-    """Counts the leases a worker makes (``hookqueue_lease`` is asked once per lease)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @hookimpl
-    def hookqueue_lease(self) -> None:
-        self.calls += 1
 
 
 def test_a_worker_keeps_the_stored_limits(q: Queue) -> None:
@@ -116,64 +104,6 @@ def test_the_plan_stays_the_schedulers(q: Queue) -> None:
     with Queue(q.db.location, durability="normal", block=["limits"]) as other:
         bare = other.runtime.hooks.lease(other, request)
     assert plan.order == bare.order and bare.stored_limits is False
-
-
-def test_a_freed_slot_wakes_a_waiting_worker_without_polling(db_path: Path) -> None:
-    """A task held by a slot that another process holds starts as soon as that task
-    settles — through the store's change notification — and the worker does not lease in a
-    loop while it waits. Every other way to look again is set far beyond the 10 s allowed:
-    a 60 s idle poll, 600 s leases for the worker (its idle heartbeat, a commit that also
-    makes it look, then comes every 150 s) and for the held task (its expiry would wake the
-    worker too), so only the wake-up can start the task in time."""
-    counter = _LeaseCounter()
-    q = Queue(db_path, durability="normal", plugins=[counter])
-    other = Queue(db_path, durability="normal")
-    try:
-        done = threading.Event()
-        q.handlers.register_handler("job", lambda t: done.set())
-        set_limit(q, "one", concurrency=1)
-        # Another process's worker holds the one slot.
-        other.enqueue("job", {})
-        [held] = other.runtime.lease("elsewhere", limit=1, lease_seconds=600)
-        waiting = q.enqueue("job", {})
-        worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0, lease_seconds=600.0)
-        assert worker.heartbeat_interval >= 60
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        time.sleep(0.5)
-        assert q.get(waiting.id).status.value == "queued"
-        assert q.get(waiting.id).attempts == 0
-        leases_while_waiting = counter.calls
-        assert leases_while_waiting <= 3, "the worker leases in a loop while the limit holds"
-        from hookqueue.core.storage import Settlement
-
-        other.runtime.settle("elsewhere", [Settlement(task_id=held.id, kind="complete")])
-        assert done.wait(10), "the freed slot did not wake the worker"
-        worker.stop()
-        thread.join(10)
-    finally:
-        q.close()
-        other.close()
-
-
-def test_a_reopening_rate_wakes_the_worker(q: Queue) -> None:
-    """Held by a rate, tasks start when the rate allows, with a 60 s idle poll: the
-    worker's wake-up delay includes the next start."""
-    starts: list[float] = []
-    q.handlers.register_handler("job", lambda t: starts.append(time.monotonic()))
-    set_limit(q, "r", rate=5, period=1.0)
-    for _ in range(3):
-        q.enqueue("job", {})
-    worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while len(starts) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    worker.stop()
-    thread.join(10)
-    assert len(starts) == 3
-    assert {t.attempts for t in q.list()} == {1}
 
 
 def test_removing_a_limit_releases_what_it_held(q: Queue) -> None:
