@@ -173,6 +173,69 @@ def test_usage_stats_and_metrics_show_what_waits(q: Queue) -> None:
     assert read_database_gauges(q).limits == {"per-tenant": (2, 2)}
 
 
+def test_stats_health_and_prometheus_report_the_real_counts(
+    q: Queue, db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binding per-tenant concurrency limit and a rate limit both holding tasks: the health
+    summary's ``limits``, the ``limits:`` line of ``hookqueue stats`` (and its ``--json``) and
+    the ``hookqueue_limit_tasks`` gauge of a real Prometheus scrape give, per limit, the
+    tasks running under it and the due tasks it holds back — summed over its partitions
+    (tenant a: 1 running, 3 held; tenant b: 1 running, none held) — and a limit holding
+    nothing shows zeros."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hookqueue.plugins.prometheus import PrometheusExporter
+
+    set_limit(q, "per-tenant", task_type="job", partition_by="tenant", concurrency=1)
+    set_limit(q, "api", task_type="call", rate=1, period=3600)  # one start, then an hour
+    set_limit(q, "idle", task_type="other", concurrency=5)
+    for tenant in "aaaab":
+        q.enqueue("job", {"tenant": tenant})
+    for _ in range(3):
+        q.enqueue("call", {})
+    leased = q.runtime.lease("w", limit=20, lease_seconds=600)
+    assert sorted(t.task_type for t in leased) == ["call", "job", "job"]
+    running = {(t.task_type, (t.payload or {}).get("tenant")) for t in leased}
+    assert running == {("call", None), ("job", "a"), ("job", "b")}
+    usage = {(u.rule, u.partition): (u.running, u.waiting) for u in limit_usage(q)}
+    assert usage == {
+        ("per-tenant", "a"): (1, 3),
+        ("per-tenant", "b"): (1, 0),
+        ("api", None): (1, 2),
+    }
+    expected = {"api": (1, 2), "idle": (0, 0), "per-tenant": (2, 3)}
+
+    summary = QueueMetrics(q).get_queue_health_summary()
+    assert summary["limits"] == {
+        name: {"running": r, "waiting": w} for name, (r, w) in expected.items()
+    }
+
+    assert main(["stats", "--db", str(db_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("limits:")]
+    assert lines == [
+        "limits:      api 1 running/2 waiting, idle 0 running/0 waiting, "
+        "per-tenant 2 running/3 waiting"
+    ]
+    assert main(["stats", "--db", str(db_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["limits"] == summary["limits"]
+
+    registry = CollectorRegistry()
+    PrometheusExporter([q], registry=registry)
+    samples = [
+        s
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if s.name == "hookqueue_limit_tasks"
+    ]
+    assert {s.labels["database"] for s in samples} == {q.db.location}
+    assert {(s.labels["limit"], s.labels["state"]): s.value for s in samples} == {
+        (name, state): float(count)
+        for name, counts in expected.items()
+        for state, count in zip(("running", "waiting"), counts, strict=True)
+    }
+
+
 def test_cli_set_ls_rm(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
     db = str(db_path)
 

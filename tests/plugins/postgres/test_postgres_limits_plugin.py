@@ -39,6 +39,7 @@ REUSED = (
     "test_bad_definitions_name_the_field_and_store_nothing",
     "test_a_bad_name_and_mixed_arguments_are_refused",
     "test_usage_stats_and_metrics_show_what_waits",
+    "test_stats_health_and_prometheus_report_the_real_counts",
     "test_cli_set_ls_rm",
 )
 for _name in REUSED:
