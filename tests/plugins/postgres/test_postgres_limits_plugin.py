@@ -36,6 +36,7 @@ REUSED = (
     "test_blocking_the_plugin_leaves_stored_rules_unapplied",
     "test_the_plan_stays_the_schedulers",
     "test_removing_a_limit_releases_what_it_held",
+    "test_loosening_a_rate_lets_what_it_held_start",
     "test_bad_definitions_name_the_field_and_store_nothing",
     "test_a_bad_name_and_mixed_arguments_are_refused",
     "test_usage_stats_and_metrics_show_what_waits",
