@@ -1,13 +1,13 @@
 """The ``limits`` plugin through the Queue and real workers: stored rules kept by every
-lease, held tasks spending no attempt, workers woken by a freed slot or a reopening rate
-(never polling), the API's and the CLI's answers, stats and metrics."""
+lease, held tasks spending no attempt, the API's and the CLI's answers, stats and metrics.
+How a held worker is woken (a freed slot, a reopening rate; never polling) is in
+``test_limits_wakeups.py``."""
 
 from __future__ import annotations
 
 import json
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from hookqueue import Queue, WorkerEngine
+from hookqueue import FakeClock, Queue, WorkerEngine
 from hookqueue.contrib.contracts.scheduler import CHI2_2DF_999, chi_square
 from hookqueue.core.cli import main
 from hookqueue.core.errors import ValidationError
-from hookqueue.core.hookspecs import hookimpl
 from hookqueue.core.models import LeasePlan
 from hookqueue.plugins.limits import (
     LimitNotFound,
@@ -60,17 +59,6 @@ class _Peak:
         with self.lock:
             for k in (key, "*"):
                 self.now[k] -= 1
-
-
-class _LeaseCounter:
-    """Counts the leases a worker makes (``hookqueue_lease`` is asked once per lease)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @hookimpl
-    def hookqueue_lease(self) -> None:
-        self.calls += 1
 
 
 def test_a_worker_keeps_the_stored_limits(q: Queue) -> None:
@@ -122,64 +110,6 @@ def test_the_plan_stays_the_schedulers(q: Queue) -> None:
     assert plan.order == bare.order and bare.stored_limits is False
 
 
-def test_a_freed_slot_wakes_a_waiting_worker_without_polling(db_path: Path) -> None:
-    """A task held by a slot that another process holds starts as soon as that task
-    settles — through the store's change notification — and the worker does not lease in a
-    loop while it waits. Every other way to look again is set far beyond the 10 s allowed:
-    a 60 s idle poll, 600 s leases for the worker (its idle heartbeat, a commit that also
-    makes it look, then comes every 150 s) and for the held task (its expiry would wake the
-    worker too), so only the wake-up can start the task in time."""
-    counter = _LeaseCounter()
-    q = Queue(db_path, durability="normal", plugins=[counter])
-    other = Queue(db_path, durability="normal")
-    try:
-        done = threading.Event()
-        q.handlers.register_handler("job", lambda t: done.set())
-        set_limit(q, "one", concurrency=1)
-        # Another process's worker holds the one slot.
-        other.enqueue("job", {})
-        [held] = other.runtime.lease("elsewhere", limit=1, lease_seconds=600)
-        waiting = q.enqueue("job", {})
-        worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0, lease_seconds=600.0)
-        assert worker.heartbeat_interval >= 60
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        time.sleep(0.5)
-        assert q.get(waiting.id).status.value == "queued"
-        assert q.get(waiting.id).attempts == 0
-        leases_while_waiting = counter.calls
-        assert leases_while_waiting <= 3, "the worker leases in a loop while the limit holds"
-        from hookqueue.core.storage import Settlement
-
-        other.runtime.settle("elsewhere", [Settlement(task_id=held.id, kind="complete")])
-        assert done.wait(10), "the freed slot did not wake the worker"
-        worker.stop()
-        thread.join(10)
-    finally:
-        q.close()
-        other.close()
-
-
-def test_a_reopening_rate_wakes_the_worker(q: Queue) -> None:
-    """Held by a rate, tasks start when the rate allows, with a 60 s idle poll: the
-    worker's wake-up delay includes the next start."""
-    starts: list[float] = []
-    q.handlers.register_handler("job", lambda t: starts.append(time.monotonic()))
-    set_limit(q, "r", rate=5, period=1.0)
-    for _ in range(3):
-        q.enqueue("job", {})
-    worker = WorkerEngine(q, worker_id="w", idle_poll_interval=60.0)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while len(starts) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    worker.stop()
-    thread.join(10)
-    assert len(starts) == 3
-    assert {t.attempts for t in q.list()} == {1}
-
-
 def test_removing_a_limit_releases_what_it_held(q: Queue) -> None:
     """Held tasks run once the rule is removed; removing it again is LimitNotFound."""
     q.handlers.register_handler("job", lambda t: None)
@@ -223,6 +153,25 @@ def test_a_stored_fair_rule_reaches_a_small_tenant_behind_a_weighted_scheduler(
         leased = [t for _ in range(3) for t in q.runtime.lease("w", limit=4)]
     assert [t.payload["tenant"] for t in leased[:4]] == ["big", "small"] * 2
     assert {t.id for t in small} <= {t.id for t in leased}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: set_limit keeps a rate's stored state as the old rate wrote it, so a "
+    "loosened rate (1 per 30 s to 10 per second) holds its tasks until the old rate's next "
+    "start (the store's set_limit and the lease's rate state; reported, not fixed here)",
+)
+def test_loosening_a_rate_lets_what_it_held_start(queue: Queue, clock: FakeClock) -> None:
+    """docs/limits.md: removing a rule *or loosening it* lets the tasks it held start. A rate
+    of 1 per 30 s loosened to 10 per second allows the next start 0.1 s after the last one,
+    not 30 s after it."""
+    set_limit(queue, "api", rate=1, period=30.0)
+    for _ in range(3):
+        queue.enqueue("job", {})
+    assert len(queue.runtime.lease("w", limit=3)) == 1
+    assert set_limit(queue, "api", rate=10, period=1.0) == "updated"
+    clock.advance(0.2)
+    assert len(queue.runtime.lease("w", limit=1)) == 1
 
 
 @pytest.mark.parametrize(
@@ -276,6 +225,69 @@ def test_usage_stats_and_metrics_show_what_waits(q: Queue) -> None:
     summary = QueueMetrics(q).get_queue_health_summary()
     assert summary["limits"] == {"per-tenant": {"running": 2, "waiting": 2}}
     assert read_database_gauges(q).limits == {"per-tenant": (2, 2)}
+
+
+def test_stats_health_and_prometheus_report_the_real_counts(
+    q: Queue, db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binding per-tenant concurrency limit and a rate limit both holding tasks: the health
+    summary's ``limits``, the ``limits:`` line of ``hookqueue stats`` (and its ``--json``) and
+    the ``hookqueue_limit_tasks`` gauge of a real Prometheus scrape give, per limit, the
+    tasks running under it and the due tasks it holds back — summed over its partitions
+    (tenant a: 1 running, 3 held; tenant b: 1 running, none held) — and a limit holding
+    nothing shows zeros."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hookqueue.plugins.prometheus import PrometheusExporter
+
+    set_limit(q, "per-tenant", task_type="job", partition_by="tenant", concurrency=1)
+    set_limit(q, "api", task_type="call", rate=1, period=3600)  # one start, then an hour
+    set_limit(q, "idle", task_type="other", concurrency=5)
+    for tenant in "aaaab":
+        q.enqueue("job", {"tenant": tenant})
+    for _ in range(3):
+        q.enqueue("call", {})
+    leased = q.runtime.lease("w", limit=20, lease_seconds=600)
+    assert sorted(t.task_type for t in leased) == ["call", "job", "job"]
+    running = {(t.task_type, (t.payload or {}).get("tenant")) for t in leased}
+    assert running == {("call", None), ("job", "a"), ("job", "b")}
+    usage = {(u.rule, u.partition): (u.running, u.waiting) for u in limit_usage(q)}
+    assert usage == {
+        ("per-tenant", "a"): (1, 3),
+        ("per-tenant", "b"): (1, 0),
+        ("api", None): (1, 2),
+    }
+    expected = {"api": (1, 2), "idle": (0, 0), "per-tenant": (2, 3)}
+
+    summary = QueueMetrics(q).get_queue_health_summary()
+    assert summary["limits"] == {
+        name: {"running": r, "waiting": w} for name, (r, w) in expected.items()
+    }
+
+    assert main(["stats", "--db", str(db_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("limits:")]
+    assert lines == [
+        "limits:      api 1 running/2 waiting, idle 0 running/0 waiting, "
+        "per-tenant 2 running/3 waiting"
+    ]
+    assert main(["stats", "--db", str(db_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["limits"] == summary["limits"]
+
+    registry = CollectorRegistry()
+    PrometheusExporter([q], registry=registry)
+    samples = [
+        s
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if s.name == "hookqueue_limit_tasks"
+    ]
+    assert {s.labels["database"] for s in samples} == {q.db.location}
+    assert {(s.labels["limit"], s.labels["state"]): s.value for s in samples} == {
+        (name, state): float(count)
+        for name, counts in expected.items()
+        for state, count in zip(("running", "waiting"), counts, strict=True)
+    }
 
 
 def test_cli_set_ls_rm(capsys: pytest.CaptureFixture[str], db_path: Path) -> None:
