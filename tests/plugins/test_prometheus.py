@@ -23,6 +23,8 @@ from hookqueue.contrib.contracts.exporter import AlwaysRaises, ExporterContract
 from hookqueue.core.cli import main
 from hookqueue.core.models import WorkerInfo
 from hookqueue.core.plugins import make_plugin_manager, plugin_statuses
+from hookqueue.plugins import limits as limits_plugin
+from hookqueue.plugins.limits import set_limit
 from hookqueue.plugins.metrics import EVENT_COUNTERS, EventMetrics
 from hookqueue.plugins.prometheus import PrometheusExporter, default_exporter
 
@@ -187,6 +189,20 @@ def test_a_database_that_cannot_be_read_does_not_fail_the_scrape(q: Queue) -> No
     samples = parse(exporter.text())
     assert sample(samples, "hookqueue_database_up", database=str(q.db.path)) == 0.0
     assert not [k for k in samples if k[0] == "hookqueue_tasks"]
+
+
+def test_limit_gauges_are_scraped(q: Queue, clock: FakeClock) -> None:
+    """Per stored limit rule: the tasks running under it and the due tasks it holds back."""
+    limited = Queue(q.db, load_entrypoints=False, clock=clock, plugins=[limits_plugin])
+    set_limit(limited, "per-tenant", partition_by="tenant", concurrency=1)
+    for tenant in ("a", "a", "a", "b"):
+        limited.enqueue("job", {"tenant": tenant})
+    assert len(limited.runtime.lease("w", limit=10)) == 2  # one per tenant
+    samples = parse(PrometheusExporter([limited], health=False).text())
+    rule = {"database": q.db.location, "limit": "per-tenant"}
+    assert sample(samples, "hookqueue_limit_tasks", **rule, state="running") == 2.0
+    assert sample(samples, "hookqueue_limit_tasks", **rule, state="waiting") == 2.0
+    limited.close()
 
 
 def test_closed_queues_drop_out(db_path: Path, clock: FakeClock) -> None:
