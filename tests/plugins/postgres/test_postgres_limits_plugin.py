@@ -6,26 +6,9 @@ rate with a 60 s idle poll, the API's and the CLI's answers, stats and metrics."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from _onpg import db_path, load_again  # noqa: F401
 
-import pytest
-
-TESTS = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str) -> ModuleType:
-    """A test module, loaded again under a name of its own."""
-    path = TESTS / relative
-    spec = importlib.util.spec_from_file_location(f"_on_postgres_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_plugin_tests = _load("plugins/limits/test_limits_plugin.py")
+_plugin_tests = load_again("plugins/limits/test_limits_plugin.py")
 
 #: The fixture and the tests that run here too, unchanged.
 REUSED = (
@@ -43,9 +26,3 @@ REUSED = (
 )
 for _name in REUSED:
     globals()[_name] = getattr(_plugin_tests, _name)
-
-
-@pytest.fixture
-def db_path(postgres_url: str) -> str:
-    """The per-test database's URL, where the core tests take a file."""
-    return postgres_url
