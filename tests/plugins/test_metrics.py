@@ -558,8 +558,9 @@ def test_a_damaged_database_raises_a_clear_error(q: Queue) -> None:
 
 
 @pytest.fixture
-def live_db(db_path: Path) -> Path:
-    """A database written on a clock close to the real one (the CLI uses the real clock)."""
+def live_db(db_path: Path) -> str:
+    """A database written on a clock close to the real one (the CLI uses the real clock), by
+    the name its store gives it (what ``hookqueue stats`` shows)."""
     clock = FakeClock(datetime.now(UTC) - timedelta(seconds=30))
     queue = Queue(db_path, load_entrypoints=False, clock=clock, durability="normal")
     queue.handlers.register_handler("email", lambda task: spend(clock, 0.2))
@@ -570,13 +571,13 @@ def live_db(db_path: Path) -> Path:
     run(queue, concurrency=1)
     queue.enqueue("email")  # due, and no worker is left: unhealthy
     queue.close()
-    return db_path
+    return queue.db.location
 
 
-def test_stats_table(live_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--db", str(live_db)]) == 0
+def test_stats_table(live_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--db", live_db]) == 0
     out = capsys.readouterr().out
-    assert "UNHEALTHY" in out and str(live_db) in out
+    assert "UNHEALTHY" in out and live_db in out
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("type"))
     assert header.split() == ["type", "queued", "running", "completed", "failed", "cancelled"]
@@ -601,32 +602,30 @@ def test_stats_table(live_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no active worker while 1 task(s) are due" in out
 
 
-def test_stats_json_and_check(live_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--db", str(live_db), "--json", "--check"]) == 1
+def test_stats_json_and_check(live_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--db", live_db, "--json", "--check"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert COMPAT_KEYS <= set(summary)
-    assert summary["database"] == str(live_db)
+    assert summary["database"] == live_db
     assert summary["queue_depth"]["completed"] == 4 and summary["healthy"] is False
     # Thresholds from the command line.
     assert (
-        main(
-            ["stats", "--db", str(live_db), "--json", "--window", "1h", "--max-failure-rate", "50%"]
-        )
+        main(["stats", "--db", live_db, "--json", "--window", "1h", "--max-failure-rate", "50%"])
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["window_seconds"] == 3600 and summary["thresholds"]["max_failure_rate"] == 0.5
 
 
-def test_stats_refuses_bad_arguments(live_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_refuses_bad_arguments(live_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["stats", "--db", str(live_db), "--max-failure-rate", "2"])
+        main(["stats", "--db", live_db, "--max-failure-rate", "2"])
     assert info.value.code == 2
     assert "must be from 0 to 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["stats", "--db", str(live_db), "--window", "soon"])
+        main(["stats", "--db", live_db, "--window", "soon"])
     assert "is not a duration" in capsys.readouterr().err
-    assert main(["stats", "--db", str(live_db), "--watch", "1", "--count", "0"]) == 2
+    assert main(["stats", "--db", live_db, "--watch", "1", "--count", "0"]) == 2
     assert "--count=0: must be >= 1" in capsys.readouterr().err
 
 
@@ -636,21 +635,21 @@ class _Terminal(io.StringIO):
 
 
 def test_stats_watch_refreshes_in_place_on_a_terminal(
-    live_db: Path, monkeypatch: pytest.MonkeyPatch
+    live_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
-    assert main(["stats", "--db", str(live_db), "--watch", "0.01", "--count", "3"]) == 0
+    assert main(["stats", "--db", live_db, "--watch", "0.01", "--count", "3"]) == 0
     out = terminal.getvalue()
     assert out.count("\x1b[H\x1b[2J") == 3  # cursor home + clear before each frame
     assert out.count("hookqueue stats") == 3
 
 
-def test_stats_watch_without_a_terminal(live_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--db", str(live_db), "--watch", "0.01", "--count", "2"]) == 0
+def test_stats_watch_without_a_terminal(live_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--db", live_db, "--watch", "0.01", "--count", "2"]) == 0
     out = capsys.readouterr().out
     assert "\x1b[" not in out and out.count("hookqueue stats") == 2
-    assert main(["stats", "--db", str(live_db), "--watch", "0.01", "--count", "2", "--json"]) == 0
+    assert main(["stats", "--db", live_db, "--watch", "0.01", "--count", "2", "--json"]) == 0
     frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(frames) == 2 and all(f["queue_depth"]["completed"] == 4 for f in frames)
     # The second frame compares with the first: the backlog growth is known.
@@ -673,11 +672,11 @@ def test_event_from_the_contract_matches_the_core_shape() -> None:
 
 
 def test_stats_watch_stops_cleanly_on_ctrl_c(
-    live_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    live_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(metrics_cli.time, "sleep", interrupted)
-    assert main(["stats", "--db", str(live_db), "--watch", "5", "--check"]) == 1
+    assert main(["stats", "--db", live_db, "--watch", "5", "--check"]) == 1
     assert capsys.readouterr().out.count("hookqueue stats") == 1

@@ -23,6 +23,8 @@ from hookqueue.contrib.contracts.exporter import AlwaysRaises, ExporterContract
 from hookqueue.core.cli import main
 from hookqueue.core.models import WorkerInfo
 from hookqueue.core.plugins import make_plugin_manager, plugin_statuses
+from hookqueue.plugins import limits as limits_plugin
+from hookqueue.plugins.limits import set_limit
 from hookqueue.plugins.metrics import EVENT_COUNTERS, EventMetrics
 from hookqueue.plugins.prometheus import PrometheusExporter, default_exporter
 
@@ -80,7 +82,7 @@ def q(db_path: Path, clock: FakeClock) -> Iterator[Queue]:
 
 
 def test_gauges_are_read_from_the_database_at_scrape_time(q: Queue, clock: FakeClock) -> None:
-    path = str(q.db.path)
+    path = q.db.location
     exporter = PrometheusExporter([q])
     q.enqueue("email")
     q.enqueue("email", queue="bulk", delay=60)
@@ -189,11 +191,25 @@ def test_a_database_that_cannot_be_read_does_not_fail_the_scrape(q: Queue) -> No
     assert not [k for k in samples if k[0] == "hookqueue_tasks"]
 
 
+def test_limit_gauges_are_scraped(q: Queue, clock: FakeClock) -> None:
+    """Per stored limit rule: the tasks running under it and the due tasks it holds back."""
+    limited = Queue(q.db, load_entrypoints=False, clock=clock, plugins=[limits_plugin])
+    set_limit(limited, "per-tenant", partition_by="tenant", concurrency=1)
+    for tenant in ("a", "a", "a", "b"):
+        limited.enqueue("job", {"tenant": tenant})
+    assert len(limited.runtime.lease("w", limit=10)) == 2  # one per tenant
+    samples = parse(PrometheusExporter([limited], health=False).text())
+    rule = {"database": q.db.location, "limit": "per-tenant"}
+    assert sample(samples, "hookqueue_limit_tasks", **rule, state="running") == 2.0
+    assert sample(samples, "hookqueue_limit_tasks", **rule, state="waiting") == 2.0
+    limited.close()
+
+
 def test_closed_queues_drop_out(db_path: Path, clock: FakeClock) -> None:
     exporter = PrometheusExporter(health=False)
     queue = Queue(db_path, load_entrypoints=False, clock=clock, plugins=[exporter])
     twin = Queue(queue.db, load_entrypoints=False, clock=clock, plugins=[exporter])
-    assert [path for path, _ in exporter.watched.databases()] == [str(db_path)]  # read once
+    assert [path for path, _ in exporter.watched.databases()] == [queue.db.location]  # once
     twin.close()
     queue.close()
     assert exporter.watched.databases() == []
@@ -224,7 +240,7 @@ def test_wsgi_app_serves_the_registry(q: Queue) -> None:
         sample(
             parse(body.decode()),
             "hookqueue_tasks",
-            database=str(q.db.path),
+            database=q.db.location,
             task_type="t",
             status="queued",
         )
@@ -240,7 +256,7 @@ def test_wsgi_app_serves_the_registry(q: Queue) -> None:
 def test_the_default_exporter_sees_every_queue_of_the_process(queue: Queue) -> None:
     exporter = default_exporter()
     assert exporter is default_exporter()
-    assert str(queue.db.path) in [path for path, _ in exporter.watched.databases()]
+    assert queue.db.location in [path for path, _ in exporter.watched.databases()]
     queue.handlers.register_handler("t", lambda task: None)
     queue.enqueue("t")
     WorkerEngine(queue, worker_id="w").run_until_idle()
@@ -249,7 +265,7 @@ def test_the_default_exporter_sees_every_queue_of_the_process(queue: Queue) -> N
         sample(
             samples,
             "hookqueue_tasks",
-            database=str(queue.db.path),
+            database=queue.db.location,
             task_type="t",
             status="completed",
         )
@@ -260,7 +276,7 @@ def test_the_default_exporter_sees_every_queue_of_the_process(queue: Queue) -> N
         sample(samples, "hookqueue_tasks_finished_total", task_type="t", status="completed") or 0
     ) >= 1.0
     queue.close()
-    assert str(queue.db.path) not in [path for path, _ in exporter.watched.databases()]
+    assert queue.db.location not in [path for path, _ in exporter.watched.databases()]
 
 
 def test_without_the_extra_the_plugin_is_unavailable_with_the_install_command(
@@ -291,34 +307,35 @@ def test_without_the_extra_the_plugin_is_unavailable_with_the_install_command(
 
 def test_metrics_text_command(q: Queue, capsys: pytest.CaptureFixture[str]) -> None:
     q.enqueue("email")
-    assert main(["metrics", "text", "--db", str(q.db.path)]) == 0
+    assert main(["metrics", "text", "--db", q.db.location]) == 0
     samples = parse(capsys.readouterr().out)
     assert (
         sample(
-            samples, "hookqueue_tasks", database=str(q.db.path), task_type="email", status="queued"
+            samples, "hookqueue_tasks", database=q.db.location, task_type="email", status="queued"
         )
         == 1.0
     )
-    assert sample(samples, "hookqueue_healthy", database=str(q.db.path)) is not None
-    assert main(["metrics", "text", "--no-health", "--db", str(q.db.path)]) == 0
+    assert sample(samples, "hookqueue_healthy", database=q.db.location) is not None
+    assert main(["metrics", "text", "--no-health", "--db", q.db.location]) == 0
     assert "hookqueue_healthy" not in capsys.readouterr().out
 
 
 def test_metrics_command_refuses_a_bad_port(q: Queue, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["metrics", "serve", "--port", "99999", "--db", str(q.db.path)])
+        main(["metrics", "serve", "--port", "99999", "--db", q.db.location])
     assert "is not a port" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_metrics_serve_in_a_real_process(tmp_path: Path) -> None:
-    db = tmp_path / "served.db"
+def test_metrics_serve_in_a_real_process(db_path: Path) -> None:
+    db = str(db_path)
     with Queue(db, load_entrypoints=False) as queue:
         queue.enqueue("email")
         queue.enqueue("email")
+        location = queue.db.location
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKQUEUE_")}
     with subprocess.Popen(
-        [sys.executable, "-m", "hookqueue", "metrics", "serve", "--port", "0", "--db", str(db)],
+        [sys.executable, "-m", "hookqueue", "metrics", "serve", "--port", "0", "--db", db],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -336,7 +353,11 @@ def test_metrics_serve_in_a_real_process(tmp_path: Path) -> None:
             samples = scrape(url)
             assert (
                 sample(
-                    samples, "hookqueue_tasks", database=str(db), task_type="email", status="queued"
+                    samples,
+                    "hookqueue_tasks",
+                    database=location,
+                    task_type="email",
+                    status="queued",
                 )
                 == 2.0
             )
@@ -412,7 +433,7 @@ async def test_asgi_app_serves_the_registry(q: Queue) -> None:
     body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
     assert (
         sample(
-            parse(body), "hookqueue_tasks", database=str(q.db.path), task_type="t", status="queued"
+            parse(body), "hookqueue_tasks", database=q.db.location, task_type="t", status="queued"
         )
         == 1.0
     )
@@ -424,7 +445,7 @@ async def test_asgi_app_serves_the_registry(q: Queue) -> None:
 
 def test_metrics_text_as_json(q: Queue, capsys: pytest.CaptureFixture[str]) -> None:
     q.enqueue("email")
-    assert main(["metrics", "text", "--json", "--db", str(q.db.path)]) == 0
+    assert main(["metrics", "text", "--json", "--db", q.db.location]) == 0
     families = {f["name"]: f for f in json.loads(capsys.readouterr().out)}
     queued = [
         s
@@ -439,7 +460,7 @@ def test_stats_refuses_an_infinite_window_and_a_missing_database(
     q: Queue, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["stats", "--window", "inf", "--db", str(q.db.path)])
+        main(["stats", "--window", "inf", "--db", q.db.location])
     assert info.value.code == 2 and "finite" in capsys.readouterr().err
     missing = tmp_path / "nowhere" / "typo.db"
     assert main(["stats", "--db", str(missing)]) == 2

@@ -35,19 +35,18 @@ def _finished(text: str) -> float:
     return total
 
 
-def test_worker_serves_its_event_counters_on_loopback(tmp_path: Path) -> None:
+def test_worker_serves_its_event_counters_on_loopback(tmp_path: Path, db_path: Path) -> None:
     app = tmp_path / "portapp.py"
     app.write_text(
         "from hookqueue import TaskHandlerRegistry\n"
         "registry = TaskHandlerRegistry()\n"
         "registry.register_handler('t', lambda task: 1)\n"
     )
-    db = tmp_path / "q.db"
-    q = Queue(db)
+    q = Queue(db_path)
     q.enqueue_many([{"task_type": "t"} for _ in range(25)])
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hookqueue", "worker", "--db", str(db), "--app", "portapp:registry",
+        [sys.executable, "-m", "hookqueue", "worker", "--db", str(db_path), "--app", "portapp:registry",
          "--metrics-port", str(port)],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -17,16 +17,14 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from hookqueue import Queue
-from hookqueue.core.clock import to_us
-from hookqueue.plugins.periodic import tick_of
 
 from . import _faults
+from ._ticks import audit_ticks
 from .conftest import FaultRecord
 
 pytestmark = pytest.mark.slow
@@ -106,44 +104,22 @@ def test_sigkilled_schedulers_fire_every_tick_exactly_once(
     assert errors == [], errors[0]
 
     with Queue(db, load_entrypoints=False, durability="normal") as q:
-        rows = q.db.list_schedules()
-        tasks = q.list(limit=100_000)
-        while len(tasks) % 100_000 == 0 and tasks:
-            page = q.list(limit=100_000, after_id=tasks[-1].id)
-            if not page:
-                break
-            tasks += page
-    every_us = EVERY_MS * 1000
-    fired: Counter[tuple[str, int]] = Counter()
-    late: list[float] = []
-    for task in tasks:
-        tick = tick_of(task)
-        assert tick is not None
-        fired[(tick.schedule, tick.at_us)] += 1
-        late.append((to_us(task.created_at, "created_at") - tick.at_us) / 1e6)
-    expected: set[tuple[str, int]] = set()
-    for row in rows:
-        assert row.next_tick_us is not None
-        first = (row.created_us // every_us + 1) * every_us
-        expected |= {(row.name, t) for t in range(first, row.next_tick_us, every_us)}
-        assert row.skipped == 0
-    duplicates = sum(n - 1 for n in fired.values() if n > 1)
-    missed = len(expected - set(fired))
-    extra = len(set(fired) - expected)
-    late.sort()
-    fault.figure("ticks", len(expected))
+        audit = audit_ticks(q, EVERY_MS * 1000)
+    rows, late = audit.rows, audit.late
+    assert all(row.skipped == 0 for row in rows)
+    fault.figure("ticks", len(audit.expected))
     fault.figure("schedules", len(rows))
     fault.figure("worker processes", WORKERS)
     fault.figure("SIGKILLs", kills)
     fault.figure("outages with every worker killed", outages)
     fault.figure("seconds with no worker", round(down, 1))
-    fault.figure("duplicate ticks", duplicates)
-    fault.figure("missed ticks", missed)
-    fault.figure("ticks fired that were not due", extra)
+    fault.figure("duplicate ticks", audit.duplicates)
+    fault.figure("missed ticks", audit.missed)
+    fault.figure("ticks fired that were not due", audit.extra)
     fault.figure("tick to enqueue, median s", round(late[len(late) // 2], 3))
     fault.figure("ticks enqueued over 1 s late (outages)", sum(1 for x in late if x > 1.0))
     fault.figure("seconds", round(elapsed, 1))
     assert len(rows) == SCHEDULES
-    assert len(expected) >= SECONDS * 1000 / EVERY_MS * SCHEDULES * 0.9
-    assert duplicates == 0 and missed == 0 and extra == 0
-    assert sum(row.fired for row in rows) == len(tasks) == len(expected)
+    assert len(audit.expected) >= SECONDS * 1000 / EVERY_MS * SCHEDULES * 0.9
+    assert audit.duplicates == 0 and audit.missed == 0 and audit.extra == 0
+    assert sum(row.fired for row in rows) == audit.tasks == len(audit.expected)

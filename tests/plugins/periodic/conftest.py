@@ -1,25 +1,6 @@
-"""Fixtures of the periodic plugin's tests: a fake clock, a queue with the plugin."""
+"""Fixtures of the periodic plugin's tests: a fake clock, a queue with the plugin (defined in
+``_periodic``, where the PostgreSQL twins of these tests find them too)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from _periodic import START, make_queue
-
-from hookqueue import FakeClock, Queue
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A clock at 2030-01-01 UTC that moves when told."""
-    return FakeClock(START)
-
-
-@pytest.fixture
-def queue(tmp_path: Path, clock: FakeClock) -> Iterator[Queue]:
-    """A queue with the periodic plugin on a fake clock."""
-    q = make_queue(tmp_path / "q.db", clock)
-    yield q
-    q.close()
+from _periodic import clock, queue  # noqa: F401

@@ -125,6 +125,7 @@ def test_worker_no_scheduler_reaches_the_worker_and_its_children() -> None:
 def test_hookqueue_worker_declares_schedules_unless_no_scheduler(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    db_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     opt_out: bool,
 ) -> None:
@@ -137,7 +138,7 @@ def test_hookqueue_worker_declares_schedules_unless_no_scheduler(
         "                          options={'periodic': Schedule('@hourly')})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    db = str(tmp_path / "q.db")
+    db = str(db_path)
     argv = ["worker", "--until-idle", "--app", f"{module}:registry", "--db", db]
     code, _, err = run(capsys, *argv, *(["--no-scheduler"] if opt_out else []))
     assert code == 0, err

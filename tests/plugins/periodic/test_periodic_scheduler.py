@@ -180,7 +180,7 @@ def test_a_broken_stored_definition_is_logged_and_left(
 
 
 def test_a_tick_whose_task_a_plugin_refuses_is_skipped_and_counted(
-    tmp_path: Path, clock: FakeClock
+    db_path: Path, clock: FakeClock
 ) -> None:
     from hookqueue import hookimpl
 
@@ -192,7 +192,7 @@ def test_a_tick_whose_task_a_plugin_refuses_is_skipped_and_counted(
                 raise ValidationError("payload", "refuse", "is refused", "do not")
             return result
 
-    with make_queue(tmp_path / "q.db", clock, plugins=[Refuse()]) as q:
+    with make_queue(db_path, clock, plugins=[Refuse()]) as q:
         scheduler = declare(q, Schedule("every 1s", payload="refuse"))
         clock.advance(1)
         assert scheduler.run_once().fired == ()
@@ -204,11 +204,11 @@ def test_a_tick_whose_task_a_plugin_refuses_is_skipped_and_counted(
 
 @pytest.mark.parametrize("day", [datetime(2030, 3, 31), datetime(2030, 10, 27)])
 def test_daylight_saving_days_fire_fixed_times_once_and_hours_by_real_time(
-    tmp_path: Path, day: datetime
+    db_path: Path, day: datetime
 ) -> None:
     paris = ZoneInfo("Europe/Paris")
     clock = FakeClock((day - timedelta(days=1)).replace(hour=22, tzinfo=paris))
-    with make_queue(tmp_path / "q.db", clock) as q:
+    with make_queue(db_path, clock) as q:
         scheduler = declare(
             q,
             Schedule("30 2 * * *", name="fixed", tz="Europe/Paris"),
@@ -276,13 +276,13 @@ def test_code_and_database_disagree(queue: Queue, clock: FakeClock) -> None:
 
 
 def test_pausing_survives_a_restart_and_resume_skips_the_paused_ticks(
-    tmp_path: Path, clock: FakeClock
+    db_path: Path, clock: FakeClock
 ) -> None:
-    with make_queue(tmp_path / "q.db", clock) as q:
+    with make_queue(db_path, clock) as q:
         declare(q, Schedule("every 10s", misfire="all"))
         pause_schedule(q, "job")
     clock.advance(60)
-    with make_queue(tmp_path / "q.db", clock) as q:
+    with make_queue(db_path, clock) as q:
         scheduler = declare(q, Schedule("every 10s", misfire="all"))
         assert scheduler.run_once().fired == () and get_schedule(q, "job").paused
         info = resume_schedule(q, "job")
@@ -325,8 +325,8 @@ def test_a_worker_that_opted_out_declares_and_fires_nothing(queue: Queue, clock:
     assert queue.counts()["completed"] == 0
 
 
-def test_blocking_the_plugin_turns_schedules_off(tmp_path: Path, clock: FakeClock) -> None:
-    with Queue(tmp_path / "q.db", clock=clock, block=["periodic"]) as q:
+def test_blocking_the_plugin_turns_schedules_off(db_path: Path, clock: FakeClock) -> None:
+    with Queue(db_path, clock=clock, block=["periodic"]) as q:
         q.handlers.register_handler(
             "job", lambda t: None, options={"periodic": Schedule("every 1s")}
         )
@@ -353,10 +353,10 @@ def test_removing_and_adding_by_hand(queue: Queue) -> None:
 
 
 @pytest.mark.slow
-def test_worker_threads_fire_within_a_second_of_due_and_never_twice(tmp_path: Path) -> None:
+def test_worker_threads_fire_within_a_second_of_due_and_never_twice(db_path: Path) -> None:
     """Real clock: three workers each run a scheduler; a schedule added while they run
     fires its first tick within a second of due; no tick fires twice."""
-    queue = Queue(tmp_path / "q.db", durability="normal", block=["metrics", "opentelemetry"])
+    queue = Queue(db_path, durability="normal", block=["metrics", "opentelemetry"])
     queue.handlers.register_handler(
         "fast", lambda t: None, options={"periodic": Schedule("every 100ms", misfire="all")}
     )
@@ -375,7 +375,7 @@ def test_worker_threads_fire_within_a_second_of_due_and_never_twice(tmp_path: Pa
         for t in threads:
             t.join(30)
         queue.close()
-    with Queue(tmp_path / "q.db", load_entrypoints=False) as q:
+    with Queue(db_path, load_entrypoints=False) as q:
         tasks = q.list(limit=10_000)
     by_tick = Counter((tick_of(t).schedule, tick_of(t).at_us) for t in tasks)  # type: ignore[union-attr]
     assert max(by_tick.values()) == 1

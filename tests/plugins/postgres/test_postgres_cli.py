@@ -7,42 +7,13 @@ registered). And the read-only commands' refusal of a URL that holds no queue.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-from typing import Any
-
-import psycopg
 import pytest
+from _onpg import db_path, load_again, refuse_a_missing_schema  # noqa: F401
 
-import hookqueue.plugins.postgres as pg_plugin
-from hookqueue import Queue, TaskStatus
+from hookqueue import TaskStatus
 from hookqueue.core.cli import main
 
-TESTS = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str) -> ModuleType:
-    """A test module of the core, loaded again under a name of its own."""
-    path = TESTS / relative
-    spec = importlib.util.spec_from_file_location(f"_on_postgres_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class PostgresQueue(Queue):
-    """``Queue`` with the PostgreSQL plugin registered (the tests block entry points; the
-    command line loads them, the PostgreSQL store's among them)."""
-
-    def __init__(self, db_or_path: Any = None, **kwargs: Any) -> None:
-        kwargs["plugins"] = [*kwargs.get("plugins", ()), pg_plugin]
-        super().__init__(db_or_path, **kwargs)
-
-
-_cli_tests = _load("core/test_cli_operations.py")
-_cli_tests.Queue = PostgresQueue  # type: ignore[attr-defined]
+_cli_tests = load_again("core/test_cli_operations.py")
 
 #: The fixture and the tests that run here too, unchanged.
 REUSED = (
@@ -57,27 +28,13 @@ for _name in REUSED:
     globals()[_name] = getattr(_cli_tests, _name)
 
 
-@pytest.fixture
-def db_path(postgres_url: str) -> str:
-    """The per-test database's URL, where the CLI tests expect a file."""
-    return postgres_url
-
-
 def test_read_only_commands_never_create_a_schema(
     postgres_url: str, postgres_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A command that only reads refuses a URL whose schema holds no queue (exit 2, naming
     the fix) and creates nothing there; ``enqueue`` creates the queue."""
-    url = postgres_url + "&schema=typo"
-    for argv in (["ls"], ["queues"], ["workers"], ["check"], ["wait", "1"], ["pause", "x"]):
-        code = main([*argv, "--db", url])
-        err = capsys.readouterr().err
-        assert code == 2 and "no hookqueue schema there" in err and "Fix:" in err, argv
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'typo'"
-        ).fetchone()
-    assert found == (0,)
+    read_only = (["ls"], ["queues"], ["workers"], ["check"], ["wait", "1"], ["pause", "x"])
+    url = refuse_a_missing_schema(read_only, postgres_url, postgres_dsn, capsys)
     assert main(["enqueue", "t", "--db", url]) == 0
     assert main(["ls", "--db", url, "--json"]) == 0
     assert TaskStatus.QUEUED.value in capsys.readouterr().out

@@ -7,27 +7,10 @@ reopening rate, a freed slot and another worker process, never polling."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from _onpg import db_path, load_again  # noqa: F401
 
-import pytest
-
-TESTS = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str) -> ModuleType:
-    """A test module, loaded again under a name of its own."""
-    path = TESTS / relative
-    spec = importlib.util.spec_from_file_location(f"_on_postgres_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_plugin_tests = _load("plugins/limits/test_limits_plugin.py")
-_wakeup_tests = _load("plugins/limits/test_limits_wakeups.py")
+_plugin_tests = load_again("plugins/limits/test_limits_plugin.py")
+_wakeup_tests = load_again("plugins/limits/test_limits_wakeups.py")
 
 #: The fixture and the tests that run here too, unchanged.
 REUSED = (
@@ -49,9 +32,3 @@ for _name in REUSED:
 for _name in dir(_wakeup_tests):
     if _name.startswith("test_"):
         globals()[_name] = getattr(_wakeup_tests, _name)
-
-
-@pytest.fixture
-def db_path(postgres_url: str) -> str:
-    """The per-test database's URL, where the core tests take a file."""
-    return postgres_url

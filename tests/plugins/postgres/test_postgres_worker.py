@@ -10,7 +10,6 @@ test has its PostgreSQL form below.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -20,37 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
+from _onpg import TESTS, PostgresQueue, db_path, load_again  # noqa: F401
 
-import hookqueue.plugins.postgres as pg_plugin
 from hookqueue import FakeClock, Queue, TaskStatus, WorkerEngine
 
-TESTS = Path(__file__).resolve().parents[2]
-
-
-def _load(relative: str) -> ModuleType:
-    """A test module of the core, loaded again under a name of its own."""
-    path = TESTS / relative
-    spec = importlib.util.spec_from_file_location(f"_on_postgres_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class PostgresQueue(Queue):
-    """``Queue`` with the PostgreSQL plugin registered (the tests block entry points)."""
-
-    def __init__(self, db_or_path: Any = None, **kwargs: Any) -> None:
-        kwargs["plugins"] = [*kwargs.get("plugins", ()), pg_plugin]
-        super().__init__(db_or_path, **kwargs)
-
-
-_worker_tests = _load("core/test_worker.py")
-_worker_tests.Queue = PostgresQueue  # type: ignore[attr-defined]
+_worker_tests = load_again("core/test_worker.py")
 
 #: The worker tests that run here too, unchanged.
 REUSED = (
@@ -74,12 +49,6 @@ REUSED = (
 )
 for _name in REUSED:
     globals()[_name] = getattr(_worker_tests, _name)
-
-
-@pytest.fixture
-def db_path(postgres_url: str) -> str:
-    """The per-test database's URL, where the worker tests expect a file."""
-    return postgres_url
 
 
 @pytest.fixture
