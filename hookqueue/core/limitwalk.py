@@ -126,6 +126,23 @@ def concerning(
     ]
 
 
+def rate_state_after_change(
+    old: LimitRule, new: LimitRule, rows: Iterable[Sequence[Any]], now_us: int
+) -> builtins.list[tuple[str, int]]:
+    """A rate rule's stored state (``bucket, tat`` rows ahead of ``now_us``) rewritten for
+    ``new`` when a rule is replaced: each bucket keeps the starts it owes (its lead over
+    ``now_us`` counted in ``old``'s intervals), now paid at ``new``'s rate — so loosening a
+    rate lets what it held start at the new pace, and tightening it does not forgive a recent
+    burst. Empty when ``new`` has no rate (the state is then dropped)."""
+    if old.rate is None or new.rate is None:
+        return []
+    out = []
+    for bucket, tat in rows:
+        owed = (int(tat) - now_us) / old.interval_us
+        out.append((str(bucket), now_us + round(owed * new.interval_us)))
+    return out
+
+
 def partition_value(bucket: str) -> Any:
     """A bucket's key as a value for reports: the JSON value, or None for ``''``."""
     return None if bucket == "" else json.loads(bucket)

@@ -562,6 +562,32 @@ class LimitStoreContract:
         assert store.has_work(["default"], T0, plan=plan) is True
         assert len(self.lease(store, T0, plan)) == 2
 
+    def test_loosening_a_rate_lets_what_it_held_start_at_the_new_pace(
+        self, store: TaskStore
+    ) -> None:
+        """A stored rate replaced by a looser one: the starts the bucket owes are paid at the
+        new rate (1 per 30 s owing one start: 0.1 s at 10 per second), not the old one."""
+        self.add(store, T0, 3)
+        store.set_limit(LimitRule(name="api", rate=1, period=30.0), T0)
+        plan = LeasePlan(stored_limits=True)
+        assert len(self.lease(store, T0, plan, limit=3)) == 1
+        assert store.set_limit(LimitRule(name="api", rate=10, period=1.0), T0) == "updated"
+        assert self.lease(store, T0 + SECOND // 20, plan, worker_id="w2") == []
+        assert len(self.lease(store, T0 + SECOND // 10, plan, worker_id="w3")) == 1
+        assert len(self.lease(store, T0 + SECOND // 5, plan, worker_id="w4")) == 1
+
+    def test_tightening_a_rate_does_not_forgive_a_burst(self, store: TaskStore) -> None:
+        """A stored rate replaced by a stricter one: a burst just taken is owed at the new
+        rate (5 starts at 10 per second, then 1 per 10 s with a burst of 5: five intervals of
+        10 s owed, four of them covered by the burst, so the next start 10 s later)."""
+        self.add(store, T0, 6)
+        store.set_limit(LimitRule(name="api", rate=10, period=1.0, burst=5), T0)
+        plan = LeasePlan(stored_limits=True)
+        assert len(self.lease(store, T0, plan, limit=6)) == 5
+        assert store.set_limit(LimitRule(name="api", rate=1, period=10.0, burst=5), T0) == "updated"
+        assert self.lease(store, T0 + 9 * SECOND, plan, worker_id="w2") == []
+        assert len(self.lease(store, T0 + 10 * SECOND, plan, worker_id="w3")) == 1
+
     def test_limit_usage_reports_running_due_and_waiting(self, store: TaskStore) -> None:
         """Per rule and bucket: running, due, how many wait on the limit, and when a rate
         allows the next start."""

@@ -63,7 +63,9 @@ from .limiting import (
     SQL_LIMIT_RATES_DELETE,
     SQL_LIMIT_TURNS_DELETE,
     SQL_LIMIT_UPDATE,
+    SQL_RATE_AHEAD,
     SQL_RATE_PRUNE,
+    SQL_RATE_PUT,
 )
 from .schema import SCHEMA_VERSION, migrate
 from .statements import (
@@ -1794,9 +1796,16 @@ class QueueDatabase:
             if row is None:
                 conn.execute(SQL_LIMIT_INSERT, (rule.name, *values, now_us, now_us))
                 return "created"
-            if limitwalk.rule_from_row(row) == rule:
+            before = limitwalk.rule_from_row(row)
+            if before == rule:
                 return "unchanged"
             conn.execute(SQL_LIMIT_UPDATE, (*values, now_us, rule.name))
+            if (before.rate, before.interval_us) != (rule.rate, rule.interval_us):
+                owed = limitwalk.rate_state_after_change(
+                    before, rule, conn.execute(SQL_RATE_AHEAD, (rule.name, now_us)), now_us
+                )
+                conn.execute(SQL_LIMIT_RATES_DELETE, (rule.name,))
+                conn.executemany(SQL_RATE_PUT, [(rule.name, b, tat) for b, tat in owed])
             return "updated"
 
     def delete_limit(self, name: str) -> bool:

@@ -847,6 +847,8 @@ RATE_PUT = (
     "unnest(%(buckets)s::text[], %(values)s::bigint[]) AS x(b, v) "
     "ON CONFLICT (rule, bucket) DO UPDATE SET tat = excluded.tat"
 )
+#: A rule's rate state, dropped (before it is written again for a changed rate).
+RATES_DELETE = "DELETE FROM {lrate} WHERE rule = %(rule)s"
 #: Rate state that allows a full burst again is the same as none: prune drops it.
 RATE_PRUNE = "DELETE FROM {lrate} WHERE tat < %(before)s::bigint"
 TURNS = "SELECT bucket, turn FROM {lturn} WHERE rule = %(rule)s"

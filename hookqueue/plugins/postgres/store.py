@@ -1188,11 +1188,11 @@ class PostgresStore:
             offered.sort(key=_candidate_order(plan, self._due_us(conn, now_us, tuple(plan.order))))
             allowed = {c.id: allowed[c.id] for c in offered}  # in the plan's order
             choice = plan.rerank(offered, limit) if offered else ()
-            rows = sel.ranked(choice, allowed, heads)
+            ranked = sel.ranked(choice, allowed, heads)
             if plan.group_by is None and sel.fair is None:
-                chosen = sel.pick(rows, limit)
+                chosen = sel.pick(ranked, limit)
             else:
-                chosen = sel.pick_locked(rows, limit)
+                chosen = sel.pick_locked(ranked, limit)
         if not chosen:
             return list
         cursor = conn.execute(
@@ -1773,9 +1773,23 @@ class PostgresStore:
                 row = conn.execute(sql(q.LIMIT_LOCK), {"name": rule.name}).fetchone()
                 if row is None:
                     continue
-                if limitwalk.rule_from_row(row) == rule:
+                before = limitwalk.rule_from_row(row)
+                if before == rule:
                     return "unchanged"
                 conn.execute(sql(q.LIMIT_UPDATE), params)
+                if (before.rate, before.interval_us) != (rule.rate, rule.interval_us):
+                    ahead = conn.execute(sql(q.RATE_AHEAD), {"rule": rule.name, "now": now_us})
+                    owed = limitwalk.rate_state_after_change(before, rule, ahead.fetchall(), now_us)
+                    conn.execute(sql(q.RATES_DELETE), {"rule": rule.name})
+                    if owed:
+                        conn.execute(
+                            sql(q.RATE_PUT),
+                            {
+                                "rule": rule.name,
+                                "buckets": [b for b, _ in owed],
+                                "values": [tat for _, tat in owed],
+                            },
+                        )
                 conn.execute(q.LIMIT_CHANGED, changed)
                 return "updated"
             conn.execute(q.LIMIT_CHANGED, changed)

@@ -155,12 +155,6 @@ def test_a_stored_fair_rule_reaches_a_small_tenant_behind_a_weighted_scheduler(
     assert {t.id for t in small} <= {t.id for t in leased}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: set_limit keeps a rate's stored state as the old rate wrote it, so a "
-    "loosened rate (1 per 30 s to 10 per second) holds its tasks until the old rate's next "
-    "start (the store's set_limit and the lease's rate state; reported, not fixed here)",
-)
 def test_loosening_a_rate_lets_what_it_held_start(queue: Queue, clock: FakeClock) -> None:
     """docs/limits.md: removing a rule *or loosening it* lets the tasks it held start. A rate
     of 1 per 30 s loosened to 10 per second allows the next start 0.1 s after the last one,
