@@ -18,17 +18,37 @@ the install command). Its parts:
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hookqueue.core.hookspecs import hookimpl
 
-from .connection import SCHEMES
 from .schema import SCHEMA_VERSION
-from .store import PostgresStore
 
 if TYPE_CHECKING:
     from hookqueue.core.storage import TaskStore
+
+    from .store import PostgresStore
+
+# The plugin is unavailable (listed with its install command) when the extra is not
+# installed; when it is, psycopg is imported only once a postgresql:// location is opened, so
+# a process working an SQLite file does not carry it (about 13 MB per worker process).
+for _needed in ("psycopg", "psycopg_pool"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ImportError(f"No module named {_needed!r}", name=_needed)
+
+#: The URL schemes this store serves.
+SCHEMES = ("postgresql", "postgres")
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresStore``, imported (with psycopg) on first use."""
+    if name == "PostgresStore":
+        from .store import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_postgres_location(location: str) -> bool:
@@ -44,6 +64,8 @@ def hookqueue_store(location: str, options: Mapping[str, Any]) -> PostgresStore 
     for any other location."""
     if not is_postgres_location(location):
         return None
+    from .store import PostgresStore
+
     return PostgresStore(
         location,
         durability=options.get("durability", "full"),

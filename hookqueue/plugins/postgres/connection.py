@@ -40,12 +40,11 @@ from hookqueue.core.errors import (
     ValidationError,
 )
 
+from . import SCHEMES
 from .statements import CONFIGURE
 
 log = logging.getLogger("hookqueue.store.postgres")
 
-#: URL schemes this store answers.
-SCHEMES = ("postgresql", "postgres")
 #: Query parameters of a location that are hookqueue's, not libpq's.
 OWN_PARAMETERS = ("schema",)
 
@@ -470,7 +469,6 @@ class Connections:
 
 
 __all__ = [
-    "SCHEMES",
     "Connections",
     "Translate",
     "connection_lost",

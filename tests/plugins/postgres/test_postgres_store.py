@@ -551,3 +551,22 @@ def test_a_lease_passes_over_rows_another_transaction_holds(postgres_dsn: str) -
             holder.rollback()
         assert [t.id for t in leased] == ids[1:]
         assert store.get(ids[0]).status is TaskStatus.QUEUED
+
+
+def test_a_queue_on_a_file_does_not_import_psycopg(tmp_path: Path) -> None:
+    """With the extra installed, psycopg is imported only when a postgresql:// location is
+    opened: worker processes on an SQLite file do not carry it (about 13 MB each)."""
+    import subprocess
+
+    probe = (
+        "import sys\n"
+        "from hookqueue import Queue, WorkerEngine\n"
+        f"q = Queue({str(tmp_path / 'q.db')!r})\n"
+        "WorkerEngine(q).run_until_idle()\n"
+        "from hookqueue.core.plugins import plugin_statuses\n"
+        "assert any(s.name == 'postgres' and s.state == 'active' for s in plugin_statuses(q.pm))\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
