@@ -872,8 +872,9 @@ def speed_advice(results: dict[str, Results]) -> str:
         )
     if one_n and one_f:
         lines.append(
-            f'- **`durability="normal"`** if losing the last transactions to a power cut is '
-            f"acceptable (an application crash loses nothing): single enqueues {one_n}/s "
+            f'- **`durability="normal"`** if losing what was committed since the last '
+            f"checkpoint (up to ~4 MB of log) to a power cut is acceptable (an application "
+            f"crash loses nothing): single enqueues {one_n}/s "
             f"instead of {one_f}/s. Batches and the worker gain much less (table above)."
         )
     core_n = _rate(normal, "W1", "core_ops_s")
@@ -984,7 +985,9 @@ def render_docs(data: dict[str, Any]) -> str:
         '`durability="full"` (the default) runs SQLite with `synchronous=FULL`: every commit '
         "waits for the write-ahead log to reach the disk, so an enqueue that returned survives "
         'a power cut. `durability="normal"` (`synchronous=NORMAL`) syncs only at checkpoints: '
-        "the last transactions before a power cut or kernel crash may be lost, but an "
+        "everything committed since the last checkpoint (up to 1,000 pages of log, about "
+        "4 MB) may be lost to a power cut or kernel crash — see concepts.md for the figures "
+        "measured under simulated power cuts — but an "
         "application crash (the process dying) loses nothing, since the log is already in "
         "the operating system's hands. The cost is per commit, so it shows where each call "
         "is its own transaction (W1, W5's cancel) and fades where commits are shared: group "

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -470,3 +471,54 @@ def test_create_false_refuses_a_missing_database_and_creates_nothing(
         q.enqueue("job")
     with Queue(tmp_path / "queue.db", load_entrypoints=False, create=False) as q:
         assert q.counts()["queued"] == 1
+
+
+def test_read_only_commands_refuse_a_mistyped_path_and_create_nothing(
+    tmp_path: Path, fault: FaultRecord
+) -> None:
+    """The commands that only read (`ls`, `show`, `stats`, `workers`, `check`, `queues`,
+    `wait`) on a path where no database exists exit 2 with one line naming the path and the
+    fix, and create nothing — no file, no directory; `stats` never calls a missing queue
+    healthy."""
+    fault.describe("Read-only commands on a mistyped database path")
+    missing = tmp_path / "typo" / "queue.db"
+    commands = (["ls"], ["show", "1"], ["stats"], ["workers"], ["check"], ["queues"], ["wait", "1"])
+    for argv in commands:
+        fault.inject()
+        done = subprocess.run(
+            [sys.executable, "-m", "hookqueue", *argv, "--db", str(missing)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, (argv, done.stderr)
+        assert len(lines) == 1 and str(missing) in lines[0] and "Fix:" in lines[0], argv
+        assert "HEALTHY" not in done.stdout, argv
+    assert list(tmp_path.iterdir()) == [], "nothing was created"
+    fault.figure("commands refused", len(commands))
+
+
+def test_the_demo_refuses_a_database_it_did_not_make(tmp_path: Path, fault: FaultRecord) -> None:
+    """`hookqueue demo --db FILE` on an existing database the demo did not create refuses
+    (exit 2, one line, no traceback) and leaves the file and its tasks untouched; the demo
+    only ever deletes a database it made (marked by a `FILE.hookqueue-demo` file)."""
+    fault.describe("`hookqueue demo --db` pointed at an application's database")
+    db = tmp_path / "production.db"
+    with Queue(db, load_entrypoints=False) as q:
+        q.enqueue("precious", {"keep": True})
+    before = db.read_bytes()
+    fault.inject()
+    done = subprocess.run(
+        [sys.executable, "-m", "hookqueue", "demo", "--db", str(db), "--tasks", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "exists and was not made by the demo" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert db.read_bytes() == before, "the file is untouched"
+    with Queue(db, load_entrypoints=False) as q:
+        assert [t.task_type for t in q.list()] == ["precious"]
+    fault.figure("refusal", done.stderr.strip().splitlines()[-1].replace(str(tmp_path), "DIR"))
