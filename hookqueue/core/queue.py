@@ -1025,6 +1025,38 @@ class Queue:
         """:meth:`history` for coroutines."""
         return await self._in_thread(self.history, task_id)
 
+    async def workers_async(self) -> builtins.list[WorkerInfo]:
+        """:meth:`workers` for coroutines."""
+        return await self._in_thread(self.workers)
+
+    async def check_async(self) -> builtins.list[str]:
+        """:meth:`check` for coroutines."""
+        return await self._in_thread(self.check)
+
+    async def enqueue_claimed_async(
+        self, worker_id: str, *, lease_seconds: float = 10.0, task_type: str, **kwargs: Any
+    ) -> Task:
+        """:meth:`enqueue_claimed` for coroutines."""
+        return await self._in_thread(
+            self.enqueue_claimed,
+            worker_id,
+            lease_seconds=lease_seconds,
+            task_type=task_type,
+            **kwargs,
+        )
+
+    async def enqueue_claimed_many_async(
+        self,
+        worker_id: str,
+        *,
+        lease_seconds: float = 10.0,
+        tasks: Iterable[Mapping[str, Any] | NewTask],
+    ) -> builtins.list[Task]:
+        """:meth:`enqueue_claimed_many` for coroutines."""
+        return await self._in_thread(
+            self.enqueue_claimed_many, worker_id, lease_seconds=lease_seconds, tasks=list(tasks)
+        )
+
     async def pause_async(self, queue: str) -> bool:
         """:meth:`pause` for coroutines."""
         return await self._in_thread(self.pause, queue)

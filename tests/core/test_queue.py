@@ -409,6 +409,47 @@ async def test_async_forms_of_queue_operations(db_path: Path, clock: FakeClock) 
     assert len(threads) == 8 and loop_thread not in threads, threads
 
 
+async def test_async_forms_of_the_queues_reads_and_claimed_enqueues(core_queue: Queue) -> None:
+    """workers, check and the claimed enqueues have async forms answering as the sync ones."""
+    q = core_queue
+    task = await q.enqueue_claimed_async("w1", task_type="inline", payload={"n": 1})
+    assert task.status is TaskStatus.RUNNING and task.lease_expires_at is not None
+    many = await q.enqueue_claimed_many_async(
+        "w1", tasks=[{"task_type": "inline"}, {"task_type": "inline"}]
+    )
+    assert [t.status for t in many] == [TaskStatus.RUNNING] * 2
+    assert await q.check_async() == q.check() == []
+    assert [w.worker_id for w in await q.workers_async()] == [w.worker_id for w in q.workers()]
+
+
+#: Queue methods without an async form, and why: nothing there waits on the store.
+NO_ASYNC_FORM = {
+    "close": "stops threads and closes; called from any thread, also at exit",
+    "filter": "builds a TaskFilter, reads nothing",
+    "handle": "wraps a task or id; waiting is the handle's result_async",
+    "now": "reads the queue's clock",
+    "prepare_rows": "validates and encodes in memory, writes nothing",
+}
+
+
+def test_every_operation_of_the_queue_has_an_async_form() -> None:
+    """DESIGN §5: every Queue operation has a sync and an async form (the exceptions above
+    touch no store)."""
+    import inspect
+
+    public = {
+        name
+        for name, value in vars(Queue).items()
+        if not name.startswith("_") and inspect.isfunction(value)
+    }
+    missing = sorted(n for n in public if not n.endswith("_async") and f"{n}_async" not in public)
+    assert missing == sorted(NO_ASYNC_FORM), missing
+    orphans = sorted(
+        n for n in public if n.endswith("_async") and n[: -len("_async")] not in public
+    )
+    assert orphans == [], orphans
+
+
 async def test_concurrent_async_enqueues_are_group_committed(core_queue: Queue) -> None:
     tasks = await asyncio.gather(
         *(core_queue.enqueue_async("t", i, idempotency_key=f"k{i % 50}") for i in range(200))
