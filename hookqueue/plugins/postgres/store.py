@@ -439,6 +439,17 @@ class PostgresStore:
             if keys:
                 for row in conn.execute(sql(q.GET_BY_KEYS), {"keys": keys}):
                     holders[row[TASK_COLUMNS.index("idempotency_key")]] = row
+            # The answer is built (the key holders decoded) before COMMIT: a holder that
+            # cannot be decoded raises DamagedRow and none of the batch is stored.
+            return self._inserted(rows, inserted, holders)
+
+    def _inserted(
+        self, rows: Sequence[InsertRow], inserted: builtins.list[Any], holders: dict[str, Any]
+    ) -> builtins.list[tuple[int, Task | None]]:
+        """:meth:`insert`'s answer: per row, its new id, or the task holding its key.
+
+        :raises DamagedRow: a holder cannot be decoded.
+        """
         new_keys = {key for _, key, _ in inserted if key is not None}
         ids = iter(inserted)
         seen: set[str] = set()
@@ -1350,9 +1361,10 @@ class PostgresStore:
             elif status is not None:
                 row = conn.execute(sql(q.GET), {"id": task_id}).fetchone()
                 kind = ""
-        if status is None or row is None:
+            # Decoded before COMMIT: a damaged task raises DamagedRow with nothing changed.
+            task = None if row is None else self._task(row)
+        if task is None:
             raise TaskNotFound(task_id)
-        task = self._task(row)
         if not kind:
             raise InvalidTransition(
                 task.id, task.status.value, "cancel", "a queued or running task"
@@ -1363,15 +1375,15 @@ class PostgresStore:
         """Put a failed or cancelled task back to ``queued`` at ``now_us`` with a fresh
         attempt count (and wake the workers of its queue)."""
         self._ready()
-        with self._cx.write() as (conn, state):
-            state.sent = True
+        with self._cx.transaction() as conn:
             row = conn.execute(
                 self._sql(q.REQUEUE), {"id": task_id, "now": now_us, "channel": self._channel}
             ).fetchone()
-            if row is None:
-                current = conn.execute(self._sql(q.GET), {"id": task_id}).fetchone()
-        if row is not None:
-            return self._task(row[:_N])
+            if row is not None:
+                # Decoded before the block's COMMIT: a damaged task raises DamagedRow and
+                # the requeue is rolled back.
+                return self._task(row[:_N])
+            current = conn.execute(self._sql(q.GET), {"id": task_id}).fetchone()
         if current is None:
             raise TaskNotFound(task_id)
         task = self._task(current)

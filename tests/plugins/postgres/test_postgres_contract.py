@@ -23,18 +23,6 @@ class TestPostgresStore(StoreContract):
     """The contract, on a new schema of a new database per test."""
 
     known_failures: dict[str, str] = {
-        "test_cancel_of_a_damaged_task_raises_damaged_row_and_changes_nothing": (
-            "cancel decodes the task after its transaction committed: the task is cancelled, "
-            "then DamagedRow is raised (store.py, cancel)"
-        ),
-        "test_requeue_of_a_damaged_task_raises_damaged_row_and_changes_nothing": (
-            "requeue runs one autocommit statement and decodes its row afterwards: the task "
-            "is requeued, then DamagedRow is raised (store.py, requeue)"
-        ),
-        "test_an_insert_of_a_key_a_damaged_task_holds_raises_damaged_row_and_stores_nothing": (
-            "insert decodes the key holders after COMMIT: the batch's new tasks are stored, "
-            "then DamagedRow is raised (store.py, insert)"
-        ),
         "test_bulk_actions_leave_a_damaged_task_out_of_their_answer": (
             "cancel_matching and requeue_matching decode the changed rows after their batches "
             "committed and raise DamagedRow for one that cannot be decoded (store.py)"
