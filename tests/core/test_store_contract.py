@@ -24,10 +24,6 @@ class TestSqliteStore(StoreContract):
             "committed and raise DamagedRow for one that cannot be decoded (database.py, "
             "cancel_matching and requeue_matching: self._task(row) over _in_batches)"
         ),
-        "test_a_closed_store_refuses_even_a_call_with_nothing_to_do": (
-            "get_many([]) and a bulk action whose filter leaves no status to change return "
-            "before touching the connections, so a closed store answers [] there"
-        ),
     }
 
     def make_store(self, tmp_path: Path) -> TaskStore:

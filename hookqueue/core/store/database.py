@@ -24,7 +24,7 @@ import attrs
 
 from .. import limitwalk
 from ..clock import from_us, to_us
-from ..errors import DamagedRow, InvalidTransition, StoreError, TaskNotFound, ValidationError
+from ..errors import DamagedRow, InvalidTransition, TaskNotFound, ValidationError
 from ..models import (
     _STAMP,
     TASK_COLUMNS,
@@ -690,6 +690,7 @@ class QueueDatabase:
         """
         scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
         if scoped is None:
+            self._cx.check_open()
             return []
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
@@ -711,6 +712,7 @@ class QueueDatabase:
         """
         scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
         if scoped is None:
+            self._cx.check_open()
             return []
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
@@ -782,6 +784,7 @@ class QueueDatabase:
     def get_many(self, task_ids: Sequence[int]) -> builtins.list[Task]:
         """The tasks with these ids that exist, in the order of ``task_ids``, read in chunks
         of :data:`READ_CHUNK`; a damaged one is left out and logged."""
+        self._cx.check_open()
         found: dict[int, Task] = {}
         ids = list(task_ids)
         for start in range(0, len(ids), READ_CHUNK):
@@ -870,8 +873,7 @@ class QueueDatabase:
         """
         from .watch import CommitWatcher
 
-        if self._cx.closed:
-            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
+        self._cx.check_open()
         return CommitWatcher(self, poll_interval, sleep_while_idle=sleep_while_idle)
 
     def _due_us(self, conn: apsw.Connection, now_us: int) -> int:
