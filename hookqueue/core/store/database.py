@@ -39,6 +39,7 @@ from ..models import (
     WorkerInfo,
 )
 from ..storage import (
+    BulkResult,
     ChangeWatcher,
     Durability,
     ExpiryDecider,
@@ -682,43 +683,89 @@ class QueueDatabase:
 
     def cancel_matching(
         self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
-    ) -> builtins.list[Transition]:
+    ) -> BulkResult[Transition]:
         """Cancel the queued tasks a filter matches and flag its running ones for their
         workers, in batches (see :meth:`_in_batches`).
 
-        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed, and the
+            ids of the damaged tasks changed (logged).
         """
         scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
         if scoped is None:
             self._cx.check_open()
-            return []
+            return BulkResult()
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
-            cancelled = conn.execute(
-                sql_cancel_queued_ids(len(ids)), (message, now_us, *ids)
-            ).fetchall()
-            flagged = conn.execute(sql_flag_running_ids(len(ids)), ids).fetchall()
-            return [("cancelled", r) for r in cancelled] + [
-                ("cancel_requested", r) for r in flagged
+            cancelled = [
+                r[0] for r in conn.execute(sql_cancel_queued_ids(len(ids)), (message, now_us, *ids))
+            ]
+            flagged = [r[0] for r in conn.execute(sql_flag_running_ids(len(ids)), ids)]
+            rows = self._changed_rows(conn, cancelled + flagged)
+            return [("cancelled", i, rows.get(i)) for i in cancelled] + [
+                ("cancel_requested", i, rows.get(i)) for i in flagged
             ]
 
-        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "cancelled")
+        return BulkResult(changed=tuple(changed), damaged=tuple(damaged))
 
-    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> BulkResult[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count (their last error cleared), in batches.
 
-        :returns: the tasks after the change.
+        :returns: the tasks after the change, and the ids of the damaged tasks requeued
+            (logged).
         """
         scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
         if scoped is None:
             self._cx.check_open()
-            return []
+            return BulkResult()
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
-            return conn.execute(sql_requeue_ids(len(ids)), (now_us, *ids)).fetchall()
+            requeued = [r[0] for r in conn.execute(sql_requeue_ids(len(ids)), (now_us, *ids))]
+            rows = self._changed_rows(conn, requeued)
+            return [("requeued", i, rows.get(i)) for i in requeued]
 
-        return [self._task(row) for row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "requeued")
+        return BulkResult(changed=tuple(task for _, task in changed), damaged=tuple(damaged))
+
+    def _changed_rows(self, conn: apsw.Connection, ids: builtins.list[int]) -> dict[int, Any]:
+        """The rows of the tasks a bulk batch changed, read in its transaction; a row whose
+        text is not UTF-8 is missing (:meth:`_bulk_answer` reports it)."""
+        if not ids:
+            return {}
+        try:
+            rows: builtins.list[Any] = conn.execute(sql_get_many(len(ids)), ids).fetchall()
+        except UnicodeDecodeError:  # find the damaged row(s) one by one
+            rows = []
+            for task_id in ids:
+                with contextlib.suppress(UnicodeDecodeError):
+                    rows.append(conn.execute(SQL_GET, (task_id,)).get)
+        return {row[0]: row for row in rows if row is not None}
+
+    def _bulk_answer(
+        self, changes: Iterable[tuple[str, int, Any]], done: str
+    ) -> tuple[builtins.list[Transition], builtins.list[int]]:
+        """``(kind, id, row or None)`` per task a bulk action changed, decoded after its
+        batches committed: the transitions, and the ids of the tasks that cannot be decoded
+        (each logged; nothing raises, since the change is stored)."""
+        changed: builtins.list[Transition] = []
+        damaged: builtins.list[int] = []
+        for kind, task_id, row in changes:
+            if row is not None:
+                try:
+                    changed.append((kind, self._task(row)))
+                    continue
+                except DamagedRow as exc:
+                    reason = str(exc)
+            else:
+                reason = (
+                    f"{self.path}: task {task_id} is damaged and cannot be read (text that "
+                    "is not valid UTF-8). Fix: run 'hookqueue check', then delete the task, "
+                    "or restore the database from a backup"
+                )
+            log.error("%s. It was %s like the others and is left out of the answer", reason, done)
+            damaged.append(task_id)
+        return changed, damaged
 
     def delete_matching(self, flt: TaskFilter) -> int:
         """Delete the tasks a filter matches, in batches — queued and finished ones only (a

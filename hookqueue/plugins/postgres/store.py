@@ -48,6 +48,7 @@ from hookqueue.core.models import (
     WorkerInfo,
 )
 from hookqueue.core.storage import (
+    BulkResult,
     ChangeWatcher,
     Durability,
     ExpiryDecider,
@@ -1462,16 +1463,17 @@ class PostgresStore:
 
     def cancel_matching(
         self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
-    ) -> builtins.list[Transition]:
+    ) -> BulkResult[Transition]:
         """Cancel the queued tasks a filter matches and flag its running ones for their
         workers, in batches (see :meth:`_in_batches`).
 
-        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed, and the
+            ids of the damaged tasks changed (logged).
         """
         scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
         if scoped is None:
             self._ready()
-            return []
+            return BulkResult()
         cancel, flag = self._sql(q.CANCEL_QUEUED_IDS), self._sql(q.FLAG_RUNNING_IDS)
         text = _clean(message)
 
@@ -1483,26 +1485,45 @@ class PostgresStore:
                 ("cancel_requested", r) for r in flagged
             ]
 
-        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "cancelled")
+        return BulkResult(changed=tuple(changed), damaged=tuple(damaged))
 
-    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> BulkResult[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count and no error (their history stays), in
         batches, waking the workers of their queues.
 
-        :returns: the tasks after the change.
+        :returns: the tasks after the change, and the ids of the damaged tasks requeued
+            (logged).
         """
         scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
         if scoped is None:
             self._ready()
-            return []
+            return BulkResult()
         sql = self._sql(q.REQUEUE_IDS)
 
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
             params = {"ids": ids, "now": now_us, "channel": self._channel}
-            return conn.execute(sql, params).fetchall()
+            return [("requeued", r[:_N]) for r in conn.execute(sql, params).fetchall()]
 
-        return [self._task(r[:_N]) for r in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "requeued")
+        return BulkResult(changed=tuple(task for _, task in changed), damaged=tuple(damaged))
+
+    def _bulk_answer(
+        self, changes: Iterable[tuple[str, Any]], done: str
+    ) -> tuple[builtins.list[Transition], builtins.list[int]]:
+        """``(kind, row)`` per task a bulk action changed, decoded after its batches
+        committed: the transitions, and the ids of the tasks that cannot be decoded (each
+        logged; nothing raises, since the change is stored)."""
+        changed: builtins.list[Transition] = []
+        damaged: builtins.list[int] = []
+        for kind, row in changes:
+            try:
+                changed.append((kind, self._task(row)))
+            except DamagedRow as exc:
+                log.error("%s. It was %s like the others and is left out of the answer", exc, done)
+                damaged.append(int(row[0]))
+        return changed, damaged
 
     def delete_matching(self, flt: TaskFilter) -> int:
         """Delete the tasks a filter matches, in batches — queued and finished ones only (a

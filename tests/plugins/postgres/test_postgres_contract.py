@@ -22,12 +22,8 @@ _SCHEMAS = itertools.count(1)
 class TestPostgresStore(StoreContract):
     """The contract, on a new schema of a new database per test."""
 
-    known_failures: dict[str, str] = {
-        "test_bulk_actions_leave_a_damaged_task_out_of_their_answer": (
-            "cancel_matching and requeue_matching decode the changed rows after their batches "
-            "committed and raise DamagedRow for one that cannot be decoded (store.py)"
-        ),
-    }
+    #: Tests this store is known to fail, with the reason (none now; see StoreContract).
+    known_failures: dict[str, str] = {}
 
     @pytest.fixture(autouse=True)
     def _database(self, postgres_dsn: str) -> None:
