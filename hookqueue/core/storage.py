@@ -27,10 +27,10 @@ Rules every implementation keeps:
   committed). Rows that cannot be decoded are reported, and never by an error raised after
   a commit: a single read or change raises :class:`~hookqueue.core.errors.DamagedRow` (a
   change decodes its row before it commits, so it then changes nothing); where a batch goes
-  on, the row is left out of the answer and logged (listings, settlements),
-  ended ``failed`` with the reason (a lease), or changed like the others and reported by id
-  (a bulk action's :attr:`BulkResult.damaged`). One damaged row never stops a worker, a
-  listing or a bulk action.
+  on, the row is left out of the answer and logged (listings, settlements, worker
+  records), ended ``failed`` with the reason (a lease), or changed like the others and
+  reported by id (a bulk action's :attr:`BulkResult.damaged`). One damaged row never stops
+  a worker, a listing or a bulk action.
 - **Errors are hookqueue's.** A store raises the *store-wide errors* —
   :class:`~hookqueue.core.errors.StoreError` and its subclasses (``DatabaseBusy``,
   ``DatabaseFull``, ``NotAHookqueueDatabase``, ``SchemaTooNew``, ``CommitOutcomeUnknown``,
@@ -84,6 +84,7 @@ naming the gap (and has no stored rules, so ``stored_limits`` asks for nothing t
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -100,6 +101,8 @@ from .models import (
     WorkerInfo,
     _instance,
 )
+
+_log = logging.getLogger("hookqueue.store")
 
 #: ``"full"``: an acknowledged write survives power loss; ``"normal"``: it survives an
 #: application crash, and power loss may take the last commits (see docs/concepts.md).
@@ -356,6 +359,28 @@ class BulkResult(Generic[_T]):
     def count(self) -> int:
         """How many tasks the action changed, damaged ones included."""
         return len(self.changed) + len(self.damaged)
+
+
+def decode_workers(rows: Iterable[Sequence[Any]], where: str) -> builtins.list[WorkerInfo]:
+    """Worker records from rows of a store's workers table (in
+    :meth:`~hookqueue.core.models.WorkerInfo.from_row`'s order), as :meth:`TaskStore.workers`
+    answers them: a record that cannot be decoded is left out and logged (``hookqueue.store``),
+    naming ``where`` (the store's location) and the worker, so it hides no other worker."""
+    workers: builtins.list[WorkerInfo] = []
+    for row in rows:
+        try:
+            workers.append(WorkerInfo.from_row(row))
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            _log.error(
+                "%s: the record of worker %r is damaged and cannot be read (%s: %s); it is "
+                "left out. Fix: 'hookqueue prune' forgets it once it has been silent past the "
+                "cut-off, or delete its row from the workers table",
+                where,
+                row[0] if row else "?",
+                type(exc).__name__,
+                exc,
+            )
+    return workers
 
 
 #: How far stored rate state may lie beyond what a start at the caller's ``now_us`` could
@@ -705,7 +730,9 @@ class TaskStore(Protocol):
         ...
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first (one statement).
+        """Every recorded worker, oldest first (one statement). A record that cannot be
+        decoded (queues that are not a JSON list of names, an instant out of range) is left
+        out and logged, naming the worker.
 
         Raises only the store-wide errors.
         """
@@ -1245,4 +1272,5 @@ __all__ = [
     "TaskStore",
     "TickFire",
     "Transition",
+    "decode_workers",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import apsw
+
 from hookqueue import QueueDatabase
 from hookqueue.contrib.contracts.limits import LimitStoreContract
 from hookqueue.contrib.contracts.store import StoreContract, StoreOpener
@@ -28,6 +30,17 @@ class TestSqliteStore(StoreContract):
     def store_opener(self, store: TaskStore) -> StoreOpener:
         """Another process opens the same file."""
         return StoreOpener("hookqueue:QueueDatabase", (store.location,), {"durability": "normal"})
+
+    def damage_worker(self, store: TaskStore, worker_id: str, queues_text: str) -> bool:
+        """A connection of its own writes the text into the file."""
+        conn = apsw.Connection(store.location)
+        try:
+            conn.execute(
+                "UPDATE workers SET queues = ? WHERE worker_id = ?", (queues_text, worker_id)
+            )
+        finally:
+            conn.close()
+        return True
 
 
 class TestSqliteLimits(LimitStoreContract):

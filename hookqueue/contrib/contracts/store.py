@@ -366,6 +366,12 @@ class StoreContract:
         tests."""
         return None
 
+    def damage_worker(self, store: TaskStore, worker_id: str, queues_text: str) -> bool:
+        """Overwrite the stored queues of a recorded worker with ``queues_text`` as it is
+        (text that is not a JSON list: no member of the protocol writes that), behind the
+        store's back; False (the default) skips the tests of damaged worker records."""
+        return False
+
     def bad_row(self, now_us: int) -> InsertRow:
         """A row the store refuses to insert with a StoreError (default: ``max_attempts=0``,
         below the minimum of one)."""
@@ -2971,6 +2977,25 @@ class StoreContract:
         assert f"task {tid}" in caplog.text
         [row] = store.export_rows(after_id=tid - 1, limit=1)
         assert row[TASK_COLUMNS.index("cancel_requested")] is True
+
+    def test_a_damaged_worker_record_is_left_out_of_workers_and_logged(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A worker record whose queues are not a JSON list is left out of ``workers()``
+        and logged naming it; the other workers are listed."""
+        store.register_worker(_worker("w1", T0))
+        store.register_worker(_worker("w2", T0 + SECOND))
+        store.register_worker(_worker("w3", T0 + 2 * SECOND))
+        if not self.damage_worker(store, "w2", "{not json"):
+            pytest.skip("damage_worker() gives no way to damage a worker record")
+        with caplog.at_level(logging.ERROR):
+            assert [w.worker_id for w in store.workers()] == ["w1", "w3"]
+        assert "'w2'" in caplog.text and "damaged" in caplog.text
+        caplog.clear()
+        self.damage_worker(store, "w2", '"default"')  # JSON, but not a list of names
+        with caplog.at_level(logging.ERROR):
+            assert [w.worker_id for w in store.workers()] == ["w1", "w3"]
+        assert "'w2'" in caplog.text
 
     def test_a_closed_store_refuses_even_a_call_with_nothing_to_do(self, store: TaskStore) -> None:
         """After ``close``, a call whose arguments leave nothing to read or change raises

@@ -54,6 +54,7 @@ from ..storage import (
     Settlement,
     TickFire,
     Transition,
+    decode_workers,
 )
 from . import limiting
 from .connection import SYNCHRONOUS, Connections, default_database_path
@@ -139,6 +140,8 @@ from .statements import (
     SQL_VACUUM,
     SQL_WAITING_RETRY,
     SQL_WORKER_BEAT,
+    SQL_WORKER_BY_ROWID,
+    SQL_WORKER_ROWIDS,
     SQL_WORKER_STOP,
     SQL_WORKER_UPSERT,
     SQL_WORKERS,
@@ -1935,23 +1938,25 @@ class QueueDatabase:
             conn.execute(SQL_WORKER_STOP, (now_us, now_us, worker_id))
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first."""
-        with self._cx.errors:
-            rows: builtins.list[Any] = self._cx.conn().execute(SQL_WORKERS).fetchall()
-        return [
-            WorkerInfo(
-                worker_id=r[0],
-                hostname=r[1],
-                pid=r[2],
-                queues=tuple(json.loads(r[3])),
-                concurrency=r[4],
-                started_at=from_us(r[5]),
-                heartbeat_at=from_us(r[6]),
-                stopped_at=None if r[7] is None else from_us(r[7]),
-                processed=r[8],
-            )
-            for r in rows
-        ]
+        """Every recorded worker, oldest first; a record that cannot be decoded is left out
+        and logged (:func:`~hookqueue.core.storage.decode_workers`)."""
+        with self._cx.read() as conn:
+            try:
+                rows: builtins.list[Any] = conn.execute(SQL_WORKERS).fetchall()
+            except UnicodeDecodeError:  # a record whose text is not UTF-8: one by one
+                rows = []
+                for (rowid,) in conn.execute(SQL_WORKER_ROWIDS).fetchall():
+                    try:
+                        rows.append(conn.execute(SQL_WORKER_BY_ROWID, (rowid,)).get)
+                    except UnicodeDecodeError as exc:
+                        log.error(
+                            "%s: a worker record (rowid %d) is damaged and cannot be read "
+                            "(%s); it is left out. Fix: delete it from the workers table",
+                            self.path,
+                            rowid,
+                            exc,
+                        )
+        return decode_workers(rows, self.location)
 
 
 def _schedule(row: Any) -> ScheduleRow:

@@ -230,6 +230,13 @@ SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, 
        processed
 FROM workers ORDER BY started_at
 """
+#: The same, one record at a time (to step past a record whose text is not UTF-8).
+SQL_WORKER_ROWIDS = "SELECT rowid FROM workers ORDER BY started_at"
+SQL_WORKER_BY_ROWID = """
+SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at,
+       processed
+FROM workers WHERE rowid = ?
+"""
 SQL_PRUNE_WORKERS = "DELETE FROM workers WHERE heartbeat_at < ?"
 
 #: ``ORDER BY`` terms for each sort key; AGED_PRIORITY binds ``(now, aging_us)``.

@@ -62,6 +62,7 @@ from hookqueue.core.storage import (
     Settlement,
     TickFire,
     Transition,
+    decode_workers,
 )
 
 from . import limiting
@@ -638,24 +639,12 @@ class PostgresStore:
             return [r[0] for r in conn.execute(self._sql(q.DUE_QUEUES), {"now": now_us})]
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first."""
+        """Every recorded worker, oldest first; a record that cannot be decoded is left out
+        and logged (:func:`~hookqueue.core.storage.decode_workers`)."""
         self._ready()
         with self._cx.read() as conn:
             rows = conn.execute(self._sql(q.WORKERS)).fetchall()
-        return [
-            WorkerInfo(
-                worker_id=r[0],
-                hostname=r[1],
-                pid=int(r[2]),
-                queues=tuple(json.loads(r[3])),
-                concurrency=int(r[4]),
-                started_at=from_us(r[5]),
-                heartbeat_at=from_us(r[6]),
-                stopped_at=None if r[7] is None else from_us(r[7]),
-                processed=int(r[8]),
-            )
-            for r in rows
-        ]
+        return decode_workers(rows, self._location)
 
     # -- filters, history, paused queues -------------------------------------------------------
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from hookqueue.contrib.contracts.store import StoreContract, StoreOpener
 from hookqueue.core.storage import TaskStore
@@ -41,3 +43,14 @@ class TestPostgresStore(StoreContract):
             (self.dsn,),
             {"schema": store.schema, "durability": "normal"},
         )
+
+    def damage_worker(self, store: TaskStore, worker_id: str, queues_text: str) -> bool:
+        """A connection of its own writes the text into the store's schema."""
+        assert isinstance(store, PostgresStore)
+        table = sql.Identifier(store.schema, "workers")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("UPDATE {} SET queues = %s WHERE worker_id = %s").format(table),
+                (queues_text, worker_id),
+            )
+        return True
