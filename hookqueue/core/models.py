@@ -867,6 +867,31 @@ class WorkerInfo:
     #: Tasks it has finished (completed, failed or retried) since it started.
     processed: int = 0
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> WorkerInfo:
+        """Build a record from a row of a store's workers table: ``worker_id, hostname,
+        pid, queues, concurrency, started_at, heartbeat_at, stopped_at, processed``, the
+        queues as JSON text and the instants as integer microseconds.
+
+        :raises ValueError: the queues are not a JSON list of names. A value of the wrong
+            type raises TypeError, an instant out of range OverflowError.
+        """
+        worker_id, hostname, pid, queues_json, concurrency, started, beat, stopped, done = row
+        queues = json.loads(queues_json)
+        if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
+            raise ValueError(f"queues {queues_json!r} is not a JSON list of queue names")
+        return cls(
+            worker_id=str(worker_id),
+            hostname=str(hostname),
+            pid=int(pid),
+            queues=tuple(queues),
+            concurrency=int(concurrency),
+            started_at=from_us(started),
+            heartbeat_at=from_us(beat),
+            stopped_at=None if stopped is None else from_us(stopped),
+            processed=int(done),
+        )
+
 
 def _statuses(value: Any) -> tuple[TaskStatus, ...]:
     if value is None:

@@ -841,27 +841,31 @@ class Queue:
         :meth:`cancel` does one). Finished tasks are left alone; tasks enqueued while it runs
         too.
 
-        :returns: how many tasks it cancelled or flagged.
+        :returns: how many tasks it cancelled or flagged — a damaged task (a stored row that
+            cannot be read) included: it is changed like the others, logged, and sends no
+            event.
         """
         now_us = self.clock.now_us()
-        transitions = self.db.cancel_matching(self.filter(filter, **fields), now_us)
-        self.runtime.emit(transitions, now_us)
-        if any(kind == "cancel_requested" for kind, _ in transitions):
+        done = self.db.cancel_matching(self.filter(filter, **fields), now_us)
+        self.runtime.emit(done.changed, now_us)
+        # A damaged task may be a running one flagged: its worker is told too.
+        if done.damaged or any(kind == "cancel_requested" for kind, _ in done.changed):
             self.runtime.wake("cancel")
-        return len(transitions)
+        return done.count
 
     def retry_matching(self, filter: TaskFilter | None = None, **fields: Any) -> int:
         """Queue again every failed or cancelled task that matches, now, with a fresh attempt
         count and no error (their history of failed attempts stays: :meth:`history`).
 
-        :returns: how many tasks were queued again.
+        :returns: how many tasks were queued again, damaged ones included (as
+            :meth:`cancel_matching` counts them).
         """
         now_us = self.clock.now_us()
-        tasks = self.db.requeue_matching(self.filter(filter, **fields), now_us)
-        self.runtime.emit([("requeued", t) for t in tasks], now_us)
-        if tasks:
+        done = self.db.requeue_matching(self.filter(filter, **fields), now_us)
+        self.runtime.emit([("requeued", t) for t in done.changed], now_us)
+        if done.count:
             self.runtime.wake()
-        return len(tasks)
+        return done.count
 
     def purge(self, filter: TaskFilter | None = None, **fields: Any) -> int:
         """Delete the *queued* tasks that match (they never run). Running and finished tasks

@@ -24,10 +24,13 @@ Rules every implementation keeps:
   :class:`~hookqueue.core.errors.CommitOutcomeUnknown`, which says exactly that it may be,
   and where a member says otherwise (the batches a bulk action committed before its error;
   the write that ends a damaged leased row ``failed`` after :meth:`TaskStore.lease`
-  committed). Rows that cannot be decoded are reported (a
-  :class:`~hookqueue.core.errors.DamagedRow` for a single read or change, which then changes
-  nothing; skipped and logged, or ended ``failed`` with the reason, where a batch goes on) so
-  one damaged row never stops a worker or a listing.
+  committed). Rows that cannot be decoded are reported, and never by an error raised after
+  a commit: a single read or change raises :class:`~hookqueue.core.errors.DamagedRow` (a
+  change decodes its row before it commits, so it then changes nothing); where a batch goes
+  on, the row is left out of the answer and logged (listings, settlements, worker
+  records), ended ``failed`` with the reason (a lease), or changed like the others and
+  reported by id (a bulk action's :attr:`BulkResult.damaged`). One damaged row never stops
+  a worker, a listing or a bulk action.
 - **Errors are hookqueue's.** A store raises the *store-wide errors* —
   :class:`~hookqueue.core.errors.StoreError` and its subclasses (``DatabaseBusy``,
   ``DatabaseFull``, ``NotAHookqueueDatabase``, ``SchemaTooNew``, ``CommitOutcomeUnknown``,
@@ -81,9 +84,10 @@ naming the gap (and has no stored rules, so ``stored_limits`` asks for nothing t
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -97,6 +101,8 @@ from .models import (
     WorkerInfo,
     _instance,
 )
+
+_log = logging.getLogger("hookqueue.store")
 
 #: ``"full"``: an acknowledged write survives power loss; ``"normal"``: it survives an
 #: application crash, and power loss may take the last commits (see docs/concepts.md).
@@ -334,6 +340,49 @@ class FireOutcome:
     already: tuple[int, ...] = ()
 
 
+_T = TypeVar("_T")
+
+
+@attrs.frozen(kw_only=True)
+class BulkResult(Generic[_T]):
+    """What a bulk action by filter (:meth:`TaskStore.cancel_matching`,
+    :meth:`TaskStore.requeue_matching`) changed, over all its batches."""
+
+    #: Per task changed whose row could be decoded, what the action answers for it (a
+    #: transition, or the task after the change).
+    changed: tuple[_T, ...] = ()
+    #: The ids of the tasks the action changed like the others whose stored rows cannot be
+    #: decoded (damaged): they have no answer in ``changed``, and each was logged.
+    damaged: tuple[int, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """How many tasks the action changed, damaged ones included."""
+        return len(self.changed) + len(self.damaged)
+
+
+def decode_workers(rows: Iterable[Sequence[Any]], where: str) -> builtins.list[WorkerInfo]:
+    """Worker records from rows of a store's workers table (in
+    :meth:`~hookqueue.core.models.WorkerInfo.from_row`'s order), as :meth:`TaskStore.workers`
+    answers them: a record that cannot be decoded is left out and logged (``hookqueue.store``),
+    naming ``where`` (the store's location) and the worker, so it hides no other worker."""
+    workers: builtins.list[WorkerInfo] = []
+    for row in rows:
+        try:
+            workers.append(WorkerInfo.from_row(row))
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            _log.error(
+                "%s: the record of worker %r is damaged and cannot be read (%s: %s); it is "
+                "left out. Fix: 'hookqueue prune' forgets it once it has been silent past the "
+                "cut-off, or delete its row from the workers table",
+                where,
+                row[0] if row else "?",
+                type(exc).__name__,
+                exc,
+            )
+    return workers
+
+
 #: How far stored rate state may lie beyond what a start at the caller's ``now_us`` could
 #: write and still be honoured (60 s): workers' clocks disagree a little; state further ahead
 #: was written by a clock that reads wrong and is ignored.
@@ -456,8 +505,8 @@ class TaskStore(Protocol):
       committing, so the change may or may not be stored.
     - :class:`~hookqueue.core.errors.DamagedRow`: a stored row whose text the engine cannot
       read at all (SQLite: bytes that are not valid UTF-8; PostgreSQL stores none) — except
-      where a member says it leaves damaged rows out or ends them ``failed``, which it does
-      instead.
+      where a member says it leaves damaged rows out, reports them or ends them ``failed``,
+      which it does instead.
 
     A member that raises nothing more says so ("raises only the store-wide errors"). An
     error raised by the caller's own code that a member calls (a plan's ``rerank``, a
@@ -681,7 +730,9 @@ class TaskStore(Protocol):
         ...
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first (one statement).
+        """Every recorded worker, oldest first (one statement). A record that cannot be
+        decoded (queues that are not a JSON list of names, an instant out of range) is left
+        out and logged, naming the worker.
 
         Raises only the store-wide errors.
         """
@@ -1085,30 +1136,33 @@ class TaskStore(Protocol):
 
     def cancel_matching(
         self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
-    ) -> builtins.list[Transition]:
+    ) -> BulkResult[Transition]:
         """Cancel the queued tasks a filter matches at once and flag its running ones for
         their workers (as :meth:`cancel` does one), in batches that each commit, up to the
         newest task that existed when it started (tasks enqueued meanwhile are left alone;
         ``flt.max_id`` bounds it explicitly). A task that cannot be decoded is changed like
-        the others and left out of the answer (logged).
+        the others (the write needs no decoding): its id is in the answer's ``damaged``, not
+        in ``changed``, and it is logged. No damaged row stops the call or raises.
 
         An error ends the call; the batches committed before it stay.
 
-        :returns: ``("cancelled" | "cancel_requested", task after the change)`` per task.
+        :returns: ``changed``: ``("cancelled" | "cancel_requested", task after the change)``
+            per task; ``damaged``: the ids of the damaged tasks changed.
 
         Raises only the store-wide errors.
         """
         ...
 
-    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> BulkResult[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count and no error, in batches as
         :meth:`cancel_matching` does (their history of failed attempts stays; a task that
-        cannot be decoded is requeued and left out of the answer, logged).
+        cannot be decoded is requeued too, and reported in ``damaged`` as there).
 
         An error ends the call; the batches committed before it stay.
 
-        :returns: the tasks after the change.
+        :returns: ``changed``: the tasks after the change; ``damaged``: the ids of the
+            damaged tasks requeued.
 
         Raises only the store-wide errors.
         """
@@ -1201,6 +1255,7 @@ class TaskStore(Protocol):
 
 
 __all__ = [
+    "BulkResult",
     "ChangeWatcher",
     "Durability",
     "ExpiryDecider",
@@ -1217,4 +1272,5 @@ __all__ = [
     "TaskStore",
     "TickFire",
     "Transition",
+    "decode_workers",
 ]

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 from _command import CONSOLE_SCRIPT, PACKAGE_PARENT, hookqueue_command
 from _command import env as command_env
@@ -118,6 +119,20 @@ def test_json_output_does_not_confirm_a_bulk_command(filled: Path) -> None:
     }, "nothing was touched"  # fmt: skip
     done = hookqueue_command("cancel", "--all", "--json", "--yes", "--db", db)
     assert done.returncode == 0 and json.loads(done.stdout)["cancel"] == 5
+
+
+def test_a_bulk_command_reports_a_damaged_task_it_changed(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    """A queued task whose stored row cannot be decoded is cancelled with the others: the
+    command succeeds and reports as many as it matched; the damaged task is logged."""
+    raw = apsw.Connection(str(filled))
+    raw.execute("UPDATE tasks SET payload = '{not json' WHERE id = 1")
+    raw.close()
+    db = str(filled)
+    code, out, _ = run(capsys, "cancel", "--type", "mail", "--yes", "--json", "--db", db)
+    assert code == 0 and json.loads(out)["matched"] == json.loads(out)["cancel"] == 3
+    assert _counts(filled)["cancelled"] == 3
 
 
 def test_show_prints_the_failed_attempts_with_tracebacks(

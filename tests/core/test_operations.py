@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+import apsw
 import pytest
 
 from hookqueue import (
@@ -99,6 +100,27 @@ def test_bulk_actions_cover_more_than_one_batch(core_queue: Queue) -> None:
     assert core_queue.retry_matching(status="cancelled") == 1234
     assert core_queue.purge(status="queued") == 1234
     assert core_queue.count() == 0
+
+
+def test_bulk_actions_count_a_damaged_task_they_changed(
+    core_queue: Queue, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task whose stored row cannot be decoded is cancelled and retried like the others,
+    and counted: the CLI and the dashboard report that count after counting the matches. The
+    store logs it; nothing raises after the batches committed."""
+    ok, bad = (core_queue.enqueue("t", i).id for i in range(2))
+    raw = apsw.Connection(str(db_path))
+    raw.execute("UPDATE tasks SET payload = '{not json' WHERE id = ?", (bad,))
+    raw.close()
+    assert core_queue.count(task_type="t") == 2
+    with caplog.at_level(logging.ERROR):
+        assert core_queue.cancel_matching(task_type="t") == 2
+    assert f"task {bad} is damaged" in caplog.text and "cancelled like the others" in caplog.text
+    assert core_queue.count(status="cancelled") == 2
+    assert core_queue.get(ok).status is TaskStatus.CANCELLED
+    with caplog.at_level(logging.ERROR):
+        assert core_queue.retry_matching(task_type="t") == 2
+    assert core_queue.count(status="queued") == 2
 
 
 def test_history_keeps_every_failed_attempt_with_its_traceback(

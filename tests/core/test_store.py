@@ -25,7 +25,7 @@ from hookqueue import (
     StoreError,
     ValidationError,
 )
-from hookqueue.core.models import LeasePlan, TaskStatus
+from hookqueue.core.models import LeasePlan, TaskFilter, TaskStatus, WorkerInfo
 from hookqueue.core.storage import InsertRow
 from hookqueue.core.store import APPLICATION_ID, SCHEMA_VERSION, default_database_path
 from hookqueue.core.store.connection import (
@@ -454,6 +454,54 @@ def test_a_damaged_payload_does_not_stop_a_partitioned_lease(db_path: Path) -> N
         )
         assert {t.id for t in leased} == {ids[0], ids[2]}
         assert db.list(statuses=[TaskStatus.RUNNING], limit=10) == leased
+    finally:
+        db.close()
+
+
+def test_a_row_that_is_not_utf8_is_changed_and_reported_by_bulk_actions(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Text that is not UTF-8 (which the engine cannot even read) in one row of a bulk
+    action's batch neither rolls the batch back nor raises: the task is changed like the
+    others and reported in ``damaged``, logged."""
+    now = 1_900_000_000_000_000
+    db = QueueDatabase(db_path, durability="normal")
+    ids = [db.insert_one(_row(run_after_us=now), now) for _ in range(3)]
+    raw = apsw.Connection(str(db_path))
+    raw.execute("UPDATE tasks SET payload = CAST(X'7B80' AS TEXT) WHERE id = ?", (ids[1],))
+    raw.close()
+    try:
+        with caplog.at_level(logging.ERROR):
+            cancelled = db.cancel_matching(TaskFilter(), now + 1)
+        assert sorted(t.id for _, t in cancelled.changed) == [ids[0], ids[2]]
+        assert cancelled.damaged == (ids[1],)
+        assert f"task {ids[1]} is damaged" in caplog.text and "UTF-8" in caplog.text
+        assert db.counts()["cancelled"] == 3
+        requeued = db.requeue_matching(TaskFilter(), now + 2)
+        assert sorted(t.id for t in requeued.changed) == [ids[0], ids[2]]
+        assert requeued.damaged == (ids[1],)
+        assert db.counts()["queued"] == 3
+    finally:
+        db.close()
+
+
+def test_a_worker_record_that_is_not_utf8_is_left_out_of_workers(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker record whose text the engine cannot read is left out of ``workers()`` and
+    logged; the other workers are listed."""
+    db = QueueDatabase(db_path, durability="normal")
+    now = 1_900_000_000_000_000
+    for n, worker_id in enumerate(("w1", "w2", "w3")):
+        at = now + n
+        db.register_worker(WorkerInfo.from_row((worker_id, "h", 1, '["q"]', 1, at, at, None, 0)))
+    raw = apsw.Connection(str(db_path))
+    raw.execute("UPDATE workers SET hostname = CAST(X'80' AS TEXT) WHERE worker_id = 'w2'")
+    raw.close()
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert [w.worker_id for w in db.workers()] == ["w1", "w3"]
+        assert "worker record" in caplog.text and "left out" in caplog.text
     finally:
         db.close()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import apsw
+
 from hookqueue import QueueDatabase
 from hookqueue.contrib.contracts.limits import LimitStoreContract
 from hookqueue.contrib.contracts.store import StoreContract, StoreOpener
@@ -18,17 +20,8 @@ from hookqueue.core.storage import TaskStore
 class TestSqliteStore(StoreContract):
     """The contract, on a new SQLite file per test."""
 
-    known_failures: dict[str, str] = {
-        "test_bulk_actions_leave_a_damaged_task_out_of_their_answer": (
-            "cancel_matching and requeue_matching decode the changed rows after their batches "
-            "committed and raise DamagedRow for one that cannot be decoded (database.py, "
-            "cancel_matching and requeue_matching: self._task(row) over _in_batches)"
-        ),
-        "test_a_closed_store_refuses_even_a_call_with_nothing_to_do": (
-            "get_many([]) and a bulk action whose filter leaves no status to change return "
-            "before touching the connections, so a closed store answers [] there"
-        ),
-    }
+    #: Tests this store is known to fail, with the reason (none now; see StoreContract).
+    known_failures: dict[str, str] = {}
 
     def make_store(self, tmp_path: Path) -> TaskStore:
         """A new SQLite file in the test's directory (not yet created: the store creates it)."""
@@ -37,6 +30,17 @@ class TestSqliteStore(StoreContract):
     def store_opener(self, store: TaskStore) -> StoreOpener:
         """Another process opens the same file."""
         return StoreOpener("hookqueue:QueueDatabase", (store.location,), {"durability": "normal"})
+
+    def damage_worker(self, store: TaskStore, worker_id: str, queues_text: str) -> bool:
+        """A connection of its own writes the text into the file."""
+        conn = apsw.Connection(store.location)
+        try:
+            conn.execute(
+                "UPDATE workers SET queues = ? WHERE worker_id = ?", (queues_text, worker_id)
+            )
+        finally:
+            conn.close()
+        return True
 
 
 class TestSqliteLimits(LimitStoreContract):

@@ -86,6 +86,7 @@ from hookqueue.core.models import (
     WorkerInfo,
 )
 from hookqueue.core.storage import (
+    BulkResult,
     ChangeWatcher,
     FinishedSample,
     InsertRow,
@@ -364,6 +365,12 @@ class StoreContract:
         ``StoreOpener("mypkg.store:MyStore", (dsn,))``); None skips the multi-process
         tests."""
         return None
+
+    def damage_worker(self, store: TaskStore, worker_id: str, queues_text: str) -> bool:
+        """Overwrite the stored queues of a recorded worker with ``queues_text`` as it is
+        (text that is not a JSON list: no member of the protocol writes that), behind the
+        store's back; False (the default) skips the tests of damaged worker records."""
+        return False
 
     def bad_row(self, now_us: int) -> InsertRow:
         """A row the store refuses to insert with a StoreError (default: ``max_attempts=0``,
@@ -1987,16 +1994,20 @@ class StoreContract:
     def test_cancel_matching_cancels_queued_and_flags_running_tasks(self, store: TaskStore) -> None:
         """The queued tasks a filter matches end cancelled at once, with the message; the
         running ones are flagged for their workers; finished ones and tasks the filter does
-        not match are left alone. Each change is answered with the task after it."""
+        not match are left alone. Each change is answered with the task after it (no damaged
+        task here: ``damaged`` is empty)."""
         tasks = self._filterable(store)
         now = T0 + 100 * SECOND
         flt = TaskFilter(queues=("q1", "q2"))
-        transitions = store.cancel_matching(flt, now, "stopped by the operator")
+        done = store.cancel_matching(flt, now, "stopped by the operator")
+        assert isinstance(done, BulkResult) and done.damaged == ()
+        transitions = done.changed
         queued = [i for i in tasks if flt.matches(tasks[i]) and tasks[i].status.value == "queued"]
         running = [i for i in tasks if flt.matches(tasks[i]) and tasks[i].status.value == "running"]
         assert sorted(t.id for k, t in transitions if k == "cancelled") == sorted(queued)
         assert sorted(t.id for k, t in transitions if k == "cancel_requested") == sorted(running)
         assert len(transitions) == len(queued) + len(running) and queued and running
+        assert done.count == len(transitions)
         for _, task in transitions:
             assert task == store.get(task.id)
         for tid in queued:
@@ -2011,8 +2022,9 @@ class StoreContract:
         for tid, before in tasks.items():
             if tid not in queued and tid not in running:
                 assert store.get(tid) == before
-        assert store.cancel_matching(TaskFilter(statuses=TaskStatus.COMPLETED), now) == []
-        more = store.cancel_matching(TaskFilter(queues="q3", statuses="queued"), now)
+        nothing = store.cancel_matching(TaskFilter(statuses=TaskStatus.COMPLETED), now)
+        assert nothing == BulkResult() and nothing.count == 0
+        more = store.cancel_matching(TaskFilter(queues="q3", statuses="queued"), now).changed
         assert more and all(k == "cancelled" for k, _ in more)
         assert all(t.error_message == "cancelled by request" for _, t in more)
 
@@ -2024,7 +2036,9 @@ class StoreContract:
         tasks = self._filterable(store)
         now = T0 + 30 * SECOND  # after the last enqueue, before any lease expires
         flt = TaskFilter(task_types=("a", "b"))
-        requeued = store.requeue_matching(flt, now)
+        done = store.requeue_matching(flt, now)
+        assert isinstance(done, BulkResult) and done.damaged == ()
+        requeued = done.changed
         expected = [
             i
             for i in sorted(tasks)
@@ -2040,7 +2054,7 @@ class StoreContract:
         for tid, before in tasks.items():
             if tid not in expected:
                 assert store.get(tid) == before
-        assert store.requeue_matching(TaskFilter(statuses=TaskStatus.QUEUED), now) == []
+        assert store.requeue_matching(TaskFilter(statuses=TaskStatus.QUEUED), now) == BulkResult()
         leased, _ = self.lease(store, "w1", now, limit=100, queues=("q1", "q2", "q3"))
         assert set(expected) <= {t.id for t in leased}
 
@@ -2076,10 +2090,10 @@ class StoreContract:
         kept = self.add(store, T0, 3, queue="other")
         now = T0 + SECOND
         flt = TaskFilter(queues="default")
-        cancelled = store.cancel_matching(flt, now)
+        cancelled = store.cancel_matching(flt, now).changed
         assert sorted(t.id for _, t in cancelled) == ids
         assert store.count_matching(TaskFilter(statuses=TaskStatus.CANCELLED)) == len(ids)
-        assert sorted(t.id for t in store.requeue_matching(flt, now)) == ids
+        assert sorted(t.id for t in store.requeue_matching(flt, now).changed) == ids
         assert store.count_matching(TaskFilter(statuses=TaskStatus.QUEUED)) == len(ids) + 3
         assert store.delete_matching(flt) == len(ids)
         assert [t.id for t in store.list(limit=100)] == kept
@@ -2090,10 +2104,10 @@ class StoreContract:
         ids = self.add(store, T0, 6)
         now = T0 + SECOND
         bounded = TaskFilter(max_id=ids[2])
-        assert sorted(t.id for _, t in store.cancel_matching(bounded, now)) == ids[:3]
+        assert sorted(t.id for _, t in store.cancel_matching(bounded, now).changed) == ids[:3]
         assert store.count_matching(TaskFilter(statuses=TaskStatus.QUEUED)) == 3
         assert (
-            sorted(t.id for t in store.requeue_matching(TaskFilter(max_id=ids[1]), now))
+            sorted(t.id for t in store.requeue_matching(TaskFilter(max_id=ids[1]), now).changed)
             == (ids[:2])
         )
         assert store.delete_matching(TaskFilter(max_id=ids[3])) == 4
@@ -2261,7 +2275,7 @@ class StoreContract:
         store.settle(
             "w1", [Settlement(task_id=task.id, kind="fail", error="third")], T0 + 2 * SECOND
         )
-        [again] = store.requeue_matching(TaskFilter(ids=task.id), T0 + 3 * SECOND)
+        [again] = store.requeue_matching(TaskFilter(ids=task.id), T0 + 3 * SECOND).changed
         assert again.error_message is None and store.get(task.id).error_message is None
         history = store.task_failures(task.id)
         assert [(f.error, f.attempt) for f in history] == [
@@ -2822,6 +2836,17 @@ class StoreContract:
         assert store.import_rows([tuple(values[c] for c in TASK_COLUMNS)]) == 1
         return tid
 
+    def damaged_running(self, store: TaskStore) -> int:
+        """A damaged task (as :meth:`damaged`) running, leased by ``w1`` at ``T0``; its id."""
+        return self.damaged(
+            store,
+            status="running",
+            attempts=1,
+            locked_by="w1",
+            lease_expires_at=T0 + LEASE_US,
+            started_at=T0,
+        )
+
     def test_a_damaged_task_is_an_error_for_one_read_and_left_out_of_many(
         self, store: TaskStore, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -2854,14 +2879,7 @@ class StoreContract:
         """``settle`` writes the outcome of a running task that cannot be decoded like any
         other; only its transition is missing (logged)."""
         ok = self.running(store, T0)
-        tid = self.damaged(
-            store,
-            status="running",
-            attempts=1,
-            locked_by="w1",
-            lease_expires_at=T0 + LEASE_US,
-            started_at=T0,
-        )
+        tid = self.damaged_running(store)
         done = [Settlement(task_id=i, kind="complete") for i in (ok.id, tid)]
         with caplog.at_level(logging.ERROR):
             transitions = store.settle("w1", done, T0 + SECOND)
@@ -2918,25 +2936,66 @@ class StoreContract:
             store.insert([make_row(T0), make_row(T0, idempotency_key="k")], T0)
         assert store.export_rows() == before
 
-    def test_bulk_actions_leave_a_damaged_task_out_of_their_answer(
+    def test_bulk_actions_report_a_damaged_task_and_go_on(
         self, store: TaskStore, caplog: pytest.LogCaptureFixture
     ) -> None:
         """``cancel_matching`` and ``requeue_matching`` change a task that cannot be decoded
-        like the others (the write needs no decoding) and leave it out of their answer, logged:
-        a batch goes on, and nothing raises after it committed."""
-        [ok] = self.add(store, T0)
+        like the others (the write needs no decoding) and report it by id in ``damaged``,
+        logged, not in ``changed``: the batch goes on, the count includes it, and nothing
+        raises after it committed."""
+        [first] = self.add(store, T0)
         tid = self.damaged(store)
+        [last] = self.add(store, T0)
         with caplog.at_level(logging.ERROR):
             cancelled = store.cancel_matching(TaskFilter(), T0 + SECOND)
-        assert [(kind, t.id) for kind, t in cancelled] == [("cancelled", ok)]
+        assert sorted((kind, t.id) for kind, t in cancelled.changed) == [
+            ("cancelled", first),
+            ("cancelled", last),
+        ]
+        assert cancelled.damaged == (tid,) and cancelled.count == 3
         assert f"task {tid}" in caplog.text
-        assert store.counts()["cancelled"] == 2
+        assert store.counts()["cancelled"] == 3
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             requeued = store.requeue_matching(TaskFilter(), T0 + 2 * SECOND)
-        assert [t.id for t in requeued] == [ok]
+        assert sorted(t.id for t in requeued.changed) == [first, last]
+        assert requeued.damaged == (tid,) and requeued.count == 3
         assert f"task {tid}" in caplog.text
-        assert store.counts()["queued"] == 2
+        assert store.counts()["queued"] == 3
+
+    def test_a_damaged_running_task_is_flagged_by_a_bulk_cancel(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A running task that cannot be decoded is flagged for its worker like the others
+        and reported in ``damaged``."""
+        ok = self.running(store, T0)
+        tid = self.damaged_running(store)
+        with caplog.at_level(logging.ERROR):
+            done = store.cancel_matching(TaskFilter(), T0 + SECOND)
+        assert [(kind, t.id) for kind, t in done.changed] == [("cancel_requested", ok.id)]
+        assert done.damaged == (tid,)
+        assert f"task {tid}" in caplog.text
+        [row] = store.export_rows(after_id=tid - 1, limit=1)
+        assert row[TASK_COLUMNS.index("cancel_requested")] is True
+
+    def test_a_damaged_worker_record_is_left_out_of_workers_and_logged(
+        self, store: TaskStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A worker record whose queues are not a JSON list is left out of ``workers()``
+        and logged naming it; the other workers are listed."""
+        store.register_worker(_worker("w1", T0))
+        store.register_worker(_worker("w2", T0 + SECOND))
+        store.register_worker(_worker("w3", T0 + 2 * SECOND))
+        if not self.damage_worker(store, "w2", "{not json"):
+            pytest.skip("damage_worker() gives no way to damage a worker record")
+        with caplog.at_level(logging.ERROR):
+            assert [w.worker_id for w in store.workers()] == ["w1", "w3"]
+        assert "'w2'" in caplog.text and "damaged" in caplog.text
+        caplog.clear()
+        self.damage_worker(store, "w2", '"default"')  # JSON, but not a list of names
+        with caplog.at_level(logging.ERROR):
+            assert [w.worker_id for w in store.workers()] == ["w1", "w3"]
+        assert "'w2'" in caplog.text
 
     def test_a_closed_store_refuses_even_a_call_with_nothing_to_do(self, store: TaskStore) -> None:
         """After ``close``, a call whose arguments leave nothing to read or change raises

@@ -385,8 +385,7 @@ class Connections:
         os.close(fd)
 
     def _open_connection(self) -> apsw.Connection:
-        if self._closed:
-            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
+        self.check_open()
         self._create_file()
         with self.errors:
             conn = apsw.Connection(
@@ -478,6 +477,13 @@ class Connections:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
+
+    def check_open(self) -> None:
+        """Raise :class:`StoreError` after :meth:`close` — for a call that has nothing to
+        read or change, and so would not reach a connection (every call after ``close``
+        raises, by the store contract)."""
+        if self._closed:
+            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
 
     # -- transactions ------------------------------------------------------------------------
 

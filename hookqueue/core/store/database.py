@@ -24,7 +24,7 @@ import attrs
 
 from .. import limitwalk
 from ..clock import from_us, to_us
-from ..errors import DamagedRow, InvalidTransition, StoreError, TaskNotFound, ValidationError
+from ..errors import DamagedRow, InvalidTransition, TaskNotFound, ValidationError
 from ..models import (
     _STAMP,
     TASK_COLUMNS,
@@ -39,6 +39,7 @@ from ..models import (
     WorkerInfo,
 )
 from ..storage import (
+    BulkResult,
     ChangeWatcher,
     Durability,
     ExpiryDecider,
@@ -53,6 +54,7 @@ from ..storage import (
     Settlement,
     TickFire,
     Transition,
+    decode_workers,
 )
 from . import limiting
 from .connection import SYNCHRONOUS, Connections, default_database_path
@@ -138,6 +140,8 @@ from .statements import (
     SQL_VACUUM,
     SQL_WAITING_RETRY,
     SQL_WORKER_BEAT,
+    SQL_WORKER_BY_ROWID,
+    SQL_WORKER_ROWIDS,
     SQL_WORKER_STOP,
     SQL_WORKER_UPSERT,
     SQL_WORKERS,
@@ -682,41 +686,89 @@ class QueueDatabase:
 
     def cancel_matching(
         self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
-    ) -> builtins.list[Transition]:
+    ) -> BulkResult[Transition]:
         """Cancel the queued tasks a filter matches and flag its running ones for their
         workers, in batches (see :meth:`_in_batches`).
 
-        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed, and the
+            ids of the damaged tasks changed (logged).
         """
         scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
         if scoped is None:
-            return []
+            self._cx.check_open()
+            return BulkResult()
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
-            cancelled = conn.execute(
-                sql_cancel_queued_ids(len(ids)), (message, now_us, *ids)
-            ).fetchall()
-            flagged = conn.execute(sql_flag_running_ids(len(ids)), ids).fetchall()
-            return [("cancelled", r) for r in cancelled] + [
-                ("cancel_requested", r) for r in flagged
+            cancelled = [
+                r[0] for r in conn.execute(sql_cancel_queued_ids(len(ids)), (message, now_us, *ids))
+            ]
+            flagged = [r[0] for r in conn.execute(sql_flag_running_ids(len(ids)), ids)]
+            rows = self._changed_rows(conn, cancelled + flagged)
+            return [("cancelled", i, rows.get(i)) for i in cancelled] + [
+                ("cancel_requested", i, rows.get(i)) for i in flagged
             ]
 
-        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "cancelled")
+        return BulkResult(changed=tuple(changed), damaged=tuple(damaged))
 
-    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> BulkResult[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count (their last error cleared), in batches.
 
-        :returns: the tasks after the change.
+        :returns: the tasks after the change, and the ids of the damaged tasks requeued
+            (logged).
         """
         scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
         if scoped is None:
-            return []
+            self._cx.check_open()
+            return BulkResult()
 
         def act(conn: apsw.Connection, ids: builtins.list[int]) -> builtins.list[Any]:
-            return conn.execute(sql_requeue_ids(len(ids)), (now_us, *ids)).fetchall()
+            requeued = [r[0] for r in conn.execute(sql_requeue_ids(len(ids)), (now_us, *ids))]
+            rows = self._changed_rows(conn, requeued)
+            return [("requeued", i, rows.get(i)) for i in requeued]
 
-        return [self._task(row) for row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "requeued")
+        return BulkResult(changed=tuple(task for _, task in changed), damaged=tuple(damaged))
+
+    def _changed_rows(self, conn: apsw.Connection, ids: builtins.list[int]) -> dict[int, Any]:
+        """The rows of the tasks a bulk batch changed, read in its transaction; a row whose
+        text is not UTF-8 is missing (:meth:`_bulk_answer` reports it)."""
+        if not ids:
+            return {}
+        try:
+            rows: builtins.list[Any] = conn.execute(sql_get_many(len(ids)), ids).fetchall()
+        except UnicodeDecodeError:  # find the damaged row(s) one by one
+            rows = []
+            for task_id in ids:
+                with contextlib.suppress(UnicodeDecodeError):
+                    rows.append(conn.execute(SQL_GET, (task_id,)).get)
+        return {row[0]: row for row in rows if row is not None}
+
+    def _bulk_answer(
+        self, changes: Iterable[tuple[str, int, Any]], done: str
+    ) -> tuple[builtins.list[Transition], builtins.list[int]]:
+        """``(kind, id, row or None)`` per task a bulk action changed, decoded after its
+        batches committed: the transitions, and the ids of the tasks that cannot be decoded
+        (each logged; nothing raises, since the change is stored)."""
+        changed: builtins.list[Transition] = []
+        damaged: builtins.list[int] = []
+        for kind, task_id, row in changes:
+            if row is not None:
+                try:
+                    changed.append((kind, self._task(row)))
+                    continue
+                except DamagedRow as exc:
+                    reason = str(exc)
+            else:
+                reason = (
+                    f"{self.path}: task {task_id} is damaged and cannot be read (text that "
+                    "is not valid UTF-8). Fix: run 'hookqueue check', then delete the task, "
+                    "or restore the database from a backup"
+                )
+            log.error("%s. It was %s like the others and is left out of the answer", reason, done)
+            damaged.append(task_id)
+        return changed, damaged
 
     def delete_matching(self, flt: TaskFilter) -> int:
         """Delete the tasks a filter matches, in batches — queued and finished ones only (a
@@ -782,6 +834,7 @@ class QueueDatabase:
     def get_many(self, task_ids: Sequence[int]) -> builtins.list[Task]:
         """The tasks with these ids that exist, in the order of ``task_ids``, read in chunks
         of :data:`READ_CHUNK`; a damaged one is left out and logged."""
+        self._cx.check_open()
         found: dict[int, Task] = {}
         ids = list(task_ids)
         for start in range(0, len(ids), READ_CHUNK):
@@ -870,8 +923,7 @@ class QueueDatabase:
         """
         from .watch import CommitWatcher
 
-        if self._cx.closed:
-            raise StoreError(f"{self.path}: this QueueDatabase was closed; open a new one")
+        self._cx.check_open()
         return CommitWatcher(self, poll_interval, sleep_while_idle=sleep_while_idle)
 
     def _due_us(self, conn: apsw.Connection, now_us: int) -> int:
@@ -1886,23 +1938,25 @@ class QueueDatabase:
             conn.execute(SQL_WORKER_STOP, (now_us, now_us, worker_id))
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first."""
-        with self._cx.errors:
-            rows: builtins.list[Any] = self._cx.conn().execute(SQL_WORKERS).fetchall()
-        return [
-            WorkerInfo(
-                worker_id=r[0],
-                hostname=r[1],
-                pid=r[2],
-                queues=tuple(json.loads(r[3])),
-                concurrency=r[4],
-                started_at=from_us(r[5]),
-                heartbeat_at=from_us(r[6]),
-                stopped_at=None if r[7] is None else from_us(r[7]),
-                processed=r[8],
-            )
-            for r in rows
-        ]
+        """Every recorded worker, oldest first; a record that cannot be decoded is left out
+        and logged (:func:`~hookqueue.core.storage.decode_workers`)."""
+        with self._cx.read() as conn:
+            try:
+                rows: builtins.list[Any] = conn.execute(SQL_WORKERS).fetchall()
+            except UnicodeDecodeError:  # a record whose text is not UTF-8: one by one
+                rows = []
+                for (rowid,) in conn.execute(SQL_WORKER_ROWIDS).fetchall():
+                    try:
+                        rows.append(conn.execute(SQL_WORKER_BY_ROWID, (rowid,)).get)
+                    except UnicodeDecodeError as exc:
+                        log.error(
+                            "%s: a worker record (rowid %d) is damaged and cannot be read "
+                            "(%s); it is left out. Fix: delete it from the workers table",
+                            self.path,
+                            rowid,
+                            exc,
+                        )
+        return decode_workers(rows, self.location)
 
 
 def _schedule(row: Any) -> ScheduleRow:

@@ -230,6 +230,13 @@ SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, 
        processed
 FROM workers ORDER BY started_at
 """
+#: The same, one record at a time (to step past a record whose text is not UTF-8).
+SQL_WORKER_ROWIDS = "SELECT rowid FROM workers ORDER BY started_at"
+SQL_WORKER_BY_ROWID = """
+SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at,
+       processed
+FROM workers WHERE rowid = ?
+"""
 SQL_PRUNE_WORKERS = "DELETE FROM workers WHERE heartbeat_at < ?"
 
 #: ``ORDER BY`` terms for each sort key; AGED_PRIORITY binds ``(now, aging_us)``.
@@ -416,32 +423,31 @@ ORDER BY bucket
 @functools.lru_cache(maxsize=64)
 def sql_cancel_queued_ids(n: int) -> str:
     """Cancel the queued tasks among ``n`` ids; binds ``error, finished_at, *ids``; returns
-    their rows."""
+    their ids (the rows are read after: a row that is not UTF-8 cannot stop the batch)."""
     return (
         "UPDATE tasks SET status = 'cancelled', error_message = ?, finished_at = ? "
-        f"WHERE status = 'queued' AND id IN ({placeholders(n)}) RETURNING {COLS}"
+        f"WHERE status = 'queued' AND id IN ({placeholders(n)}) RETURNING id"
     )
 
 
 @functools.lru_cache(maxsize=64)
 def sql_flag_running_ids(n: int) -> str:
     """Ask the workers of the running tasks among ``n`` ids to cancel them; binds ``*ids``;
-    returns their rows."""
+    returns their ids."""
     return (
         "UPDATE tasks SET cancel_requested = 1 "
-        f"WHERE status = 'running' AND id IN ({placeholders(n)}) RETURNING {COLS}"
+        f"WHERE status = 'running' AND id IN ({placeholders(n)}) RETURNING id"
     )
 
 
 @functools.lru_cache(maxsize=64)
 def sql_requeue_ids(n: int) -> str:
     """Put the failed and cancelled tasks among ``n`` ids back to queued with a fresh
-    attempt count; binds ``run_after, *ids``; returns their rows."""
+    attempt count; binds ``run_after, *ids``; returns their ids."""
     return (
         "UPDATE tasks SET status = 'queued', attempts = 0, run_after = ?, finished_at = NULL, "
         "started_at = NULL, cancel_requested = 0, result = NULL, error_message = NULL "
-        f"WHERE status IN ('failed', 'cancelled') AND id IN ({placeholders(n)}) "
-        f"RETURNING {COLS}"
+        f"WHERE status IN ('failed', 'cancelled') AND id IN ({placeholders(n)}) RETURNING id"
     )
 
 

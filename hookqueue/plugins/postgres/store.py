@@ -48,6 +48,7 @@ from hookqueue.core.models import (
     WorkerInfo,
 )
 from hookqueue.core.storage import (
+    BulkResult,
     ChangeWatcher,
     Durability,
     ExpiryDecider,
@@ -61,6 +62,7 @@ from hookqueue.core.storage import (
     Settlement,
     TickFire,
     Transition,
+    decode_workers,
 )
 
 from . import limiting
@@ -439,6 +441,17 @@ class PostgresStore:
             if keys:
                 for row in conn.execute(sql(q.GET_BY_KEYS), {"keys": keys}):
                     holders[row[TASK_COLUMNS.index("idempotency_key")]] = row
+            # The answer is built (the key holders decoded) before COMMIT: a holder that
+            # cannot be decoded raises DamagedRow and none of the batch is stored.
+            return self._inserted(rows, inserted, holders)
+
+    def _inserted(
+        self, rows: Sequence[InsertRow], inserted: builtins.list[Any], holders: dict[str, Any]
+    ) -> builtins.list[tuple[int, Task | None]]:
+        """:meth:`insert`'s answer: per row, its new id, or the task holding its key.
+
+        :raises DamagedRow: a holder cannot be decoded.
+        """
         new_keys = {key for _, key, _ in inserted if key is not None}
         ids = iter(inserted)
         seen: set[str] = set()
@@ -626,24 +639,12 @@ class PostgresStore:
             return [r[0] for r in conn.execute(self._sql(q.DUE_QUEUES), {"now": now_us})]
 
     def workers(self) -> builtins.list[WorkerInfo]:
-        """Every recorded worker, oldest first."""
+        """Every recorded worker, oldest first; a record that cannot be decoded is left out
+        and logged (:func:`~hookqueue.core.storage.decode_workers`)."""
         self._ready()
         with self._cx.read() as conn:
             rows = conn.execute(self._sql(q.WORKERS)).fetchall()
-        return [
-            WorkerInfo(
-                worker_id=r[0],
-                hostname=r[1],
-                pid=int(r[2]),
-                queues=tuple(json.loads(r[3])),
-                concurrency=int(r[4]),
-                started_at=from_us(r[5]),
-                heartbeat_at=from_us(r[6]),
-                stopped_at=None if r[7] is None else from_us(r[7]),
-                processed=int(r[8]),
-            )
-            for r in rows
-        ]
+        return decode_workers(rows, self._location)
 
     # -- filters, history, paused queues -------------------------------------------------------
 
@@ -1350,9 +1351,10 @@ class PostgresStore:
             elif status is not None:
                 row = conn.execute(sql(q.GET), {"id": task_id}).fetchone()
                 kind = ""
-        if status is None or row is None:
+            # Decoded before COMMIT: a damaged task raises DamagedRow with nothing changed.
+            task = None if row is None else self._task(row)
+        if task is None:
             raise TaskNotFound(task_id)
-        task = self._task(row)
         if not kind:
             raise InvalidTransition(
                 task.id, task.status.value, "cancel", "a queued or running task"
@@ -1363,15 +1365,15 @@ class PostgresStore:
         """Put a failed or cancelled task back to ``queued`` at ``now_us`` with a fresh
         attempt count (and wake the workers of its queue)."""
         self._ready()
-        with self._cx.write() as (conn, state):
-            state.sent = True
+        with self._cx.transaction() as conn:
             row = conn.execute(
                 self._sql(q.REQUEUE), {"id": task_id, "now": now_us, "channel": self._channel}
             ).fetchone()
-            if row is None:
-                current = conn.execute(self._sql(q.GET), {"id": task_id}).fetchone()
-        if row is not None:
-            return self._task(row[:_N])
+            if row is not None:
+                # Decoded before the block's COMMIT: a damaged task raises DamagedRow and
+                # the requeue is rolled back.
+                return self._task(row[:_N])
+            current = conn.execute(self._sql(q.GET), {"id": task_id}).fetchone()
         if current is None:
             raise TaskNotFound(task_id)
         task = self._task(current)
@@ -1450,16 +1452,17 @@ class PostgresStore:
 
     def cancel_matching(
         self, flt: TaskFilter, now_us: int, message: str = "cancelled by request"
-    ) -> builtins.list[Transition]:
+    ) -> BulkResult[Transition]:
         """Cancel the queued tasks a filter matches and flag its running ones for their
         workers, in batches (see :meth:`_in_batches`).
 
-        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed.
+        :returns: ``("cancelled" | "cancel_requested", task)`` per task changed, and the
+            ids of the damaged tasks changed (logged).
         """
         scoped = flt.restricted_to((TaskStatus.QUEUED, TaskStatus.RUNNING))
         if scoped is None:
             self._ready()
-            return []
+            return BulkResult()
         cancel, flag = self._sql(q.CANCEL_QUEUED_IDS), self._sql(q.FLAG_RUNNING_IDS)
         text = _clean(message)
 
@@ -1471,26 +1474,45 @@ class PostgresStore:
                 ("cancel_requested", r) for r in flagged
             ]
 
-        return [(kind, self._task(row)) for kind, row in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "cancelled")
+        return BulkResult(changed=tuple(changed), damaged=tuple(damaged))
 
-    def requeue_matching(self, flt: TaskFilter, now_us: int) -> builtins.list[Task]:
+    def requeue_matching(self, flt: TaskFilter, now_us: int) -> BulkResult[Task]:
         """Put the failed and cancelled tasks a filter matches back to ``queued`` at
         ``now_us`` with a fresh attempt count and no error (their history stays), in
         batches, waking the workers of their queues.
 
-        :returns: the tasks after the change.
+        :returns: the tasks after the change, and the ids of the damaged tasks requeued
+            (logged).
         """
         scoped = flt.restricted_to((TaskStatus.FAILED, TaskStatus.CANCELLED))
         if scoped is None:
             self._ready()
-            return []
+            return BulkResult()
         sql = self._sql(q.REQUEUE_IDS)
 
         def act(conn: psycopg.Connection[Any], ids: builtins.list[int]) -> builtins.list[Any]:
             params = {"ids": ids, "now": now_us, "channel": self._channel}
-            return conn.execute(sql, params).fetchall()
+            return [("requeued", r[:_N]) for r in conn.execute(sql, params).fetchall()]
 
-        return [self._task(r[:_N]) for r in self._in_batches(scoped, act)]
+        changed, damaged = self._bulk_answer(self._in_batches(scoped, act), "requeued")
+        return BulkResult(changed=tuple(task for _, task in changed), damaged=tuple(damaged))
+
+    def _bulk_answer(
+        self, changes: Iterable[tuple[str, Any]], done: str
+    ) -> tuple[builtins.list[Transition], builtins.list[int]]:
+        """``(kind, row)`` per task a bulk action changed, decoded after its batches
+        committed: the transitions, and the ids of the tasks that cannot be decoded (each
+        logged; nothing raises, since the change is stored)."""
+        changed: builtins.list[Transition] = []
+        damaged: builtins.list[int] = []
+        for kind, row in changes:
+            try:
+                changed.append((kind, self._task(row)))
+            except DamagedRow as exc:
+                log.error("%s. It was %s like the others and is left out of the answer", exc, done)
+                damaged.append(int(row[0]))
+        return changed, damaged
 
     def delete_matching(self, flt: TaskFilter) -> int:
         """Delete the tasks a filter matches, in batches — queued and finished ones only (a
