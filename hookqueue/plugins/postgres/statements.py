@@ -1012,15 +1012,6 @@ def sql_limit_window_grouped(
     )
 
 
-#: Keeps the rest of a lease transaction off parallel plans. The key functions
-#: (``payload_part``, ``limit_bucket``) catch a damaged payload in an exception block, a
-#: subtransaction, which PostgreSQL 15 refuses during a parallel operation ("cannot start
-#: subtransactions during a parallel operation"); the limited grouped window over 100,000 due
-#: tasks was planned as a Parallel Seq Scan and failed so. Sent before a window drawn per
-#: group, limited or not.
-NO_PARALLEL = "SET LOCAL max_parallel_workers_per_gather = 0"
-
-
 #: A partition key's raw value as JSON text (any JSON type; NULL when missing): cheaper than
 #: ``limit_bucket`` (no plpgsql call, no exception block) but it raises on text that is not
 #: JSON, and groups more finely (null, true, an object are groups of their own where the
