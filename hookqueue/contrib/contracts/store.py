@@ -101,6 +101,8 @@ from hookqueue.core.storage import (
 
 __all__ = [
     "FIFO",
+    "LIMIT_ORDER_NAMES",
+    "ORDER_NAMES",
     "StoreOpener",
     "LEASE_US",
     "SECOND",
@@ -111,6 +113,7 @@ __all__ = [
     "StoreMachine",
     "make_row",
     "make_schedule",
+    "name_listings",
     "plan_sort_key",
     "us",
 ]
@@ -159,6 +162,45 @@ def make_schedule(name: str, next_tick_us: int | None, **changes: Any) -> Schedu
     }
     fields.update(changes)
     return ScheduleDefinition(**fields)
+
+
+#: Queue and schedule names whose byte order (SQLite's ``BINARY`` collation; the code point
+#: order ``sorted`` gives) differs from a language-aware collation's: upper case, then ``_``,
+#: then lower case, accented letters after every ASCII one.
+ORDER_NAMES = ("beta", "Ärger", "alpha", "_x", "Zeta", "a b", "Alpha", "é", "e", "a1")
+#: The same for limit rules, whose names hold ASCII letters, digits and ``_ . : -`` only.
+LIMIT_ORDER_NAMES = ("beta", "_x", "Zeta", "alpha", "Alpha", "a-b", "a.b", "a:b", "a1", "a_b")
+
+
+def name_listings(store: TaskStore, now_us: int = T0) -> dict[str, list[str]]:
+    """Every listing of names ``store`` answers, in the order listed, after it was given the
+    queues :data:`ORDER_NAMES` (each with a due task and a running one whose lease expired,
+    every other one paused), schedules of those names (all due at ``now_us``) and the limit
+    rules :data:`LIMIT_ORDER_NAMES`. Each is promised in byte order; a store whose backend
+    can sort text by another collation can be asked for these on such a backend too."""
+    for i, name in enumerate(ORDER_NAMES):
+        store.insert([make_row(now_us, queue=name)], now_us)
+        store.insert(
+            [make_row(now_us - LEASE_US, queue=name)],
+            now_us - LEASE_US,
+            claim=("w-names", now_us - SECOND),
+        )
+        if i % 2:
+            store.pause_queue(name, now_us)
+    store.upsert_schedules([make_schedule(name, now_us) for name in ORDER_NAMES], now_us)
+    for name in LIMIT_ORDER_NAMES:
+        store.set_limit(LimitRule(name=name, concurrency=10**6), now_us)
+    return {
+        "queue_gauges": [g.queue for g in store.queue_gauges(now_us)],
+        "due_queue_names": store.due_queue_names(now_us),
+        "queued_queue_names": store.queued_queue_names(),
+        "paused_queues": list(store.paused_queues()),
+        "list_schedules": [r.name for r in store.list_schedules()],
+        "list_schedules(names)": [r.name for r in store.list_schedules(names=ORDER_NAMES[::-1])],
+        "list_schedules(due_by_us)": [r.name for r in store.list_schedules(due_by_us=now_us)],
+        "list_limits": [r.name for r in store.list_limits()],
+        "limit_usage": [u.rule for u in store.limit_usage(now_us)],
+    }
 
 
 @overload
@@ -2348,6 +2390,25 @@ class StoreContract:
         self.in_status(store, TaskStatus.COMPLETED, T0, queue="done")
         self.in_status(store, TaskStatus.CANCELLED, T0, queue="cancelled")
         assert store.queued_queue_names() == ["alpha", "delayed", "paused", "zeta"]
+
+    def test_names_are_listed_in_byte_order(self, store: TaskStore) -> None:
+        """Queue, schedule and limit names are listed in byte order — ``'Zeta'``, ``'_x'``,
+        ``'alpha'``, ``'Ärger'`` — as SQLite's BINARY collation and Python's ``sorted`` order
+        them, whatever collation the backend would sort text by (see :func:`name_listings`)."""
+        queues = sorted(ORDER_NAMES)
+        limits = sorted(LIMIT_ORDER_NAMES)
+        assert queues[:3] == ["Alpha", "Zeta", "_x"] and queues[-2:] == ["Ärger", "é"]
+        assert name_listings(store) == {
+            "queue_gauges": queues,
+            "due_queue_names": queues,
+            "queued_queue_names": queues,
+            "paused_queues": sorted(ORDER_NAMES[1::2]),
+            "list_schedules": queues,
+            "list_schedules(names)": queues,
+            "list_schedules(due_by_us)": queues,
+            "list_limits": limits,
+            "limit_usage": limits,
+        }
 
     # -- periodic schedules --------------------------------------------------------------------
 

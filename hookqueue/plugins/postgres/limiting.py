@@ -300,7 +300,6 @@ class Selection(LimitWalk):
         if plan.group_by is None:
             return self.candidates(plan, queues, now_us, task_types, plan.window, fair=False)
         text, params = self._query(plan, queues, now_us, task_types, plan.window, grouped=True)
-        self.conn.execute(q.NO_PARALLEL)  # it numbers every due task through payload_part
         return [tuple(row) for row in self.conn.execute(self.sql(text), params).fetchall()]
 
     def _fair_candidates(

@@ -21,7 +21,7 @@ SQLite store's ``check()`` finds after the fact is refused here by CHECK constra
 from __future__ import annotations
 
 #: The schema version this code writes (this store's own numbering, from 1).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Migration steps: ``MIGRATIONS[n]`` takes a schema from version n to n + 1. ``{t}``,
 #: ``{w}``, ``{m}``, ``{f}``, ``{p}``, ``{sc}``, ``{k}``, ``{tw}``, ``{part}`` and ``{nw}``
@@ -254,6 +254,16 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN '';
     END
     $$;
+    """,
+    # v5: payload_part() and limit_bucket() were declared PARALLEL SAFE, but each catches a
+    # damaged payload in an exception block, a subtransaction, which PostgreSQL before 17
+    # refuses while a parallel plan runs — in a worker and in the leader alike, so PARALLEL
+    # RESTRICTED fails too ("cannot start subtransactions during a parallel operation").
+    # PARALLEL UNSAFE keeps every query that calls them off parallel plans. Catalog rows
+    # only: no table is touched, and no statement another session prepared changes shape.
+    """
+    ALTER FUNCTION {part}(text, text) PARALLEL UNSAFE;
+    ALTER FUNCTION {bk}(text, text) PARALLEL UNSAFE;
     """,
 )
 

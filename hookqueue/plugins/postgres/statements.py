@@ -23,6 +23,17 @@ from psycopg import sql
 
 from hookqueue.core.models import TASK_COLUMNS, SortKey
 
+#: How names are ordered: byte by byte, as SQLite's BINARY collation orders them (``'Zeta'``,
+#: ``'_x'``, ``'alpha'``, ``'Ärger'``), whatever the database's collation — a language-aware
+#: one (ICU, or a libc locale) would list ``'_x'``, ``'alpha'``, ``'Ärger'``, ``'Zeta'``.
+#: Written into each ``ORDER BY`` over text rather than declared on the columns: changing a
+#: column's collation rebuilds its indexes under an exclusive lock and changes the result
+#: type of the statements other sessions have prepared (PostgreSQL then refuses them,
+#: "cached plan must not change result type", until they reconnect), to gain an index order
+#: that none of these sorts of a few names needs. Equality is the same under every
+#: deterministic collation, so only orderings need it.
+BYTES = 'COLLATE "C"'
+
 #: The task columns in ``Task.from_row`` order.
 COLS = ", ".join(TASK_COLUMNS)
 #: The same, qualified by the alias ``t`` (for ``UPDATE ... FROM`` statements).
@@ -307,7 +318,7 @@ QUEUE_GAUGES = (
     "count(*) FILTER (WHERE status = 'queued' AND run_after > %(now)s::bigint), "
     "count(*) FILTER (WHERE status = 'running'), "
     "min(run_after) FILTER (WHERE status = 'queued' AND run_after <= %(now)s::bigint) "
-    "FROM {t} WHERE status IN ('queued', 'running') GROUP BY queue ORDER BY queue"
+    "FROM {t} WHERE status IN ('queued', 'running') GROUP BY queue ORDER BY queue " + BYTES
 )
 FINISHED_SINCE = "SELECT count(*) FROM {t} WHERE finished_at >= %(since)s::bigint"
 RECENT_FINISHED = (
@@ -318,10 +329,12 @@ RECENT_FINISHED = (
 WAITING_RETRY = "SELECT count(*) FROM {t} WHERE status = 'queued' AND attempts > 0"
 #: Leases, wake-ups and due checks leave paused queues alone (read in the same statement).
 NOT_PAUSED = " AND queue NOT IN (SELECT queue FROM {p})"
+#: (``DISTINCT``: the byte-order sort expression must be the selected one.)
 DUE_QUEUES = (
-    "SELECT DISTINCT queue FROM {t} WHERE (status = 'queued' AND run_after <= %(now)s::bigint"
+    "SELECT DISTINCT queue " + BYTES + " AS queue FROM {t} "
+    "WHERE (status = 'queued' AND run_after <= %(now)s::bigint"
     + NOT_PAUSED
-    + ") OR (status = 'running' AND lease_expires_at <= %(now)s::bigint) ORDER BY queue"
+    + ") OR (status = 'running' AND lease_expires_at <= %(now)s::bigint) ORDER BY 1"
 )
 NEXT_WAKEUP = (
     "WITH due AS MATERIALIZED (SELECT " + DUE_AT + " AS at) "
@@ -345,7 +358,7 @@ WORKER_STOP = (
 )
 WORKERS = (
     "SELECT worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at, "
-    "stopped_at, processed FROM {w} ORDER BY started_at, worker_id"
+    "stopped_at, processed FROM {w} ORDER BY started_at, worker_id " + BYTES
 )
 
 # -- the history of failed attempts, and paused queues ------------------------------------
@@ -365,16 +378,17 @@ RESUME_QUEUE = (
     "WITH r AS (DELETE FROM {p} WHERE queue = %(queue)s RETURNING queue) "
     "SELECT pg_notify(%(channel)s, queue) FROM r"
 )
-PAUSED_QUEUES = "SELECT queue, paused_at FROM {p} ORDER BY queue"
+PAUSED_QUEUES = "SELECT queue, paused_at FROM {p} ORDER BY queue " + BYTES
 #: The names of the queues with queued tasks, one index probe per name (a skip scan of
-#: ``tasks_due`` by hand: DISTINCT would read every queued task).
+#: ``tasks_due`` by hand: DISTINCT would read every queued task). The walk follows the
+#: index, in the database's collation; the few names found are then sorted bytewise.
 QUEUED_QUEUE_NAMES = (
     "WITH RECURSIVE names(name) AS ("
     "SELECT min(queue) FROM {t} WHERE status = 'queued' "
     "UNION ALL "
     "SELECT (SELECT min(queue) FROM {t} WHERE status = 'queued' AND queue > names.name) "
     "FROM names WHERE names.name IS NOT NULL) "
-    "SELECT name FROM names WHERE name IS NOT NULL"
+    "SELECT name FROM names WHERE name IS NOT NULL ORDER BY name " + BYTES
 )
 
 # -- filters and bulk actions -------------------------------------------------------------
@@ -385,7 +399,7 @@ NEWEST_ID = "SELECT max(id) FROM {t}"
 FINISHED_BUCKETS = (
     "SELECT (finished_at - %(since)s::bigint) / %(bucket)s::bigint AS bucket, status, count(*) "
     "FROM {t} WHERE finished_at >= %(since)s::bigint "
-    "GROUP BY bucket, status ORDER BY bucket, status"
+    "GROUP BY bucket, status ORDER BY bucket, status " + BYTES
 )
 #: One batch of a bulk cancel: the queued tasks among ``%(ids)s`` end cancelled...
 CANCEL_QUEUED_IDS = (
@@ -430,12 +444,14 @@ SCHEDULE_COLS = (
     "name, definition, timing, overlap, source, paused, revision, next_tick, last_tick, "
     "last_task_id, fired, skipped, created_at, updated_at, declared_at"
 )
-SCHEDULES_ALL = "SELECT " + SCHEDULE_COLS + " FROM {sc} ORDER BY name"
-SCHEDULES_NAMED = "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE name = ANY(%(names)s) ORDER BY name"
+SCHEDULES_ALL = "SELECT " + SCHEDULE_COLS + " FROM {sc} ORDER BY name " + BYTES
+SCHEDULES_NAMED = (
+    "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE name = ANY(%(names)s) ORDER BY name " + BYTES
+)
 #: Due schedules, through the partial index over the unpaused ones' next ticks.
 SCHEDULES_DUE = (
     "SELECT " + SCHEDULE_COLS + " FROM {sc} WHERE NOT paused AND next_tick <= %(due)s::bigint "
-    "ORDER BY next_tick, name"
+    "ORDER BY next_tick, name " + BYTES
 )
 SCHEDULE_NEXT = "SELECT min(next_tick) FROM {sc} WHERE NOT paused"
 #: A new schedule, unless the name is taken (then nothing: a concurrent creator's insert is
@@ -813,7 +829,7 @@ LIMIT_COLS = (
     "name, queue, task_type, partition_by, partition_in, concurrency, rate, period, burst, fair, "
     "weights"
 )
-LIMITS_ALL = "SELECT " + LIMIT_COLS + " FROM {lim} ORDER BY name"
+LIMITS_ALL = "SELECT " + LIMIT_COLS + " FROM {lim} ORDER BY name " + BYTES
 #: A new rule, unless the name is taken (then nothing: a concurrent creator is waited for).
 LIMIT_CREATE = (
     "INSERT INTO {lim} (" + LIMIT_COLS + ", created_at, updated_at) VALUES (%(name)s, "
@@ -994,15 +1010,6 @@ def sql_limit_window_grouped(
         f"ORDER BY row_number() OVER (PARTITION BY {WINDOW_GROUP_TERMS[group_by]} "
         f"ORDER BY {order}), {order} LIMIT %(window)s))"
     )
-
-
-#: Keeps the rest of a lease transaction off parallel plans. The key functions
-#: (``payload_part``, ``limit_bucket``) catch a damaged payload in an exception block, a
-#: subtransaction, which PostgreSQL 15 refuses during a parallel operation ("cannot start
-#: subtransactions during a parallel operation"); the limited grouped window over 100,000 due
-#: tasks was planned as a Parallel Seq Scan and failed so. Sent before a window drawn per
-#: group, limited or not.
-NO_PARALLEL = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 
 #: A partition key's raw value as JSON text (any JSON type; NULL when missing): cheaper than

@@ -1099,7 +1099,6 @@ class PostgresStore:
             # Drawn per group, so no group is left out behind another group's backlog; read
             # without locks, the chosen tasks are locked (skipping held ones) as they are leased.
             window_sql = q.sql_lease_window_grouped(keys, typed, partition, plan.group_by)
-            conn.execute(self._sql(q.NO_PARALLEL))  # it numbers every due task: payload_part
         fetched = conn.execute(self._sql(window_sql), params).fetchall()
         if not fetched:
             return list

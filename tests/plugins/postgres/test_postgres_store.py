@@ -109,19 +109,27 @@ def test_a_schema_written_by_a_newer_hookqueue_is_refused_untouched(postgres_dsn
     assert after == before
 
 
+def _schema_of_version(conn: psycopg.Connection[Any], version: int) -> None:
+    """Make schema ``hookqueue`` as a hookqueue of schema ``version`` made it (its first
+    ``version`` migration steps), in the caller's transaction."""
+    from hookqueue.plugins.postgres.schema import MIGRATIONS
+    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
+
+    old = Statements("hookqueue")
+    conn.execute(old(CREATE_SCHEMA))
+    for step in MIGRATIONS[:version]:
+        conn.execute(old(step))
+    conn.execute(old(UPSERT_META), {"version": str(version)})
+
+
 def test_a_version_1_schema_migrates_forward_keeping_every_task(postgres_dsn: str) -> None:
     """A schema made by the first PostgreSQL store (version 1: tasks and workers only) is
     migrated in place on first use: its tasks stay as they were, and the history, paused
     queues and schedules work on them."""
     from hookqueue.contrib.contracts.store import make_schedule
-    from hookqueue.plugins.postgres.schema import MIGRATIONS
-    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
 
-    v1 = Statements("hookqueue")
     with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute(v1(CREATE_SCHEMA))
-        conn.execute(v1(MIGRATIONS[0]))
-        conn.execute(v1(UPSERT_META), {"version": "1"})
+        _schema_of_version(conn, 1)
         conn.execute(
             "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
             "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
@@ -160,15 +168,8 @@ def test_a_version_2_schema_migrates_forward_and_its_tasks_can_be_waited_for(
     """A schema of version 2 (before waits were registered) gains ``task_waits`` and
     ``notify_waited`` on first use; its running task, once watched, wakes the watcher when
     it is settled."""
-    from hookqueue.plugins.postgres.schema import MIGRATIONS
-    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
-
-    v2 = Statements("hookqueue")
     with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute(v2(CREATE_SCHEMA))
-        conn.execute(v2(MIGRATIONS[0]))
-        conn.execute(v2(MIGRATIONS[1]))
-        conn.execute(v2(UPSERT_META), {"version": "2"})
+        _schema_of_version(conn, 2)
         conn.execute(
             "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
             "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
@@ -206,15 +207,9 @@ def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
     on first use: a rule is stored, its running task (there from before) counts against it,
     and a lease keeps it; a weighted fair rule is stored and listed as set."""
     from hookqueue.core.models import LeasePlan, LimitRule
-    from hookqueue.plugins.postgres.schema import MIGRATIONS
-    from hookqueue.plugins.postgres.statements import CREATE_SCHEMA, UPSERT_META, Statements
 
-    v3 = Statements("hookqueue")
     with psycopg.connect(postgres_dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute(v3(CREATE_SCHEMA))
-        for step in MIGRATIONS[:3]:
-            conn.execute(v3(step))
-        conn.execute(v3(UPSERT_META), {"version": "3"})
+        _schema_of_version(conn, 3)
         conn.execute(
             "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
             "attempts, max_attempts, run_after, created_at, locked_by, lease_expires_at, "
@@ -228,7 +223,7 @@ def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
         assert store.schema_version() == 3
         rule = LimitRule(name="tenant", concurrency=1, partition_by="tenant")
         assert store.set_limit(rule, 20) == "created"
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION
         leased, _ = store.lease(
             worker_id="w2",
             queues=["default"],
@@ -246,6 +241,75 @@ def test_a_version_3_schema_migrates_forward_and_its_queue_can_be_limited(
         assert store.list_limits() == [rule, weighted]
     finally:
         store.close()
+
+
+def test_a_version_4_schema_migrates_forward_and_its_key_functions_run_under_parallel_plans(
+    postgres_parallel_dsn: str,
+) -> None:
+    """A schema of version 4 declared ``payload_part`` and ``limit_bucket`` PARALLEL SAFE,
+    though each catches a damaged payload in an exception block, which PostgreSQL before 17
+    refuses in a parallel plan; where parallel plans are forced, a query calling one failed.
+    On first use they are marked PARALLEL UNSAFE: the same query, a fair lease over a
+    damaged payload (ranked again by ``limit_bucket``) and a lease whose window is drawn
+    per partition (``payload_part``) run."""
+    from hookqueue.contrib.contracts.store import make_row
+    from hookqueue.core.models import LeasePlan, LimitRule
+
+    dsn = postgres_parallel_dsn
+    bucketing = (
+        "SELECT count(*) FROM hookqueue.tasks WHERE hookqueue.limit_bucket(payload, 'tenant') = ''"
+    )
+    marks = (
+        "SELECT proname, proparallel FROM pg_proc "
+        "WHERE pronamespace = 'hookqueue'::regnamespace "
+        "AND proname IN ('payload_part', 'limit_bucket') ORDER BY 1"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            _schema_of_version(conn, 4)
+            conn.execute(
+                "INSERT INTO hookqueue.tasks (queue, task_type, payload, priority, status, "
+                "attempts, max_attempts, run_after, created_at) SELECT 'default', 'old', "
+                "p, 100, 'queued', 0, 3, 10, 10 FROM unnest(%s::text[]) AS p",
+                [['{"tenant": "a"}'] * 3 + ['{"tenant": "b"}', "{not json"]],
+            )
+        assert conn.execute(marks).fetchall() == [("limit_bucket", "s"), ("payload_part", "s")]
+        if conn.info.server_version < 170000:
+            with pytest.raises(psycopg.Error, match="cannot start subtransactions"):
+                conn.execute(bucketing)
+    store = PostgresStore(dsn)
+
+    def tenants(plan: LeasePlan, limit: int, now_us: int) -> list[str]:
+        leased, _ = store.lease(
+            worker_id="w",
+            queues=["default"],
+            limit=limit,
+            now_us=now_us,
+            lease_us=1_000_000,
+            plan=plan,
+            decide_expired=lambda t: (None, ""),
+        )
+        return [t.payload["tenant"] for t in leased]
+
+    try:
+        assert store.schema_version() == 4
+        fair = LeasePlan(limits=(LimitRule(name="f", fair=True, partition_by="tenant"),))
+        assert tenants(fair, 10, 20) == ["a", "b", "a", "a"]
+        assert store.schema_version() == SCHEMA_VERSION == 5
+        store.insert([make_row(30, payload_json=json.dumps({"tenant": x})) for x in "ccd"], 30)
+        grouped = LeasePlan(
+            window=8,
+            rerank=lambda window, limit: list({c.partition: c.id for c in window[::-1]}.values()),
+            partition_key="tenant",
+            group_by="partition",
+        )
+        assert sorted(tenants(grouped, 2, 30)) == ["c", "d"]
+        assert store.check() == []
+    finally:
+        store.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(marks).fetchall() == [("limit_bucket", "u"), ("payload_part", "u")]
+        assert conn.execute(bucketing).fetchone() == (1,)  # the damaged payload's
 
 
 def test_a_foreign_schema_is_refused_untouched(postgres_dsn: str) -> None:
